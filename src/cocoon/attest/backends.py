@@ -1,0 +1,58 @@
+"""The attestation backend interface and the choice of backend by kind (DESIGN §2)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from cocoon.attest.fake import FakeBackend
+from cocoon.attest.none import NoneBackend
+from cocoon.attest.types import KINDS, AttestationError, VerifiedQuote
+
+
+class AttestationBackend(Protocol):
+    kind: str
+
+    def quote(self, report_data: bytes) -> bytes:
+        """A quote over the 64-byte `report_data` (ValueError if it has another length)."""
+        ...
+
+    def verify(self, quote: bytes, now: float) -> VerifiedQuote:
+        """Checks a quote of this kind; AttestationError with the precise reason if it is refused."""
+        ...
+
+
+# Verifiers hold no per-image state (a fake verifier accepts every image), so one instance each is shared.
+_FAKE_VERIFIER = FakeBackend("cocoon-dev")
+_NONE = NoneBackend()
+
+
+def _tdx_missing() -> AttestationError:
+    return AttestationError(
+        "tdx attestation backend is not implemented yet; use 'fake' on machines without TDX"
+    )
+
+
+def _unknown_kind(kind: str) -> AttestationError:
+    return AttestationError(f"unknown attestation kind {kind!r}; expected one of {', '.join(KINDS)}")
+
+
+def get_backend(kind: str, *, image: str = "cocoon-dev") -> AttestationBackend:
+    """The backend that produces this machine's quotes; `image` names the fake image (ignored otherwise)."""
+    if kind == "fake":
+        return FakeBackend(image)
+    if kind == "none":
+        return _NONE
+    if kind == "tdx":
+        raise _tdx_missing()
+    raise _unknown_kind(kind)
+
+
+def verifier_for(kind: str) -> AttestationBackend:
+    """A backend that verifies peers' quotes of `kind`; it need not be able to quote on this machine."""
+    if kind == "fake":
+        return _FAKE_VERIFIER
+    if kind == "none":
+        return _NONE
+    if kind == "tdx":
+        raise _tdx_missing()
+    raise _unknown_kind(kind)

@@ -1,0 +1,117 @@
+"""The `cocoon` command: run a role, a whole local network, or a benchmark."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+
+from cocoon.config import ClientConfig, CommonConfig, ConfigError, ProxyConfig, WorkerConfig, load_config
+
+app = typer.Typer(help="cocoon: confidential, attested, paid AI inference.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+
+C = TypeVar("C", bound=CommonConfig)
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="TOML config file for this role.")]
+
+
+def _run_role(role: str, path: Path, kind: type[C], main: Callable[[C, asyncio.Event], Awaitable[None]]) -> None:
+    from cocoon.runtime import run_until_signal, setup_logging
+
+    try:
+        cfg = load_config(path, kind)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    setup_logging(role, cfg)
+    try:
+        run_until_signal(lambda stop: main(cfg, stop))
+    except (ConfigError, OSError, ValueError) as exc:
+        typer.echo(f"error: {role} {cfg.name} cannot run: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def proxy(config: ConfigOption) -> None:
+    """Run a proxy: accepts workers and clients over RA-TLS, routes requests, keeps the books."""
+    from cocoon.proxy.server import run_proxy
+
+    _run_role("proxy", config, ProxyConfig, run_proxy)
+
+
+@app.command()
+def worker(config: ConfigOption) -> None:
+    """Run a worker: serves an inference engine to the proxy it dials."""
+    from cocoon.worker.runner import run_worker
+
+    _run_role("worker", config, WorkerConfig, run_worker)
+
+
+@app.command()
+def client(config: ConfigOption) -> None:
+    """Run a client: the OpenAI-compatible API, forwarding to an attested proxy."""
+    from cocoon.client.node import run_client
+
+    _run_role("client", config, ClientConfig, run_client)
+
+
+@app.command()
+def up(
+    workers: Annotated[int, typer.Option("--workers", "-n", min=1, help="Number of workers.")] = 2,
+    engine: Annotated[str, typer.Option(help="Worker engine: embedded | fake | openai:URL.")] = "embedded",
+    port: Annotated[int, typer.Option(help="Client API port (on 127.0.0.1).")] = 10000,
+    state_dir: Annotated[Path, typer.Option(help="Where configs, logs, databases and localnet.json go.")] = Path(
+        ".cocoon"),
+    engine_option: Annotated[list[str] | None, typer.Option(
+        "--engine-option", "-o", help="Engine option key=value (e.g. tokens_per_s=50 for fake); repeatable.")] = None,
+    max_active: Annotated[int, typer.Option(help="Concurrent requests per worker.")] = 4,
+    ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for every process to be ready.")] = 300.0,
+) -> None:
+    """Start a local network (ledger, proxy, workers, client) and keep it up until Ctrl-C or SIGTERM.
+
+    Writes STATE_DIR/localnet.json with every process's role, name, pid and URLs.
+    """
+    from cocoon.localnet import parse_options, run_up
+
+    try:
+        options = parse_options(engine_option or [])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    sys.exit(run_up(state_dir, workers=workers, engine=engine, port=port, engine_options=options,
+                    max_active=max_active, ready_timeout_s=ready_timeout))
+
+
+@app.command()
+def engine(
+    engine: Annotated[str, typer.Argument(help="embedded | fake")] = "fake",
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8080,
+    engine_option: Annotated[list[str] | None, typer.Option("--engine-option", "-o",
+                                                            help="Engine option key=value; repeatable.")] = None,
+) -> None:
+    """Serve a local engine as an OpenAI-compatible HTTP server (for benchmarks and the openai: engine)."""
+    from cocoon.inference.factory import make_engine
+    from cocoon.inference.server import serve
+    from cocoon.localnet import parse_options
+    from cocoon.runtime import run_until_signal
+
+    eng = make_engine(engine, **parse_options(engine_option or []))
+
+    async def main(stop: asyncio.Event) -> None:
+        await eng.start()
+        runner, bound = await serve(eng, "127.0.0.1", port)
+        typer.echo(f"engine {engine} serving http://127.0.0.1:{bound}/v1", err=True)
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+            await eng.close()
+
+    run_until_signal(main)
+
+
+def main() -> None:
+    app()

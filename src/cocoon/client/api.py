@@ -1,0 +1,179 @@
+"""The OpenAI-compatible HTTP API that app backends call (the openai SDK, curl)."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from cocoon.client import schema
+from cocoon.client.proxy_link import ProxyLink
+from cocoon.config import ClientConfig
+from cocoon.errors import ApiError
+from cocoon.wire.connection import Call
+from cocoon.wire.messages import Request, ResponseChunk, ResponseEnd, ResponseError, ResponseHead, Usage
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ClientStats:
+    def __init__(self) -> None:
+        self.outcomes: dict[str, int] = {}
+        self.usage = {"prompt": 0, "cached": 0, "completion": 0, "reasoning": 0}
+        self.charged_nanoton = 0
+        self.active = 0
+
+    def record(self, outcome: str, end: ResponseEnd | None = None) -> None:
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        if end is not None:
+            u: Usage = end.usage
+            self.usage["prompt"] += u.prompt_tokens
+            self.usage["cached"] += u.cached_tokens
+            self.usage["completion"] += u.completion_tokens
+            self.usage["reasoning"] += u.reasoning_tokens
+            self.charged_nanoton += end.cost_nanoton
+
+
+def error_response(exc: ApiError) -> web.Response:
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    return web.Response(status=exc.status, body=exc.to_json(), content_type="application/json", headers=headers)
+
+
+class ClientApi:
+    def __init__(self, cfg: ClientConfig, link: ProxyLink) -> None:
+        self.cfg = cfg
+        self.link = link
+        self.stats = ClientStats()
+
+    def build_app(self) -> web.Application:
+        app = web.Application(client_max_size=self.cfg.max_body_bytes, middlewares=[self._errors])
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/completions", self.completions)
+        return app
+
+    # -- plumbing ----------------------------------------------------------------------------------------------
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            if self.cfg.api_key is not None:
+                self._authorize(request)
+            return await handler(request)
+        except ApiError as exc:
+            return error_response(exc)
+        except web.HTTPRequestEntityTooLarge:
+            return error_response(ApiError(413, f"request body exceeds the {self.cfg.max_body_bytes}-byte limit",
+                                           code="request_too_large"))
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return error_response(ApiError(exc.status, f"{exc.reason}: {request.method} {request.path}",
+                                           code="not_found" if exc.status == 404 else "invalid_request"))
+
+    def _authorize(self, request: web.Request) -> None:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        expected = self.cfg.api_key or ""
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+            raise ApiError(401, "missing or invalid API key: send `Authorization: Bearer <key>`",
+                           type="authentication_error", code="invalid_api_key")
+
+    async def _body(self, request: web.Request) -> bytes:
+        if request.content_length is not None and request.content_length > self.cfg.max_body_bytes:
+            raise web.HTTPRequestEntityTooLarge(max_size=self.cfg.max_body_bytes,
+                                                actual_size=request.content_length)
+        return await request.read()
+
+    # -- endpoints ---------------------------------------------------------------------------------------------
+    async def models(self, request: web.Request) -> web.Response:
+        reply = await self.link.models()
+        data = [{"id": m.id, "object": "model", "created": 0, "owned_by": "cocoon", "workers": m.workers,
+                 "free_slots": m.free_slots} for m in reply.models]
+        return web.json_response({"object": "list", "data": data})
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        parsed = schema.parse_chat_request(await self._body(request), max_tokens_limit=self.cfg.max_tokens_limit,
+                                           max_prompt_chars=self.cfg.max_prompt_chars)
+        return await self._forward(request, "chat", parsed)
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        parsed = schema.parse_completion_request(await self._body(request),
+                                                 max_tokens_limit=self.cfg.max_tokens_limit,
+                                                 max_prompt_chars=self.cfg.max_prompt_chars)
+        return await self._forward(request, "completions", parsed)
+
+    async def _forward(self, request: web.Request, endpoint: str, parsed: Any) -> web.StreamResponse:
+        started = time.monotonic()
+        req = Request(
+            id=0, endpoint=endpoint, model=parsed.model, body=msgspec.json.encode(parsed.to_body()),
+            stream=parsed.stream, include_usage=parsed.include_usage,
+            deadline=time.time() + self.cfg.request_timeout_s, uid=uuid.uuid4().hex,
+            max_coefficient=self.cfg.default_max_coefficient, features=parsed.engine_features(),
+        )
+        call = await self.link.call(req)
+        self.stats.active += 1
+        try:
+            first = await call.next(self.cfg.request_timeout_s)
+            if isinstance(first, ResponseError):
+                self.stats.record(first.code or "error")
+                raise _api_error(first)
+            if not isinstance(first, ResponseHead):
+                raise ApiError(502, f"proxy sent {type(first).__name__} before the answer head",
+                               code="upstream_error")
+            timing = {"x-cocoon-client-ms": f"{(time.monotonic() - started) * 1000:.1f}",
+                      "x-cocoon-proxy-ms": f"{first.proxy_ms:.1f}",
+                      "x-cocoon-worker-ms": f"{first.worker_ms:.1f}"}
+            if req.stream:
+                return await self._stream(request, call, timing)
+            return await self._whole(call, timing)
+        finally:
+            self.stats.active -= 1
+            if not call.done:
+                # Our HTTP client went away (or we failed) mid-answer: stop the generation on the worker.
+                call.cancel("API client disconnected")
+                self.stats.record("cancelled")
+
+    async def _whole(self, call: Call, timing: dict[str, str]) -> web.Response:
+        parts: list[bytes] = []
+        while True:
+            msg = await call.next(self.cfg.request_timeout_s)
+            if isinstance(msg, ResponseChunk):
+                parts.append(msg.data)
+            elif isinstance(msg, ResponseEnd):
+                self.stats.record("ok", msg)
+                return web.Response(body=b"".join(parts), content_type="application/json", headers=timing)
+            elif isinstance(msg, ResponseError):
+                self.stats.record(msg.code or "error")
+                raise _api_error(msg)
+
+    async def _stream(self, request: web.Request, call: Call, timing: dict[str, str]) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                           **timing})
+        await resp.prepare(request)
+        while True:
+            msg = await call.next(self.cfg.request_timeout_s)
+            if isinstance(msg, ResponseChunk):
+                await resp.write(b"data: " + msg.data + b"\n\n")
+            elif isinstance(msg, ResponseEnd):
+                self.stats.record("ok", msg)
+                await resp.write(b"data: [DONE]\n\n")
+                break
+            elif isinstance(msg, ResponseError):
+                # Headers are gone already: the error travels as a final SSE event, the way OpenAI does.
+                self.stats.record(msg.code or "error")
+                await resp.write(b"data: " + _api_error(msg).to_json() + b"\n\n")
+                break
+        await resp.write_eof()
+        return resp
+
+
+def _api_error(msg: ResponseError) -> ApiError:
+    return ApiError(msg.status, msg.message, type=msg.type, code=msg.code, retry_after=msg.retry_after)

@@ -1,0 +1,93 @@
+"""The client process: an attested link to its proxy and the local OpenAI-compatible API."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Gauge
+
+from cocoon.client.api import ClientApi
+from cocoon.client.proxy_link import ProxyLink, refuse_inbound
+from cocoon.config import ClientConfig, ConfigError
+from cocoon.observe.stats import StatsServer
+from cocoon.runtime import make_node_identity
+from cocoon.wire.connection import hello
+from cocoon.wire.dialer import Dialer
+from cocoon.wire.messages import ClientParams, Hello
+
+log = logging.getLogger(__name__)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ClientNode:
+    def __init__(self, cfg: ClientConfig) -> None:
+        if not is_loopback(cfg.api_host) and not cfg.api_key:
+            raise ConfigError(f"the API would listen on {cfg.api_host}, reachable from other machines: "
+                              "set `api_key` in the client config (requests then need `Authorization: Bearer`)")
+        self.cfg = cfg
+        self.identity, self.verifier = make_node_identity("client", cfg, {"proxy"})
+        self.dialer = Dialer(cfg.proxy, self.identity, self.verifier, self._hello, refuse_inbound)
+        self.api = ClientApi(cfg, ProxyLink(self.dialer))
+        registry = CollectorRegistry()
+        connected = Gauge("cocoon_client_proxy_connected", "1 while the proxy link is up", registry=registry)
+        Gauge("cocoon_client_active_requests", "API requests in flight", registry=registry).set_function(
+            lambda: self.api.stats.active)
+        self.dialer.on_change = lambda up: connected.set(1 if up else 0)
+        self.stats = StatsServer("client", cfg.name, registry, self.jsonstats)
+        self._runner: web.AppRunner | None = None
+        self.api_port = 0
+
+    def _hello(self) -> Hello:
+        return hello("client", self.cfg.name, client=ClientParams())
+
+    async def start(self) -> None:
+        await self.stats.start(self.cfg.stats_host, self.cfg.stats_port)
+        self.dialer.start()
+        # handler_cancellation: a client that hangs up cancels its handler, which cancels the generation.
+        self._runner = web.AppRunner(self.api.build_app(), access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.cfg.api_host, self.cfg.api_port)
+        await site.start()
+        self.api_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        log.info("client API listening", extra={"fields": {"api": f"http://{self.cfg.api_host}:{self.api_port}/v1",
+                                                           "stats_port": self.stats.port}})
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+        await self.dialer.stop("client shutting down")
+        await self.stats.stop()
+
+    def jsonstats(self) -> dict[str, Any]:
+        s = self.api.stats
+        return {
+            "api_url": f"http://{self.cfg.api_host}:{self.api_port}/v1",
+            "proxy": self.cfg.proxy,
+            "proxy_connected": self.dialer.connected,
+            "last_link_error": self.dialer.last_error,
+            "active_requests": s.active,
+            "requests": dict(s.outcomes),
+            "tokens": dict(s.usage),
+            "charged_nanoton": s.charged_nanoton,
+        }
+
+
+async def run_client(cfg: ClientConfig, stop: asyncio.Event) -> None:
+    node = ClientNode(cfg)
+    await node.start()
+    try:
+        await stop.wait()
+    finally:
+        await node.stop()

@@ -1,0 +1,1 @@
+"""Money: prices, the ledger interface and its backends (DESIGN §3)."""

@@ -1,0 +1,1 @@
+"""Proxy: accepts workers and clients over RA-TLS, routes, meters and bills."""

@@ -1,0 +1,334 @@
+"""RA-TLS certificates: building the local identity and verifying a peer's certificate against a policy.
+
+The certificate is self-signed (Ed25519) and carries two critical private extensions: the quote and the
+msgpack-encoded `Claims`. The quote's report_data is SHA-512 of the exact claim bytes, and the claims
+name the certificate's key, so a quote copied from a good machine is useless with any other key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from pathlib import Path
+
+import msgspec
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
+
+from cocoon.attest.backends import AttestationBackend, verifier_for
+from cocoon.attest.policy import Policy
+from cocoon.attest.types import KINDS, ROLES, AttestationError, PeerIdentity
+
+# A private arc for cocoon; both extensions are critical so that generic X.509 code refuses to treat an
+# RA-TLS certificate as an ordinary one.
+OID_QUOTE = x509.ObjectIdentifier("1.3.6.1.4.1.58000.1.1")
+OID_CLAIMS = x509.ObjectIdentifier("1.3.6.1.4.1.58000.1.2")
+
+_BACKDATE_S = 60  # tolerates peers whose clocks run slightly behind ours
+
+
+class Claims(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What the certificate's owner asserts; bound to the quote through report_data."""
+
+    public_key: bytes  # raw Ed25519 public key, 32 bytes
+    role: str
+    kind: str
+    issued_at: int  # unix seconds
+    gpu_evidence: bytes = b""
+
+    def __post_init__(self) -> None:
+        if len(self.public_key) != 32:
+            raise ValueError(f"claims public_key has {len(self.public_key)} bytes, expected 32 (Ed25519)")
+        if self.role not in ROLES:
+            raise ValueError(f"claims role {self.role!r} is not one of {', '.join(ROLES)}")
+        if self.kind not in KINDS:
+            raise ValueError(f"claims kind {self.kind!r} is not one of {', '.join(KINDS)}")
+
+    def encode(self) -> bytes:
+        return msgspec.msgpack.encode(self)
+
+    @staticmethod
+    def report_data_for(encoded: bytes) -> bytes:
+        """The 64 bytes a quote must carry for these encoded claims."""
+        return hashlib.sha512(encoded).digest()
+
+
+_CLAIMS_DECODER = msgspec.msgpack.Decoder(Claims)
+
+
+def _raw_public_key(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _utc(ts: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC)
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    """The local party: its key, its RA-TLS certificate and the claims inside it."""
+
+    private_key: Ed25519PrivateKey
+    certificate: x509.Certificate
+    claims: Claims
+
+    @property
+    def public_key(self) -> bytes:
+        return _raw_public_key(self.private_key.public_key())
+
+    @property
+    def cert_der(self) -> bytes:
+        return self.certificate.public_bytes(serialization.Encoding.DER)
+
+    @property
+    def cert_pem(self) -> bytes:
+        return self.certificate.public_bytes(serialization.Encoding.PEM)
+
+    @property
+    def key_pem(self) -> bytes:
+        return self.private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+
+def make_identity(
+    role: str,
+    backend: AttestationBackend,
+    *,
+    lifetime_s: int = 86400,
+    now: float | None = None,
+    private_key: Ed25519PrivateKey | None = None,
+    gpu_evidence: bytes = b"",
+) -> Identity:
+    """A fresh RA-TLS certificate for `role`, quoted by `backend` (a new key unless one is given)."""
+    now = time.time() if now is None else now
+    key = private_key or Ed25519PrivateKey.generate()
+    claims = Claims(
+        public_key=_raw_public_key(key.public_key()),
+        role=role,
+        kind=backend.kind,
+        issued_at=int(now),
+        gpu_evidence=gpu_evidence,
+    )
+    encoded = claims.encode()
+    quote = backend.quote(Claims.report_data_for(encoded))
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"cocoon-{role}")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(_utc(now - _BACKDATE_S))
+        .not_valid_after(_utc(now + lifetime_s))
+        .add_extension(x509.UnrecognizedExtension(OID_QUOTE, quote), critical=True)
+        .add_extension(x509.UnrecognizedExtension(OID_CLAIMS, encoded), critical=True)
+        .sign(key, None)
+    )
+    return Identity(private_key=key, certificate=cert, claims=claims)
+
+
+def save_identity(identity: Identity, directory: str | os.PathLike[str]) -> None:
+    """Writes cert.pem and key.pem (mode 0600) into `directory`, replacing any previous identity."""
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    _write_atomically(path / "key.pem", identity.key_pem, 0o600)
+    _write_atomically(path / "cert.pem", identity.cert_pem, 0o644)
+
+
+def _write_atomically(target: Path, data: bytes, mode: int) -> None:
+    # The key is created with its final mode, so it is never readable by others, even briefly.
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, target)
+
+
+def load_identity(directory: str | os.PathLike[str]) -> Identity:
+    """Reads an identity written by `save_identity`; ValueError if the key does not match the certificate."""
+    path = Path(directory)
+    cert = x509.load_pem_x509_certificate((path / "cert.pem").read_bytes())
+    key = serialization.load_pem_private_key((path / "key.pem").read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path / 'key.pem'} is not an Ed25519 private key")
+    claims = _CLAIMS_DECODER.decode(cert.extensions.get_extension_for_oid(OID_CLAIMS).value.public_bytes())
+    if claims.public_key != _raw_public_key(key.public_key()):
+        raise ValueError(f"{path / 'key.pem'} does not match the key in {path / 'cert.pem'}")
+    return Identity(private_key=key, certificate=cert, claims=claims)
+
+
+def _describe_key(key: object) -> str:
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"ECDSA {key.curve.name}"
+    if isinstance(key, rsa.RSAPublicKey):
+        return f"RSA-{key.key_size}"
+    return type(key).__name__
+
+
+class CertVerifier:
+    """Checks peers' RA-TLS certificates against a policy; successes are cached by certificate hash."""
+
+    def __init__(self, policy: Policy, accept_roles: Iterable[str], *, cache_size: int = 4096) -> None:
+        self.policy = policy
+        self.accept_roles = frozenset(accept_roles)
+        unknown = sorted(self.accept_roles - set(ROLES))
+        if unknown:
+            raise ValueError(f"unknown roles {unknown}; expected some of {list(ROLES)}")
+        self._cache_size = cache_size
+        # cert SHA-256 -> (peer, first and last instant at which the verdict holds)
+        self._cache: OrderedDict[bytes, tuple[PeerIdentity, float, float]] = OrderedDict()
+
+    def verify(self, der: bytes, now: float | None = None) -> PeerIdentity:
+        """The peer's identity, or AttestationError with the precise reason for refusing it."""
+        now = time.time() if now is None else now
+        digest = hashlib.sha256(der).digest()
+        cached = self._cache.get(digest)
+        if cached is not None:
+            peer, valid_from, valid_until = cached
+            if valid_from <= now <= valid_until:
+                self._cache.move_to_end(digest)
+                return peer
+            # Outside its window: the full check below produces the precise refusal.
+            del self._cache[digest]
+        peer, valid_from, valid_until = self._check(der, digest, now)
+        self._cache[digest] = (peer, valid_from, valid_until)
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return peer
+
+    def _check(self, der: bytes, digest: bytes, now: float) -> tuple[PeerIdentity, float, float]:
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except ValueError as e:
+            raise AttestationError(f"peer certificate is not valid DER X.509: {e}") from None
+        try:
+            key = cert.public_key()
+        except (ValueError, TypeError) as e:
+            raise AttestationError(f"peer certificate key cannot be loaded: {e}") from None
+        if not isinstance(key, Ed25519PublicKey):
+            raise AttestationError(f"peer certificate key is {_describe_key(key)}, expected Ed25519")
+        self._check_self_signed(cert, key)
+        quote, encoded_claims = self._private_extensions(cert)
+        try:
+            claims = _CLAIMS_DECODER.decode(encoded_claims)
+        except msgspec.DecodeError as e:
+            raise AttestationError(f"RA-TLS claims do not decode: {e}") from None
+        cert_key = _raw_public_key(key)
+        if claims.public_key != cert_key:
+            raise AttestationError(
+                f"RA-TLS claims are bound to another key: claims name {claims.public_key.hex()[:16]}…, "
+                f"certificate key is {cert_key.hex()[:16]}…"
+            )
+        if claims.role not in self.accept_roles:
+            accepted = ", ".join(sorted(self.accept_roles))
+            raise AttestationError(f"peer role {claims.role!r} is not accepted here (accepted: {accepted})")
+        rules = self.policy.rules_for(claims.role)
+        if claims.kind not in rules.kinds:
+            raise AttestationError(
+                f"attestation kind {claims.kind!r} is not allowed for role {claims.role!r} by policy "
+                f"{self.policy.name!r} (allowed: {', '.join(sorted(rules.kinds))})"
+            )
+
+        skew = rules.max_skew_s
+        not_before = cert.not_valid_before_utc.timestamp()
+        not_after = cert.not_valid_after_utc.timestamp()
+        if now < not_before - skew:
+            raise AttestationError(f"peer certificate is not valid before {_utc(not_before).isoformat()}")
+        if now > not_after + skew:
+            raise AttestationError(f"peer certificate expired at {_utc(not_after).isoformat()}")
+        if claims.issued_at > now + skew:
+            raise AttestationError(
+                f"RA-TLS claims are issued in the future ({_utc(claims.issued_at).isoformat()})"
+            )
+        age = now - claims.issued_at
+        if age > rules.max_cert_age_s:
+            raise AttestationError(
+                f"RA-TLS claims were issued {age:.0f} s ago, more than the policy's maximum of "
+                f"{rules.max_cert_age_s:.0f} s"
+            )
+
+        verified = verifier_for(claims.kind).verify(quote, now)
+        # A "none" quote is empty by construction (its verifier checks that): there is nothing to bind.
+        if claims.kind != "none" and verified.report_data != Claims.report_data_for(encoded_claims):
+            raise AttestationError(
+                "quote report_data does not match SHA-512 of the claims: the quote was made for other claims"
+            )
+        image_hash = verified.image_hash
+        if rules.image_hashes is not None:
+            if image_hash is None:
+                raise AttestationError(
+                    f"policy {self.policy.name!r} requires an image hash for role {claims.role!r}, "
+                    f"but kind {claims.kind!r} has no measurements"
+                )
+            if image_hash.hex() not in rules.image_hashes:
+                raise AttestationError(
+                    f"image hash {image_hash.hex()} is not allowed for role {claims.role!r} "
+                    f"by policy {self.policy.name!r}"
+                )
+
+        peer = PeerIdentity(
+            role=claims.role,
+            kind=claims.kind,
+            public_key=cert_key,
+            image_hash=image_hash,
+            cert_sha256=digest,
+            not_after=not_after,
+        )
+        valid_from = max(not_before, claims.issued_at) - skew
+        valid_until = min(not_after + skew, claims.issued_at + rules.max_cert_age_s)
+        return peer, valid_from, valid_until
+
+    @staticmethod
+    def _check_self_signed(cert: x509.Certificate, key: Ed25519PublicKey) -> None:
+        if cert.issuer != cert.subject:
+            raise AttestationError(
+                f"peer certificate is not self-signed: issuer {cert.issuer.rfc4514_string()!r} "
+                f"differs from subject {cert.subject.rfc4514_string()!r}"
+            )
+        if cert.signature_algorithm_oid != SignatureAlgorithmOID.ED25519:
+            raise AttestationError(
+                f"peer certificate signature algorithm is {cert.signature_algorithm_oid.dotted_string}, "
+                "expected Ed25519"
+            )
+        try:
+            key.verify(cert.signature, cert.tbs_certificate_bytes)
+        except InvalidSignature:
+            raise AttestationError(
+                "peer certificate is not self-signed: its signature does not verify with its own key"
+            ) from None
+
+    @staticmethod
+    def _private_extensions(cert: x509.Certificate) -> tuple[bytes, bytes]:
+        """(quote, encoded claims); refuses unknown critical extensions and non-critical private ones."""
+        try:
+            extensions = list(cert.extensions)
+        except (ValueError, x509.DuplicateExtension) as e:
+            raise AttestationError(f"peer certificate extensions are malformed: {e}") from None
+        found: dict[x509.ObjectIdentifier, bytes] = {}
+        for ext in extensions:
+            if ext.oid in (OID_QUOTE, OID_CLAIMS):
+                if not ext.critical:
+                    raise AttestationError(f"RA-TLS extension {ext.oid.dotted_string} must be critical")
+                # For an unrecognized extension, public_bytes() is the raw extension value.
+                found[ext.oid] = ext.value.public_bytes()
+            elif ext.critical:
+                raise AttestationError(
+                    f"peer certificate has an unhandled critical extension {ext.oid.dotted_string}"
+                )
+        for oid, what in ((OID_QUOTE, "quote"), (OID_CLAIMS, "claims")):
+            if oid not in found:
+                raise AttestationError(
+                    f"peer certificate lacks the RA-TLS {what} extension ({oid.dotted_string})"
+                )
+        return found[OID_QUOTE], found[OID_CLAIMS]

@@ -1,0 +1,239 @@
+"""Mutual RA-TLS 1.3 streams on asyncio.
+
+OpenSSL is driven through memory BIOs (pyOpenSSL) because Python's `ssl` has no verify callback: here the
+peer's attestation is checked *inside* the handshake, so a refused peer gets a TLS alert and no application
+byte ever passes in either direction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from cryptography.hazmat.primitives.serialization import Encoding
+from OpenSSL import SSL, crypto
+
+from cocoon.attest.types import AttestationError, PeerIdentity
+from cocoon.ratls.cert import CertVerifier, Identity
+
+log = logging.getLogger(__name__)
+
+_CIPHERSUITES = b"TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256"
+_READ_SIZE = 256 * 1024
+
+
+class HandshakeError(ConnectionError):
+    """The RA-TLS handshake failed; `reason` says why (attestation refusal or TLS failure)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Verdict:
+    """What the verify callback concluded about the peer, kept per connection."""
+
+    __slots__ = ("peer", "reason")
+
+    def __init__(self) -> None:
+        self.peer: PeerIdentity | None = None
+        self.reason: str | None = None
+
+
+def make_context(identity: Identity, verifier: CertVerifier, *, server: bool) -> SSL.Context:
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
+    ctx.set_max_proto_version(SSL.TLS1_3_VERSION)
+    ctx.set_tls13_ciphersuites(_CIPHERSUITES)
+    # Tickets would let a later connection resume without presenting (and re-proving) an attested key.
+    ctx.set_options(SSL.OP_NO_TICKET)
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    ctx.use_certificate(identity.certificate)
+    ctx.use_privatekey(identity.private_key)
+    ctx.check_privatekey()
+
+    def verify(conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
+        verdict: _Verdict = conn.get_app_data()
+        if depth != 0:
+            verdict.reason = "peer sent a certificate chain; only a self-signed RA-TLS leaf is accepted"
+            return False
+        if verdict.peer is not None:  # OpenSSL calls once per chain error; the attestation runs once
+            return True
+        if verdict.reason is not None:
+            return False
+        try:
+            verdict.peer = verifier.verify(cert.to_cryptography().public_bytes(Encoding.DER))
+        except AttestationError as exc:
+            verdict.reason = str(exc)
+            return False
+        return True
+
+    ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify)
+    return ctx
+
+
+def _pump(conn: SSL.Connection, writer: asyncio.StreamWriter) -> None:
+    """Move whatever OpenSSL encrypted into the socket."""
+    while True:
+        try:
+            out = conn.bio_read(_READ_SIZE)
+        except SSL.WantReadError:
+            return
+        if not out:
+            return
+        writer.write(out)
+
+
+class TlsStream:
+    """An established, attested TLS connection: ordered bytes in both directions."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: SSL.Connection, peer: PeerIdentity
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._conn = conn
+        self.peer = peer
+        self._eof = False
+
+    @property
+    def peername(self) -> str:
+        addr = self._writer.get_extra_info("peername")
+        return f"{addr[0]}:{addr[1]}" if addr else "?"
+
+    def _flush(self) -> None:
+        _pump(self._conn, self._writer)
+
+    async def read(self) -> bytes:
+        """Return the next decrypted bytes, or b"" when the peer closed the connection."""
+        while not self._eof:
+            try:
+                return self._conn.recv(_READ_SIZE)
+            except SSL.WantReadError:
+                self._flush()
+                data = await self._reader.read(_READ_SIZE)
+                if not data:
+                    self._eof = True
+                    return b""
+                self._conn.bio_write(data)
+            except (SSL.ZeroReturnError, SSL.SysCallError):
+                self._eof = True
+            except SSL.Error as exc:
+                log.warning("tls error from %s: %s", self.peername, exc)
+                self._eof = True
+        return b""
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._writer.is_closing():
+            raise ConnectionResetError("connection is closed")
+        self._conn.sendall(bytes(data))
+        self._flush()
+
+    async def drain(self) -> None:
+        await self._writer.drain()
+
+    def is_closing(self) -> bool:
+        return self._writer.is_closing()
+
+    async def close(self) -> None:
+        with contextlib.suppress(SSL.Error):
+            self._conn.shutdown()
+            self._flush()
+        self._writer.close()
+        with contextlib.suppress(OSError, asyncio.CancelledError):
+            await self._writer.wait_closed()
+
+
+async def _handshake(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ctx: SSL.Context, *, server: bool
+) -> TlsStream:
+    conn = SSL.Connection(ctx, None)
+    verdict = _Verdict()
+    conn.set_app_data(verdict)
+    if server:
+        conn.set_accept_state()
+    else:
+        conn.set_connect_state()
+
+    def flush() -> None:
+        _pump(conn, writer)
+
+    while True:
+        try:
+            conn.do_handshake()
+            break
+        except SSL.WantReadError:
+            flush()
+            data = await reader.read(_READ_SIZE)
+            if not data:
+                raise HandshakeError(
+                    verdict.reason or "peer closed the connection during the TLS handshake"
+                ) from None
+            conn.bio_write(data)
+        except SSL.Error as exc:
+            flush()  # deliver our alert so the peer learns it was refused
+            with contextlib.suppress(OSError):
+                await writer.drain()
+            raise HandshakeError(verdict.reason or _describe(exc)) from None
+    flush()
+    if verdict.peer is None:
+        raise HandshakeError(verdict.reason or "peer presented no certificate")
+    return TlsStream(reader, writer, conn, verdict.peer)
+
+
+def _describe(exc: SSL.Error) -> str:
+    parts = []
+    for err in exc.args[0] if exc.args and isinstance(exc.args[0], list) else []:
+        parts.append(err[2] if isinstance(err, tuple) and len(err) > 2 else str(err))
+    text = "; ".join(parts) or str(exc)
+    if "certificate required" in text:
+        return "peer presented no certificate (refused by the other side: certificate required)"
+    if "alert" in text:
+        return f"refused by the peer during the TLS handshake ({text})"
+    return f"TLS handshake failed: {text}"
+
+
+async def connect(
+    host: str, port: int, identity: Identity, verifier: CertVerifier, *, timeout: float = 10.0
+) -> TlsStream:
+    """Dial host:port and complete an attested handshake, or raise HandshakeError/OSError."""
+
+    async def run() -> TlsStream:
+        reader, writer = await asyncio.open_connection(host, port, limit=_READ_SIZE)
+        try:
+            return await _handshake(reader, writer, make_context(identity, verifier, server=False), server=False)
+        except BaseException:
+            writer.close()
+            raise
+
+    return await asyncio.wait_for(run(), timeout)
+
+
+async def serve(
+    handler: Callable[[TlsStream], Awaitable[None]],
+    host: str,
+    port: int,
+    identity: Identity,
+    verifier: CertVerifier,
+    *,
+    handshake_timeout: float = 10.0,
+) -> asyncio.Server:
+    """Listen for attested peers; `handler` runs for each one that passes the handshake."""
+    ctx = make_context(identity, verifier, server=True)
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        try:
+            stream = await asyncio.wait_for(_handshake(reader, writer, ctx, server=True), handshake_timeout)
+        except (HandshakeError, OSError, TimeoutError) as exc:
+            log.warning("refused connection from %s: %s", peer, exc)
+            writer.close()
+            return
+        try:
+            await handler(stream)
+        finally:
+            await stream.close()
+
+    return await asyncio.start_server(on_connect, host, port, limit=_READ_SIZE)

@@ -1,0 +1,57 @@
+"""Length-prefixed frames: 4-byte big-endian length, then one MessagePack-encoded message."""
+
+from __future__ import annotations
+
+import msgspec
+
+from cocoon.wire.messages import Message
+
+MAX_FRAME = 16 * 1024 * 1024
+_HEADER = 4
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Message)
+
+
+class FrameError(ValueError):
+    """The peer sent bytes that are not a valid frame: the connection cannot continue."""
+
+
+def encode(msg: Message) -> bytes:
+    # Reserve the header in the same buffer msgspec writes into: one allocation per frame.
+    buf = bytearray(_HEADER)
+    _encoder.encode_into(msg, buf, _HEADER)
+    size = len(buf) - _HEADER
+    if size > MAX_FRAME:
+        raise FrameError(f"frame of {size} bytes exceeds the {MAX_FRAME}-byte limit")
+    buf[:_HEADER] = size.to_bytes(_HEADER, "big")
+    return bytes(buf)
+
+
+class FrameReader:
+    """Accumulates stream bytes and yields complete messages."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[Message]:
+        self._buf += data
+        out: list[Message] = []
+        buf = self._buf
+        pos = 0
+        with memoryview(buf) as view:  # released before the buffer is trimmed below
+            while len(buf) - pos >= _HEADER:
+                size = int.from_bytes(view[pos : pos + _HEADER], "big")
+                if size > MAX_FRAME:
+                    raise FrameError(f"peer announced a {size}-byte frame, over the {MAX_FRAME}-byte limit")
+                end = pos + _HEADER + size
+                if len(buf) < end:
+                    break
+                try:
+                    out.append(_decoder.decode(view[pos + _HEADER : end]))
+                except msgspec.DecodeError as exc:
+                    raise FrameError(f"undecodable message: {exc}") from None
+                pos = end
+        if pos:
+            del buf[:pos]
+        return out

@@ -1,0 +1,139 @@
+"""Every message that crosses an RA-TLS link, as msgspec structs (MessagePack on the wire).
+
+Request and answer bodies stay opaque bytes (the OpenAI JSON as the engine produced it): proxies relay them
+without re-parsing.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+MIN_PROTOCOL_VERSION = 1
+
+
+class Usage(msgspec.Struct, frozen=True, omit_defaults=True):
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class WorkerParams(msgspec.Struct, frozen=True):
+    models: list[str]
+    coefficient: int  # price multiplier in per-mille (1000 = list price)
+    max_active_requests: int
+    region: str = ""
+    owner: str = ""  # payout wallet address
+    supports_tools: bool = False
+
+
+class ClientParams(msgspec.Struct, frozen=True):
+    owner: str = ""
+    channel: str = ""
+
+
+class Hello(msgspec.Struct, tag="hello"):
+    role: str
+    name: str
+    min_version: int
+    max_version: int
+    worker: WorkerParams | None = None
+    client: ClientParams | None = None
+
+
+class HelloAck(msgspec.Struct, tag="hello_ack"):
+    version: int
+    name: str
+
+
+class Refuse(msgspec.Struct, tag="refuse"):
+    """Sent instead of HelloAck, then the connection closes: the reason is for the operator's log."""
+
+    reason: str
+
+
+class Ping(msgspec.Struct, tag="ping"):
+    nonce: int
+    sent_at: float
+
+
+class Pong(msgspec.Struct, tag="pong"):
+    nonce: int
+    sent_at: float
+    peer_time: float  # lets the pinger estimate clock skew
+
+
+class Request(msgspec.Struct, tag="req"):
+    id: int
+    endpoint: str  # "chat" | "completions"
+    model: str
+    body: bytes  # validated OpenAI JSON
+    stream: bool
+    include_usage: bool
+    deadline: float  # unix time after which the answer is useless
+    uid: str = ""  # globally unique, chosen by the client: the books' idempotency key
+    max_coefficient: int | None = None
+    features: list[str] = []  # engine features the body uses (tools, response_format, ...)
+
+
+class ResponseHead(msgspec.Struct, tag="head"):
+    """The answer begins: sent with the first bytes, carrying the time each hop spent until then."""
+
+    id: int
+    status: int
+    worker_ms: float = 0.0
+    proxy_ms: float = 0.0
+
+
+class ResponseChunk(msgspec.Struct, tag="chunk"):
+    id: int
+    data: bytes  # one SSE payload (stream) or the whole JSON answer (non-stream)
+
+
+class ResponseEnd(msgspec.Struct, tag="end"):
+    id: int
+    usage: Usage
+    worker_ms: float = 0.0
+    proxy_ms: float = 0.0
+    cost_nanoton: int = 0
+
+
+class ResponseError(msgspec.Struct, tag="error"):
+    id: int
+    status: int
+    message: str
+    type: str = "api_error"
+    code: str | None = None
+    retry_after: int | None = None
+
+
+class Cancel(msgspec.Struct, tag="cancel"):
+    id: int
+    reason: str = ""
+
+
+class ModelsQuery(msgspec.Struct, tag="models"):
+    id: int
+
+
+class ModelInfo(msgspec.Struct, frozen=True):
+    id: str
+    workers: int
+    free_slots: int
+
+
+class ModelsReply(msgspec.Struct, tag="models_reply"):
+    id: int
+    models: list[ModelInfo]
+
+
+Message = (
+    Hello | HelloAck | Refuse | Ping | Pong | Request | ResponseHead | ResponseChunk | ResponseEnd
+    | ResponseError | Cancel | ModelsQuery | ModelsReply
+)
+Answer = ResponseHead | ResponseChunk | ResponseEnd | ResponseError | ModelsReply

@@ -1,0 +1,92 @@
+"""Running one routed request on the engine and streaming its answer back over the proxy link."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from cocoon.errors import ApiError
+from cocoon.inference.base import Endpoint, Engine
+from cocoon.wire.messages import Message, Request, ResponseChunk, ResponseEnd, ResponseError, ResponseHead, Usage
+from cocoon.worker.metering import MeteringError, read_answer
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[Message], Awaitable[None]]
+TOOL_FEATURES = ("tools", "tool_choice", "response_format")
+
+
+class Execution:
+    """One request's run; `usage` is what the engine reported, the basis of billing."""
+
+    def __init__(self, engine: Engine, req: Request, send: Send) -> None:
+        self.engine = engine
+        self.req = req
+        self.send = send
+        self.started = time.monotonic()
+        self.usage: Usage | None = None
+        self._head_sent = False
+
+    def _ms(self) -> float:
+        return (time.monotonic() - self.started) * 1000
+
+    async def _head(self) -> None:
+        if not self._head_sent:
+            self._head_sent = True
+            await self.send(ResponseHead(id=self.req.id, status=200, worker_ms=self._ms()))
+
+    async def run(self) -> None:
+        try:
+            body = self._engine_body()
+            endpoint: Endpoint = "chat" if self.req.endpoint == "chat" else "completions"
+            if self.req.stream:
+                await self._stream(endpoint, body)
+            else:
+                await self._complete(endpoint, body)
+        except ApiError as exc:
+            await self.send(ResponseError(id=self.req.id, status=exc.status, message=exc.message, type=exc.type,
+                                          code=exc.code, retry_after=exc.retry_after))
+            return
+        except MeteringError as exc:
+            await self.send(ResponseError(id=self.req.id, status=502, message=str(exc), code="engine_error"))
+            return
+        await self.send(ResponseEnd(id=self.req.id, usage=self.usage or Usage(), worker_ms=self._ms()))
+
+    def _engine_body(self) -> dict[str, Any]:
+        unsupported = [f for f in self.req.features if f in TOOL_FEATURES]
+        if unsupported and not self.engine.supports_tools:
+            raise ApiError(400, f"the `{self.engine.name}` engine serving `{self.req.model}` does not support "
+                                f"`{unsupported[0]}`", code="unsupported_parameter", param=unsupported[0])
+        body: dict[str, Any] = msgspec.json.decode(self.req.body)
+        if self.req.stream:
+            # Usage is always requested from the engine: it is what the worker is paid by.
+            body["stream"] = True
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        return body
+
+    async def _stream(self, endpoint: Endpoint, body: dict[str, Any]) -> None:
+        async with contextlib.aclosing(self.engine.stream(endpoint, body)) as chunks:
+            async for payload in chunks:
+                usage, usage_only = read_answer(payload)
+                if usage is not None:
+                    self.usage = usage
+                if usage_only and not self.req.include_usage:
+                    continue
+                await self._head()
+                await self.send(ResponseChunk(id=self.req.id, data=payload))
+        if self.usage is None:
+            raise MeteringError("engine finished a stream without reporting usage; refusing to serve unmetered")
+        await self._head()
+
+    async def _complete(self, endpoint: Endpoint, body: dict[str, Any]) -> None:
+        data = await self.engine.complete(endpoint, body)
+        self.usage, _ = read_answer(data)
+        if self.usage is None:
+            raise MeteringError("engine answered without reporting usage; refusing to serve unmetered")
+        await self._head()
+        await self.send(ResponseChunk(id=self.req.id, data=data))

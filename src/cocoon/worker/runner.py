@@ -1,0 +1,128 @@
+"""The worker process: starts its engine, dials its proxy (reconnecting with backoff), runs requests."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from cocoon.config import WorkerConfig
+from cocoon.inference.base import Engine
+from cocoon.inference.factory import make_engine
+from cocoon.observe.stats import StatsServer
+from cocoon.runtime import make_node_identity, own_image_hash
+from cocoon.wire.connection import Connection, hello
+from cocoon.wire.dialer import Dialer
+from cocoon.wire.messages import Cancel, Hello, ModelsQuery, Request, WorkerParams
+from cocoon.worker.execution import Execution
+
+log = logging.getLogger(__name__)
+
+class WorkerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("cocoon_worker_requests", "Requests by outcome", ["outcome"],
+                                registry=self.registry)
+        self.tokens = Counter("cocoon_worker_tokens", "Tokens generated or read", ["kind"], registry=self.registry)
+        self.active = Gauge("cocoon_worker_active_requests", "Requests running on the engine",
+                            registry=self.registry)
+        self.connected = Gauge("cocoon_worker_proxy_connected", "1 while the proxy link is up",
+                               registry=self.registry)
+
+
+class WorkerNode:
+    def __init__(self, cfg: WorkerConfig, engine: Engine | None = None) -> None:
+        self.cfg = cfg
+        self.engine = engine or make_engine(cfg.engine, **cfg.engine_options)
+        self.metrics = WorkerMetrics()
+        self.identity, self.verifier = make_node_identity("worker", cfg, {"proxy"})
+        self.image_hash = own_image_hash(cfg)
+        self.stats = StatsServer("worker", cfg.name, self.metrics.registry, self.jsonstats)
+        self.running: dict[int, asyncio.Task[None]] = {}
+        self.models: list[str] = []
+        self.dialer = Dialer(cfg.proxy, self.identity, self.verifier, self._hello, self._on_inbound)
+        self.dialer.on_change = lambda up: self.metrics.connected.set(1 if up else 0)
+        self._served = 0
+        self._usage_totals = {"prompt": 0, "cached": 0, "completion": 0, "reasoning": 0}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.stats.start(self.cfg.stats_host, self.cfg.stats_port)
+        started = time.monotonic()
+        await self.engine.start()
+        self.models = await self.engine.models()
+        log.info("engine ready", extra={"fields": {"engine": self.engine.name, "models": self.models,
+                                                   "load_s": round(time.monotonic() - started, 3)}})
+        self.dialer.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.dialer.stop("worker shutting down")
+            for task in list(self.running.values()):
+                task.cancel()
+            await self.engine.close()
+            await self.stats.stop()
+
+    def _hello(self) -> Hello:
+        params = WorkerParams(models=self.models, coefficient=self.cfg.coefficient,
+                              max_active_requests=self.cfg.max_active_requests, region=self.cfg.region,
+                              owner=self.cfg.owner, supports_tools=self.engine.supports_tools)
+        return hello("worker", self.cfg.name, worker=params)
+
+    def _on_inbound(self, conn: Connection, msg: Request | Cancel | ModelsQuery) -> None:
+        if isinstance(msg, Request):
+            task = conn.spawn(self._execute(conn, msg))
+            self.running[msg.id] = task
+        elif isinstance(msg, Cancel):
+            task = self.running.get(msg.id)
+            if task is not None:
+                log.info("request cancelled", extra={"fields": {"request": msg.id, "reason": msg.reason}})
+                task.cancel()
+
+    async def _execute(self, conn: Connection, req: Request) -> None:
+        execution = Execution(self.engine, req, conn.send)
+        self.metrics.active.inc()
+        outcome = "error"
+        try:
+            await execution.run()
+            outcome = "ok"
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+        except ConnectionError:
+            outcome = "link_lost"
+        finally:
+            self.running.pop(req.id, None)
+            self.metrics.active.dec()
+            self.metrics.requests.labels(outcome).inc()
+            if execution.usage is not None:
+                self._count(execution)
+
+    def _count(self, execution: Execution) -> None:
+        u = execution.usage
+        assert u is not None
+        self._served += 1
+        for kind, n in (("prompt", u.prompt_tokens), ("cached", u.cached_tokens),
+                        ("completion", u.completion_tokens), ("reasoning", u.reasoning_tokens)):
+            self._usage_totals[kind] += n
+            if n:
+                self.metrics.tokens.labels(kind).inc(n)
+
+    def jsonstats(self) -> dict[str, Any]:
+        return {
+            "engine": self.engine.name,
+            "models": self.models,
+            "proxy": self.cfg.proxy,
+            "proxy_connected": self.dialer.connected,
+            "last_link_error": self.dialer.last_error,
+            "active_requests": len(self.running),
+            "max_active_requests": self.cfg.max_active_requests,
+            "served": self._served,
+            "tokens": dict(self._usage_totals),
+            "image_hash": self.image_hash,
+        }
+
+
+async def run_worker(cfg: WorkerConfig, stop: asyncio.Event) -> None:
+    await WorkerNode(cfg).run(stop)

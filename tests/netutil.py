@@ -1,0 +1,105 @@
+"""Starting and stopping real `cocoon up` networks for tests (127.0.0.1 only, bounded waits)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str, timeout: float = 2.0) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0); it is gone for our purposes
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+            return False
+    return True
+
+
+@dataclass
+class Net:
+    proc: subprocess.Popen[bytes]
+    state_dir: Path
+    info: dict[str, Any]
+    port: int
+
+    @property
+    def api_url(self) -> str:
+        return self.info["api_url"]
+
+    def node(self, name: str) -> dict[str, Any]:
+        return next(p for p in self.info["processes"] if p["name"] == name)
+
+    def stats(self, name: str) -> dict[str, Any]:
+        return get_json(self.node(name)["stats_url"] + "/jsonstats")
+
+    def by_role(self, role: str) -> list[dict[str, Any]]:
+        return [p for p in self.info["processes"] if p["role"] == role]
+
+
+@contextlib.contextmanager
+def localnet(state_dir: Path, *, engine: str = "fake", workers: int = 2, options: tuple[str, ...] = (),
+             max_active: int = 4, ready_s: float = 180.0) -> Iterator[Net]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "cocoon", "up", "--engine", engine, "--workers", str(workers), "--port",
+           str(port), "--state-dir", str(state_dir), "--max-active", str(max_active),
+           "--ready-timeout", str(ready_s)]
+    for opt in options:
+        cmd += ["--engine-option", opt]
+    out = (state_dir.parent / f"{state_dir.name}-up.log").open("wb")
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    info: dict[str, Any] = {}
+    try:
+        deadline = time.monotonic() + ready_s + 10
+        path = state_dir / "localnet.json"
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"cocoon up exited early ({proc.returncode}):\n"
+                                   + (state_dir.parent / f"{state_dir.name}-up.log").read_text()[-3000:])
+            if path.exists():
+                info = json.loads(path.read_text())
+                with contextlib.suppress(OSError, ValueError):
+                    models = get_json(info["api_url"] + "/models")["data"]
+                    if models and sum(m["workers"] for m in models) >= workers:
+                        break
+            if time.monotonic() > deadline:
+                raise RuntimeError("local network not ready in time")
+            time.sleep(0.2)
+        yield Net(proc, state_dir, info, port)
+    finally:
+        pids = [p["pid"] for p in info.get("processes", []) if p.get("pid")]
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for pid in pids:  # belt and braces: nothing a test started may outlive it
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        out.close()

@@ -12,6 +12,10 @@ PROTOCOL_VERSION = 1
 MIN_PROTOCOL_VERSION = 1
 
 
+class Frame(msgspec.Struct, tag_field="t"):
+    """Base of every message that is a frame of its own; `t` names its type on the wire."""
+
+
 class Usage(msgspec.Struct, frozen=True, omit_defaults=True):
     prompt_tokens: int = 0
     cached_tokens: int = 0
@@ -37,7 +41,7 @@ class ClientParams(msgspec.Struct, frozen=True):
     channel: str = ""
 
 
-class Hello(msgspec.Struct, tag="hello"):
+class Hello(Frame, tag="hello"):
     role: str
     name: str
     min_version: int
@@ -46,29 +50,29 @@ class Hello(msgspec.Struct, tag="hello"):
     client: ClientParams | None = None
 
 
-class HelloAck(msgspec.Struct, tag="hello_ack"):
+class HelloAck(Frame, tag="hello_ack"):
     version: int
     name: str
 
 
-class Refuse(msgspec.Struct, tag="refuse"):
+class Refuse(Frame, tag="refuse"):
     """Sent instead of HelloAck, then the connection closes: the reason is for the operator's log."""
 
     reason: str
 
 
-class Ping(msgspec.Struct, tag="ping"):
+class Ping(Frame, tag="ping"):
     nonce: int
     sent_at: float
 
 
-class Pong(msgspec.Struct, tag="pong"):
+class Pong(Frame, tag="pong"):
     nonce: int
     sent_at: float
     peer_time: float  # lets the pinger estimate clock skew
 
 
-class Request(msgspec.Struct, tag="req"):
+class Request(Frame, tag="req"):
     id: int
     endpoint: str  # "chat" | "completions"
     model: str
@@ -81,7 +85,7 @@ class Request(msgspec.Struct, tag="req"):
     features: list[str] = []  # engine features the body uses (tools, response_format, ...)
 
 
-class ResponseHead(msgspec.Struct, tag="head"):
+class ResponseHead(Frame, tag="head"):
     """The answer begins: sent with the first bytes, carrying the time each hop spent until then."""
 
     id: int
@@ -90,12 +94,12 @@ class ResponseHead(msgspec.Struct, tag="head"):
     proxy_ms: float = 0.0
 
 
-class ResponseChunk(msgspec.Struct, tag="chunk"):
+class ResponseChunk(Frame, tag="chunk"):
     id: int
     data: bytes  # one SSE payload (stream) or the whole JSON answer (non-stream)
 
 
-class ResponseEnd(msgspec.Struct, tag="end"):
+class ResponseEnd(Frame, tag="end"):
     id: int
     usage: Usage
     worker_ms: float = 0.0
@@ -103,7 +107,7 @@ class ResponseEnd(msgspec.Struct, tag="end"):
     cost_nanoton: int = 0
 
 
-class ResponseError(msgspec.Struct, tag="error"):
+class ResponseError(Frame, tag="error"):
     id: int
     status: int
     message: str
@@ -112,12 +116,12 @@ class ResponseError(msgspec.Struct, tag="error"):
     retry_after: int | None = None
 
 
-class Cancel(msgspec.Struct, tag="cancel"):
+class Cancel(Frame, tag="cancel"):
     id: int
     reason: str = ""
 
 
-class ModelsQuery(msgspec.Struct, tag="models"):
+class ModelsQuery(Frame, tag="models"):
     id: int
 
 
@@ -127,7 +131,7 @@ class ModelInfo(msgspec.Struct, frozen=True):
     free_slots: int
 
 
-class ModelsReply(msgspec.Struct, tag="models_reply"):
+class ModelsReply(Frame, tag="models_reply"):
     id: int
     models: list[ModelInfo]
 

@@ -1,0 +1,1 @@
+"""The client role: OpenAI-compatible HTTP API, proxy links, payments, Python SDK."""

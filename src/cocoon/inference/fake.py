@@ -1,0 +1,56 @@
+"""A deterministic engine with a fixed token rate: tests and benchmarks without a model."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from collections.abc import AsyncIterator
+
+from cocoon.inference.local import GenRequest, LocalEngine, Usage
+
+_WORDS = (
+    "amber", "basalt", "cedar", "delta", "ember", "fjord", "garnet", "harbor", "indigo", "juniper",
+    "kelp", "lagoon", "meadow", "nectar", "obsidian", "pebble", "quartz", "river", "saffron", "tundra",
+    "umber", "valley", "willow", "xenon", "yarrow", "zephyr", "cocoon", "lantern", "orbit", "signal",
+)
+
+
+class FakeEngine(LocalEngine):
+    """Answers every prompt with `reply_tokens` words chosen by a hash of the prompt.
+
+    `token_bytes` > 0 makes every piece exactly that many bytes; `tokens_per_s` > 0 paces the pieces on a
+    fixed schedule (the first one after one interval).
+    """
+
+    name = "fake"
+
+    def __init__(self, model: str = "fake-model", reply_tokens: int = 16, token_bytes: int = 0,
+                 tokens_per_s: float = 0.0) -> None:
+        if reply_tokens < 0 or token_bytes < 0 or tokens_per_s < 0:
+            raise ValueError("reply_tokens, token_bytes and tokens_per_s must not be negative")
+        self.model_id = model
+        self.reply_tokens = reply_tokens
+        self.token_bytes = token_bytes
+        self.tokens_per_s = tokens_per_s
+        self.generated_tokens = 0  # every token ever produced: lets tests see that cancellation stopped work
+
+    async def generate(self, req: GenRequest, usage: Usage) -> AsyncIterator[str]:
+        text = req.text()
+        usage.prompt_tokens = len(text.split())
+        limit = self.reply_tokens if req.max_tokens is None else min(req.max_tokens, self.reply_tokens)
+        rng = random.Random(hashlib.blake2b(text.encode(), digest_size=8).digest())
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for i in range(limit):
+            # sleep(0) still hands control back, so a fast fake engine cannot starve the event loop
+            delay = start + (i + 1) / self.tokens_per_s - loop.time() if self.tokens_per_s else 0.0
+            await asyncio.sleep(max(delay, 0.0))
+            word = rng.choice(_WORDS)
+            piece = word if i == 0 else " " + word
+            if self.token_bytes:
+                piece = (piece + (" " + word) * self.token_bytes)[: self.token_bytes]
+            usage.completion_tokens += 1
+            self.generated_tokens += 1
+            yield piece
+        usage.finish_reason = "length" if limit < self.reply_tokens else "stop"

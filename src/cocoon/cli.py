@@ -113,5 +113,22 @@ def engine(
     run_until_signal(main)
 
 
+@app.command()
+def bench(
+    requests: Annotated[int, typer.Option(help="Streamed requests per run.")] = 2000,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 32,
+    workers: Annotated[int, typer.Option(help="Workers in the network run.")] = 2,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+) -> None:
+    """Measure the network path against the engine alone (fake engine, 50 chunks of 128 bytes)."""
+    import json
+
+    from cocoon.bench import run_bench
+
+    report = run_bench(requests, concurrency, workers, json_out)
+    if json_out:
+        typer.echo(json.dumps(report))
+
+
 def main() -> None:
     app()

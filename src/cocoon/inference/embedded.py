@@ -153,7 +153,7 @@ class EmbeddedEngine(LocalEngine):
         send(_Prompt(len(tokens), _reused_prefix(llm, tokens)))
         llm.set_seed((random.getrandbits(32) if req.seed is None else req.seed) & 0xFFFFFFFF)
         vocab = llama_cpp.llama_model_get_vocab(llm.model)
-        # tokens can end in the middle of a UTF-8 character: hold the bytes until it is complete
+        # a token can end in the middle of a UTF-8 character: its bytes wait for the rest of it
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         # top_k=0, min_p=0 and typical_p=1 switch off llama.cpp's extra samplers: OpenAI semantics are
         # temperature and top_p only, and temperature 0 makes llama.cpp sample greedily.
@@ -165,12 +165,13 @@ class EmbeddedEngine(LocalEngine):
             if cancel.is_set():
                 return "stop"
             self.generated_tokens += 1
-            eog = llama_cpp.llama_vocab_is_eog(vocab, token)
-            last = eog or count >= limit
-            # a character cut by the limit still shows, as U+FFFD, as other servers do
-            send(decoder.decode(b"" if eog else llm.detokenize([token]), final=last))
-            if last:
-                return "stop" if eog else "length"
+            if llama_cpp.llama_vocab_is_eog(vocab, token):
+                send("")  # the end-of-turn token is generated, so counted, but never shown
+                return "stop"
+            # a character left unfinished by the limit is dropped rather than sent as U+FFFD
+            send(decoder.decode(llm.detokenize([token])))
+            if count >= limit:
+                return "length"
         raise RuntimeError("llama.cpp stopped generating without a reason")
 
     def _tokenize(self, llm: llama_cpp.Llama, req: GenRequest) -> list[int]:

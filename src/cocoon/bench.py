@@ -1,0 +1,167 @@
+"""`cocoon bench`: the network path (client→proxy→worker→engine) against the engine alone.
+
+Both runs hit the same `fake` engine process (50 chunks of 128 bytes per answer, no delay), at the same
+concurrency, for the same number of streamed requests; the ratio of the two is the cost of the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from rich.console import Console
+from rich.table import Table
+
+from cocoon.localnet import LocalNet, free_port
+
+console = Console(stderr=True)
+
+CHUNKS = 50
+CHUNK_BYTES = 128
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    errors: int
+    seconds: float
+    latencies_ms: list[float]
+    ttfb_ms: list[float]
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    def pct(self, values: list[float], q: float) -> float:
+        if not values:
+            return float("nan")
+        ordered = sorted(values)
+        return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
+
+
+async def run_load(base_url: str, model: str, requests: int, concurrency: int) -> LoadResult:
+    body = json.dumps({"model": model, "stream": True, "max_tokens": CHUNKS,
+                       "messages": [{"role": "user", "content": "benchmark prompt"}]}).encode()
+    headers = {"Content-Type": "application/json"}
+    latencies: list[float] = []
+    ttfbs: list[float] = []
+    errors = 0
+    todo = iter(range(requests))
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+
+        async def one() -> None:
+            nonlocal errors
+            start = time.perf_counter()
+            first = None
+            async with session.post(base_url + "/chat/completions", data=body, headers=headers) as resp:
+                if resp.status != 200:
+                    errors += 1
+                    await resp.read()
+                    return
+                done = False
+                async for line in resp.content:
+                    if first is None and line.startswith(b"data: "):
+                        first = time.perf_counter()
+                    if line.startswith(b"data: [DONE]"):
+                        done = True
+                if not done:
+                    errors += 1
+                    return
+            end = time.perf_counter()
+            latencies.append((end - start) * 1000)
+            ttfbs.append(((first or end) - start) * 1000)
+
+        async def lane() -> None:
+            for _ in todo:
+                try:
+                    await one()
+                except (aiohttp.ClientError, TimeoutError):
+                    nonlocal errors
+                    errors += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(lane() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return LoadResult(requests - errors, errors, elapsed, latencies, ttfbs)
+
+
+def _wait_http(url: str, timeout: float) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
+
+
+def run_bench(requests: int, concurrency: int, workers: int, as_json: bool) -> dict[str, Any]:
+    engine_port = free_port()
+    engine = subprocess.Popen(
+        [sys.executable, "-m", "cocoon", "engine", "fake", "--port", str(engine_port),
+         "-o", f"reply_tokens={CHUNKS}", "-o", f"token_bytes={CHUNK_BYTES}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    engine_url = f"http://127.0.0.1:{engine_port}/v1"
+    net: LocalNet | None = None
+    try:
+        _wait_http(engine_url + "/models", 30)
+        warm = max(concurrency, requests // 20)
+        console.print(f"direct: {requests} streamed requests at concurrency {concurrency} → {engine_url}")
+        asyncio.run(run_load(engine_url, "fake-model", warm, concurrency))
+        direct = asyncio.run(run_load(engine_url, "fake-model", requests, concurrency))
+        with tempfile.TemporaryDirectory(prefix="cocoon-bench-") as state:
+            net = LocalNet(Path(state), workers=workers, engine=f"openai:{engine_url}", port=free_port(),
+                           engine_options={}, max_active=concurrency)
+            net.start(timeout_s=60)
+            api = net.client.api_url or ""
+            console.print(f"network: same load through client→proxy→{workers} worker(s)→engine at {api}")
+            asyncio.run(run_load(api, "fake-model", warm, concurrency))
+            network = asyncio.run(run_load(api, "fake-model", requests, concurrency))
+            net.stop()
+            net = None
+    finally:
+        if net is not None:
+            net.stop()
+        engine.terminate()
+        engine.wait(10)
+    report = {
+        "requests": requests, "concurrency": concurrency, "workers": workers,
+        "chunks_per_answer": CHUNKS, "chunk_bytes": CHUNK_BYTES,
+        "direct_rps": round(direct.rps, 1), "network_rps": round(network.rps, 1),
+        "ratio": round(network.rps / direct.rps, 3) if direct.rps else None,
+        "direct_p50_ms": round(direct.pct(direct.latencies_ms, 0.5), 2),
+        "direct_p99_ms": round(direct.pct(direct.latencies_ms, 0.99), 2),
+        "network_p50_ms": round(network.pct(network.latencies_ms, 0.5), 2),
+        "network_p99_ms": round(network.pct(network.latencies_ms, 0.99), 2),
+        "direct_ttfb_p50_ms": round(direct.pct(direct.ttfb_ms, 0.5), 2),
+        "network_ttfb_p50_ms": round(network.pct(network.ttfb_ms, 0.5), 2),
+        "direct_errors": direct.errors, "network_errors": network.errors,
+    }
+    if not as_json:
+        _print(report, direct, network)
+    return report
+
+
+def _print(report: dict[str, Any], direct: LoadResult, network: LoadResult) -> None:
+    table = Table(title=f"{report['requests']} streamed requests, concurrency {report['concurrency']}, "
+                        f"{CHUNKS}×{CHUNK_BYTES} B per answer")
+    for col in ("path", "req/s", "p50 ms", "p99 ms", "ttfb p50 ms", "ttfb p99 ms", "errors"):
+        table.add_column(col, justify="right")
+    for name, r in (("direct", direct), ("network", network)):
+        table.add_row(name, f"{r.rps:.1f}", f"{r.pct(r.latencies_ms, 0.5):.2f}", f"{r.pct(r.latencies_ms, 0.99):.2f}",
+                      f"{r.pct(r.ttfb_ms, 0.5):.2f}", f"{r.pct(r.ttfb_ms, 0.99):.2f}", str(r.errors))
+    Console().print(table)
+    slowdown = report["network_p50_ms"] / report["direct_p50_ms"] if report["direct_p50_ms"] else float("nan")
+    Console().print(f"ratio network/direct (req/s): [bold]{report['ratio']}[/]   median latency ×{slowdown:.2f}")

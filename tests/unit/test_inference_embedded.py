@@ -1,0 +1,212 @@
+"""The real bundled model (SmolLM2-135M via llama.cpp), and llama-cpp-python's own server as an upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import msgspec
+import pytest
+
+from cocoon.errors import ApiError
+from cocoon.inference.base import Endpoint
+from cocoon.inference.embedded import MODEL_ID, EmbeddedEngine, default_model_path
+from cocoon.inference.openai_upstream import OpenAIUpstreamEngine
+
+QUESTION = "What is the capital of France? Answer in one sentence."
+
+
+def chat(content: str = QUESTION, **extra: Any) -> dict[str, Any]:
+    return {"model": MODEL_ID, "messages": [{"role": "user", "content": content}], "temperature": 0, **extra}
+
+
+def streamed(body: dict[str, Any]) -> dict[str, Any]:
+    return {**body, "stream": True, "stream_options": {"include_usage": True}}
+
+
+async def run_stream(engine: Any, endpoint: Endpoint, body: dict[str, Any]) -> tuple[str, Any, list[Any]]:
+    """(text, usage, chunks) of a streamed answer."""
+    chunks = [msgspec.json.decode(p) async for p in engine.stream(endpoint, streamed(body))]
+    text = "".join(
+        (c["delta"].get("content") or "") if endpoint == "chat" else c["text"] for ch in chunks for c in ch["choices"]
+    )
+    return text, chunks[-1].get("usage"), chunks
+
+
+async def run_complete(engine: Any, endpoint: Endpoint, body: dict[str, Any]) -> tuple[str, Any, str]:
+    """(text, usage, finish_reason) of a whole answer."""
+    answer = msgspec.json.decode(await engine.complete(endpoint, body))
+    choice = answer["choices"][0]
+    text = choice["message"]["content"] if endpoint == "chat" else choice["text"]
+    return text, answer["usage"], choice["finish_reason"]
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[EmbeddedEngine]:
+    # the model is not bound to an event loop, so one load serves every test's loop
+    engine = EmbeddedEngine()
+    asyncio.run(engine.start())
+    yield engine
+    asyncio.run(engine.close())
+
+
+def test_default_model_path_names_the_bundled_file() -> None:
+    assert default_model_path().endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+async def test_chat_answers(engine: EmbeddedEngine) -> None:
+    assert await engine.models() == [MODEL_ID]
+    text, usage, finish = await run_complete(engine, "chat", chat(max_tokens=60))
+    assert "Paris" in text
+    assert usage["prompt_tokens"] > 5 and 0 < usage["completion_tokens"] <= 60
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert finish in ("stop", "length")
+
+
+async def test_stream_and_complete_agree_exactly(engine: EmbeddedEngine) -> None:
+    body = chat("Name three colours of the rainbow.", max_tokens=40)
+    first, _, _ = await run_complete(engine, "chat", body)
+    # from here on the prompt is in the KV cache for both runs, so even cached_tokens must match
+    text, usage, chunks = await run_stream(engine, "chat", body)
+    whole, whole_usage, finish = await run_complete(engine, "chat", body)
+    assert text == whole == first
+    assert usage == whole_usage
+    assert usage["prompt_tokens_details"]["cached_tokens"] == usage["prompt_tokens"] - 1
+    assert chunks[-2]["choices"][0]["finish_reason"] == finish
+
+
+async def test_max_tokens_ends_with_length(engine: EmbeddedEngine) -> None:
+    text, usage, finish = await run_complete(engine, "chat", chat("Write a long story about a cat.", max_tokens=5))
+    assert text and usage["completion_tokens"] == 5 and finish == "length"
+    _, usage, chunks = await run_stream(engine, "chat", chat("Write a long story about a cat.", max_tokens=5))
+    assert usage["completion_tokens"] == 5 and chunks[-2]["choices"][0]["finish_reason"] == "length"
+
+
+async def test_completions_endpoint(engine: EmbeddedEngine) -> None:
+    body = {"model": MODEL_ID, "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}
+    text, usage, finish = await run_complete(engine, "completions", body)
+    assert "Paris" in text and usage["completion_tokens"] == 8 and finish == "length"
+    streamed_text, streamed_usage, chunks = await run_stream(engine, "completions", body)
+    assert streamed_text == text and streamed_usage["completion_tokens"] == 8
+    assert {c["object"] for c in chunks} == {"text_completion"}
+
+
+async def test_multibyte_characters_are_never_split(engine: EmbeddedEngine) -> None:
+    # byte-level BPE splits these characters over several tokens
+    body = {"model": MODEL_ID, "prompt": "日本の首都は", "max_tokens": 12, "temperature": 0}
+    _, _, chunks = await run_stream(engine, "completions", body)
+    pieces = [c["choices"][0]["text"] for c in chunks if c["choices"]]
+    assert any(ord(ch) > 0x3000 for piece in pieces for ch in piece)
+    assert not any("\ufffd" in piece for piece in pieces)
+
+
+async def test_stop_strings_and_seeds(engine: EmbeddedEngine) -> None:
+    body = {"model": MODEL_ID, "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}
+    text, _, _ = await run_complete(engine, "completions", body)
+    stop = text.strip().split()[0][:3]
+    cut, _, finish = await run_complete(engine, "completions", {**body, "stop": [stop]})
+    assert cut == text[: text.index(stop)] and finish == "stop"
+    sampled = {**body, "temperature": 1.0, "seed": 1234, "max_tokens": 16}
+    assert (await run_complete(engine, "completions", sampled))[0] == (await run_complete(engine, "completions", sampled))[0]
+
+
+async def test_refusals(engine: EmbeddedEngine) -> None:
+    with pytest.raises(ApiError) as info:
+        await engine.complete("chat", chat(tools=[{"type": "function", "function": {"name": "f"}}]))
+    assert info.value.status == 400 and info.value.code == "unsupported_parameter"
+    with pytest.raises(ApiError) as info:
+        await anext(engine.stream("chat", streamed(chat() | {"model": "gpt-4o"})))
+    assert info.value.status == 404 and info.value.code == "model_not_found"
+    with pytest.raises(ApiError) as info:
+        await engine.complete("completions", {"model": MODEL_ID, "prompt": "word " * 3000})
+    assert info.value.status == 400 and info.value.code == "context_length_exceeded"
+
+
+async def test_closing_the_stream_stops_generation(engine: EmbeddedEngine) -> None:
+    body = streamed({"model": MODEL_ID, "prompt": "Once upon a time", "max_tokens": 1000, "temperature": 0})
+    stream = engine.stream("completions", body)
+    for _ in range(5):
+        await anext(stream)
+    loop = asyncio.get_running_loop()
+    closed_at, count_at_close = loop.time(), engine.generated_tokens
+    await stream.aclose()
+    # the next request waits for the model thread: it starts only once the abandoned one has stopped
+    _, usage, _ = await run_complete(engine, "completions", {**body, "stream": False, "max_tokens": 1})
+    assert usage["completion_tokens"] == 1
+    assert loop.time() - closed_at < 2.0  # 1000 tokens would take several seconds
+    assert engine.generated_tokens - count_at_close <= 3  # at most the token in flight, plus the new one
+
+
+# ---------------------------------------------------------------- llama-cpp-python's server as an upstream
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def llama_server() -> Iterator[str]:
+    """`python -m llama_cpp.server` on the bundled model; stopped when the module's tests are done."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", default_model_path(), "--model_alias", MODEL_ID,
+         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"llama_cpp.server exited: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("llama_cpp.server did not start within 60 s")
+            time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+async def llama_upstream(llama_server: str) -> AsyncIterator[OpenAIUpstreamEngine]:
+    upstream = OpenAIUpstreamEngine(llama_server, timeout_s=60)
+    await upstream.start()
+    try:
+        yield upstream
+    finally:
+        await upstream.close()
+
+
+async def test_llama_cpp_server_as_upstream(llama_upstream: OpenAIUpstreamEngine) -> None:
+    assert await llama_upstream.models() == [MODEL_ID]
+    body = chat(max_tokens=12)
+    text, usage, chunks = await run_stream(llama_upstream, "chat", body)
+    assert text and chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+    # Found here: llama-cpp-python 0.3.36's server ignores stream_options.include_usage and never streams
+    # usage, so whoever meters a stream from it must count tokens itself.
+    assert usage is None and all("usage" not in c for c in chunks)
+    whole, whole_usage, _ = await run_complete(llama_upstream, "chat", body)
+    assert whole == text
+    assert whole_usage["prompt_tokens"] > 5 and 0 < whole_usage["completion_tokens"] <= 12
+
+
+async def test_llama_cpp_server_errors_keep_status_and_message(llama_upstream: OpenAIUpstreamEngine) -> None:
+    with pytest.raises(ApiError) as info:
+        await llama_upstream.complete("chat", {"model": MODEL_ID, "messages": "not a list"})
+    # it reports request validation failures as 500s, in OpenAI's error shape
+    assert info.value.status == 500 and "validation error" in info.value.message

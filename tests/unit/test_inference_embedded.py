@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import subprocess
 import sys
@@ -113,7 +112,9 @@ async def test_stop_strings_and_seeds(engine: EmbeddedEngine) -> None:
     cut, _, finish = await run_complete(engine, "completions", {**body, "stop": [stop]})
     assert cut == text[: text.index(stop)] and finish == "stop"
     sampled = {**body, "temperature": 1.0, "seed": 1234, "max_tokens": 16}
-    assert (await run_complete(engine, "completions", sampled))[0] == (await run_complete(engine, "completions", sampled))[0]
+    first, _, _ = await run_complete(engine, "completions", sampled)
+    again, _, _ = await run_complete(engine, "completions", sampled)
+    assert first == again
 
 
 async def test_refusals(engine: EmbeddedEngine) -> None:
@@ -153,24 +154,25 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def llama_server() -> Iterator[str]:
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`python -m llama_cpp.server` on the bundled model; stopped when the module's tests are done."""
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", default_model_path(), "--model_alias", MODEL_ID,
-         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    # a file, not a pipe: the server logs a lot, and a full pipe would block it
+    log_path = tmp_path_factory.mktemp("llama_server") / "server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", default_model_path(), "--model_alias", MODEL_ID,
+             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--verbose", "false"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 60
-        while True:
+        while not _accepts(port):
             if proc.poll() is not None:
-                raise RuntimeError(f"llama_cpp.server exited: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
+                raise RuntimeError(f"llama_cpp.server exited: {log_path.read_text()[-2000:]}")
             if time.monotonic() > deadline:
-                raise RuntimeError("llama_cpp.server did not start within 60 s")
+                raise RuntimeError(f"llama_cpp.server did not start within 60 s: {log_path.read_text()[-2000:]}")
             time.sleep(0.2)
         yield f"http://127.0.0.1:{port}/v1"
     finally:
@@ -180,6 +182,14 @@ def llama_server() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from cocoon.worker.metering import MeteringError, read_answer
 log = logging.getLogger(__name__)
 
 Send = Callable[[Message], Awaitable[None]]
-TOOL_FEATURES = ("tools", "tool_choice", "response_format")
 
 
 class Execution:
@@ -58,10 +57,11 @@ class Execution:
         await self.send(ResponseEnd(id=self.req.id, usage=self.usage or Usage(), worker_ms=self._ms()))
 
     def _engine_body(self) -> dict[str, Any]:
-        unsupported = [f for f in self.req.features if f in TOOL_FEATURES]
-        if unsupported and not self.engine.supports_tools:
+        # `features` lists the tool-calling and structured-output fields the request uses (client/schema.py).
+        if self.req.features and not self.engine.supports_tools:
+            feature = self.req.features[0]
             raise ApiError(400, f"the `{self.engine.name}` engine serving `{self.req.model}` does not support "
-                                f"`{unsupported[0]}`", code="unsupported_parameter", param=unsupported[0])
+                                f"`{feature}`", code="unsupported_parameter", param=feature)
         body: dict[str, Any] = msgspec.json.decode(self.req.body)
         if self.req.stream:
             # Usage is always requested from the engine: it is what the worker is paid by.

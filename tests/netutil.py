@@ -103,3 +103,38 @@ def localnet(state_dir: Path, *, engine: str = "fake", workers: int = 2, options
             if pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
         out.close()
+
+
+@contextlib.contextmanager
+def llama_cpp_server(log_dir: Path) -> Iterator[str]:
+    """llama-cpp-python's own OpenAI server (a real third-party engine) on the bundled model."""
+    from cocoon.inference.embedded import MODEL_ID, default_model_path
+
+    port = free_port()
+    # a file, not a pipe: the server logs a lot, and a full pipe would block it
+    log_path = log_dir / "llama_server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", default_model_path(), "--model_alias", MODEL_ID,
+             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--verbose", "false"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            if proc.poll() is not None:
+                raise RuntimeError(f"llama_cpp.server exited: {log_path.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"llama_cpp.server did not start within 60 s: {log_path.read_text()[-2000:]}")
+            time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -17,6 +13,7 @@ from cocoon.errors import ApiError
 from cocoon.inference.base import Endpoint
 from cocoon.inference.embedded import MODEL_ID, EmbeddedEngine, default_model_path
 from cocoon.inference.openai_upstream import OpenAIUpstreamEngine
+from tests.netutil import llama_cpp_server
 
 QUESTION = "What is the capital of France? Answer in one sentence."
 
@@ -147,49 +144,10 @@ async def test_closing_the_stream_stops_generation(engine: EmbeddedEngine) -> No
 # ---------------------------------------------------------------- llama-cpp-python's server as an upstream
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`python -m llama_cpp.server` on the bundled model; stopped when the module's tests are done."""
-    port = free_port()
-    # a file, not a pipe: the server logs a lot, and a full pipe would block it
-    log_path = tmp_path_factory.mktemp("llama_server") / "server.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", default_model_path(), "--model_alias", MODEL_ID,
-             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--verbose", "false"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while not _accepts(port):
-            if proc.poll() is not None:
-                raise RuntimeError(f"llama_cpp.server exited: {log_path.read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"llama_cpp.server did not start within 60 s: {log_path.read_text()[-2000:]}")
-            time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True
+    with llama_cpp_server(tmp_path_factory.mktemp("llama_server")) as url:
+        yield url
 
 
 @pytest.fixture

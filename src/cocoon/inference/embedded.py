@@ -194,8 +194,9 @@ class EmbeddedEngine(LocalEngine):
 def _reused_prefix(llm: llama_cpp.Llama, tokens: list[int]) -> int:
     """How many prompt tokens llama.cpp will take from its KV cache instead of evaluating them.
 
-    It keeps the longest common prefix with what the context holds, but always evaluates at least the
-    last prompt token to get fresh logits.
+    It keeps the longest common prefix with what the context holds, but re-evaluates the last prompt token
+    to get fresh logits. (An exact repeat right after a one-token answer skips even that; this then reports
+    one token less than was reused.)
     """
     held = llm.input_ids[: llm.n_tokens].tolist()
     same = 0

@@ -13,7 +13,7 @@ import msgspec
 from cocoon.errors import ApiError
 from cocoon.inference.base import Endpoint, Engine
 from cocoon.wire.messages import Message, Request, ResponseChunk, ResponseEnd, ResponseError, ResponseHead, Usage
-from cocoon.worker.metering import MeteringError, read_answer
+from cocoon.worker.metering import MeteringError, read_answer, usage_chunk
 
 log = logging.getLogger(__name__)
 
@@ -70,22 +70,32 @@ class Execution:
         return body
 
     async def _stream(self, endpoint: Endpoint, body: dict[str, Any]) -> None:
+        generated = 0
+        first: bytes | None = None
         async with contextlib.aclosing(self.engine.stream(endpoint, body)) as chunks:
             async for payload in chunks:
-                usage, usage_only = read_answer(payload)
-                if usage is not None:
-                    self.usage = usage
-                if usage_only and not self.req.include_usage:
+                answer = read_answer(payload)
+                first = first or payload
+                generated += answer.generated
+                if answer.usage is not None:
+                    self.usage = answer.usage
+                if answer.usage_only and not self.req.include_usage:
                     continue
                 await self._head()
                 await self.send(ResponseChunk(id=self.req.id, data=payload))
-        if self.usage is None:
-            raise MeteringError("engine finished a stream without reporting usage; refusing to serve unmetered")
         await self._head()
+        if self.usage is None:
+            # Some servers ignore include_usage; each streamed chunk is one generated token there. The prompt
+            # cannot be counted without the engine's tokenizer, so it goes unbilled rather than guessed.
+            self.usage = Usage(completion_tokens=generated)
+            log.warning("engine streamed without usage: metered %d completion tokens by chunk count", generated,
+                        extra={"fields": {"engine": self.engine.name}})
+            if self.req.include_usage and first is not None:
+                await self.send(ResponseChunk(id=self.req.id, data=usage_chunk(first, self.usage)))
 
     async def _complete(self, endpoint: Endpoint, body: dict[str, Any]) -> None:
         data = await self.engine.complete(endpoint, body)
-        self.usage, _ = read_answer(data)
+        self.usage = read_answer(data).usage
         if self.usage is None:
             raise MeteringError("engine answered without reporting usage; refusing to serve unmetered")
         await self._head()

@@ -60,6 +60,12 @@ class Net:
     def by_role(self, role: str) -> list[dict[str, Any]]:
         return [p for p in self.info["processes"] if p["role"] == role]
 
+    def sdk(self, timeout: float = 120.0) -> Any:
+        """The official OpenAI SDK pointed at this network's client API (no retries: tests see every error)."""
+        import openai
+
+        return openai.OpenAI(base_url=self.api_url, api_key="any", max_retries=0, timeout=timeout)
+
 
 @contextlib.contextmanager
 def localnet(state_dir: Path, *, engine: str = "fake", workers: int = 2, options: tuple[str, ...] = (),

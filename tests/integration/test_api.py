@@ -23,9 +23,6 @@ def post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[
         return err.code, dict(err.headers), err.read()
 
 
-def sdk(net: Net) -> openai.OpenAI:
-    return openai.OpenAI(base_url=net.api_url, api_key="any", max_retries=0, timeout=30)
-
 
 def chat_body(**fields: object) -> bytes:
     return json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "say something nice"}],
@@ -50,11 +47,11 @@ def test_models_lists_served_models_in_openai_format(fake_net: Net) -> None:
     assert listing["object"] == "list"
     assert [m["id"] for m in listing["data"]] == [MODEL]
     assert listing["data"][0]["object"] == "model" and listing["data"][0]["workers"] == 2
-    assert [m.id for m in sdk(fake_net).models.list()] == [MODEL]
+    assert [m.id for m in fake_net.sdk().models.list()] == [MODEL]
 
 
 def test_chat_completion_through_the_sdk(fake_net: Net) -> None:
-    resp = sdk(fake_net).chat.completions.with_raw_response.create(
+    resp = fake_net.sdk().chat.completions.with_raw_response.create(
         model=MODEL, messages=[{"role": "user", "content": "tell me about cocoons"}], max_tokens=8)
     for header in ("x-cocoon-client-ms", "x-cocoon-proxy-ms", "x-cocoon-worker-ms"):
         assert float(resp.headers[header]) >= 0
@@ -67,7 +64,7 @@ def test_chat_completion_through_the_sdk(fake_net: Net) -> None:
 
 
 def test_streamed_chat_matches_non_streamed_and_meters_the_same(fake_net: Net) -> None:
-    client = sdk(fake_net)
+    client = fake_net.sdk()
     messages = [{"role": "user", "content": "stream and whole must agree"}]
     whole = client.chat.completions.create(model=MODEL, messages=messages, temperature=0)
     chunks = list(client.chat.completions.create(model=MODEL, messages=messages, temperature=0, stream=True,
@@ -91,7 +88,7 @@ def test_stream_ends_with_done_and_usage_only_when_asked(fake_net: Net) -> None:
 
 
 def test_legacy_completions(fake_net: Net) -> None:
-    client = sdk(fake_net)
+    client = fake_net.sdk()
     done = client.completions.create(model=MODEL, prompt="once upon a time", max_tokens=5)
     assert done.choices[0].text and done.usage.completion_tokens == 5 and done.usage.prompt_tokens == 4
     streamed = list(client.completions.create(model=MODEL, prompt="once upon a time", max_tokens=5, stream=True,
@@ -129,14 +126,14 @@ def test_oversized_body_is_413(fake_net: Net) -> None:
 
 def test_sdk_raises_typed_errors(fake_net: Net) -> None:
     with pytest.raises(openai.NotFoundError) as err:
-        sdk(fake_net).chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
+        fake_net.sdk().chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
     assert err.value.code == "model_not_found"
 
 
 def test_books_record_every_answer(fake_net: Net) -> None:
     proxy = fake_net.by_role("proxy")[0]["name"]
     before = fake_net.stats(proxy)["books"]
-    sdk(fake_net).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "a b c"}],
+    fake_net.sdk().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "a b c"}],
                                           max_tokens=3)
     after = fake_net.stats(proxy)["books"]
     assert after["charged_nanoton"] > before["charged_nanoton"]

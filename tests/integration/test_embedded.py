@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import openai
 import pytest
 
 from tests.netutil import Net, localnet
@@ -20,13 +19,10 @@ def embedded_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         yield net
 
 
-def sdk(net: Net) -> openai.OpenAI:
-    return openai.OpenAI(base_url=net.api_url, api_key="any", max_retries=0, timeout=120)
-
 
 def test_real_model_answers_through_the_network(embedded_net: Net) -> None:
-    assert [m.id for m in sdk(embedded_net).models.list()] == [MODEL]
-    answer = sdk(embedded_net).chat.completions.create(
+    assert [m.id for m in embedded_net.sdk().models.list()] == [MODEL]
+    answer = embedded_net.sdk().chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=24,
         temperature=0)
     text = answer.choices[0].message.content or ""
@@ -36,7 +32,7 @@ def test_real_model_answers_through_the_network(embedded_net: Net) -> None:
 
 
 def test_streamed_and_whole_answers_are_metered_identically(embedded_net: Net) -> None:
-    client = sdk(embedded_net)
+    client = embedded_net.sdk()
     messages = [{"role": "user", "content": "Name three colours."}]
     whole = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=20, temperature=0)
     chunks = list(client.chat.completions.create(model=MODEL, messages=messages, max_tokens=20, temperature=0,
@@ -51,6 +47,6 @@ def test_streamed_and_whole_answers_are_metered_identically(embedded_net: Net) -
 
 
 def test_max_tokens_and_legacy_completions(embedded_net: Net) -> None:
-    done = sdk(embedded_net).completions.create(model=MODEL, prompt="The sky is", max_tokens=4, temperature=0)
+    done = embedded_net.sdk().completions.create(model=MODEL, prompt="The sky is", max_tokens=4, temperature=0)
     assert done.usage.completion_tokens <= 4
     assert done.choices[0].finish_reason in ("length", "stop")

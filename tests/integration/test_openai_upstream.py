@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-import openai
 import pytest
 
 from cocoon.inference.embedded import MODEL_ID
@@ -19,19 +18,16 @@ def upstream_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         yield net
 
 
-def sdk(net: Net) -> openai.OpenAI:
-    return openai.OpenAI(base_url=net.api_url, api_key="any", max_retries=0, timeout=120)
-
 
 def test_answers_and_usage_through_a_third_party_engine(upstream_net: Net) -> None:
-    assert [m.id for m in sdk(upstream_net).models.list()] == [MODEL_ID]
-    whole = sdk(upstream_net).chat.completions.create(
+    assert [m.id for m in upstream_net.sdk().models.list()] == [MODEL_ID]
+    whole = upstream_net.sdk().chat.completions.create(
         model=MODEL_ID, messages=[{"role": "user", "content": "Say hi."}], max_tokens=8, temperature=0)
     assert whole.usage.prompt_tokens > 0 and 0 < whole.usage.completion_tokens <= 8
 
 
 def test_stream_from_a_server_that_ignores_include_usage_is_still_metered(upstream_net: Net) -> None:
-    chunks = list(sdk(upstream_net).chat.completions.create(
+    chunks = list(upstream_net.sdk().chat.completions.create(
         model=MODEL_ID, messages=[{"role": "user", "content": "Count to three."}], max_tokens=8, temperature=0,
         stream=True, stream_options={"include_usage": True}))
     generated = sum(1 for c in chunks if c.choices and c.choices[0].delta.content)
@@ -42,7 +38,7 @@ def test_stream_from_a_server_that_ignores_include_usage_is_still_metered(upstre
 
 
 def test_structured_output_passes_through_to_an_engine_that_supports_it(upstream_net: Net) -> None:
-    answer = sdk(upstream_net).chat.completions.create(
+    answer = upstream_net.sdk().chat.completions.create(
         model=MODEL_ID, messages=[{"role": "user", "content": "Give a JSON object with a key named a."}],
         response_format={"type": "json_object"}, max_tokens=24, temperature=0)
     text = answer.choices[0].message.content or ""

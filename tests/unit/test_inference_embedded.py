@@ -67,14 +67,27 @@ async def test_chat_answers(engine: EmbeddedEngine) -> None:
 
 async def test_stream_and_complete_agree_exactly(engine: EmbeddedEngine) -> None:
     body = chat("Name three colours of the rainbow.", max_tokens=40)
-    first, _, _ = await run_complete(engine, "chat", body)
-    # from here on the prompt is in the KV cache for both runs, so even cached_tokens must match
+    first, first_usage, _ = await run_complete(engine, "chat", body)
     text, usage, chunks = await run_stream(engine, "chat", body)
     whole, whole_usage, finish = await run_complete(engine, "chat", body)
     assert text == whole == first
-    assert usage == whole_usage
-    assert usage["prompt_tokens_details"]["cached_tokens"] == usage["prompt_tokens"] - 1
+    assert usage == whole_usage == first_usage
+    assert usage["prompt_tokens_details"]["cached_tokens"] == 0  # every prompt is evaluated afresh
     assert chunks[-2]["choices"][0]["finish_reason"] == finish
+
+
+async def test_prompt_cache_reuse_is_reported_as_cached_tokens() -> None:
+    engine = EmbeddedEngine(reuse_prompt_cache=True)
+    await engine.start()
+    try:
+        body = chat("Name three colours of the rainbow.", max_tokens=4)
+        _, cold, _ = await run_complete(engine, "chat", body)
+        _, warm, _ = await run_complete(engine, "chat", body)
+    finally:
+        await engine.close()
+    assert cold["prompt_tokens_details"]["cached_tokens"] == 0
+    # llama.cpp re-evaluates the last prompt token to get fresh logits
+    assert warm["prompt_tokens_details"]["cached_tokens"] == warm["prompt_tokens"] - 1
 
 
 async def test_max_tokens_ends_with_length(engine: EmbeddedEngine) -> None:

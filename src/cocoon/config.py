@@ -25,6 +25,18 @@ class Prices(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     reasoning_multiplier: int = 4000
 
 
+class SelectionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How the proxy picks a worker (proxy/selection.py)."""
+
+    probation_requests: int = 3  # answers a new worker gives before it is ranked by its measured latency
+    probation_share: float = 0.1  # share of choices offered to workers on probation first
+    bench_after_failures: int = 3  # failures in a row that take a worker out of rotation
+    bench_s: float = 5.0  # the first bench; each further bench in a row doubles it
+    bench_max_s: float = 300.0
+    load_weight: float = 1.0  # how much slower a full worker answers than an idle one (1.0: twice)
+    reference_tokens: int = 128  # answer length at which time to first token and token rate are weighed
+
+
 class CommonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     name: str
     state_dir: str = ".cocoon"
@@ -32,7 +44,8 @@ class CommonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     stats_port: int = 0  # 0: any free port (the chosen one is printed and written to localnet.json)
     attestation: str = "fake"  # tdx | fake | none
     image: str = "cocoon-dev"  # the fake backend derives its measurements from this name
-    policy: str = "dev"  # built-in policy name or a policy file
+    policy: str = "dev"  # built-in policy name (dev, tdx-any, production) or a policy file
+    pccs_url: str = ""  # where TDX collateral comes from (cached in state_dir/collateral); empty: cache only
     cert_lifetime_s: int = 86400
     log_level: str = "INFO"
 
@@ -46,8 +59,22 @@ class ProxyConfig(CommonConfig, kw_only=True, forbid_unknown_fields=True):
     port: int = 10100  # workers and clients dial this (RA-TLS)
     prices: Prices = Prices()
     ledger: str = "local"
-    # a request waits this long for its first answer byte from a worker before it fails
-    first_byte_timeout_s: float = 120.0
+    # Timeouts, each answered with its own error code. Streamed requests wait `first_token_timeout_s` for a
+    # worker's first token (then move to another worker) and `idle_timeout_s` between tokens; a non-streamed
+    # answer arrives whole, so only the total applies to it. The total covers queueing and retries, and the
+    # client's own deadline (its `request_timeout_s`) shortens it.
+    first_token_timeout_s: float = 30.0
+    idle_timeout_s: float = 30.0
+    total_timeout_s: float = 600.0
+    max_attempts: int = 3  # workers tried for one request before its first token reached the client
+    # when every matching worker is busy, requests wait in a bounded queue, then get 503 + Retry-After
+    queue_depth: int = 1024
+    queue_timeout_s: float = 5.0
+    # per client key, answered with 429 + Retry-After; 0 turns a limit off
+    client_max_concurrent: int = 64
+    client_tokens_per_minute: int = 0  # prompt + completion tokens, as charged
+    reputation_keep_s: float = 86400.0  # how long a disconnected worker key's reputation is remembered
+    selection: SelectionConfig = SelectionConfig()
 
 
 class WorkerConfig(CommonConfig, kw_only=True, forbid_unknown_fields=True):
@@ -63,6 +90,8 @@ class WorkerConfig(CommonConfig, kw_only=True, forbid_unknown_fields=True):
 class ClientConfig(CommonConfig, kw_only=True, forbid_unknown_fields=True):
     attestation: str = "none"  # clients run on ordinary servers
     proxy: str = "127.0.0.1:10100"
+    proxies: list[str] = []  # more proxies to fail over to, tried in order after `proxy`
+    connect_timeout_s: float = 5.0  # a request waits this long for a proxy link before it gets 503
     api_host: str = "127.0.0.1"
     api_port: int = 10000
     api_key: str | None = None  # required when api_host is not a loopback address
@@ -71,6 +100,10 @@ class ClientConfig(CommonConfig, kw_only=True, forbid_unknown_fields=True):
     max_prompt_chars: int = 200_000
     default_max_coefficient: int | None = None
     request_timeout_s: float = 600.0
+
+    @property
+    def proxy_addresses(self) -> list[str]:
+        return [self.proxy, *(p for p in self.proxies if p != self.proxy)]
 
 
 C = TypeVar("C", bound=CommonConfig)

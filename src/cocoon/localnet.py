@@ -67,15 +67,19 @@ def _die_with_parent() -> None:
 
 class LocalNet:
     def __init__(self, state_dir: Path, *, workers: int, engine: str, port: int,
-                 engine_options: dict[str, Any], max_active: int, attestation: str = "fake") -> None:
+                 engine_options: dict[str, Any], max_active: int, attestation: str = "fake",
+                 proxy_options: dict[str, Any] | None = None) -> None:
+        """`proxy_options`: ProxyConfig fields to set (limits, timeouts)."""
         self.state_dir = state_dir.resolve()
         self.nodes: list[NodeProcess] = []
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.proxy_port = free_port()
         proxy_addr = f"127.0.0.1:{self.proxy_port}"
         common = {"state_dir": str(self.state_dir), "policy": "dev"}
+        self._common = common
         self._add("proxy", ProxyConfig(name="proxy-1", port=self.proxy_port, attestation=attestation,
-                                       image="cocoon-proxy-dev", stats_port=free_port(), **common))
+                                       image="cocoon-proxy-dev", stats_port=free_port(), **common,
+                                       **(proxy_options or {})))
         options = dict(engine_options)
         if engine == "embedded" and "threads" not in options:
             options["threads"] = max(1, (os.cpu_count() or 2) // max(workers, 1))
@@ -84,9 +88,14 @@ class LocalNet:
                                              engine_options=options, attestation=attestation,
                                              image="cocoon-worker-dev", max_active_requests=max_active,
                                              stats_port=free_port(), **common))
-        client = self._add("client", ClientConfig(name="client-1", proxy=proxy_addr, api_port=port,
-                                                  stats_port=free_port(), **common))
-        client.api_url = f"http://127.0.0.1:{port}/v1"
+        self.add_client("client-1", port)
+
+    def add_client(self, name: str, port: int) -> NodeProcess:
+        """One more client process, before start(): its own key, so the proxy sees another client."""
+        node = self._add("client", ClientConfig(name=name, proxy=f"127.0.0.1:{self.proxy_port}", api_port=port,
+                                                stats_port=free_port(), **self._common))
+        node.api_url = f"http://127.0.0.1:{port}/v1"
+        return node
 
     def _add(self, role: str, cfg: CommonConfig) -> NodeProcess:
         path = self.state_dir / f"{cfg.name}.toml"
@@ -122,9 +131,10 @@ class LocalNet:
             proxy = next(n for n in self.nodes if n.role == "proxy")
             self._wait(lambda: len((_get_json(f"{proxy.stats_url}/jsonstats") or {}).get("workers", []))
                        >= len(workers), proxy, deadline)
-            status.update("waiting for the client to link to the proxy…")
-            self._wait(lambda: (_get_json(f"{self.client.stats_url}/jsonstats") or {}).get("proxy_connected"),
-                       self.client, deadline)
+            for client in (n for n in self.nodes if n.role == "client"):
+                status.update(f"waiting for {client.name} to link to the proxy…")
+                self._wait(lambda c=client: (_get_json(f"{c.stats_url}/jsonstats") or {}).get("proxy_connected"),
+                           client, deadline)
 
     def _wait(self, ready: Any, node: NodeProcess, deadline: float) -> None:
         while not ready():

@@ -12,8 +12,13 @@ import time
 from collections.abc import Awaitable, Callable
 
 from cocoon.attest.backends import get_backend
+from cocoon.attest.collateral import CollateralCache
+from cocoon.attest.inspect import read_quote
 from cocoon.attest.policy import load_policy
+from cocoon.attest.registry import RegistryImages
 from cocoon.config import CommonConfig
+from cocoon.ledger.base import Ledger
+from cocoon.ledger.local import LocalLedger
 from cocoon.ratls.cert import CertVerifier, Identity, make_identity
 
 log = logging.getLogger("cocoon")
@@ -53,22 +58,32 @@ def setup_logging(role: str, cfg: CommonConfig) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-def make_node_identity(role: str, cfg: CommonConfig, accept_roles: set[str]) -> tuple[Identity, CertVerifier]:
-    """A fresh attested certificate for this process, and the verifier for the peers it accepts."""
+def make_node_identity(role: str, cfg: CommonConfig, accept_roles: set[str], *, ledger: Ledger | None = None
+                       ) -> tuple[Identity, CertVerifier]:
+    """A fresh attested certificate for this process, and the verifier for the peers it accepts.
+
+    A policy that takes image hashes from the root registry reads `ledger`, by default the local ledger
+    in the state directory.
+    """
     policy = load_policy(cfg.policy)
     if not policy.production_safe:
-        log.warning("policy %r is NOT safe for production: it accepts fake attestation", policy.name,
-                    extra={"fields": {"policy": policy.name}})
-    backend = get_backend(cfg.attestation, image=cfg.image)
+        log.warning("policy %r is NOT safe for production: it accepts fake attestation or any image",
+                    policy.name, extra={"fields": {"policy": policy.name}})
+    registry = None
+    if policy.needs_registry:
+        registry = RegistryImages(ledger or LocalLedger(cfg.state_path / "ledger.sqlite"))
+    # Intel's collateral for TDX peers: cached in the state dir, fetched from `pccs_url` when missing.
+    collateral = CollateralCache(cfg.state_path / "collateral", cfg.pccs_url or None)
+    backend = get_backend(cfg.attestation, image=cfg.image, collateral=collateral)
     identity = make_identity(role, backend, lifetime_s=cfg.cert_lifetime_s, now=time.time())
-    return identity, CertVerifier(policy, accept_roles)
+    return identity, CertVerifier(policy, accept_roles, registry=registry, collateral=collateral)
 
 
 def own_image_hash(cfg: CommonConfig) -> str | None:
     """This node's image hash as its peers will see it (hex), or None for attestation kind `none`."""
     backend = get_backend(cfg.attestation, image=cfg.image)
-    verified = backend.verify(backend.quote(bytes(64)), time.time())
-    return verified.image_hash.hex() if verified.image_hash else None
+    measurements = read_quote(backend.kind, backend.quote(bytes(64))).measurements
+    return measurements.image_hash().hex() if measurements else None
 
 
 def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:

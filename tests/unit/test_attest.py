@@ -10,8 +10,20 @@ import pytest
 from cocoon.attest.backends import get_backend, verifier_for
 from cocoon.attest.fake import FAKE_QUOTE_LEN, FakeBackend, fake_image_hash, fake_measurements
 from cocoon.attest.none import NoneBackend
-from cocoon.attest.policy import DEV_POLICY, PolicyError, RolePolicy, load_policy, with_image_hashes
-from cocoon.attest.types import AttestationError
+from cocoon.attest.policy import (
+    DEV_POLICY,
+    PRODUCTION_POLICY,
+    TDX_ANY_POLICY,
+    Policy,
+    PolicyError,
+    RolePolicy,
+    load_policy,
+    with_image_hashes,
+)
+from cocoon.attest.tdx import TdxBackend
+from cocoon.attest.tsm import TsmQuoter
+from cocoon.attest.types import DEFAULT_TCB_STATUSES, AttestationError, VerifiedQuote
+from tests.tdxdata import SAMPLE_QUOTE
 
 NOW = 1_700_000_000.0
 REPORT_DATA = hashlib.sha512(b"some claims").digest()
@@ -71,13 +83,20 @@ def test_none_backend() -> None:
         verifier_for("none").verify(b"abc", NOW)
 
 
-def test_tdx_and_unknown_kinds_are_refused() -> None:
-    with pytest.raises(AttestationError, match="tdx attestation backend is not implemented yet"):
-        get_backend("tdx")
-    with pytest.raises(AttestationError, match="tdx attestation backend is not implemented yet"):
-        verifier_for("tdx")
+def test_tdx_backend_and_unknown_kinds(tmp_path: Path) -> None:
+    backend = get_backend("tdx")
+    assert isinstance(backend, TdxBackend)
+    assert backend.kind == "tdx"
+    missing = TdxBackend(backend.verifier, TsmQuoter(tmp_path / "no-tsm"))
+    with pytest.raises(AttestationError, match="cannot produce a TDX quote: the Linux TSM interface"):
+        missing.quote(REPORT_DATA)
+    # Without collateral configured, a TDX quote is refused with a reason naming the missing setting.
+    with pytest.raises(AttestationError, match="no PCCS is configured"):
+        verifier_for("tdx").verify(SAMPLE_QUOTE.read_bytes(), NOW)
     with pytest.raises(AttestationError, match="unknown attestation kind 'sgx'"):
         get_backend("sgx")
+    with pytest.raises(AttestationError, match="unknown attestation kind 'sgx'"):
+        verifier_for("sgx")
 
 
 def test_dev_policy() -> None:
@@ -88,6 +107,36 @@ def test_dev_policy() -> None:
     assert policy.rules_for("proxy").kinds == {"fake", "tdx"}
     assert policy.rules_for("client").kinds == {"none", "fake", "tdx"}
     assert policy.rules_for("worker").image_hashes is None
+
+
+def test_builtin_tdx_policies() -> None:
+    tdx_any, production = load_policy("tdx-any"), load_policy("production")
+    assert (tdx_any, production) == (TDX_ANY_POLICY, PRODUCTION_POLICY)
+    for policy in (tdx_any, production):
+        assert policy.rules_for("worker").kinds == policy.rules_for("proxy").kinds == {"tdx"}
+        assert policy.rules_for("worker").tcb_statuses == DEFAULT_TCB_STATUSES
+        assert policy.rules_for("client").kinds == {"none", "tdx"}
+    assert tdx_any.rules_for("worker").image_hashes is None and not tdx_any.production_safe
+    assert not tdx_any.needs_registry
+    assert production.rules_for("worker").image_hashes == production.rules_for("proxy").image_hashes == "registry"
+    assert production.production_safe and production.needs_registry
+
+
+def test_registry_policy_without_a_registry_refuses_instead_of_accepting() -> None:
+    verified = VerifiedQuote(kind="tdx", report_data=bytes(64), measurements=fake_measurements("img-a"),
+                             tcb_status="UpToDate")
+    with pytest.raises(AttestationError, match="from the root registry, but no registry is connected"):
+        PRODUCTION_POLICY.check_quote("worker", verified)
+
+
+def test_production_safe_policy_must_restrict_tee_images() -> None:
+    with pytest.raises(ValueError, match="must restrict the image hashes of role 'worker'"):
+        Policy(name="x", roles={"worker": RolePolicy(kinds=frozenset({"tdx"}))}, production_safe=True)
+    with pytest.raises(ValueError, match="cannot allow kinds \\['fake', 'none'\\] for role 'client'"):
+        Policy(name="x", roles={"client": RolePolicy(kinds=frozenset({"none", "fake"}))}, production_safe=True)
+    with pytest.raises(ValueError, match="role 'client' cannot take image hashes from the registry"):
+        Policy(name="x", roles={"client": RolePolicy(kinds=frozenset({"tdx"}), image_hashes="registry")},
+               production_safe=False)
 
 
 def test_policy_refuses_an_absent_role(tmp_path: Path) -> None:
@@ -112,6 +161,15 @@ max_cert_age_s = 3600
 
 [roles.client]
 kinds = ["none"]
+
+[roles.proxy]
+kinds = ["tdx"]
+image_hashes = "registry"
+mrtds = ["{"cd" * 48}"]
+tcb_statuses = ["UpToDate", "OutOfDate"]
+
+[roles.proxy.rtmrs]
+rtmr1 = ["{"ef" * 48}"]
 """
     )
     policy = load_policy(str(path))
@@ -121,7 +179,11 @@ kinds = ["none"]
         kinds=frozenset({"tdx"}), image_hashes=frozenset({good}), max_cert_age_s=3600.0
     )
     assert policy.rules_for("client").max_skew_s == 300
-    assert "proxy" not in policy.roles
+    assert policy.rules_for("proxy") == RolePolicy(
+        kinds=frozenset({"tdx"}), image_hashes="registry", mrtds=frozenset({"cd" * 48}),
+        rtmrs={"rtmr1": frozenset({"ef" * 48})}, tcb_statuses=frozenset({"UpToDate", "OutOfDate"}),
+    )
+    assert policy.needs_registry
 
 
 @pytest.mark.parametrize(
@@ -148,6 +210,23 @@ kinds = ["none"]
             r"\[roles.worker\]: Expected `array`, got `str`",
         ),
         ('name = = "x"\n', "is not valid TOML"),
+        (
+            'name = "x"\nproduction_safe = false\n[roles.worker]\nkinds = ["tdx"]\ntcb_statuses = ["Revoked"]\n',
+            "must be a non-empty subset of",
+        ),
+        (
+            'name = "x"\nproduction_safe = false\n[roles.worker]\nkinds = ["tdx"]\nmrtds = ["abcd"]\n',
+            "'abcd' is not 96 lowercase hex",
+        ),
+        (
+            'name = "x"\nproduction_safe = false\n[roles.worker]\nkinds = ["tdx"]\n[roles.worker.rtmrs]\n'
+            f'rtmr4 = ["{"00" * 48}"]\n',
+            "unknown registers \\['rtmr4'\\]",
+        ),
+        (
+            'name = "x"\nproduction_safe = false\n[roles.worker]\nkinds = ["tdx"]\nimage_hashes = "ledger"\n',
+            "Invalid enum value 'ledger'",
+        ),
     ],
 )
 def test_policy_file_errors_are_precise(tmp_path: Path, body: str, message: str) -> None:

@@ -13,11 +13,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.x509.oid import NameOID
 
 from cocoon.attest.backends import get_backend
+from cocoon.attest.collateral import FixedCollateral
 from cocoon.attest.fake import FakeBackend, fake_image_hash
-from cocoon.attest.policy import DEV_POLICY, Policy, RolePolicy, with_image_hashes
+from cocoon.attest.policy import DEV_POLICY, TDX_ANY_POLICY, Policy, RolePolicy, with_image_hashes
 from cocoon.attest.types import AttestationError
 from cocoon.ratls.cert import (
     OID_CLAIMS,
@@ -28,6 +30,7 @@ from cocoon.ratls.cert import (
     make_identity,
     save_identity,
 )
+from tests.tdxdata import INSIDE_WINDOW, SAMPLE_COLLATERAL, SAMPLE_QUOTE
 
 NOW = 1_700_000_000.0
 DAY = 86400
@@ -175,7 +178,7 @@ def test_image_hash_restriction_refuses_kind_none() -> None:
 
 def test_disallowed_kind_is_refused() -> None:
     tdx_only = Policy(
-        name="tdx-only", roles={"worker": RolePolicy(kinds=frozenset({"tdx"}))}, production_safe=True
+        name="tdx-only", roles={"worker": RolePolicy(kinds=frozenset({"tdx"}))}, production_safe=False
     )
     der = make_identity("worker", FAKE, now=NOW).cert_der
     _refused(der, "kind 'fake' is not allowed for role 'worker' by policy 'tdx-only'", policy=tdx_only)
@@ -327,3 +330,57 @@ def test_cache_is_bounded() -> None:
 def test_unknown_accept_role_is_a_programming_error() -> None:
     with pytest.raises(ValueError, match="unknown roles \\['admin'\\]"):
         CertVerifier(DEV_POLICY, ["admin"])
+
+
+def test_hpke_key_travels_in_the_claims_and_reaches_the_peer_identity() -> None:
+    hpke = X25519PrivateKey.generate()
+    identity = make_identity("worker", FAKE, now=NOW, hpke_key=hpke)
+    assert identity.hpke_key is hpke
+    assert identity.claims.hpke_public_key == hpke.public_key().public_bytes_raw()
+    peer = CertVerifier(DEV_POLICY, ["worker"]).verify(identity.cert_der, now=NOW)
+    assert peer.hpke_public_key == identity.claims.hpke_public_key
+    assert CertVerifier(DEV_POLICY, ["worker"]).verify(make_identity("worker", FAKE, now=NOW).cert_der,
+                                                       now=NOW).hpke_public_key == b""
+
+
+def test_claims_without_optional_fields_decode_on_nodes_that_predate_them() -> None:
+    class OldClaims(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+        public_key: bytes
+        role: str
+        kind: str
+        issued_at: int
+        gpu_evidence: bytes = b""
+
+    claims = make_identity("worker", FAKE, now=NOW).claims
+    old = msgspec.msgpack.decode(claims.encode(), type=OldClaims)
+    assert (old.public_key, old.role, old.kind, old.issued_at) == (
+        claims.public_key, claims.role, claims.kind, claims.issued_at)
+
+
+def test_genuine_tdx_quote_in_a_certificate_for_other_claims_is_refused() -> None:
+    # A real, verifiable TDX quote (checked against real collateral) whose report_data is not ours.
+    key = Ed25519PrivateKey.generate()
+    encoded = Claims(public_key=_raw(key), role="worker", kind="tdx", issued_at=INSIDE_WINDOW).encode()
+    extensions = [
+        x509.Extension(OID_QUOTE, True, x509.UnrecognizedExtension(OID_QUOTE, SAMPLE_QUOTE.read_bytes())),
+        x509.Extension(OID_CLAIMS, True, x509.UnrecognizedExtension(OID_CLAIMS, encoded)),
+    ]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "w")]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "w")]))
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(_utc(INSIDE_WINDOW - 60))
+        .not_valid_after(_utc(INSIDE_WINDOW + DAY))
+    )
+    for ext in extensions:
+        cert = cert.add_extension(ext.value, critical=True)
+    der = cert.sign(key, None).public_bytes(serialization.Encoding.DER)
+    collateral = FixedCollateral.load(SAMPLE_COLLATERAL)
+    verifier = CertVerifier(TDX_ANY_POLICY, ["worker"], collateral=collateral)
+    with pytest.raises(AttestationError, match="quote report_data does not match SHA-512 of the claims"):
+        verifier.verify(der, now=INSIDE_WINDOW)
+    # Without collateral the TDX quote itself is refused first, naming what is missing.
+    with pytest.raises(AttestationError, match="no PCCS is configured"):
+        CertVerifier(TDX_ANY_POLICY, ["worker"]).verify(der, now=INSIDE_WINDOW)

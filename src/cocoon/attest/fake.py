@@ -98,8 +98,7 @@ class FakeBackend:
 
     def verify(self, quote: bytes, now: float) -> VerifiedQuote:
         # `now` is unused: a fake quote carries no validity period (the certificate around it does).
-        if len(quote) != FAKE_QUOTE_LEN:
-            raise AttestationError(f"fake quote has {len(quote)} bytes, expected {FAKE_QUOTE_LEN}")
+        _check_length(quote)
         body, signature = quote[:-_SIGNATURE_LEN], quote[-_SIGNATURE_LEN:]
         try:
             _fake_platform_public_key().verify(signature, body)
@@ -107,15 +106,27 @@ class FakeBackend:
             raise AttestationError(
                 "fake quote signature does not verify with the fake platform key"
             ) from None
-        try:
-            decoded = _DECODER.decode(body)
-        except msgspec.DecodeError as e:
-            raise AttestationError(f"fake quote body is malformed: {e}") from None
-        measurements = Measurements(
-            mrtd=decoded.mrtd,
-            mrconfigid=decoded.mrconfigid,
-            mrowner=decoded.mrowner,
-            mrownerconfig=decoded.mrownerconfig,
-            rtmr=decoded.rtmr,
-        )
-        return VerifiedQuote(kind="fake", report_data=decoded.report_data, measurements=measurements)
+        measurements, report_data = parse_fake_quote(quote)
+        return VerifiedQuote(kind="fake", report_data=report_data, measurements=measurements)
+
+
+def parse_fake_quote(quote: bytes) -> tuple[Measurements, bytes]:
+    """(measurements, report_data) of a fake quote, without checking its signature."""
+    _check_length(quote)
+    try:
+        decoded = _DECODER.decode(quote[:-_SIGNATURE_LEN])
+    except msgspec.DecodeError as e:
+        raise AttestationError(f"fake quote body is malformed: {e}") from None
+    measurements = Measurements(
+        mrtd=decoded.mrtd,
+        mrconfigid=decoded.mrconfigid,
+        mrowner=decoded.mrowner,
+        mrownerconfig=decoded.mrownerconfig,
+        rtmr=decoded.rtmr,
+    )
+    return measurements, decoded.report_data
+
+
+def _check_length(quote: bytes) -> None:
+    if len(quote) != FAKE_QUOTE_LEN:
+        raise AttestationError(f"fake quote has {len(quote)} bytes, expected {FAKE_QUOTE_LEN}")

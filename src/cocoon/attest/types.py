@@ -3,11 +3,38 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 import msgspec
 
 ROLES = ("client", "proxy", "worker")
 KINDS = ("tdx", "fake", "none")
+REGISTRY_ROLES = ("proxy", "worker")  # the roles that run in TEEs, whose images the root registry lists
+
+_HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def image_hash_hex(value: bytes | str) -> str:
+    """An image hash, given raw or as hex, as 64 lowercase hex characters; ValueError if it is not one."""
+    text = value.hex() if isinstance(value, bytes) else value
+    if not _HEX_SHA256.fullmatch(text):
+        raise ValueError(f"image hash {value!r} is not 64 lowercase hex characters (a SHA-256)")
+    return text
+
+
+# Intel's TCB statuses a quote can verify with, spelled as in its TCB info (and dcap-qvl). "Revoked" is not
+# listed: a revoked platform never verifies, whatever a policy says.
+TCB_STATUSES = (
+    "UpToDate",
+    "SWHardeningNeeded",
+    "ConfigurationNeeded",
+    "ConfigurationAndSWHardeningNeeded",
+    "OutOfDate",
+    "OutOfDateConfigurationNeeded",
+)
+# Software hardening is a mitigation the TD's own code applies; configuration and out-of-date statuses mean
+# the host's firmware or BIOS settings leave known vulnerabilities open, so they must be opted into.
+DEFAULT_TCB_STATUSES = frozenset({"UpToDate", "SWHardeningNeeded"})
 
 
 class AttestationError(Exception):
@@ -42,7 +69,8 @@ class VerifiedQuote(msgspec.Struct, frozen=True):
     kind: str
     report_data: bytes
     measurements: Measurements | None = None
-    tcb_status: str | None = None
+    tcb_status: str | None = None  # set for tdx: Intel's verdict on the platform's firmware and microcode
+    valid_until: float | None = None  # when the evidence used (tdx: Intel's collateral) stops being current
 
     @property
     def image_hash(self) -> bytes | None:
@@ -58,6 +86,7 @@ class PeerIdentity(msgspec.Struct, frozen=True):
     image_hash: bytes | None
     cert_sha256: bytes
     not_after: float
+    hpke_public_key: bytes = b""  # raw X25519 key from the claims, when the peer can receive sealed keys
 
     @property
     def key_id(self) -> str:

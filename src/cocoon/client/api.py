@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+REGION_HEADER = "cocoon-region"
+
 
 class ClientStats:
     def __init__(self) -> None:
@@ -31,15 +33,17 @@ class ClientStats:
         self.charged_nanoton = 0
         self.active = 0
 
-    def record(self, outcome: str, end: ResponseEnd | None = None) -> None:
+    def record(self, outcome: str, last: ResponseEnd | ResponseError | None = None) -> None:
+        """Count an outcome, and what its last message says was charged (a broken stream is charged too)."""
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
-        if end is not None:
-            u: Usage = end.usage
-            self.usage["prompt"] += u.prompt_tokens
-            self.usage["cached"] += u.cached_tokens
-            self.usage["completion"] += u.completion_tokens
-            self.usage["reasoning"] += u.reasoning_tokens
-            self.charged_nanoton += end.cost_nanoton
+        u: Usage | None = last.usage if last is not None else None
+        if last is None or u is None:
+            return
+        self.usage["prompt"] += u.prompt_tokens
+        self.usage["cached"] += u.cached_tokens
+        self.usage["completion"] += u.completion_tokens
+        self.usage["reasoning"] += u.reasoning_tokens
+        self.charged_nanoton += last.cost_nanoton
 
 
 def error_response(exc: ApiError) -> web.Response:
@@ -117,6 +121,7 @@ class ClientApi:
             stream=parsed.stream, include_usage=parsed.include_usage,
             deadline=time.time() + self.cfg.request_timeout_s, uid=uuid.uuid4().hex,
             max_coefficient=self.cfg.default_max_coefficient, features=parsed.engine_features(),
+            region=requested_region(request),
         )
         call = await self.link.call(req)
         self.stats.active += 1
@@ -168,7 +173,7 @@ class ClientApi:
                 break
             elif isinstance(msg, ResponseError):
                 # Headers are gone already: the error travels as a final SSE event, the way OpenAI does.
-                self.stats.record(msg.code or "error")
+                self.stats.record(msg.code or "error", msg)
                 await resp.write(b"data: " + _api_error(msg).to_json() + b"\n\n")
                 break
         await resp.write_eof()
@@ -176,4 +181,17 @@ class ClientApi:
 
 
 def _api_error(msg: ResponseError) -> ApiError:
+    if msg.code == "link_lost":  # our own link to the proxy broke, not a worker's
+        return ApiError(502, f"the connection to the proxy broke while this request was in flight ({msg.message}); "
+                             "it was not retried, since the proxy may have started it", type="api_error",
+                        code="proxy_link_lost", retry_after=1)
     return ApiError(msg.status, msg.message, type=msg.type, code=msg.code, retry_after=msg.retry_after)
+
+
+def requested_region(request: web.Request) -> str:
+    """The `cocoon-region` header: only workers announcing this region may answer."""
+    region = request.headers.get(REGION_HEADER, "").strip()
+    if len(region) > 64 or not region.isprintable():
+        raise ApiError(400, f"the `{REGION_HEADER}` header must be a printable region name of at most 64 characters",
+                       code="invalid_region", param=REGION_HEADER)
+    return region

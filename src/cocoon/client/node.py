@@ -31,6 +31,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def proxy_addresses(cfg: ClientConfig) -> list[str]:
+    """The proxies this client may use, in order of preference: its configuration for now; discovery through
+    the root registry's proxy list replaces this source (the dialer asks it again before every round)."""
+    return cfg.proxy_addresses
+
+
 class ClientNode:
     def __init__(self, cfg: ClientConfig) -> None:
         if not is_loopback(cfg.api_host) and not cfg.api_key:
@@ -38,8 +44,9 @@ class ClientNode:
                               "set `api_key` in the client config (requests then need `Authorization: Bearer`)")
         self.cfg = cfg
         self.identity, self.verifier = make_node_identity("client", cfg, {"proxy"})
-        self.dialer = Dialer(cfg.proxy, self.identity, self.verifier, self._hello, refuse_inbound)
-        self.api = ClientApi(cfg, ProxyLink(self.dialer))
+        self.dialer = Dialer(lambda: proxy_addresses(cfg), self.identity, self.verifier, self._hello,
+                             refuse_inbound, connect_timeout_s=cfg.connect_timeout_s)
+        self.api = ClientApi(cfg, ProxyLink(self.dialer, cfg.connect_timeout_s))
         registry = CollectorRegistry()
         connected = Gauge("cocoon_client_proxy_connected", "1 while the proxy link is up", registry=registry)
         Gauge("cocoon_client_active_requests", "API requests in flight", registry=registry).set_function(
@@ -74,7 +81,8 @@ class ClientNode:
         s = self.api.stats
         return {
             "api_url": f"http://{self.cfg.api_host}:{self.api_port}/v1",
-            "proxy": self.cfg.proxy,
+            "proxy": self.dialer.address,
+            "proxies": proxy_addresses(self.cfg),
             "proxy_connected": self.dialer.connected,
             "last_link_error": self.dialer.last_error,
             "active_requests": s.active,

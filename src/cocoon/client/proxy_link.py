@@ -18,18 +18,21 @@ def refuse_inbound(conn: Connection, msg: Request | Cancel | ModelsQuery) -> Non
 
 
 class ProxyLink:
-    def __init__(self, dialer: Dialer) -> None:
+    def __init__(self, dialer: Dialer, connect_timeout_s: float) -> None:
         self.dialer = dialer
+        self.connect_timeout_s = connect_timeout_s
 
-    async def _connection(self, wait_s: float) -> Connection:
-        conn = await self.dialer.wait_connected(wait_s)
+    async def _connection(self) -> Connection:
+        conn = await self.dialer.wait_connected(self.connect_timeout_s)
         if conn is None:
-            raise ApiError(503, f"no connection to the proxy at {self.dialer.address}: {self.dialer.last_error}",
-                           type="service_unavailable", code="proxy_unavailable", retry_after=2)
+            timed_out = self.dialer.last_dial_timed_out
+            raise ApiError(503, f"no link to a proxy within {self.connect_timeout_s:.1f}s: {self.dialer.last_error}",
+                           type="service_unavailable",
+                           code="proxy_connect_timeout" if timed_out else "proxy_unavailable", retry_after=2)
         return conn
 
-    async def call(self, req: Request, wait_s: float = 5.0) -> Call:
-        conn = await self._connection(wait_s)
+    async def call(self, req: Request) -> Call:
+        conn = await self._connection()
         try:
             return await conn.request(req)
         except ConnectionError as exc:
@@ -37,7 +40,7 @@ class ProxyLink:
                            code="proxy_unavailable", retry_after=2) from None
 
     async def models(self) -> ModelsReply:
-        conn = await self._connection(5.0)
+        conn = await self._connection()
         try:
             reply = await conn.query_models()
         except (TimeoutError, ConnectionError) as exc:

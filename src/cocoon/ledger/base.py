@@ -1,25 +1,195 @@
-"""The ledger interface the proxy, workers and clients use; backends: local (embedded), ton (later)."""
+"""The ledger interface the proxy, workers and clients use (DESIGN §3); backends: `local` (ledger/local.py, a
+chain in one SQLite file executing the compiled contracts) and `ton` (ledger/ton.py, real TON).
+
+Every method blocks (file, emulator or network): call them from a thread (`asyncio.to_thread`) on an event loop,
+except `root_params` and `refresh`, which answer from a cache and are cheap enough for the request path.
+Amounts are integer nanoTON; addresses are raw strings (`0:<64 hex>`).
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from cocoon.config import Prices
 
+if TYPE_CHECKING:
+    from cocoon.ledger.vouchers import Voucher
+    from cocoon.ledger.wallet import Wallet
+
+TON = 1_000_000_000
+
+
+class Terms(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The root's rules for channels beyond the prices: close delays (seconds) and minimum stakes (nanoTON)."""
+
+    client_close_delay: int = 3600
+    proxy_close_delay: int = 86400
+    min_client_stake: int = 1 * TON
+    min_proxy_stake: int = 10 * TON
+
 
 class RootParams(msgspec.Struct, frozen=True):
-    """The root registry's parameters that the hot path needs (DESIGN §3)."""
+    """The root registry at one `version` (it grows on every change)."""
 
     version: int
     prices: Prices
+    terms: Terms = Terms()
+    proxy_image_hashes: frozenset[str] = frozenset()  # lowercase hex SHA-256 image hashes (DESIGN §2)
+    worker_image_hashes: frozenset[str] = frozenset()
+    model_hashes: frozenset[str] = frozenset()
+
+    def allowed_images(self, role: str) -> frozenset[str]:
+        """The image hashes the registry allows for `role`; none for roles it does not list (clients)."""
+        if role == "proxy":
+            return self.proxy_image_hashes
+        if role == "worker":
+            return self.worker_image_hashes
+        return frozenset()
+
+
+class LedgerError(Exception):
+    """An operation could not be sent (no funds in the wallet, no such contract, chain unreachable)."""
+
+
+class LedgerRefused(LedgerError):
+    """A contract refused an operation: its exit code says why. The chain's fees for trying are spent."""
+
+    def __init__(self, operation: str, address: str, exit_code: int | None, meaning: str) -> None:
+        super().__init__(f"{operation} refused by {address}: exit code {exit_code} ({meaning})")
+        self.operation = operation
+        self.address = address
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class ChannelState:
+    """A client channel (client × proxy × nonce). `balance` includes the stake; `charged` is the cumulative total
+    the proxy has claimed on chain."""
+
+    address: str
+    state: str  # new | open | closing | closed
+    balance: int
+    stake: int
+    charged: int
+    seqno: int  # of the last voucher applied on chain
+    unlock_at: int  # when a closing channel may be finalized without the proxy (unix time)
+
+    @property
+    def withdrawable(self) -> int:
+        return max(self.balance - self.stake, 0) if self.state == "open" else 0
+
+
+@dataclass(frozen=True)
+class ProxyState:
+    address: str
+    status: str  # new | active | closing | closed
+    stake: int
+    earned: int  # charges received from client channels
+    paid_out: int  # payouts to workers
+    open_clients: int
+    close_at: int
+    commit_seqno: int
+    commit_hash: bytes
+
+
+@dataclass(frozen=True)
+class WorkerChannelState:
+    address: str
+    seqno: int
+    paid: int  # cumulative, already paid to the worker
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What an operation cost on chain: every transaction's fees plus the forward fees of the messages between
+    them (the sending wallet's own fees excluded: they depend on the wallet). None where the backend returns
+    before the chain executed the operation (ton)."""
+
+    fees: int | None
 
 
 class Ledger(ABC):
+    # ---- the registry ----
     @abstractmethod
     def root_params(self) -> RootParams:
         """The registry as last seen (cached: never a network round trip on the request path)."""
+
+    @abstractmethod
+    def refresh(self) -> RootParams:
+        """The registry including changes made elsewhere (another process, the chain). Called on every
+        attestation check, so it must stay cheap: a backend behind a network returns the view its
+        background sync last saw."""
+
+    # ---- addresses (computed from the contracts' StateInit; a proxy's identity is read once) ----
+    @abstractmethod
+    def proxy_key(self, proxy: str) -> bytes:
+        """The Ed25519 public key that signs proxy contract `proxy`'s vouchers."""
+
+    @abstractmethod
+    def client_channel_address(self, proxy: str, client: str, nonce: int = 0) -> str:
+        """The genuine channel of wallet `client` with proxy contract `proxy`."""
+
+    @abstractmethod
+    def worker_channel_address(self, proxy: str, worker: str) -> str:
+        """The genuine channel paying wallet `worker` for proxy contract `proxy`."""
+
+    # ---- reads ----
+    @abstractmethod
+    def balance(self, address: str) -> int:
+        """nanoTON held by a wallet or contract (0 if it does not exist)."""
+
+    @abstractmethod
+    def channel_state(self, channel: str) -> ChannelState: ...
+
+    @abstractmethod
+    def proxy_state(self, proxy: str) -> ProxyState: ...
+
+    @abstractmethod
+    def worker_channel_state(self, channel: str) -> WorkerChannelState: ...
+
+    @abstractmethod
+    def last_commit(self, proxy: str) -> tuple[int, bytes]:
+        """The `(seqno, state hash)` the proxy last committed on chain ((0, 32 zero bytes) before any)."""
+
+    # ---- proxy (its owner wallet) ----
+    @abstractmethod
+    def add_proxy_stake(self, wallet: Wallet, proxy: str, amount: int) -> Outcome: ...
+
+    @abstractmethod
+    def commit(self, wallet: Wallet, proxy: str, seqno: int, state_hash: bytes) -> Outcome:
+        """Record the proxy's books at `seqno` on chain; refused unless `seqno` is above the last commit."""
+
+    @abstractmethod
+    def settle_charge(self, wallet: Wallet, voucher: Voucher) -> Outcome:
+        """Claim a client channel's charge voucher (tag charge) or close it at once with a final one."""
+
+    # ---- client ----
+    @abstractmethod
+    def open_channel(self, wallet: Wallet, proxy: str, deposit: int, stake: int, nonce: int = 0) -> Outcome:
+        """Deploy the channel and deposit `deposit` (of which `stake` is stake) in one message."""
+
+    @abstractmethod
+    def deposit(self, wallet: Wallet, channel: str, amount: int, stake_raise: int = 0) -> Outcome:
+        """Top up an open channel by exactly `amount` (the wallet also pays the channel's deposit fee)."""
+
+    @abstractmethod
+    def withdraw(self, wallet: Wallet, channel: str, amount: int) -> Outcome: ...
+
+    @abstractmethod
+    def request_close(self, wallet: Wallet, channel: str) -> Outcome:
+        """Start closing without the proxy; `finalize_close` refunds everything after the close delay."""
+
+    @abstractmethod
+    def finalize_close(self, wallet: Wallet, channel: str) -> Outcome: ...
+
+    # ---- worker ----
+    @abstractmethod
+    def redeem(self, wallet: Wallet, proxy: str, voucher: Voucher) -> Outcome:
+        """Redeem a payout voucher on the worker channel (deployed on first use); the proxy pays the wallet."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release files or connections."""

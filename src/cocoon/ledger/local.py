@@ -1,51 +1,150 @@
-"""The local ledger: a single SQLite file on this machine holding the root registry's parameters.
+"""The `local` ledger: cocoon's contracts deployed on a LocalChain (one SQLite file, TVM-executed).
 
-Payment channels and the TVM-executed contracts plug in here in a later step; the proxy already reads its
-prices through this interface so that nothing on the request path changes then.
+Opening a file that holds no chain yet creates one (genesis): an owner wallet whose key stays in the file (a
+local test network has no secret owner) and the root registry, deployed with the given prices and terms. Every
+process that opens the same file sees the same chain. Owner operations (prices, image hashes, proxy
+registration) and minting are open to whoever can write the file.
 """
 
 from __future__ import annotations
 
-import sqlite3
+import os
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
-import msgspec
+from pytoniq_core import Address
 
+from cocoon.attest.types import REGISTRY_ROLES, image_hash_hex
 from cocoon.config import Prices
-from cocoon.ledger.base import Ledger, RootParams
+from cocoon.ledger import layouts
+from cocoon.ledger.base import TON, LedgerError, LedgerRefused, Outcome, RootParams, Terms
+from cocoon.ledger.chain import LocalChain, Receipt
+from cocoon.ledger.contracts import MIN_OP_VALUE, HashKind, describe_exit
+from cocoon.ledger.onchain import Message, OnChainLedger
+from cocoon.ledger.tvm import Tvm
+from cocoon.ledger.wallet import Wallet, raw_address
+
+GENESIS_SUPPLY = 1_000_000 * TON  # minted to the owner wallet
+ROOT_GAS = 1 * TON  # the root's own balance, for its gas and storage
+REGISTER_VALUE = TON // 2  # sent with register_proxy; what the root does not use becomes the proxy's gas buffer
+_IMAGE_KINDS = {"proxy": HashKind.PROXY_IMAGE, "worker": HashKind.WORKER_IMAGE}
 
 
-class LocalLedger(Ledger):
-    def __init__(self, path: str | Path, *, default_prices: Prices | None = None) -> None:
+class LocalLedger(OnChainLedger):
+    def __init__(self, path: str | Path, *, default_prices: Prices | None = None, terms: Terms | None = None,
+                 clock: Callable[[], float] = time.time, tvm: Tvm | None = None) -> None:
+        """Open the chain in `path`; create it (genesis) with `default_prices` and `terms` if there is none."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS root (id INTEGER PRIMARY KEY CHECK (id = 1),"
-                         " version INTEGER NOT NULL, params BLOB NOT NULL)")
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            row = self._db.execute("SELECT 1 FROM root WHERE id = 1").fetchone()
-            if row is None:
-                self._db.execute("INSERT INTO root VALUES (1, 1, ?)",
-                                 (msgspec.json.encode(default_prices or Prices()),))
-        self._cached = self._read()
+        self.chain = LocalChain(self.path, clock=clock, tvm=tvm)
+        with self.chain.transaction():
+            if self.chain.get_meta("root") is None:
+                self._genesis(default_prices or Prices(), terms or Terms())
+        super().__init__(str(self.chain.get_meta("root")))
+        self.owner = Wallet(bytes.fromhex(str(self.chain.get_meta("owner_seed"))))
+        self._seen_lt = -1
+        self._cached = self.refresh()
 
-    def _read(self) -> RootParams:
-        version, params = self._db.execute("SELECT version, params FROM root WHERE id = 1").fetchone()
-        return RootParams(version=version, prices=msgspec.json.decode(params, type=Prices))
+    def _genesis(self, prices: Prices, terms: Terms) -> None:
+        seed = os.urandom(32)
+        self.chain.set_meta("owner_seed", seed.hex())
+        owner = Wallet(seed)
+        self.chain.open_wallet(owner)
+        self.chain.mint(owner.address, GENESIS_SUPPLY)
+        init = layouts.state_init("root", layouts.root_data(Address(owner.address), prices, terms))
+        root = raw_address(layouts.address_of(init))
+        # Deployed and configured by one message, as an owner would: the root's version is 1 from the start.
+        receipt = self.chain.send(owner, layouts.internal_message(
+            Address(owner.address), Address(root), ROOT_GAS, layouts.set_params(prices, terms), init))
+        _check("deploy root", root, receipt)
+        self.chain.set_meta("root", root)
 
+    # ---- the registry: re-read only when the root contract ran a transaction ----
     def root_params(self) -> RootParams:
         return self._cached
 
-    def set_prices(self, prices: Prices) -> RootParams:
-        """Owner operation: change the prices, bumping the registry version."""
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("UPDATE root SET version = version + 1, params = ? WHERE id = 1",
-                             (msgspec.json.encode(prices),))
-        self._cached = self._read()
+    def refresh(self) -> RootParams:
+        lt = self.chain.last_lt(self.root)
+        if lt != self._seen_lt:
+            self._cached, self._seen_lt = self.read_root(), lt
         return self._cached
 
+    # ---- owner operations ----
+    def set_prices(self, prices: Prices) -> RootParams:
+        return self.set_params(prices, self.refresh().terms)
+
+    def set_params(self, prices: Prices, terms: Terms) -> RootParams:
+        self._owner_send("set_params", layouts.set_params(prices, terms))
+        return self.refresh()
+
+    def set_allowed_images(self, role: str, hashes: Iterable[bytes | str]) -> RootParams:
+        """Replace the image hashes (raw 32 bytes or hex) allowed for `role`: one root change per hash added or
+        removed, all in one chain operation, so that every node re-checks its peers at the new version."""
+        if role not in REGISTRY_ROLES:
+            raise ValueError(f"the registry lists images for roles {list(REGISTRY_ROLES)}, not {role!r}")
+        wanted = {image_hash_hex(h) for h in hashes}
+        current = self.refresh().allowed_images(role)
+        changes = [(h, False) for h in sorted(current - wanted)] + [(h, True) for h in sorted(wanted - current)]
+        with self.chain.transaction():
+            for h, present in changes:
+                self._owner_send("set_hash", layouts.set_hash(_IMAGE_KINDS[role], bytes.fromhex(h), present))
+        return self.refresh()
+
+    def register_proxy(self, owner: str, pubkey: bytes, endpoint: str) -> str:
+        """Deploy the contract of the proxy instance with voucher key `pubkey`, owned by wallet `owner`; its
+        address."""
+        with self.chain.transaction():
+            address = self.proxy_address(owner, pubkey)
+            self._owner_send("register_proxy", layouts.register_proxy(Address(owner), pubkey, endpoint),
+                             value=REGISTER_VALUE)
+            if not self.is_active(address):
+                raise LedgerError(f"register_proxy did not deploy {address}")
+        self.refresh()
+        return address
+
+    def _owner_send(self, what: str, body: Any, value: int = MIN_OP_VALUE) -> Outcome:
+        return self.submit(self.owner, Message(what, self.root, value, body))
+
+    # ---- a test network's privileges ----
+    def fund(self, wallet: Wallet | str, amount: int) -> None:
+        """Mint `amount` into a wallet (opened first when a Wallet is given)."""
+        address = wallet if isinstance(wallet, str) else self.chain.open_wallet(wallet)
+        self.chain.mint(address, amount)
+
+    def advance(self, seconds: int) -> int:
+        """Move chain time forward (close delays pass at once); the new chain time."""
+        return self.chain.advance(seconds)
+
+    # ---- OnChainLedger ----
+    def submit(self, wallet: Wallet, message: Message) -> Outcome:
+        self.chain.open_wallet(wallet)
+        cell = layouts.internal_message(Address(wallet.address), Address(message.dest), message.value,
+                                        message.body, message.init, message.bounce)
+        receipt = self.chain.send(wallet, cell)
+        _check(message.what, message.dest, receipt)
+        return Outcome(fees=receipt.fees)
+
+    def run_get(self, address: str, method: str, stack: list[Any] | None = None) -> list[Any]:
+        return self.chain.get(address, method, stack)
+
+    def is_active(self, address: str) -> bool:
+        acc = self.chain.account(address)
+        return acc is not None and acc.status == "active"
+
+    def balance(self, address: str) -> int:
+        return self.chain.balance(address)
+
     def close(self) -> None:
-        self._db.close()
+        self.chain.close()
+
+
+def _check(what: str, dest: str, receipt: Receipt) -> None:
+    """Raise LedgerRefused when the operation's target, or any contract its messages reached, refused it (after
+    the chain recorded it: the fees for trying are spent, as on TON)."""
+    failed = [t for t in receipt.transactions if t.exit_code is not None and not t.success]
+    if failed:
+        t = failed[0]
+        raise LedgerRefused(what, t.address, t.exit_code, describe_exit(t.exit_code or 0))
+    if receipt.first_on(dest).exit_code is None:
+        raise LedgerError(f"{what}: there is no contract at {dest}; the message bounced")

@@ -1,8 +1,17 @@
 """What a request costs the client and earns the worker, in integer nanoTON.
 
-cost = Σ_kind tokens_kind × multiplier_kind (‰) × price_per_token × coefficient (‰) / 10⁶
-The division floors once, at the end, for the client charge and the worker fee alike, so rounding never
-compounds across token kinds; the proxy's commission is the exact difference of the two.
+    weighted = Σ_kind tokens_kind × multiplier_kind            (multipliers in per-mille of the base price)
+    cost     = ⌊weighted × coefficient × price_per_token / 10⁶⌋     (coefficient: the worker's, per-mille)
+    fee      = ⌊weighted × coefficient × worker_fee_per_token / 10⁶⌋
+
+Rounding is in nobody's favour twice: each amount is rounded once, down, after every product, so no fraction is
+rounded per token kind or per step and then again. The client never pays a fraction of a nanoTON it did not
+use, the worker is never paid one it did not earn, and the proxy's commission is the exact difference, never
+negative because worker_fee_per_token ≤ price_per_token (the root contract refuses anything else). Per-request
+amounts are what the books add up: summing per request means at most one nanoTON per request stays with the
+client and one with the proxy.
+
+Reservations (`max_cost`) round up instead: they must cover any answer the request can produce.
 """
 
 from __future__ import annotations
@@ -11,6 +20,8 @@ from typing import NamedTuple
 
 from cocoon.config import Prices
 from cocoon.wire.messages import Usage
+
+_PER_MILLE_SQUARED = 1_000_000
 
 
 class Charge(NamedTuple):
@@ -36,6 +47,14 @@ def weighted_tokens(usage: Usage, prices: Prices) -> int:
 def price_request(usage: Usage, prices: Prices, coefficient: int) -> Charge:
     weighted = weighted_tokens(usage, prices) * coefficient
     return Charge(
-        client_cost=weighted * prices.price_per_token // 1_000_000,
-        worker_fee=weighted * prices.worker_fee_per_token // 1_000_000,
+        client_cost=weighted * prices.price_per_token // _PER_MILLE_SQUARED,
+        worker_fee=weighted * prices.worker_fee_per_token // _PER_MILLE_SQUARED,
     )
+
+
+def max_cost(prompt_tokens: int, max_completion_tokens: int, prices: Prices, coefficient: int) -> int:
+    """The most a request can cost: every prompt token uncached, every completion token at the dearer of the
+    completion and reasoning rates; rounded up."""
+    weighted = (prompt_tokens * max(prices.prompt_multiplier, prices.cached_multiplier)
+                + max_completion_tokens * max(prices.completion_multiplier, prices.reasoning_multiplier))
+    return -(-weighted * coefficient * prices.price_per_token // _PER_MILLE_SQUARED)

@@ -22,11 +22,16 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 
 from cocoon.attest.backends import AttestationBackend, verifier_for
+from cocoon.attest.collateral import CollateralSource
 from cocoon.attest.policy import Policy
+from cocoon.attest.registry import RegistryImages
 from cocoon.attest.types import KINDS, ROLES, AttestationError, PeerIdentity
+from cocoon.fsutil import write_atomically
+from cocoon.ledger.base import RootParams
 
 # A private arc for cocoon; both extensions are critical so that generic X.509 code refuses to treat an
 # RA-TLS certificate as an ordinary one.
@@ -36,18 +41,24 @@ OID_CLAIMS = x509.ObjectIdentifier("1.3.6.1.4.1.58000.1.2")
 _BACKDATE_S = 60  # tolerates peers whose clocks run slightly behind ours
 
 
-class Claims(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """What the certificate's owner asserts; bound to the quote through report_data."""
+class Claims(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """What the certificate's owner asserts; bound to the quote through report_data.
+
+    Optional fields are left out of the encoding when empty, so claims without them decode on older nodes.
+    """
 
     public_key: bytes  # raw Ed25519 public key, 32 bytes
     role: str
     kind: str
     issued_at: int  # unix seconds
     gpu_evidence: bytes = b""
+    hpke_public_key: bytes = b""  # raw X25519 key that sealed keys are encrypted to (cocoon.attest.sealing)
 
     def __post_init__(self) -> None:
         if len(self.public_key) != 32:
             raise ValueError(f"claims public_key has {len(self.public_key)} bytes, expected 32 (Ed25519)")
+        if self.hpke_public_key and len(self.hpke_public_key) != 32:
+            raise ValueError(f"claims hpke_public_key has {len(self.hpke_public_key)} bytes, expected 32 (X25519)")
         if self.role not in ROLES:
             raise ValueError(f"claims role {self.role!r} is not one of {', '.join(ROLES)}")
         if self.kind not in KINDS:
@@ -80,6 +91,7 @@ class Identity:
     private_key: Ed25519PrivateKey
     certificate: x509.Certificate
     claims: Claims
+    hpke_key: X25519PrivateKey | None = None  # matches claims.hpke_public_key; kept in memory only
 
     @property
     def public_key(self) -> bytes:
@@ -108,8 +120,12 @@ def make_identity(
     now: float | None = None,
     private_key: Ed25519PrivateKey | None = None,
     gpu_evidence: bytes = b"",
+    hpke_key: X25519PrivateKey | None = None,
 ) -> Identity:
-    """A fresh RA-TLS certificate for `role`, quoted by `backend` (a new key unless one is given)."""
+    """A fresh RA-TLS certificate for `role`, quoted by `backend` (a new key unless one is given).
+
+    With `hpke_key`, the claims carry its public half, so that a key service can seal keys to this node.
+    """
     now = time.time() if now is None else now
     key = private_key or Ed25519PrivateKey.generate()
     claims = Claims(
@@ -118,6 +134,7 @@ def make_identity(
         kind=backend.kind,
         issued_at=int(now),
         gpu_evidence=gpu_evidence,
+        hpke_public_key=hpke_key.public_key().public_bytes_raw() if hpke_key else b"",
     )
     encoded = claims.encode()
     quote = backend.quote(Claims.report_data_for(encoded))
@@ -134,25 +151,15 @@ def make_identity(
         .add_extension(x509.UnrecognizedExtension(OID_CLAIMS, encoded), critical=True)
         .sign(key, None)
     )
-    return Identity(private_key=key, certificate=cert, claims=claims)
+    return Identity(private_key=key, certificate=cert, claims=claims, hpke_key=hpke_key)
 
 
 def save_identity(identity: Identity, directory: str | os.PathLike[str]) -> None:
     """Writes cert.pem and key.pem (mode 0600) into `directory`, replacing any previous identity."""
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
-    _write_atomically(path / "key.pem", identity.key_pem, 0o600)
-    _write_atomically(path / "cert.pem", identity.cert_pem, 0o644)
-
-
-def _write_atomically(target: Path, data: bytes, mode: int) -> None:
-    # The key is created with its final mode, so it is never readable by others, even briefly.
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, target)
+    write_atomically(path / "key.pem", identity.key_pem, 0o600)
+    write_atomically(path / "cert.pem", identity.cert_pem, 0o644)
 
 
 def load_identity(directory: str | os.PathLike[str]) -> Identity:
@@ -177,37 +184,50 @@ def _describe_key(key: object) -> str:
 
 
 class CertVerifier:
-    """Checks peers' RA-TLS certificates against a policy; successes are cached by certificate hash."""
+    """Checks peers' RA-TLS certificates against a policy; successes are cached by certificate hash.
 
-    def __init__(self, policy: Policy, accept_roles: Iterable[str], *, cache_size: int = 4096) -> None:
+    A cached verdict holds until the certificate, the claims' allowed age or the quote's evidence (TDX
+    collateral) runs out, and only while the root registry stays at the version it was reached with.
+    """
+
+    def __init__(self, policy: Policy, accept_roles: Iterable[str], *, registry: RegistryImages | None = None,
+                 collateral: CollateralSource | None = None, cache_size: int = 4096) -> None:
         self.policy = policy
         self.accept_roles = frozenset(accept_roles)
         unknown = sorted(self.accept_roles - set(ROLES))
         if unknown:
             raise ValueError(f"unknown roles {unknown}; expected some of {list(ROLES)}")
+        if policy.needs_registry and registry is None:
+            raise ValueError(f"policy {policy.name!r} takes image hashes from the root registry: "
+                             "the verifier needs the registry")
+        self.registry = registry
+        self._quote_verifiers = {kind: verifier_for(kind, collateral=collateral) for kind in KINDS}
         self._cache_size = cache_size
-        # cert SHA-256 -> (peer, first and last instant at which the verdict holds)
-        self._cache: OrderedDict[bytes, tuple[PeerIdentity, float, float]] = OrderedDict()
+        # cert SHA-256 -> (peer, first and last instant at which the verdict holds, registry version)
+        self._cache: OrderedDict[bytes, tuple[PeerIdentity, float, float, int]] = OrderedDict()
 
     def verify(self, der: bytes, now: float | None = None) -> PeerIdentity:
         """The peer's identity, or AttestationError with the precise reason for refusing it."""
         now = time.time() if now is None else now
+        registry = self.registry.current() if self.registry else None
+        version = registry.version if registry else 0
         digest = hashlib.sha256(der).digest()
         cached = self._cache.get(digest)
         if cached is not None:
-            peer, valid_from, valid_until = cached
-            if valid_from <= now <= valid_until:
+            peer, valid_from, valid_until, seen_version = cached
+            if valid_from <= now <= valid_until and seen_version == version:
                 self._cache.move_to_end(digest)
                 return peer
-            # Outside its window: the full check below produces the precise refusal.
+            # Outside its window, or the registry changed: the full check below gives the precise verdict.
             del self._cache[digest]
-        peer, valid_from, valid_until = self._check(der, digest, now)
-        self._cache[digest] = (peer, valid_from, valid_until)
+        peer, valid_from, valid_until = self._check(der, digest, now, registry)
+        self._cache[digest] = (peer, valid_from, valid_until, version)
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return peer
 
-    def _check(self, der: bytes, digest: bytes, now: float) -> tuple[PeerIdentity, float, float]:
+    def _check(self, der: bytes, digest: bytes, now: float, registry: RootParams | None
+               ) -> tuple[PeerIdentity, float, float]:
         try:
             cert = x509.load_der_x509_certificate(der)
         except ValueError as e:
@@ -219,11 +239,8 @@ class CertVerifier:
         if not isinstance(key, Ed25519PublicKey):
             raise AttestationError(f"peer certificate key is {_describe_key(key)}, expected Ed25519")
         self._check_self_signed(cert, key)
-        quote, encoded_claims = self._private_extensions(cert)
-        try:
-            claims = _CLAIMS_DECODER.decode(encoded_claims)
-        except msgspec.DecodeError as e:
-            raise AttestationError(f"RA-TLS claims do not decode: {e}") from None
+        quote, encoded_claims = read_ratls_extensions(cert)
+        claims = decode_claims(encoded_claims)
         cert_key = _raw_public_key(key)
         if claims.public_key != cert_key:
             raise AttestationError(
@@ -233,12 +250,7 @@ class CertVerifier:
         if claims.role not in self.accept_roles:
             accepted = ", ".join(sorted(self.accept_roles))
             raise AttestationError(f"peer role {claims.role!r} is not accepted here (accepted: {accepted})")
-        rules = self.policy.rules_for(claims.role)
-        if claims.kind not in rules.kinds:
-            raise AttestationError(
-                f"attestation kind {claims.kind!r} is not allowed for role {claims.role!r} by policy "
-                f"{self.policy.name!r} (allowed: {', '.join(sorted(rules.kinds))})"
-            )
+        rules = self.policy.check_kind(claims.role, claims.kind)
 
         skew = rules.max_skew_s
         not_before = cert.not_valid_before_utc.timestamp()
@@ -258,35 +270,27 @@ class CertVerifier:
                 f"{rules.max_cert_age_s:.0f} s"
             )
 
-        verified = verifier_for(claims.kind).verify(quote, now)
+        verified = self._quote_verifiers[claims.kind].verify(quote, now)
         # A "none" quote is empty by construction (its verifier checks that): there is nothing to bind.
         if claims.kind != "none" and verified.report_data != Claims.report_data_for(encoded_claims):
             raise AttestationError(
                 "quote report_data does not match SHA-512 of the claims: the quote was made for other claims"
             )
-        image_hash = verified.image_hash
-        if rules.image_hashes is not None:
-            if image_hash is None:
-                raise AttestationError(
-                    f"policy {self.policy.name!r} requires an image hash for role {claims.role!r}, "
-                    f"but kind {claims.kind!r} has no measurements"
-                )
-            if image_hash.hex() not in rules.image_hashes:
-                raise AttestationError(
-                    f"image hash {image_hash.hex()} is not allowed for role {claims.role!r} "
-                    f"by policy {self.policy.name!r}"
-                )
+        self.policy.check_quote(claims.role, verified, registry)
 
         peer = PeerIdentity(
             role=claims.role,
             kind=claims.kind,
             public_key=cert_key,
-            image_hash=image_hash,
+            image_hash=verified.image_hash,
             cert_sha256=digest,
             not_after=not_after,
+            hpke_public_key=claims.hpke_public_key,
         )
         valid_from = max(not_before, claims.issued_at) - skew
         valid_until = min(not_after + skew, claims.issued_at + rules.max_cert_age_s)
+        if verified.valid_until is not None:
+            valid_until = min(valid_until, verified.valid_until)
         return peer, valid_from, valid_until
 
     @staticmethod
@@ -308,27 +312,34 @@ class CertVerifier:
                 "peer certificate is not self-signed: its signature does not verify with its own key"
             ) from None
 
-    @staticmethod
-    def _private_extensions(cert: x509.Certificate) -> tuple[bytes, bytes]:
-        """(quote, encoded claims); refuses unknown critical extensions and non-critical private ones."""
-        try:
-            extensions = list(cert.extensions)
-        except (ValueError, x509.DuplicateExtension) as e:
-            raise AttestationError(f"peer certificate extensions are malformed: {e}") from None
-        found: dict[x509.ObjectIdentifier, bytes] = {}
-        for ext in extensions:
-            if ext.oid in (OID_QUOTE, OID_CLAIMS):
-                if not ext.critical:
-                    raise AttestationError(f"RA-TLS extension {ext.oid.dotted_string} must be critical")
-                # For an unrecognized extension, public_bytes() is the raw extension value.
-                found[ext.oid] = ext.value.public_bytes()
-            elif ext.critical:
-                raise AttestationError(
-                    f"peer certificate has an unhandled critical extension {ext.oid.dotted_string}"
-                )
-        for oid, what in ((OID_QUOTE, "quote"), (OID_CLAIMS, "claims")):
-            if oid not in found:
-                raise AttestationError(
-                    f"peer certificate lacks the RA-TLS {what} extension ({oid.dotted_string})"
-                )
-        return found[OID_QUOTE], found[OID_CLAIMS]
+
+def read_ratls_extensions(cert: x509.Certificate) -> tuple[bytes, bytes]:
+    """(quote, encoded claims); refuses unknown critical extensions and non-critical RA-TLS ones."""
+    try:
+        extensions = list(cert.extensions)
+    except (ValueError, x509.DuplicateExtension) as e:
+        raise AttestationError(f"peer certificate extensions are malformed: {e}") from None
+    found: dict[x509.ObjectIdentifier, bytes] = {}
+    for ext in extensions:
+        if ext.oid in (OID_QUOTE, OID_CLAIMS):
+            if not ext.critical:
+                raise AttestationError(f"RA-TLS extension {ext.oid.dotted_string} must be critical")
+            # For an unrecognized extension, public_bytes() is the raw extension value.
+            found[ext.oid] = ext.value.public_bytes()
+        elif ext.critical:
+            raise AttestationError(
+                f"peer certificate has an unhandled critical extension {ext.oid.dotted_string}"
+            )
+    for oid, what in ((OID_QUOTE, "quote"), (OID_CLAIMS, "claims")):
+        if oid not in found:
+            raise AttestationError(
+                f"peer certificate lacks the RA-TLS {what} extension ({oid.dotted_string})"
+            )
+    return found[OID_QUOTE], found[OID_CLAIMS]
+
+
+def decode_claims(encoded: bytes) -> Claims:
+    try:
+        return _CLAIMS_DECODER.decode(encoded)
+    except msgspec.DecodeError as e:
+        raise AttestationError(f"RA-TLS claims do not decode: {e}") from None

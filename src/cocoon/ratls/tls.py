@@ -35,10 +35,11 @@ class HandshakeError(ConnectionError):
 class _Verdict:
     """What the verify callback concluded about the peer, kept per connection."""
 
-    __slots__ = ("peer", "reason")
+    __slots__ = ("der", "peer", "reason")
 
     def __init__(self) -> None:
         self.peer: PeerIdentity | None = None
+        self.der = b""  # the peer's certificate, kept to re-verify it while the link lives
         self.reason: str | None = None
 
 
@@ -63,8 +64,9 @@ def make_context(identity: Identity, verifier: CertVerifier, *, server: bool) ->
             return True
         if verdict.reason is not None:
             return False
+        verdict.der = cert.to_cryptography().public_bytes(Encoding.DER)
         try:
-            verdict.peer = verifier.verify(cert.to_cryptography().public_bytes(Encoding.DER))
+            verdict.peer = verifier.verify(verdict.der)
         except AttestationError as exc:
             verdict.reason = str(exc)
             return False
@@ -89,14 +91,21 @@ def _pump(conn: SSL.Connection, writer: asyncio.StreamWriter) -> None:
 class TlsStream:
     """An established, attested TLS connection: ordered bytes in both directions."""
 
-    def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: SSL.Connection, peer: PeerIdentity
-    ) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: SSL.Connection,
+                 peer: PeerIdentity, peer_der: bytes, verifier: CertVerifier) -> None:
         self._reader = reader
         self._writer = writer
         self._conn = conn
         self.peer = peer
+        self._peer_der = peer_der
+        self._verifier = verifier
         self._eof = False
+
+    def recheck(self, now: float | None = None) -> PeerIdentity:
+        """Verifies the peer's certificate again against the current policy and root registry; cheap while
+        nothing changed (the verdict is cached). AttestationError once the peer would be refused."""
+        self.peer = self._verifier.verify(self._peer_der, now)
+        return self.peer
 
     @property
     def peername(self) -> str:
@@ -121,7 +130,8 @@ class TlsStream:
             except (SSL.ZeroReturnError, SSL.SysCallError):
                 self._eof = True
             except SSL.Error as exc:
-                log.warning("tls error from %s: %s", self.peername, exc)
+                # TLS 1.3: a peer that refuses our certificate says so only after our handshake returned.
+                log.warning("tls error from %s: %s", self.peername, _describe(exc))
                 self._eof = True
         return b""
 
@@ -146,9 +156,8 @@ class TlsStream:
             await self._writer.wait_closed()
 
 
-async def _handshake(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ctx: SSL.Context, *, server: bool
-) -> TlsStream:
+async def _handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ctx: SSL.Context,
+                     verifier: CertVerifier, *, server: bool) -> TlsStream:
     conn = SSL.Connection(ctx, None)
     verdict = _Verdict()
     conn.set_app_data(verdict)
@@ -180,7 +189,7 @@ async def _handshake(
     flush()
     if verdict.peer is None:
         raise HandshakeError(verdict.reason or "peer presented no certificate")
-    return TlsStream(reader, writer, conn, verdict.peer)
+    return TlsStream(reader, writer, conn, verdict.peer, verdict.der, verifier)
 
 
 def _describe(exc: SSL.Error) -> str:
@@ -203,7 +212,8 @@ async def connect(
     async def run() -> TlsStream:
         reader, writer = await asyncio.open_connection(host, port, limit=_READ_SIZE)
         try:
-            return await _handshake(reader, writer, make_context(identity, verifier, server=False), server=False)
+            ctx = make_context(identity, verifier, server=False)
+            return await _handshake(reader, writer, ctx, verifier, server=False)
         except BaseException:
             writer.close()
             raise
@@ -226,7 +236,8 @@ async def serve(
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         try:
-            stream = await asyncio.wait_for(_handshake(reader, writer, ctx, server=True), handshake_timeout)
+            stream = await asyncio.wait_for(_handshake(reader, writer, ctx, verifier, server=True),
+                                            handshake_timeout)
         except (HandshakeError, OSError, TimeoutError) as exc:
             log.warning("refused connection from %s: %s", peer, exc)
             writer.close()

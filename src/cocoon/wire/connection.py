@@ -1,7 +1,9 @@
 """A multiplexed, attested link: framing, request ids, streamed answers, cancellation, ping/pong.
 
 Each side numbers the requests it originates; answers (head/chunk/end/error/models_reply) refer to the
-receiver's own ids, requests and cancels to the peer's.
+receiver's own ids, requests and cancels to the peer's. At every ping the peer's certificate is verified
+again against the current policy and root registry: a peer whose image was removed, or whose certificate
+expired, loses the link within one ping interval, and is sent the reason first.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from cocoon.attest.types import PeerIdentity
+from cocoon.attest.types import AttestationError, PeerIdentity
 from cocoon.ratls.tls import TlsStream
 from cocoon.wire import frames
 from cocoon.wire.messages import (
@@ -184,7 +186,9 @@ class Connection:
             now = time.time()
             self.rtt_ms = (now - msg.sent_at) * 1000
             self.clock_skew_s = msg.peer_time - (msg.sent_at + now) / 2
-        elif isinstance(msg, Hello | HelloAck | Refuse):
+        elif isinstance(msg, Refuse):
+            self._mark_closed(f"refused by peer: {msg.reason}")
+        elif isinstance(msg, Hello | HelloAck):
             self._mark_closed(f"unexpected {type(msg).__name__} after the handshake")
         else:
             call = self._calls.get(msg.id)
@@ -210,7 +214,19 @@ class Connection:
                 self._mark_closed(f"peer silent for more than {dead_after:.0f}s")
                 await self.stream.close()
                 return
+            try:
+                self.stream.recheck()
+            except AttestationError as exc:
+                await self._revoke(f"peer attestation no longer accepted: {exc}")
+                return
             self.send_nowait(Ping(nonce=next(nonce), sent_at=time.time()))
+
+    async def _revoke(self, reason: str) -> None:
+        log.warning("closing link to %s: %s", self.peer_name or self.peer.key_id, reason,
+                    extra={"fields": {"peer": self.peer.key_id, "reason": reason}})
+        self.send_nowait(Refuse(reason=reason))
+        self._mark_closed(reason)
+        await self.stream.close()
 
     def _fail_calls(self) -> None:
         calls, self._calls = self._calls, {}

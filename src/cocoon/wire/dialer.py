@@ -1,10 +1,15 @@
-"""Keeping one attested link up: dial, hello, serve until it breaks, reconnect with exponential backoff."""
+"""Keeping one attested link up: dial, hello, serve until it breaks, reconnect with exponential backoff.
+
+The peer is the first reachable of several addresses (a client's proxies, in order of preference): when a
+link breaks, the next round of dialing starts with the next address, so a client fails over to another
+proxy at once; the backoff applies only after every address failed.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from cocoon.ratls import tls
 from cocoon.ratls.cert import CertVerifier, Identity
@@ -16,6 +21,10 @@ log = logging.getLogger(__name__)
 BACKOFF_START_S = 0.2
 BACKOFF_MAX_S = 10.0
 
+# Where the peer may be, most preferred first; asked again before every round of dialing, so that a source
+# that changes (the root registry's proxy list, later) is followed without restarting the dialer.
+AddressSource = Callable[[], Sequence[str]]
+
 
 def split_address(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
@@ -25,16 +34,21 @@ def split_address(address: str) -> tuple[str, int]:
 
 
 class Dialer:
-    def __init__(self, address: str, identity: Identity, verifier: CertVerifier, make_hello: Callable[[], Hello],
-                 on_inbound: InboundHandler) -> None:
-        self.address = address
-        self.host, self.port = split_address(address)
+    def __init__(self, addresses: AddressSource, identity: Identity, verifier: CertVerifier,
+                 make_hello: Callable[[], Hello], on_inbound: InboundHandler, *,
+                 connect_timeout_s: float = 10.0) -> None:
+        for address in addresses():
+            split_address(address)  # a malformed address is a configuration error: say so at start
+        self.addresses = addresses
+        self.address = addresses()[0]  # the one linked, or last tried
         self.identity = identity
         self.verifier = verifier
         self.make_hello = make_hello
         self.on_inbound = on_inbound
+        self.connect_timeout_s = connect_timeout_s
         self.conn: Connection | None = None
         self.last_error: str | None = "not connected yet"
+        self.last_dial_timed_out = False
         self.on_change: Callable[[bool], None] = lambda up: None
         self._up = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -62,26 +76,50 @@ class Dialer:
 
     async def _run(self) -> None:
         backoff = BACKOFF_START_S
+        first = 0
         while True:
-            try:
-                stream = await tls.connect(self.host, self.port, self.identity, self.verifier)
-                conn = await dial_hello(stream, self.make_hello())
-            except (OSError, ProtocolError, TimeoutError) as exc:
-                self.last_error = str(exc) or type(exc).__name__
-                log.warning("cannot link", extra={"fields": {"peer": self.address, "reason": self.last_error,
-                                                             "retry_in_s": backoff}})
+            addresses = list(self.addresses())
+            for i in range(len(addresses)):
+                position = (first + i) % len(addresses)
+                conn = await self._dial(addresses[position])
+                if conn is None:
+                    continue
+                backoff = BACKOFF_START_S
+                await self._serve(conn)
+                first = (position + 1) % len(addresses)
+                break
+            else:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
-                continue
-            backoff = BACKOFF_START_S
-            self.conn, self.last_error = conn, None
-            self._up.set()
-            self.on_change(True)
-            log.info("linked", extra={"fields": {"peer": self.address, "peer_name": conn.peer_name,
-                                                 "image_hash": conn.peer.image_hash.hex()
-                                                 if conn.peer.image_hash else None}})
-            reason = await conn.run(self.on_inbound)
-            self._up.clear()
-            self.on_change(False)
-            self.last_error = reason
-            log.warning("link lost", extra={"fields": {"peer": self.address, "reason": reason}})
+
+    async def _dial(self, address: str) -> Connection | None:
+        self.address = address
+        host, port = split_address(address)
+        stream: tls.TlsStream | None = None
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                stream = await tls.connect(host, port, self.identity, self.verifier)
+                return await dial_hello(stream, self.make_hello())
+        except TimeoutError:
+            self.last_error = f"no link to {address} within the {self.connect_timeout_s:.1f}s connect timeout"
+            self.last_dial_timed_out = True
+        except (OSError, ProtocolError) as exc:
+            self.last_error = f"cannot link to {address}: {str(exc) or type(exc).__name__}"
+            self.last_dial_timed_out = False
+        if stream is not None:
+            await stream.close()
+        log.warning("cannot link", extra={"fields": {"peer": address, "reason": self.last_error}})
+        return None
+
+    async def _serve(self, conn: Connection) -> None:
+        self.conn, self.last_error, self.last_dial_timed_out = conn, None, False
+        self._up.set()
+        self.on_change(True)
+        log.info("linked", extra={"fields": {"peer": self.address, "peer_name": conn.peer_name,
+                                             "image_hash": conn.peer.image_hash.hex()
+                                             if conn.peer.image_hash else None}})
+        reason = await conn.run(self.on_inbound)
+        self._up.clear()
+        self.on_change(False)
+        self.last_error = f"link to {self.address} lost: {reason}"
+        log.warning("link lost", extra={"fields": {"peer": self.address, "reason": reason}})

@@ -83,6 +83,7 @@ class Request(Frame, tag="req"):
     uid: str = ""  # globally unique, chosen by the client: the books' idempotency key
     max_coefficient: int | None = None
     features: list[str] = []  # engine features the body uses (tools, response_format, ...)
+    region: str = ""  # only workers announcing this region may serve it; "" lets the proxy choose
 
 
 class ResponseHead(Frame, tag="head"):
@@ -97,6 +98,9 @@ class ResponseHead(Frame, tag="head"):
 class ResponseChunk(Frame, tag="chunk"):
     id: int
     data: bytes  # one SSE payload (stream) or the whole JSON answer (non-stream)
+    # generated tokens this streamed payload carries, as the worker counts them (one per choice with content):
+    # what the proxy charges for a stream that breaks before its usage arrives. Never more than the truth.
+    tokens: int = 0
 
 
 class ResponseEnd(Frame, tag="end"):
@@ -114,6 +118,9 @@ class ResponseError(Frame, tag="error"):
     type: str = "api_error"
     code: str | None = None
     retry_after: int | None = None
+    # a stream that broke after its first token is charged for what was delivered: this much
+    usage: Usage | None = None
+    cost_nanoton: int = 0
 
 
 class Cancel(Frame, tag="cancel"):

@@ -82,7 +82,7 @@ class Execution:
                 if answer.usage_only and not self.req.include_usage:
                     continue
                 await self._head()
-                await self.send(ResponseChunk(id=self.req.id, data=payload))
+                await self.send(ResponseChunk(id=self.req.id, data=payload, tokens=int(answer.generated)))
         await self._head()
         if self.usage is None:
             # Some servers ignore include_usage; each streamed chunk is one generated token there. The prompt

@@ -43,7 +43,7 @@ class WorkerNode:
         self.stats = StatsServer("worker", cfg.name, self.metrics.registry, self.jsonstats)
         self.running: dict[int, asyncio.Task[None]] = {}
         self.models: list[str] = []
-        self.dialer = Dialer(cfg.proxy, self.identity, self.verifier, self._hello, self._on_inbound)
+        self.dialer = Dialer(lambda: [cfg.proxy], self.identity, self.verifier, self._hello, self._on_inbound)
         self.dialer.on_change = lambda up: self.metrics.connected.set(1 if up else 0)
         self._served = 0
         self._usage_totals = {"prompt": 0, "cached": 0, "completion": 0, "reasoning": 0}

@@ -1,0 +1,118 @@
+"""Sealed keys: long-lived keys (wallet, voucher signing) that survive restarts and are bound to the image.
+
+A key service holds a platform secret and derives
+
+    key = HKDF-SHA256(ikm=platform_secret, salt="cocoon sealed key v1", info=image_hash || key_name)
+
+where image_hash is the requester's *verified* image hash (32 bytes), never a value it merely claims. So
+the same code on the same platform gets the same key after every restart, and other code gets another key.
+The key travels HPKE-encrypted (RFC 9180 base mode, DHKEM(X25519, HKDF-SHA256), HKDF-SHA256,
+ChaCha20-Poly1305) to the X25519 key in the requester's attested claims, with the requester's certificate
+hash and the key name in the HPKE info: only the attested process can open it, and only as that key.
+
+For `fake` attestation the platform secret is a local file (mode 0600) in the state directory: it proves
+nothing (as fake attestation proves nothing) but exercises the same path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from pyhpke import AEADId, CipherSuite, KDFId, KEMId, KEMKey, OpenError
+
+from cocoon.attest.types import AttestationError
+from cocoon.ratls.cert import CertVerifier, Identity
+
+SEALED_KEY_LEN = 32
+PLATFORM_SECRET_FILE = "platform-secret"
+_SALT = b"cocoon sealed key v1"
+_HPKE_INFO = b"cocoon sealed key delivery v1\0"
+_SUITE = CipherSuite.new(KEMId.DHKEM_X25519_HKDF_SHA256, KDFId.HKDF_SHA256, AEADId.CHACHA20_POLY1305)
+_ENC_LEN = 32  # X25519 encapsulated key
+
+
+def local_platform_secret(state_dir: Path) -> bytes:
+    """The fake platform's secret: created once (32 random bytes, mode 0600), then read back."""
+    path = state_dir / PLATFORM_SECRET_FILE
+    if not path.exists():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(SEALED_KEY_LEN))
+        # link() creates the name only if it is absent, with complete contents: when two first starts race,
+        # both end up with the one secret that won.
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    secret = path.read_bytes()
+    if len(secret) < SEALED_KEY_LEN:
+        raise ValueError(f"platform secret {path} has {len(secret)} bytes, expected {SEALED_KEY_LEN}")
+    return secret
+
+
+def _check_key_name(key_name: str) -> bytes:
+    name = key_name.encode()
+    if not name or len(name) > 255:
+        raise ValueError(f"key name {key_name!r} must be 1 to 255 bytes of UTF-8")
+    return name
+
+
+def _hpke_info(cert_sha256: bytes, name: bytes) -> bytes:
+    return _HPKE_INFO + cert_sha256 + name
+
+
+class SealedKeyService:
+    """Hands image-bound keys to requesters whose RA-TLS certificate `verifier` accepts."""
+
+    def __init__(self, platform_secret: bytes, verifier: CertVerifier) -> None:
+        if len(platform_secret) < SEALED_KEY_LEN:
+            raise ValueError(f"platform secret has {len(platform_secret)} bytes, expected at least {SEALED_KEY_LEN}")
+        self._secret = platform_secret
+        self.verifier = verifier
+
+    def _derive(self, image_hash: bytes, name: bytes) -> bytes:
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=SEALED_KEY_LEN, salt=_SALT, info=image_hash + name)
+        return hkdf.derive(self._secret)
+
+    def seal_for(self, cert_der: bytes, key_name: str, now: float | None = None) -> bytes:
+        """The key `key_name` of the certificate's image, encrypted to the certificate's HPKE key: what the
+        service sends back. AttestationError if the requester is refused."""
+        name = _check_key_name(key_name)
+        peer = self.verifier.verify(cert_der, now)
+        if peer.image_hash is None:
+            raise AttestationError(f"attestation kind {peer.kind!r} has no image hash: no sealed key is bound to it")
+        if not peer.hpke_public_key:
+            raise AttestationError("requester's claims carry no HPKE public key to encrypt the sealed key to")
+        recipient = _SUITE.kem.deserialize_public_key(peer.hpke_public_key)
+        enc, sender = _SUITE.create_sender_context(recipient, info=_hpke_info(peer.cert_sha256, name))
+        return enc + sender.seal(self._derive(peer.image_hash, name))
+
+    def request(self, identity: Identity, key_name: str, now: float | None = None) -> bytes:
+        """In-process request: the sealed key for `identity`'s image, as the requester recovers it."""
+        return open_sealed_key(self.seal_for(identity.cert_der, key_name, now), identity, key_name)
+
+
+def open_sealed_key(envelope: bytes, identity: Identity, key_name: str) -> bytes:
+    """The requester's side: decrypts what `SealedKeyService.seal_for` returned for this identity."""
+    if identity.hpke_key is None:
+        raise ValueError("this identity has no HPKE key (make_identity(..., hpke_key=...)) to open sealed keys")
+    enc, ciphertext = envelope[:_ENC_LEN], envelope[_ENC_LEN:]
+    info = _hpke_info(hashlib.sha256(identity.cert_der).digest(), _check_key_name(key_name))
+    try:
+        receiver = _SUITE.create_recipient_context(enc, KEMKey.from_pyca_cryptography_key(identity.hpke_key),
+                                                   info=info)
+        key = receiver.open(ciphertext)
+    except (OpenError, ValueError) as e:
+        raise AttestationError(f"sealed key {key_name!r} does not open with this identity's HPKE key: {e}") from None
+    if len(key) != SEALED_KEY_LEN:
+        raise AttestationError(f"sealed key {key_name!r} has {len(key)} bytes, expected {SEALED_KEY_LEN}")
+    return key

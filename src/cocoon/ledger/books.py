@@ -1,0 +1,293 @@
+"""The proxy's books: what each client owes and each worker earned, and the vouchers that prove it.
+
+- Every answered request is settled in one SQLite transaction keyed by its id: its charge and payout, the client's
+  and the worker's new cumulative totals, and the vouchers for them (signed with the proxy's key). A request id
+  settled once is never charged again.
+- Before a request starts, `reserve` holds its maximum cost against what the client can still be charged; the
+  reservation lives in memory only (after a crash no answer of an unsettled request was accepted as billed).
+- What a client can be charged is bounded by its channel's stake, not its balance: a client may withdraw
+  everything above its stake at any time without asking, so the proxy extends no more credit than the stake
+  guarantees. `available = min(balance, stake) − (charged in the books − claimed on chain) − reserved`.
+- The state (seqno, hash) is a hash chain over the settled requests: each settlement increments the seqno and
+  hashes the previous hash with the request's row. The proxy commits it on chain; after a restart, books behind
+  (or beside) the committed state refuse to serve (`check_commit`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cocoon.config import Prices
+from cocoon.ledger.contracts import Tag
+from cocoon.ledger.pricing import Charge, price_request
+from cocoon.ledger.vouchers import Voucher, sign_voucher, ton
+from cocoon.ledger.wallet import Wallet
+from cocoon.wire.messages import Usage
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    request_id TEXT PRIMARY KEY, seqno INTEGER NOT NULL UNIQUE, state_hash BLOB NOT NULL, ts REAL NOT NULL,
+    client TEXT NOT NULL, worker TEXT NOT NULL, model TEXT NOT NULL, coefficient INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL, cached_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+    reasoning_tokens INTEGER NOT NULL, client_cost INTEGER NOT NULL, worker_fee INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS clients (
+    client TEXT PRIMARY KEY, channel TEXT, requests INTEGER NOT NULL DEFAULT 0, tokens INTEGER NOT NULL DEFAULT 0,
+    charged INTEGER NOT NULL DEFAULT 0, seqno INTEGER NOT NULL DEFAULT 0, signature BLOB,
+    claimed INTEGER NOT NULL DEFAULT 0, balance INTEGER NOT NULL DEFAULT 0, stake INTEGER NOT NULL DEFAULT 0,
+    chain_seqno INTEGER NOT NULL DEFAULT 0, state TEXT NOT NULL DEFAULT 'new'
+);
+CREATE TABLE IF NOT EXISTS workers (
+    worker TEXT PRIMARY KEY, channel TEXT, requests INTEGER NOT NULL DEFAULT 0, tokens INTEGER NOT NULL DEFAULT 0,
+    earned INTEGER NOT NULL DEFAULT 0, seqno INTEGER NOT NULL DEFAULT 0, signature BLOB,
+    redeemed INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
+INSERT OR IGNORE INTO meta VALUES ('seqno', 0);
+INSERT OR IGNORE INTO meta VALUES ('state_hash', zeroblob(32));
+"""
+
+
+class BooksError(Exception):
+    pass
+
+
+class PaymentRequired(BooksError):
+    """The client cannot cover a request's maximum cost (HTTP 402)."""
+
+
+class RolledBack(BooksError):
+    """The books are behind, or beside, the state the proxy committed on chain: serving would re-bill or forget."""
+
+
+@dataclass(frozen=True)
+class Settled:
+    charge: Charge
+    client_voucher: Voucher | None  # None while the client has no channel
+    worker_voucher: Voucher | None  # None while the worker has no channel
+    duplicate: bool = False  # the request id was settled before: nothing changed
+
+
+@dataclass
+class _Reservations:
+    by_request: dict[str, tuple[str, int]] = field(default_factory=dict)
+    by_client: dict[str, int] = field(default_factory=dict)
+
+
+class ProxyBooks:
+    def __init__(self, path: str | Path, signer: Wallet) -> None:
+        """`signer` holds the proxy's voucher key (the one its proxy contract was registered with)."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # WAL + NORMAL: a commit survives a crash of the process without an fsync per request; `durable()`
+        # syncs before the state is committed on chain.
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.executescript(_SCHEMA)
+        self._signer = signer
+        self._lock = threading.Lock()
+        self._reserved = _Reservations()
+
+    # ---- channels, as the chain last showed them ----
+    def set_client_channel(self, client: str, channel: str, *, balance: int, stake: int, claimed: int,
+                           chain_seqno: int, state: str) -> None:
+        """Record the client's channel and its on-chain state (`claimed`: the charged total on chain)."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO clients (client, channel, balance, stake, claimed, chain_seqno, state) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (client) DO UPDATE SET channel = excluded.channel, "
+                "balance = excluded.balance, stake = excluded.stake, claimed = excluded.claimed, "
+                "chain_seqno = excluded.chain_seqno, state = excluded.state",
+                (client, channel, balance, stake, claimed, chain_seqno, state))
+
+    def set_worker_channel(self, worker: str, channel: str, *, redeemed: int) -> None:
+        with self._lock:
+            self._db.execute("INSERT INTO workers (worker, channel, redeemed) VALUES (?, ?, ?) ON CONFLICT (worker) "
+                             "DO UPDATE SET channel = excluded.channel, redeemed = excluded.redeemed",
+                             (worker, channel, redeemed))
+
+    # ---- before and after a request ----
+    def available(self, client: str) -> int:
+        """What the client can still be charged now (reservations included)."""
+        with self._lock:
+            return self._available(client)
+
+    def _available(self, client: str) -> int:
+        row = self._db.execute("SELECT balance, stake, charged, claimed, state FROM clients WHERE client = ?",
+                               (client,)).fetchone()
+        if row is None or row[4] != "open":
+            return 0
+        balance, stake, charged, claimed, _ = row
+        return min(balance, stake) - (charged - claimed) - self._reserved.by_client.get(client, 0)
+
+    def reserve(self, request_id: str, client: str, amount: int) -> None:
+        """Hold `amount` (the request's maximum cost) for `request_id`, or raise PaymentRequired."""
+        with self._lock:
+            if request_id in self._reserved.by_request:
+                return
+            available = self._available(client)
+            if amount > available:
+                raise PaymentRequired(
+                    f"this request may cost up to {ton(amount)} TON; the client's channel covers "
+                    f"{ton(max(available, 0))} TON more (its stake, less charges not yet settled on chain and "
+                    f"requests in flight): top up the channel or raise its stake")
+            self._reserved.by_request[request_id] = (client, amount)
+            self._reserved.by_client[client] = self._reserved.by_client.get(client, 0) + amount
+
+    def release(self, request_id: str) -> None:
+        """Drop a reservation (the request ended without a billable answer, or was settled)."""
+        with self._lock:
+            self._release(request_id)
+
+    def _release(self, request_id: str) -> None:
+        entry = self._reserved.by_request.pop(request_id, None)
+        if entry is not None:
+            client, amount = entry
+            left = self._reserved.by_client[client] - amount
+            if left:
+                self._reserved.by_client[client] = left
+            else:
+                del self._reserved.by_client[client]
+
+    def settle(self, request_id: str, client: str, worker: str, model: str, usage: Usage, prices: Prices,
+               coefficient: int) -> Settled:
+        """Price and record one answered request, sign the client's and the worker's new cumulative vouchers, and
+        release its reservation: one transaction. A request id settled before changes nothing."""
+        charge = price_request(usage, prices, coefficient)
+        tokens = usage.prompt_tokens + usage.completion_tokens
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute("SELECT client_cost, worker_fee FROM requests WHERE request_id = ?",
+                                 (request_id,)).fetchone()
+                if row is not None:
+                    db.execute("ROLLBACK")
+                    self._release(request_id)
+                    return Settled(Charge(*row), *self._latest_vouchers(client, worker), duplicate=True)
+                (seqno,), (prev_hash,) = db.execute("SELECT value FROM meta WHERE key IN ('seqno', 'state_hash') "
+                                                    "ORDER BY key").fetchall()
+                seqno += 1
+                fields = (request_id, client, worker, model, coefficient, usage.prompt_tokens, usage.cached_tokens,
+                          usage.completion_tokens, usage.reasoning_tokens, charge.client_cost, charge.worker_fee)
+                state_hash = _chain_hash(prev_hash, seqno, fields)
+                db.execute("INSERT INTO requests VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                           (request_id, seqno, state_hash, time.time(), *fields[1:]))
+                db.execute("UPDATE meta SET value = ? WHERE key = 'seqno'", (seqno,))
+                db.execute("UPDATE meta SET value = ? WHERE key = 'state_hash'", (state_hash,))
+                client_voucher = self._bump("clients", "client", "charged", client, tokens, charge.client_cost,
+                                            Tag.CHARGE)
+                worker_voucher = self._bump("workers", "worker", "earned", worker, tokens, charge.worker_fee,
+                                            Tag.PAYOUT)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            self._release(request_id)
+        return Settled(charge, client_voucher, worker_voucher)
+
+    def _bump(self, table: str, key: str, total: str, name: str, tokens: int, amount: int,
+              tag: Tag) -> Voucher | None:
+        db = self._db
+        db.execute(f"INSERT OR IGNORE INTO {table} ({key}) VALUES (?)", (name,))
+        channel, cumulative, seqno = db.execute(f"SELECT channel, {total} + ?, seqno + 1 FROM {table} "
+                                                f"WHERE {key} = ?", (amount, name)).fetchone()
+        voucher = sign_voucher(self._signer, tag, channel, seqno, cumulative) if channel and amount else None
+        db.execute(f"UPDATE {table} SET requests = requests + 1, tokens = tokens + ?, {total} = ?, "
+                   f"seqno = seqno + ?, signature = ? WHERE {key} = ?",
+                   (tokens, cumulative, int(voucher is not None), voucher.signature if voucher else None, name))
+        return voucher
+
+    def _latest_vouchers(self, client: str, worker: str) -> tuple[Voucher | None, Voucher | None]:
+        return (self._latest("clients", "client", "charged", client, Tag.CHARGE),
+                self._latest("workers", "worker", "earned", worker, Tag.PAYOUT))
+
+    def _latest(self, table: str, key: str, total: str, name: str, tag: Tag) -> Voucher | None:
+        row = self._db.execute(f"SELECT channel, seqno, {total}, signature FROM {table} WHERE {key} = ?",
+                               (name,)).fetchone()
+        if row is None or row[0] is None or row[3] is None:
+            return None
+        return Voucher(int(tag), row[0], row[1], row[2], row[3])
+
+    # ---- settlement on chain ----
+    def client_voucher(self, client: str) -> Voucher | None:
+        """The latest charge voucher of the client's channel (what the proxy claims on chain)."""
+        with self._lock:
+            return self._latest("clients", "client", "charged", client, Tag.CHARGE)
+
+    def worker_voucher(self, worker: str) -> Voucher | None:
+        with self._lock:
+            return self._latest("workers", "worker", "earned", worker, Tag.PAYOUT)
+
+    def unclaimed(self) -> list[tuple[str, int, int, str]]:
+        """(client, charged in the books − claimed on chain, stake, channel state) of every open or closing
+        channel with something to claim."""
+        with self._lock:
+            return self._db.execute("SELECT client, charged - claimed, stake, state FROM clients "
+                                    "WHERE charged > claimed AND state IN ('open', 'closing')").fetchall()
+
+    def state(self) -> tuple[int, bytes]:
+        with self._lock:
+            (seqno,), (state_hash,) = self._db.execute(
+                "SELECT value FROM meta WHERE key IN ('seqno', 'state_hash') ORDER BY key").fetchall()
+        return seqno, bytes(state_hash)
+
+    def durable(self) -> tuple[int, bytes]:
+        """The state, after making sure it survives a power loss (before committing it on chain): one empty
+        write with synchronous=FULL syncs the write-ahead log, and with it every commit before."""
+        with self._lock:
+            self._db.execute("PRAGMA synchronous=FULL")
+            try:
+                self._db.execute("UPDATE meta SET value = value WHERE key = 'seqno'")
+            finally:
+                self._db.execute("PRAGMA synchronous=NORMAL")
+        return self.state()
+
+    def check_commit(self, committed_seqno: int, committed_hash: bytes) -> None:
+        """Raise RolledBack unless these books contain the state committed on chain."""
+        seqno, _ = self.state()
+        if committed_seqno == 0:
+            return
+        if seqno < committed_seqno:
+            raise RolledBack(f"the books are at seqno {seqno} but this proxy committed seqno {committed_seqno} on "
+                             f"chain: the database was rolled back or replaced; refusing to serve (restore the "
+                             f"newest database)")
+        with self._lock:
+            row = self._db.execute("SELECT state_hash FROM requests WHERE seqno = ?", (committed_seqno,)).fetchone()
+        if row is None or bytes(row[0]) != committed_hash:
+            raise RolledBack(f"the books' state at seqno {committed_seqno} differs from the one committed on chain: "
+                             f"this is not the database the proxy committed from; refusing to serve")
+
+    # ---- reporting ----
+    def summary(self) -> dict[str, Any]:
+        with self._lock:
+            clients = {c: {"channel": ch, "requests": r, "tokens": t, "charged_nanoton": charged,
+                           "claimed_nanoton": claimed, "balance_nanoton": bal, "stake_nanoton": stake,
+                           "reserved_nanoton": self._reserved.by_client.get(c, 0)}
+                       for c, ch, r, t, charged, claimed, bal, stake in self._db.execute(
+                           "SELECT client, channel, requests, tokens, charged, claimed, balance, stake FROM clients")}
+            workers = {w: {"channel": ch, "requests": r, "tokens": t, "earned_nanoton": e, "redeemed_nanoton": red}
+                       for w, ch, r, t, e, red in self._db.execute(
+                           "SELECT worker, channel, requests, tokens, earned, redeemed FROM workers")}
+        charged = sum(c["charged_nanoton"] for c in clients.values())
+        earned = sum(w["earned_nanoton"] for w in workers.values())
+        return {"clients": clients, "workers": workers, "charged_nanoton": charged, "paid_nanoton": earned,
+                "commission_nanoton": charged - earned}
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _chain_hash(prev: bytes, seqno: int, fields: tuple[Any, ...]) -> bytes:
+    h = hashlib.sha256(bytes(prev))
+    h.update(seqno.to_bytes(8, "big"))
+    for f in fields:
+        h.update(str(f).encode() + b"\x00")
+    return h.digest()

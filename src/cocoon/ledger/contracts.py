@@ -1,0 +1,111 @@
+"""The compiled contracts (src/cocoon/contracts/build) and the numbers they speak: ops, voucher tags, exit codes,
+fee constants. Everything here mirrors src/cocoon/contracts/README.md and func/common.fc."""
+
+from __future__ import annotations
+
+import json
+from enum import IntEnum
+from functools import cache
+from pathlib import Path
+
+from pytoniq_core import Cell
+
+CONTRACTS_DIR = Path(__file__).resolve().parent.parent / "contracts"
+BUILD_DIR = CONTRACTS_DIR / "build"
+VECTORS_DIR = CONTRACTS_DIR / "vectors"
+NAMES = ("root", "proxy", "client_channel", "worker_channel")
+
+
+class Op(IntEnum):
+    ROOT_SET_PARAMS = 0x52000001
+    ROOT_SET_HASH = 0x52000002
+    ROOT_SET_CODES = 0x52000003
+    ROOT_REGISTER_PROXY = 0x52000004
+    ROOT_UNREGISTER_PROXY = 0x52000005
+    ROOT_SET_OWNER = 0x52000006
+    PROXY_DEPLOY = 0x50000001
+    PROXY_ADD_STAKE = 0x50000002
+    PROXY_COMMIT = 0x50000003
+    PROXY_START_CLOSE = 0x50000004
+    PROXY_WITHDRAW = 0x50000005
+    CLIENT_OPENED = 0x50000011
+    CLIENT_CHARGED = 0x50000012
+    CLIENT_CLOSED = 0x50000013
+    PAYOUT_REQUEST = 0x50000021
+    PAYOUT = 0x50000022
+    PROXY_WITHDRAWN = 0x50000023
+    DEPOSIT = 0x43000001
+    WITHDRAW = 0x43000002
+    CHARGE = 0x43000003
+    CLOSE_FINAL = 0x43000004
+    REQUEST_CLOSE = 0x43000005
+    FINALIZE_CLOSE = 0x43000006
+    REFUND = 0x43000007
+    REDEEM = 0x57000001
+
+
+class Tag(IntEnum):
+    """What a voucher signature commits to (the first 32 bits of the signed cell)."""
+
+    CHARGE = 0x63686172  # cumulative charge of a client channel
+    FINAL = 0x66696E6C  # the same, and the channel closes at this total now
+    PAYOUT = 0x7061796F  # cumulative payout of a worker channel
+
+
+class HashKind(IntEnum):
+    """`set_hash` kinds of the root registry."""
+
+    PROXY_IMAGE = 1
+    WORKER_IMAGE = 2
+    MODEL = 3
+
+
+EXIT_CODES: dict[int, str] = {
+    100: "unknown_op: unknown or missing op",
+    101: "unauthorized: the sender may not do this",
+    102: "bad_signature: voucher not signed by the proxy's key for this contract and tag",
+    103: "old_voucher: replayed or older voucher, or commit seqno not increasing",
+    104: "insufficient_balance: charge above the channel's balance",
+    105: "below_stake: withdraw into the stake, or stake above the balance",
+    106: "too_early: before the close delay",
+    107: "bad_state: not allowed in this state (closing, closed, proxy not active)",
+    108: "not_child: the sender is not the genuine channel it claims to be",
+    109: "low_value: too little value attached",
+    110: "stake_too_low: stake below min_client_stake",
+    111: "open_channels: the proxy still has open client channels",
+    112: "no_funds: payout beyond the proxy's stake + earnings - payouts",
+    113: "bad_params: malformed or inconsistent root change",
+    -14: "out of gas: far too little value attached",
+}
+
+# func/common.fc: kept from each deposit or stake as the contract's gas and storage buffer; the least value any
+# other operation must carry; what a channel -> proxy notification carries.
+DEPOSIT_FEE = 50_000_000
+MIN_OP_VALUE = 20_000_000
+NOTIFY_VALUE = 10_000_000
+
+# channel and proxy states (get_channel_state / get_proxy_state)
+CHANNEL_STATES = ("new", "open", "closing", "closed")
+PROXY_STATES = ("new", "active", "closing", "closed")
+
+
+def describe_exit(code: int) -> str:
+    return EXIT_CODES.get(code, f"exit code {code}")
+
+
+@cache
+def code(name: str) -> Cell:
+    """The compiled code cell of contract `name`, checked against build/hashes.json."""
+    if name not in NAMES:
+        raise ValueError(f"no contract {name!r}; there are {list(NAMES)}")
+    cell = Cell.one_from_boc((BUILD_DIR / f"{name}.boc").read_bytes())
+    expected = json.loads((BUILD_DIR / "hashes.json").read_text())["contracts"][name]
+    if cell.hash.hex() != expected:
+        raise RuntimeError(f"{BUILD_DIR / name}.boc hashes to {cell.hash.hex()}, hashes.json says {expected}")
+    return cell
+
+
+@cache
+def config_boc() -> bytes:
+    """The blockchain config the sandbox tests ran with (basechain prices): the emulator needs a real one."""
+    return (VECTORS_DIR / "config.boc").read_bytes()

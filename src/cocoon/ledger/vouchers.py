@@ -1,0 +1,132 @@
+"""Vouchers: the proxy's Ed25519 signature over exactly the cell the contracts verify (contracts README):
+
+    voucher#_ tag:uint32 contract:MsgAddressInt seqno:uint64 amount:Coins = Voucher;   (signature over its hash)
+
+`amount` is cumulative since the channel opened and `seqno` orders the proxy's vouchers, so the latest voucher is
+all a client or worker needs to keep. `VoucherBook` keeps it, in SQLite, and refuses anything that is not newer.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import msgspec
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
+from pytoniq_core import Address, begin_cell
+
+from cocoon.ledger.contracts import Tag
+from cocoon.ledger.wallet import Wallet, raw_address
+
+
+class VoucherError(ValueError):
+    """A voucher that must not be accepted; the message says exactly why."""
+
+
+class Voucher(msgspec.Struct, frozen=True):
+    tag: int  # Tag: charge | final | payout
+    contract: str  # the channel it is for, raw address
+    seqno: int
+    amount: int  # cumulative nanoTON
+    signature: bytes = b""
+
+    def signed_hash(self) -> bytes:
+        return voucher_hash(Tag(self.tag), self.contract, self.seqno, self.amount)
+
+    def verify(self, public_key: bytes) -> None:
+        """Raise VoucherError unless `public_key` signed this voucher."""
+        try:
+            VerifyKey(public_key).verify(self.signed_hash(), self.signature)
+        except (BadSignatureError, ValueError) as exc:
+            raise VoucherError(f"{describe(self)}: the signature is not the proxy's") from exc
+
+
+def voucher_hash(tag: Tag, contract: str, seqno: int, amount: int) -> bytes:
+    cell = (begin_cell().store_uint(tag, 32).store_address(Address(contract)).store_uint(seqno, 64)
+            .store_coins(amount).end_cell())
+    return cell.hash
+
+
+def sign_voucher(key: Wallet, tag: Tag, contract: str, seqno: int, amount: int) -> Voucher:
+    """`key` is the proxy's voucher key (any Ed25519 seed holder)."""
+    contract = raw_address(contract)
+    return Voucher(int(tag), contract, seqno, amount, key.sign(voucher_hash(tag, contract, seqno, amount)))
+
+
+def describe(v: Voucher) -> str:
+    return f"{Tag(v.tag).name.lower()} voucher #{v.seqno} for {ton(v.amount)} TON on {v.contract}"
+
+
+def ton(nanoton: int) -> str:
+    """nanoTON as TON with 9 decimals."""
+    sign = "-" if nanoton < 0 else ""
+    whole, frac = divmod(abs(nanoton), 1_000_000_000)
+    return f"{sign}{whole}.{frac:09d}"
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS vouchers (
+    contract TEXT NOT NULL, tag INTEGER NOT NULL, seqno INTEGER NOT NULL, amount INTEGER NOT NULL,
+    signature BLOB NOT NULL, PRIMARY KEY (contract, tag)
+);
+"""
+
+
+class VoucherBook:
+    """The latest voucher per (channel, tag) that a client or worker holds, durable across restarts.
+
+    A new voucher is accepted only when it is signed by the channel's proxy and strictly newer: a higher seqno
+    and a higher cumulative amount (a final voucher may repeat the amount: it only closes the channel).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def accept(self, voucher: Voucher, proxy_key: bytes, *, contract: str | None = None) -> Voucher:
+        """Store `voucher` if it is valid and newer, else raise VoucherError. `contract`: the channel it must be
+        for (a voucher for another channel is worthless here)."""
+        if contract is not None and raw_address(contract) != voucher.contract:
+            raise VoucherError(f"{describe(voucher)}: expected a voucher for {raw_address(contract)}")
+        if voucher.amount < 0 or voucher.seqno < 0:
+            raise VoucherError(f"{describe(voucher)}: negative seqno or amount")
+        voucher.verify(proxy_key)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                last = self._latest(voucher.contract, voucher.tag)
+                if last is not None:
+                    _check_newer(voucher, last)
+                self._db.execute("INSERT OR REPLACE INTO vouchers VALUES (?, ?, ?, ?, ?)",
+                                 (voucher.contract, voucher.tag, voucher.seqno, voucher.amount, voucher.signature))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return voucher
+
+    def latest(self, contract: str, tag: Tag) -> Voucher | None:
+        with self._lock:
+            return self._latest(raw_address(contract), int(tag))
+
+    def _latest(self, contract: str, tag: int) -> Voucher | None:
+        row = self._db.execute("SELECT seqno, amount, signature FROM vouchers WHERE contract = ? AND tag = ?",
+                               (contract, tag)).fetchone()
+        return Voucher(tag, contract, row[0], row[1], row[2]) if row else None
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _check_newer(new: Voucher, last: Voucher) -> None:
+    if new.seqno <= last.seqno:
+        raise VoucherError(f"{describe(new)}: seqno {new.seqno} is not above the last accepted #{last.seqno}")
+    if new.amount < last.amount or (new.amount == last.amount and new.tag != Tag.FINAL):
+        raise VoucherError(f"{describe(new)}: the total is not above the {ton(last.amount)} TON already signed "
+                           f"at #{last.seqno}")

@@ -1,0 +1,58 @@
+"""The proxy's Prometheus metrics; per-worker reputation is read from the book at scrape time."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from cocoon.proxy.reputation import ReputationBook
+
+
+class ProxyMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("cocoon_proxy_requests", "Client requests by outcome", ["outcome"], registry=r)
+        self.retries = Counter("cocoon_proxy_retries", "Requests moved to another worker before their first token",
+                               ["reason"], registry=r)
+        self.tokens = Counter("cocoon_proxy_tokens", "Tokens metered", ["kind"], registry=r)
+        self.active = Gauge("cocoon_proxy_active_requests", "Requests in flight", registry=r)
+        self.waiting = Gauge("cocoon_proxy_waiting_requests", "Requests waiting for a free worker slot", registry=r)
+        self.workers = Gauge("cocoon_proxy_workers", "Connected workers", registry=r)
+        self.clients = Gauge("cocoon_proxy_clients", "Connected clients", registry=r)
+        self.first_byte = Histogram("cocoon_proxy_first_byte_seconds", "Time to the answer's first byte",
+                                    registry=r)
+        self.charged = Counter("cocoon_proxy_charged_nanoton", "Charged to clients", registry=r)
+
+    def watch_reputation(self, book: ReputationBook, clock: Callable[[], float] = time.monotonic) -> None:
+        self.registry.register(_ReputationCollector(book, clock))
+
+
+class _ReputationCollector(Collector):
+    def __init__(self, book: ReputationBook, clock: Callable[[], float]) -> None:
+        self.book = book
+        self.clock = clock
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        labels = ["worker", "key"]
+        answered = CounterMetricFamily("cocoon_proxy_worker_answered", "Answers a worker key completed", labels=labels)
+        failed = CounterMetricFamily("cocoon_proxy_worker_failed", "Failures a worker key caused", labels=labels)
+        success = GaugeMetricFamily("cocoon_proxy_worker_success_ratio", "Moving success rate", labels=labels)
+        ttft = GaugeMetricFamily("cocoon_proxy_worker_ttft_seconds", "Moving time to first token", labels=labels)
+        rate = GaugeMetricFamily("cocoon_proxy_worker_tokens_per_second", "Moving generation rate", labels=labels)
+        benched = GaugeMetricFamily("cocoon_proxy_worker_benched_seconds", "Bench time left", labels=labels)
+        for s in self.book.summaries(self.clock()):
+            values = [s.name, s.key[:16]]
+            answered.add_metric(values, s.answered)
+            failed.add_metric(values, s.failed)
+            success.add_metric(values, s.success)
+            if s.ttft_ms is not None:
+                ttft.add_metric(values, s.ttft_ms / 1000)
+            if s.tokens_per_s is not None:
+                rate.add_metric(values, s.tokens_per_s)
+            benched.add_metric(values, s.benched_s)
+        yield from (answered, failed, success, ttft, rate, benched)

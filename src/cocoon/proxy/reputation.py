@@ -1,0 +1,145 @@
+"""What the proxy has learned about each worker key: speed, reliability, benching. Survives reconnects."""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import msgspec
+
+from cocoon.config import SelectionConfig
+
+_LATENCY_ALPHA = 0.2  # weight of the newest sample in the moving latency estimates
+_SUCCESS_ALPHA = 0.1  # ...and in the moving success rate
+_MIN_SUCCESS = 0.05  # a worker that always fails still has a finite (terrible) score
+
+
+@dataclass(eq=False)
+class Reputation:
+    key: str
+    name: str
+    ttft_ms: float | None = None  # moving estimate of time to first token, as measured at the proxy
+    ms_per_token: float | None = None  # moving estimate of generation time per token after the first
+    success: float = 1.0  # moving success rate
+    answered: int = 0
+    failed: int = 0
+    failure_streak: int = 0
+    benches: int = 0  # benches in a row without a success in between: the next one lasts twice as long
+    benched_until: float = 0.0
+    links: int = 0  # live connections with this key
+
+    def on_probation(self, cfg: SelectionConfig) -> bool:
+        return self.answered < cfg.probation_requests or self.ttft_ms is None
+
+    def expected_ms(self, active: int, max_active: int, cfg: SelectionConfig) -> float:
+        """Expected time to answer a reference-length request if it were sent now."""
+        if self.ttft_ms is None or self.ms_per_token is None:
+            return math.inf
+        base = self.ttft_ms + cfg.reference_tokens * self.ms_per_token
+        return base * (1.0 + cfg.load_weight * active / max_active) / max(self.success, _MIN_SUCCESS)
+
+    def record_stream(self, ttft_ms: float, generation_ms: float, tokens: int) -> None:
+        """A streamed answer: time to its first token and time for the tokens after it."""
+        self.ttft_ms = _moving(self.ttft_ms, ttft_ms)
+        if tokens > 1:
+            self.ms_per_token = _moving(self.ms_per_token, generation_ms / (tokens - 1))
+        elif self.ms_per_token is None:
+            self.ms_per_token = ttft_ms  # one-token answers: assume a token costs what the first one did
+        self._succeeded()
+
+    def record_whole(self, total_ms: float, tokens: int) -> None:
+        """A non-streamed answer: only the total is seen, so both estimates are scaled to explain it."""
+        if self.ttft_ms is None or self.ms_per_token is None:
+            # no split known yet: assume the first token costs as much as each later one
+            per = total_ms / (max(tokens, 1) + 1)
+            self.ttft_ms, self.ms_per_token = 2 * per, per
+        else:
+            predicted = self.ttft_ms + max(tokens - 1, 0) * self.ms_per_token
+            scale = total_ms / predicted if predicted > 0 else 1.0
+            self.ttft_ms = _moving(self.ttft_ms, self.ttft_ms * scale)
+            self.ms_per_token = _moving(self.ms_per_token, self.ms_per_token * scale)
+        self._succeeded()
+
+    def _succeeded(self) -> None:
+        self.answered += 1
+        self.success += _SUCCESS_ALPHA * (1.0 - self.success)
+        self.failure_streak = 0
+        self.benches = 0
+
+    def record_failure(self, now: float, cfg: SelectionConfig) -> bool:
+        """Count a failure the worker caused; returns True when this failure benches it."""
+        self.failed += 1
+        self.success -= _SUCCESS_ALPHA * self.success
+        self.failure_streak += 1
+        if self.failure_streak < cfg.bench_after_failures:
+            return False
+        self.benched_until = now + min(cfg.bench_s * 2.0**self.benches, cfg.bench_max_s)
+        self.benches += 1
+        self.failure_streak = 0
+        return True
+
+    def summary(self, now: float) -> ReputationSummary:
+        return ReputationSummary(
+            key=self.key, name=self.name, answered=self.answered, failed=self.failed,
+            success=round(self.success, 4),
+            ttft_ms=round(self.ttft_ms, 2) if self.ttft_ms is not None else None,
+            tokens_per_s=round(1000.0 / self.ms_per_token, 2) if self.ms_per_token else None,
+            benched_s=round(max(self.benched_until - now, 0.0), 3), connected=self.links > 0)
+
+
+class ReputationSummary(msgspec.Struct, frozen=True):
+    """One worker's standing, as /jsonstats shows it and as the on-chain reputation summary will publish it."""
+
+    key: str
+    name: str
+    answered: int
+    failed: int
+    success: float
+    ttft_ms: float | None
+    tokens_per_s: float | None
+    benched_s: float
+    connected: bool
+
+
+def _moving(old: float | None, sample: float) -> float:
+    return sample if old is None else old + _LATENCY_ALPHA * (sample - old)
+
+
+class ReputationBook:
+    """Every worker key seen, connected or not; keys gone longer than `keep_s` are forgotten."""
+
+    def __init__(self, keep_s: float) -> None:
+        self.keep_s = keep_s
+        self._by_key: dict[str, Reputation] = {}
+        self._gone: OrderedDict[str, float] = OrderedDict()  # disconnected keys, oldest first
+
+    def attach(self, key: str, name: str, now: float) -> Reputation:
+        self._forget_older_than(now - self.keep_s)
+        rep = self._by_key.get(key)
+        if rep is None:
+            rep = self._by_key[key] = Reputation(key=key, name=name)
+        rep.name = name
+        rep.links += 1
+        self._gone.pop(key, None)
+        return rep
+
+    def get(self, key: str) -> Reputation | None:
+        return self._by_key.get(key)
+
+    def detach(self, rep: Reputation, now: float) -> None:
+        rep.links -= 1
+        if rep.links == 0:
+            self._gone[rep.key] = now
+
+    def _forget_older_than(self, cutoff: float) -> None:
+        while self._gone:
+            key, gone_at = next(iter(self._gone.items()))
+            if gone_at > cutoff:
+                break
+            del self._gone[key]
+            del self._by_key[key]
+
+    def summaries(self, now: float) -> list[ReputationSummary]:
+        """The hook for the on-chain reputation summary: what it will commit, already in wire form."""
+        return [rep.summary(now) for rep in self._by_key.values()]

@@ -1,0 +1,247 @@
+"""Choosing a worker for a request: expected latency, probation for newcomers, benching for failures.
+
+Workers are grouped by (model, region). Each group keeps two rank indices: workers still on probation,
+ranked by how often they were tried (the least tried first), and established workers, ranked by their
+expected latency (moving time-to-first-token and per-token estimates, success rate and current load).
+A worker that is full, benched or excluded scores infinity and is skipped by the index itself, so a choice
+costs O(log n) per region asked, whatever the number of workers. A share of the choices (`probation_share`)
+goes to probation first, so that newcomers get measured without displacing proven workers. Time to first
+token is measured at the proxy and so includes the network path: with no region asked, near workers win.
+
+Time comes from `clock`, so a simulation can drive this exact code (bench/sim_network.py).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+from cocoon.config import SelectionConfig
+from cocoon.proxy.rankindex import RankIndex, RankNode
+from cocoon.proxy.reputation import Reputation, ReputationBook
+from cocoon.wire.messages import WorkerParams
+
+
+class Selectable(Protocol):
+    key: str  # hex public key: what reputation is kept by
+    name: str
+    params: WorkerParams
+
+
+W = TypeVar("W", bound=Selectable)
+
+
+@dataclass(eq=False)
+class _Entry(Generic[W]):
+    worker: W
+    rep: Reputation
+    probation: bool
+    active: int = 0
+    benched: bool = False
+    excluded: bool = False
+    nodes: list[tuple[RankIndex[_Entry[W]], RankNode[_Entry[W]]]] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class _Group(Generic[W]):
+    ranked: RankIndex[_Entry[W]]
+    probation: RankIndex[_Entry[W]]
+
+    def lane(self, probation: bool) -> RankIndex[_Entry[W]]:
+        return self.probation if probation else self.ranked
+
+
+class Selector(Generic[W]):
+    def __init__(self, cfg: SelectionConfig, reputations: ReputationBook, *,
+                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None) -> None:
+        self.cfg = cfg
+        self.reputations = reputations
+        self.clock = clock
+        self._rng = rng or random.Random()
+        self._entries: dict[W, _Entry[W]] = {}
+        self._groups: dict[str, dict[str, _Group[W]]] = {}  # model → region → group
+        self._benched: list[tuple[float, int, _Entry[W]]] = []  # heap by bench end
+        self._seq = itertools.count()
+        self._probation_credit = 0.0
+
+    # -- membership ----------------------------------------------------------------------------------------
+    def add(self, worker: W) -> Reputation:
+        now = self.clock()
+        rep = self.reputations.attach(worker.key, worker.name, now)
+        entry = _Entry(worker, rep, probation=rep.on_probation(self.cfg))
+        if rep.benched_until > now:  # benched before it reconnected: the bench still holds
+            self._bench(entry)
+        self._entries[worker] = entry
+        self._place(entry)
+        return rep
+
+    def remove(self, worker: W) -> None:
+        entry = self._entries.pop(worker, None)
+        if entry is None:
+            return
+        for index, node in entry.nodes:
+            index.remove(node)
+        region = worker.params.region
+        for model in dict.fromkeys(worker.params.models):
+            regions = self._groups[model]
+            group = regions[region]
+            if not group.ranked and not group.probation:
+                del regions[region]
+            if not regions:
+                del self._groups[model]
+        self.reputations.detach(entry.rep, self.clock())
+
+    def _place(self, entry: _Entry[W]) -> None:
+        """Put the entry in its lane (probation or ranked) of the group of each model it serves."""
+        params = entry.worker.params
+        score = self._score(entry)
+        entry.nodes = []
+        for model in dict.fromkeys(params.models):
+            regions = self._groups.setdefault(model, {})
+            group = regions.get(params.region)
+            if group is None:
+                group = regions[params.region] = _Group(RankIndex(self._rng), RankIndex(self._rng))
+            index = group.lane(entry.probation)
+            entry.nodes.append((index, index.insert(entry, params.coefficient, score)))
+
+    # -- choosing ------------------------------------------------------------------------------------------
+    def serves(self, model: str, region: str = "", max_coefficient: int | None = None) -> bool:
+        """Whether any connected worker could take this request at all (busy and benched ones count)."""
+        for group in self._groups_for(model, region):
+            for index in (group.ranked, group.probation):
+                cheapest = index.cheapest_price()
+                if cheapest is not None and (max_coefficient is None or cheapest <= max_coefficient):
+                    return True
+        return False
+
+    def choose(self, model: str, region: str = "", max_coefficient: int | None = None,
+               exclude: Iterable[W] = ()) -> W | None:
+        """The best available worker, now counted as busy with this request; None when none is free."""
+        self._end_benches()
+        groups = self._groups_for(model, region)
+        if not groups:
+            return None
+        masked = [e for e in (self._entries.get(w) for w in exclude) if e is not None]
+        for entry in masked:
+            entry.excluded = True
+            self._refresh(entry)
+        try:
+            entry = self._pick(groups, max_coefficient)
+        finally:
+            for e in masked:
+                e.excluded = False
+                self._refresh(e)
+        if entry is None:
+            return None
+        entry.active += 1
+        self._refresh(entry)
+        return entry.worker
+
+    def _pick(self, groups: list[_Group[W]], max_coefficient: int | None) -> _Entry[W] | None:
+        share = self.cfg.probation_share
+        probation_turn = self._probation_credit + share >= 1.0 - 1e-9
+        for probation in (probation_turn, not probation_turn):
+            best: RankNode[_Entry[W]] | None = None
+            for group in groups:
+                node = group.lane(probation).best(max_coefficient)
+                if node is not None and (best is None or node.score < best.score):
+                    best = node
+            if best is not None:
+                # credit accrues per choice made; a probation turn taken spends one whole choice of it
+                self._probation_credit = min(self._probation_credit + share, 1.0)
+                if probation and probation_turn:
+                    self._probation_credit -= 1.0
+                return best.item
+        return None
+
+    def _groups_for(self, model: str, region: str) -> list[_Group[W]]:
+        regions = self._groups.get(model)
+        if not regions:
+            return []
+        if region:
+            group = regions.get(region)
+            return [group] if group is not None else []
+        return list(regions.values())
+
+    def release(self, worker: W) -> None:
+        """The request chosen for `worker` is over (whatever its outcome)."""
+        entry = self._entries.get(worker)
+        if entry is not None:
+            entry.active -= 1
+            self._refresh(entry)
+
+    # -- learning ------------------------------------------------------------------------------------------
+    def record_stream(self, worker: W, ttft_ms: float, generation_ms: float, tokens: int) -> None:
+        self._learn(worker, lambda rep: rep.record_stream(ttft_ms, generation_ms, tokens))
+
+    def record_whole(self, worker: W, total_ms: float, tokens: int) -> None:
+        self._learn(worker, lambda rep: rep.record_whole(total_ms, tokens))
+
+    def record_failure(self, worker: W) -> None:
+        """A failure the worker caused (lost link, stall, server error); repeated ones bench it."""
+        self._learn(worker, lambda rep: rep.record_failure(self.clock(), self.cfg))
+
+    def _learn(self, worker: W, update: Callable[[Reputation], bool | None]) -> None:
+        entry = self._entries.get(worker)
+        # a worker whose link broke mid-request is gone from the groups, but its reputation is kept by key
+        rep = entry.rep if entry is not None else self.reputations.get(worker.key)
+        if rep is None:
+            return
+        benched = update(rep)
+        if entry is not None:
+            if benched:
+                self._bench(entry)
+            self._refresh(entry)
+
+    def _bench(self, entry: _Entry[W]) -> None:
+        entry.benched = True
+        heapq.heappush(self._benched, (entry.rep.benched_until, next(self._seq), entry))
+
+    def _end_benches(self) -> None:
+        if not self._benched:
+            return
+        now = self.clock()
+        while self._benched and self._benched[0][0] <= now:
+            _, _, entry = heapq.heappop(self._benched)
+            if entry.benched and entry.rep.benched_until <= now:
+                entry.benched = False
+                if self._entries.get(entry.worker) is entry:
+                    self._refresh(entry)
+
+    # -- scores --------------------------------------------------------------------------------------------
+    def _score(self, entry: _Entry[W]) -> float:
+        max_active = entry.worker.params.max_active_requests
+        if entry.excluded or entry.benched or entry.active >= max_active:
+            return math.inf
+        rep = entry.rep
+        if entry.probation:
+            return float(rep.answered + rep.failed + entry.active)  # the least tried newcomer first
+        return rep.expected_ms(entry.active, max_active, self.cfg)
+
+    def _refresh(self, entry: _Entry[W]) -> None:
+        if entry.probation and not entry.rep.on_probation(self.cfg):
+            entry.probation = False  # graduated: ranked by its measured latency from now on
+            for index, node in entry.nodes:
+                index.remove(node)
+            self._place(entry)
+            return
+        score = self._score(entry)
+        for index, node in entry.nodes:
+            index.update(node, score)
+
+    # -- views ---------------------------------------------------------------------------------------------
+    def active(self, worker: W) -> int:
+        entry = self._entries.get(worker)
+        return entry.active if entry is not None else 0
+
+    def describe(self, worker: W) -> dict[str, Any]:
+        entry = self._entries[worker]
+        expected = entry.rep.expected_ms(entry.active, worker.params.max_active_requests, self.cfg)
+        return {"active": entry.active, "probation": entry.probation, "benched": entry.benched,
+                "expected_ms": round(expected, 2) if expected < math.inf else None}

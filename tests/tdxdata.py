@@ -1,0 +1,70 @@
+"""The shared TDX test data (../shared/testdata, see its README) and a PCCS double that serves it."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+TESTDATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "testdata"
+REAL_QUOTE = TESTDATA / "tdx_quote.dat"  # parses; no collateral
+SAMPLE_QUOTE = TESTDATA / "dcap_sample_tdx_quote.dat"
+SAMPLE_COLLATERAL = TESTDATA / "dcap_sample_collateral.json"
+INSIDE_WINDOW = 1751710563  # 2025-07-05, inside the sample collateral's validity
+SAMPLE_FMSPC = "B0C06F000000"
+SIGNED_LEN = 48 + 584  # quote header + TD report 1.0: what the attestation key signs
+
+
+@contextmanager
+def fake_pccs(collateral: dict[str, str] | None = None) -> Iterator[tuple[str, list[str]]]:
+    """A PCCS on 127.0.0.1 answering the v4 API from a dcap-qvl collateral JSON; yields (url, request log).
+
+    It runs in its own thread: collateral fetches block their caller, event loop included.
+    """
+    data = collateral or json.loads(SAMPLE_COLLATERAL.read_text())
+    requests: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            requests.append(self.path)
+            path = urllib.parse.urlsplit(self.path).path
+            quote = urllib.parse.quote
+            if path.endswith("/pckcrl"):
+                self._send(bytes.fromhex(data["pck_crl"]),
+                           {"SGX-PCK-CRL-Issuer-Chain": quote(data["pck_crl_issuer_chain"])})
+            elif path.endswith("/rootcacrl"):
+                self._send(data["root_ca_crl"].encode(), {})
+            elif path.endswith("/tcb"):
+                body = f'{{"tcbInfo":{data["tcb_info"]},"signature":"{data["tcb_info_signature"]}"}}'
+                self._send(body.encode(), {"TCB-Info-Issuer-Chain": quote(data["tcb_info_issuer_chain"])})
+            elif path.endswith("/qe/identity"):
+                body = f'{{"enclaveIdentity":{data["qe_identity"]},"signature":"{data["qe_identity_signature"]}"}}'
+                self._send(body.encode(),
+                           {"SGX-Enclave-Identity-Issuer-Chain": quote(data["qe_identity_issuer_chain"])})
+            else:
+                self.send_error(404)
+
+        def _send(self, body: bytes, headers: dict[str, str]) -> None:
+            self.send_response(200)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", requests
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

@@ -1,0 +1,65 @@
+"""Pricing: integer nanoTON, each amount rounded once, down; reservations cover any answer."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cocoon.config import Prices
+from cocoon.ledger.pricing import max_cost, price_request, weighted_tokens
+from cocoon.wire.messages import Usage
+
+counts = st.integers(0, 100_000)
+
+
+@st.composite
+def usages(draw: st.DrawFn) -> Usage:
+    prompt, completion = draw(counts), draw(counts)
+    return Usage(prompt_tokens=prompt, cached_tokens=draw(st.integers(0, prompt)), completion_tokens=completion,
+                 reasoning_tokens=draw(st.integers(0, completion)))
+
+
+@st.composite
+def price_lists(draw: st.DrawFn) -> Prices:
+    price = draw(st.integers(0, 10_000))
+    mult = st.integers(0, 10_000)
+    return Prices(price_per_token=price, worker_fee_per_token=draw(st.integers(0, price)),
+                  prompt_multiplier=draw(mult), cached_multiplier=draw(mult), completion_multiplier=draw(mult),
+                  reasoning_multiplier=draw(mult))
+
+
+def test_a_known_request() -> None:
+    # 100 prompt tokens (40 cached), 50 completion tokens (10 of them reasoning), worker coefficient 1.5
+    usage = Usage(prompt_tokens=100, cached_tokens=40, completion_tokens=50, reasoning_tokens=10)
+    prices = Prices(price_per_token=20, worker_fee_per_token=16, prompt_multiplier=1000, cached_multiplier=100,
+                    completion_multiplier=4000, reasoning_multiplier=5000)
+    assert weighted_tokens(usage, prices) == 60 * 1000 + 40 * 100 + 40 * 4000 + 10 * 5000
+    charge = price_request(usage, prices, 1500)
+    assert charge == (274_000 * 1500 * 20 // 10**6, 274_000 * 1500 * 16 // 10**6) == (8220, 6576)
+    assert charge.commission == 1644
+
+
+@given(usages(), price_lists(), st.integers(0, 5000))
+def test_each_amount_is_the_exact_price_rounded_down_once_and_the_commission_is_never_negative(
+        usage: Usage, prices: Prices, coefficient: int) -> None:
+    exact = Fraction(weighted_tokens(usage, prices) * coefficient, 10**6)
+    charge = price_request(usage, prices, coefficient)
+    assert charge.client_cost == int(exact * prices.price_per_token)  # floor: positive values
+    assert charge.worker_fee == int(exact * prices.worker_fee_per_token)
+    assert 0 <= exact * prices.price_per_token - charge.client_cost < 1
+    assert charge.commission >= 0
+
+
+@given(usages(), price_lists(), st.integers(0, 5000), st.integers(0, 1000), st.integers(0, 1000))
+def test_the_reservation_covers_any_answer_within_its_bounds(usage: Usage, prices: Prices, coefficient: int,
+                                                               more_prompt: int, more_completion: int) -> None:
+    reserved = max_cost(usage.prompt_tokens + more_prompt, usage.completion_tokens + more_completion, prices,
+                        coefficient)
+    assert price_request(usage, prices, coefficient).client_cost <= reserved
+    exact = Fraction((usage.prompt_tokens + more_prompt) * max(prices.prompt_multiplier, prices.cached_multiplier)
+                     + (usage.completion_tokens + more_completion)
+                     * max(prices.completion_multiplier, prices.reasoning_multiplier),
+                     10**6) * coefficient * prices.price_per_token
+    assert 0 <= reserved - exact < 1  # rounded up, once

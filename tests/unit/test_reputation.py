@@ -1,0 +1,61 @@
+"""Moving estimates, benching and forgetting in the reputation book."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from cocoon.config import SelectionConfig
+from cocoon.proxy.reputation import Reputation, ReputationBook
+
+CFG = SelectionConfig(reference_tokens=100, load_weight=1.0)
+
+
+def test_streamed_answers_measure_first_token_and_rate_separately() -> None:
+    rep = Reputation(key="k", name="w")
+    assert rep.expected_ms(0, 4, CFG) == math.inf  # nothing measured yet
+    rep.record_stream(ttft_ms=200, generation_ms=990, tokens=100)
+    assert rep.ttft_ms == 200 and rep.ms_per_token == pytest.approx(10)
+    rep.record_stream(ttft_ms=400, generation_ms=990, tokens=100)
+    assert rep.ttft_ms == pytest.approx(240)  # moves a fifth of the way
+    assert rep.expected_ms(0, 4, CFG) == pytest.approx(240 + 100 * 10)
+    assert rep.expected_ms(2, 4, CFG) == pytest.approx((240 + 1000) * 1.5)
+
+
+def test_whole_answers_scale_both_estimates() -> None:
+    rep = Reputation(key="k", name="w")
+    rep.record_whole(total_ms=1100, tokens=10)  # no split known: first token costs like the others, twice
+    assert rep.ttft_ms == pytest.approx(200) and rep.ms_per_token == pytest.approx(100)
+    rep.record_whole(total_ms=2 * (200 + 9 * 100), tokens=10)  # twice as slow as predicted
+    assert rep.ttft_ms == pytest.approx(240) and rep.ms_per_token == pytest.approx(120)
+
+
+def test_failures_lower_the_success_rate_and_bench_in_doubling_steps() -> None:
+    cfg = SelectionConfig(bench_after_failures=2, bench_s=5, bench_max_s=12)
+    rep = Reputation(key="k", name="w")
+    assert not rep.record_failure(100, cfg)
+    assert rep.record_failure(100, cfg) and rep.benched_until == 105
+    assert not rep.record_failure(200, cfg)
+    assert rep.record_failure(200, cfg) and rep.benched_until == 210
+    rep.record_failure(300, cfg)
+    assert rep.record_failure(300, cfg) and rep.benched_until == 312  # capped
+    assert rep.success == pytest.approx(0.9**6)
+    rep.record_stream(10, 10, 2)
+    assert rep.benches == 0 and rep.failure_streak == 0 and rep.success > 0.9**6
+
+
+def test_the_book_keeps_keys_across_reconnects_and_forgets_long_gone_ones() -> None:
+    book = ReputationBook(keep_s=60)
+    a = book.attach("a", "worker-a", now=0)
+    book.attach("b", "worker-b", now=0)
+    a.answered = 5
+    book.detach(a, now=10)
+    assert book.attach("a", "worker-a2", now=20) is a and a.name == "worker-a2" and a.links == 1
+    book.detach(a, now=30)
+    book.attach("c", "worker-c", now=89)
+    assert book.get("a") is a
+    book.attach("d", "worker-d", now=91)  # "a" has been gone for more than 60 s
+    assert book.get("a") is None and book.get("b") is not None  # "b" never left
+    summary = {s.key: s for s in book.summaries(now=91)}
+    assert set(summary) == {"b", "c", "d"} and summary["b"].connected

@@ -8,7 +8,6 @@ import json
 import logging
 import signal
 import sys
-import time
 from collections.abc import Awaitable, Callable
 
 from cocoon.attest.backends import get_backend
@@ -19,7 +18,7 @@ from cocoon.attest.registry import RegistryImages
 from cocoon.config import CommonConfig
 from cocoon.ledger.base import Ledger
 from cocoon.ledger.local import LocalLedger
-from cocoon.ratls.cert import CertVerifier, Identity, make_identity
+from cocoon.ratls.cert import CertVerifier, IdentityIssuer
 
 log = logging.getLogger("cocoon")
 
@@ -59,8 +58,9 @@ def setup_logging(role: str, cfg: CommonConfig) -> None:
 
 
 def make_node_identity(role: str, cfg: CommonConfig, accept_roles: set[str], *, ledger: Ledger | None = None
-                       ) -> tuple[Identity, CertVerifier]:
-    """A fresh attested certificate for this process, and the verifier for the peers it accepts.
+                       ) -> tuple[IdentityIssuer, CertVerifier]:
+    """This process's attested identity (its certificate renewed as it ages), and the verifier for the peers
+    it accepts.
 
     A policy that takes image hashes from the root registry reads `ledger`, by default the local ledger
     in the state directory.
@@ -75,7 +75,7 @@ def make_node_identity(role: str, cfg: CommonConfig, accept_roles: set[str], *, 
     # Intel's collateral for TDX peers: cached in the state dir, fetched from `pccs_url` when missing.
     collateral = CollateralCache(cfg.state_path / "collateral", cfg.pccs_url or None)
     backend = get_backend(cfg.attestation, image=cfg.image, collateral=collateral)
-    identity = make_identity(role, backend, lifetime_s=cfg.cert_lifetime_s, now=time.time())
+    identity = IdentityIssuer(role, backend, lifetime_s=cfg.cert_lifetime_s)
     return identity, CertVerifier(policy, accept_roles, registry=registry, collateral=collateral)
 
 

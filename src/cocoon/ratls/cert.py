@@ -13,7 +13,7 @@ import hashlib
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import msgspec
@@ -110,6 +110,48 @@ class Identity:
         return self.private_key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
+
+    @property
+    def lifetime_s(self) -> float:
+        return self.certificate.not_valid_after_utc.timestamp() - self.claims.issued_at
+
+    def current(self) -> Identity:
+        """A fixed identity is its own source (tests, one-shot tools); nodes use an IdentityIssuer."""
+        return self
+
+
+class IdentityIssuer:
+    """A node's identity over time: one long-lived key, and a freshly quoted certificate whenever the last
+    one has used up `reissue_fraction` of its lifetime, so a node that runs for weeks never presents (or
+    dials with) an expired certificate."""
+
+    def __init__(self, role: str, backend: AttestationBackend, *, lifetime_s: int = 86400,
+                 reissue_fraction: float = 1 / 24, private_key: Ed25519PrivateKey | None = None,
+                 hpke_key: X25519PrivateKey | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.role = role
+        self.backend = backend
+        self.lifetime_s = lifetime_s
+        self.reissue_after_s = lifetime_s * reissue_fraction
+        self.private_key = private_key or Ed25519PrivateKey.generate()
+        self.hpke_key = hpke_key
+        self.clock = clock
+        self._identity = self._issue()
+
+    def _issue(self) -> Identity:
+        return make_identity(self.role, self.backend, lifetime_s=self.lifetime_s, now=self.clock(),
+                             private_key=self.private_key, hpke_key=self.hpke_key)
+
+    def current(self) -> Identity:
+        if self.clock() - self._identity.claims.issued_at >= self.reissue_after_s:
+            self._identity = self._issue()
+        return self._identity
+
+    @property
+    def public_key(self) -> bytes:
+        return _raw_public_key(self.private_key.public_key())
+
+
+IdentitySource = Identity | IdentityIssuer
 
 
 def make_identity(

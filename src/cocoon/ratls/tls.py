@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL, crypto
 
 from cocoon.attest.types import AttestationError, PeerIdentity
-from cocoon.ratls.cert import CertVerifier, Identity
+from cocoon.ratls.cert import CertVerifier, Identity, IdentitySource
 
 log = logging.getLogger(__name__)
 
@@ -205,14 +205,14 @@ def _describe(exc: SSL.Error) -> str:
 
 
 async def connect(
-    host: str, port: int, identity: Identity, verifier: CertVerifier, *, timeout: float = 10.0
+    host: str, port: int, identity: IdentitySource, verifier: CertVerifier, *, timeout: float = 10.0
 ) -> TlsStream:
     """Dial host:port and complete an attested handshake, or raise HandshakeError/OSError."""
 
     async def run() -> TlsStream:
         reader, writer = await asyncio.open_connection(host, port, limit=_READ_SIZE)
         try:
-            ctx = make_context(identity, verifier, server=False)
+            ctx = make_context(identity.current(), verifier, server=False)
             return await _handshake(reader, writer, ctx, verifier, server=False)
         except BaseException:
             writer.close()
@@ -225,18 +225,27 @@ async def serve(
     handler: Callable[[TlsStream], Awaitable[None]],
     host: str,
     port: int,
-    identity: Identity,
+    identity: IdentitySource,
     verifier: CertVerifier,
     *,
     handshake_timeout: float = 10.0,
 ) -> asyncio.Server:
-    """Listen for attested peers; `handler` runs for each one that passes the handshake."""
-    ctx = make_context(identity, verifier, server=True)
+    """Listen for attested peers; `handler` runs for each one that passes the handshake.
+
+    Each handshake presents the identity's current certificate (a context is built once per certificate).
+    """
+    presented: list[tuple[Identity, SSL.Context]] = []  # the certificate in use and its context
+
+    def context() -> SSL.Context:
+        current = identity.current()
+        if not presented or presented[0][0] is not current:
+            presented[:] = [(current, make_context(current, verifier, server=True))]
+        return presented[0][1]
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         try:
-            stream = await asyncio.wait_for(_handshake(reader, writer, ctx, verifier, server=True),
+            stream = await asyncio.wait_for(_handshake(reader, writer, context(), verifier, server=True),
                                             handshake_timeout)
         except (HandshakeError, OSError, TimeoutError) as exc:
             log.warning("refused connection from %s: %s", peer, exc)

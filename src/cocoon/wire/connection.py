@@ -242,6 +242,15 @@ class Connection:
             self._closed.set()
 
     @property
+    def close_reason(self) -> str:
+        return self._close_reason
+
+    @property
+    def idle(self) -> bool:
+        """No request in flight in either direction."""
+        return not self._calls and not self._tasks
+
+    @property
     def closed(self) -> bool:
         return self._closed.is_set()
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 from cocoon.ratls import tls
-from cocoon.ratls.cert import CertVerifier, Identity
+from cocoon.ratls.cert import CertVerifier, IdentitySource
 from cocoon.wire.connection import Connection, InboundHandler, ProtocolError, dial_hello
 from cocoon.wire.messages import Hello
 
@@ -20,6 +21,8 @@ log = logging.getLogger(__name__)
 
 BACKOFF_START_S = 0.2
 BACKOFF_MAX_S = 10.0
+RENEWAL_POLL_S = 1.0
+RENEWAL_REASON = "renewing the link's certificate"
 
 # Where the peer may be, most preferred first; asked again before every round of dialing, so that a source
 # that changes (the root registry's proxy list, later) is followed without restarting the dialer.
@@ -34,7 +37,7 @@ def split_address(address: str) -> tuple[str, int]:
 
 
 class Dialer:
-    def __init__(self, addresses: AddressSource, identity: Identity, verifier: CertVerifier,
+    def __init__(self, addresses: AddressSource, identity: IdentitySource, verifier: CertVerifier,
                  make_hello: Callable[[], Hello], on_inbound: InboundHandler, *,
                  connect_timeout_s: float = 10.0) -> None:
         for address in addresses():
@@ -52,6 +55,7 @@ class Dialer:
         self.on_change: Callable[[bool], None] = lambda up: None
         self._up = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._renew_at = 0.0
 
     @property
     def connected(self) -> bool:
@@ -85,8 +89,9 @@ class Dialer:
                 if conn is None:
                     continue
                 backoff = BACKOFF_START_S
-                await self._serve(conn)
-                first = (position + 1) % len(addresses)
+                renewed = await self._serve(conn)
+                # a link closed to renew its certificate goes back to the same peer; a lost one fails over
+                first = position if renewed else (position + 1) % len(addresses)
                 break
             else:
                 await asyncio.sleep(backoff)
@@ -98,8 +103,11 @@ class Dialer:
         stream: tls.TlsStream | None = None
         try:
             async with asyncio.timeout(self.connect_timeout_s):
-                stream = await tls.connect(host, port, self.identity, self.verifier)
-                return await dial_hello(stream, self.make_hello())
+                identity = self.identity.current()
+                stream = await tls.connect(host, port, identity, self.verifier)
+                conn = await dial_hello(stream, self.make_hello())
+                self._renew_at = identity.claims.issued_at + identity.lifetime_s / 2
+                return conn
         except TimeoutError:
             self.last_error = f"no link to {address} within the {self.connect_timeout_s:.1f}s connect timeout"
             self.last_dial_timed_out = True
@@ -111,15 +119,36 @@ class Dialer:
         log.warning("cannot link", extra={"fields": {"peer": address, "reason": self.last_error}})
         return None
 
-    async def _serve(self, conn: Connection) -> None:
+    async def _serve(self, conn: Connection) -> bool:
+        """Serve one link until it ends; True when it ended only to renew its certificate."""
         self.conn, self.last_error, self.last_dial_timed_out = conn, None, False
+        renewal = asyncio.create_task(self._renew_when_due(conn, self._renew_at))
         self._up.set()
         self.on_change(True)
         log.info("linked", extra={"fields": {"peer": self.address, "peer_name": conn.peer_name,
                                              "image_hash": conn.peer.image_hash.hex()
                                              if conn.peer.image_hash else None}})
-        reason = await conn.run(self.on_inbound)
+        try:
+            reason = await conn.run(self.on_inbound)
+        finally:
+            renewal.cancel()
         self._up.clear()
         self.on_change(False)
         self.last_error = f"link to {self.address} lost: {reason}"
-        log.warning("link lost", extra={"fields": {"peer": self.address, "reason": reason}})
+        renewed = reason == RENEWAL_REASON
+        (log.info if renewed else log.warning)("link closed" if renewed else "link lost",
+                                               extra={"fields": {"peer": self.address, "reason": reason}})
+        return renewed
+
+    async def _renew_when_due(self, conn: Connection, due: float) -> None:
+        """Close the link, once idle, after half the lifetime of the certificate it was opened with.
+
+        The peer re-verifies that certificate at every ping and would cut the link when it expires, failing
+        whatever is in flight; re-dialing earlier, between requests, presents the renewed one instead.
+        """
+        await asyncio.sleep(max(due - time.time(), 0))
+        while not conn.closed:
+            if conn.idle:
+                await conn.close(RENEWAL_REASON)
+                return
+            await asyncio.sleep(RENEWAL_POLL_S)

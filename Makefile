@@ -44,6 +44,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/cocoon bench
+	$(BIN)/python bench/ratls_handshake.py
+	$(BIN)/python bench/selection_scale.py
+	$(BIN)/python bench/sim_network.py
+	$(BIN)/python bench/flood.py
 
 clean:
 	rm -rf $(VENV) .cocoon node_modules

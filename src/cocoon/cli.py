@@ -11,6 +11,7 @@ from typing import Annotated, Literal, TypeVar
 import typer
 
 from cocoon.config import ClientConfig, CommonConfig, ConfigError, ProxyConfig, WorkerConfig, load_config
+from cocoon.ledger.cli import app as ledger_app
 
 app = typer.Typer(help="cocoon: confidential, attested, paid AI inference.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -20,6 +21,8 @@ ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="TOML config 
 
 
 def _run_role(role: str, path: Path, kind: type[C], main: Callable[[C, asyncio.Event], Awaitable[None]]) -> None:
+    from cocoon.ledger.base import LedgerError
+    from cocoon.ledger.books import BooksError
     from cocoon.runtime import run_until_signal, setup_logging
 
     try:
@@ -30,7 +33,7 @@ def _run_role(role: str, path: Path, kind: type[C], main: Callable[[C, asyncio.E
     setup_logging(role, cfg)
     try:
         run_until_signal(lambda stop: main(cfg, stop))
-    except (ConfigError, OSError, ValueError) as exc:
+    except (ConfigError, OSError, ValueError, LedgerError, BooksError) as exc:  # BooksError: rolled-back books
         typer.echo(f"error: {role} {cfg.name} cannot run: {exc}", err=True)
         raise typer.Exit(1) from None
 
@@ -239,6 +242,9 @@ def gen_cert(
     save_identity(identity, out)
     typer.echo(f"wrote {out / 'cert.pem'} and {out / 'key.pem'} "
                f"({role}, {attestation}, key {identity.public_key.hex()})")
+
+
+app.add_typer(ledger_app, name="ledger")
 
 
 def main() -> None:

@@ -48,6 +48,9 @@ class CommonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     pccs_url: str = ""  # where TDX collateral comes from (cached in state_dir/collateral); empty: cache only
     cert_lifetime_s: int = 86400
     log_level: str = "INFO"
+    # Pay and get paid on the local ledger (STATE_DIR/ledger.sqlite, ledger/devnet.py): `cocoon up` turns it on.
+    # Off, the proxy still keeps its books but extends unlimited credit and signs no vouchers.
+    payments: bool = False
 
     @property
     def state_path(self) -> Path:
@@ -57,8 +60,15 @@ class CommonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class ProxyConfig(CommonConfig, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 10100  # workers and clients dial this (RA-TLS)
-    prices: Prices = Prices()
-    ledger: str = "local"
+    endpoint: str = ""  # where clients and workers dial this proxy, as registered in the root; "": host:port
+    prices: Prices = Prices()  # the root's prices when this proxy creates the local chain (cocoon up sets them)
+    # Settlement on chain (each operation's fees: src/cocoon/contracts/README.md, "Fees"). A client's charges are
+    # claimed once they reach `claim_threshold_nanoton` or half its stake (a claim costs ~0.0066 TON); the books'
+    # state is committed every `commit_interval_s` (~0.0018 TON each: 0.26 TON a day at 600 s).
+    claim_threshold_nanoton: int = 1_000_000_000
+    commit_interval_s: float = 600.0
+    chain_poll_s: float = 5.0  # how often clients' channels are re-read (top-ups, withdrawals) and claims made
+    max_completion_tokens: int = 4096  # the completion reserved for a request that sets no max_tokens
     # Timeouts, each answered with its own error code. Streamed requests wait `first_token_timeout_s` for a
     # worker's first token (then move to another worker) and `idle_timeout_s` between tokens; a non-streamed
     # answer arrives whole, so only the total applies to it. The total covers queueing and retries, and the
@@ -84,7 +94,9 @@ class WorkerConfig(CommonConfig, kw_only=True, forbid_unknown_fields=True):
     coefficient: int = 1000
     max_active_requests: int = 4
     region: str = "local"
-    owner: str = ""
+    owner: str = ""  # payout wallet; with payments on, empty means the wallet in STATE_DIR/NAME.wallet
+    redeem_threshold_nanoton: int = 1_000_000_000  # redeem once this much is earned (a redeem costs ~0.0069 TON)
+    chain_poll_s: float = 30.0
 
 
 class ClientConfig(CommonConfig, kw_only=True, forbid_unknown_fields=True):
@@ -100,6 +112,13 @@ class ClientConfig(CommonConfig, kw_only=True, forbid_unknown_fields=True):
     max_prompt_chars: int = 200_000
     default_max_coefficient: int | None = None
     request_timeout_s: float = 600.0
+    # the payment channel with each proxy (nanoTON): the first deposit and the stake in it, then automatic
+    # top-ups to `top_up_to_nanoton` whenever less than `top_up_below_nanoton` is left for new requests
+    deposit_nanoton: int = 10_000_000_000
+    stake_nanoton: int = 5_000_000_000
+    top_up_below_nanoton: int = 2_000_000_000
+    top_up_to_nanoton: int = 10_000_000_000
+    chain_poll_s: float = 5.0
 
     @property
     def proxy_addresses(self) -> list[str]:

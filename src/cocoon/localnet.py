@@ -24,6 +24,8 @@ from rich.console import Console
 from rich.table import Table
 
 from cocoon.config import ClientConfig, CommonConfig, ProxyConfig, WorkerConfig, dump_config
+from cocoon.ledger import devnet
+from cocoon.ledger.base import Terms
 
 console = Console(stderr=True)
 
@@ -75,11 +77,13 @@ class LocalNet:
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.proxy_port = free_port()
         proxy_addr = f"127.0.0.1:{self.proxy_port}"
-        common = {"state_dir": str(self.state_dir), "policy": "dev"}
+        # every role pays or gets paid on one local chain in the state dir (ledger/devnet.py)
+        common = {"state_dir": str(self.state_dir), "policy": "dev", "payments": True}
         self._common = common
-        self._add("proxy", ProxyConfig(name="proxy-1", port=self.proxy_port, attestation=attestation,
-                                       image="cocoon-proxy-dev", stats_port=free_port(), **common,
-                                       **(proxy_options or {})))
+        self.proxy_cfg = ProxyConfig(name="proxy-1", port=self.proxy_port, attestation=attestation,
+                                     image="cocoon-proxy-dev", stats_port=free_port(), **common,
+                                     **(proxy_options or {}))
+        self._add("proxy", self.proxy_cfg)
         options = dict(engine_options)
         if engine == "embedded" and "threads" not in options:
             options["threads"] = max(1, (os.cpu_count() or 2) // max(workers, 1))
@@ -117,8 +121,16 @@ class LocalNet:
         )
         log.close()
 
+    def prepare_ledger(self) -> None:
+        """Deploy the root on the local chain (once), fund every party's wallet, register and stake the proxy."""
+        endpoint = f"{self.proxy_cfg.host}:{self.proxy_port}"
+        devnet.prepare(self.state_dir, proxies=[devnet.ProxySpec(self.proxy_cfg.name, endpoint)],
+                       parties=[n.name for n in self.nodes if n.role != "proxy"], prices=self.proxy_cfg.prices,
+                       terms=Terms()).close()
+
     def start(self, timeout_s: float) -> None:
-        with console.status("starting proxy, workers and client…") as status:
+        with console.status("starting the local ledger, proxy, workers and client…") as status:
+            self.prepare_ledger()
             for node in self.nodes:
                 self.spawn(node)
             self.write_state()

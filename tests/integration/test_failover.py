@@ -18,7 +18,7 @@ from tests.integration.inproc import ScriptedEngine, chat, network, until
 
 
 def client_books(proxy: ProxyServer) -> dict:
-    clients = proxy.books.summary()["clients"]
+    clients = proxy.billing.summary()["clients"]
     assert len(clients) <= 1
     return next(iter(clients.values()), {"requests": 0, "tokens": 0, "charged_nanoton": 0})
 
@@ -41,7 +41,7 @@ async def test_a_stalled_worker_is_skipped_invisibly_charged_once_and_benched(tm
         books = client_books(proxy)
         assert books["requests"] == 4  # one charge per request, retries included
         assert books["tokens"] == 4 * answer.events()[-1]["usage"]["total_tokens"]
-        assert set(proxy.books.summary()["workers"]) == {w.key for w in proxy.registry.workers() if w.name == "good"}
+        assert set(proxy.billing.summary()["workers"]) == {w.key for w in proxy.registry.workers() if w.name == "good"}
         rep = {r.name: r for r in proxy.reputations.summaries(time.monotonic())}
         assert rep["stalled"].failed == 2 and rep["stalled"].benched_s > 0 and rep["good"].answered == 4
         assert stalled.cancelled.is_set()  # the proxy's timeout stopped the generation on the worker

@@ -10,6 +10,7 @@ import pytest
 from cocoon.config import Prices
 from cocoon.ledger.base import TON, LedgerError, LedgerRefused, Terms
 from cocoon.ledger.contracts import DEPOSIT_FEE, MIN_OP_VALUE, NOTIFY_VALUE, Tag
+from cocoon.ledger.devnet import FUNDING, ProxySpec, prepare, wallet_path
 from cocoon.ledger.local import LocalLedger
 from cocoon.ledger.tvm import Tvm, TvmError, shared_tvm
 from cocoon.ledger.vouchers import sign_voucher
@@ -60,6 +61,12 @@ def test_genesis_deploys_the_root_with_its_params_and_the_proxy_with_its_stake(t
     ledger.fund(owner, 5 * TON)
     proxy = ledger.register_proxy(owner.address, key.public_key, "proxy.example:8443")
     assert ledger.proxy_key(proxy) == key.public_key
+    (entry,) = ledger.proxies()
+    assert (entry.address, entry.pubkey, entry.owner, entry.endpoint) == \
+        (proxy, key.public_key, owner.address, "proxy.example:8443")
+    assert ledger.find_proxy("proxy.example:8443") == entry
+    with pytest.raises(LedgerError, match=r"no proxy registered in root .* at elsewhere:1"):
+        ledger.find_proxy("elsewhere:1")
     assert ledger.proxy_state(proxy).status == "new"
     ledger.add_proxy_stake(owner, proxy, 2 * TON)
     state = ledger.proxy_state(proxy)
@@ -208,3 +215,15 @@ def test_errors_name_the_problem(net: Net) -> None:
         L.open_channel(poor, net.proxy, 5 * TON, 2 * TON)
     with pytest.raises(LedgerError, match="only a payout voucher"):
         L.redeem(net.worker, net.proxy, sign_voucher(net.key, Tag.CHARGE, net.worker_channel, 1, 1))
+
+
+def test_a_local_network_is_prepared_once(tmp_path: Path) -> None:
+    spec = [ProxySpec("proxy-1", "127.0.0.1:1")]
+    first = prepare(tmp_path, proxies=spec, parties=["client-1"], prices=Prices(), terms=Terms())
+    client = Wallet.load_or_create(wallet_path(tmp_path, "client-1"))
+    first.fund(client, TON)  # above the funding now
+    first.close()
+    again = prepare(tmp_path, proxies=spec, parties=["client-1"], prices=Prices(price_per_token=1), terms=Terms())
+    assert len(again.proxies()) == 1 and again.root_params().prices == Prices()  # the chain was kept
+    assert again.balance(client.address) == FUNDING + TON  # prepare only tops up, never takes back
+    assert again.proxy_state(again.proxies()[0].address).stake == Terms().min_proxy_stake

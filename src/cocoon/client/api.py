@@ -16,6 +16,7 @@ from cocoon.client import schema
 from cocoon.client.proxy_link import ProxyLink
 from cocoon.config import ClientConfig
 from cocoon.errors import ApiError
+from cocoon.ledger.vouchers import Voucher
 from cocoon.wire.connection import Call
 from cocoon.wire.messages import Request, ResponseChunk, ResponseEnd, ResponseError, ResponseHead, Usage
 
@@ -51,11 +52,15 @@ def error_response(exc: ApiError) -> web.Response:
     return web.Response(status=exc.status, body=exc.to_json(), content_type="application/json", headers=headers)
 
 
+Paid = Callable[[Voucher | None, int], None]  # an answer's voucher and cost, for the client's payments
+
+
 class ClientApi:
-    def __init__(self, cfg: ClientConfig, link: ProxyLink) -> None:
+    def __init__(self, cfg: ClientConfig, link: ProxyLink, on_paid: Paid | None = None) -> None:
         self.cfg = cfg
         self.link = link
         self.stats = ClientStats()
+        self.on_paid = on_paid
 
     def build_app(self) -> web.Application:
         app = web.Application(client_max_size=self.cfg.max_body_bytes, middlewares=[self._errors])
@@ -121,7 +126,7 @@ class ClientApi:
             stream=parsed.stream, include_usage=parsed.include_usage,
             deadline=time.time() + self.cfg.request_timeout_s, uid=uuid.uuid4().hex,
             max_coefficient=self.cfg.default_max_coefficient, features=parsed.engine_features(),
-            region=requested_region(request),
+            region=requested_region(request), max_tokens=parsed.requested_max_tokens or 0,
         )
         call = await self.link.call(req)
         self.stats.active += 1
@@ -153,8 +158,9 @@ class ClientApi:
             if isinstance(msg, ResponseChunk):
                 parts.append(msg.data)
             elif isinstance(msg, ResponseEnd):
-                self.stats.record("ok", msg)
-                return web.Response(body=b"".join(parts), content_type="application/json", headers=timing)
+                self._paid("ok", msg)
+                body = with_cost(b"".join(parts), msg.cost_nanoton)
+                return web.Response(body=body, content_type="application/json", headers=timing)
             elif isinstance(msg, ResponseError):
                 self.stats.record(msg.code or "error")
                 raise _api_error(msg)
@@ -163,21 +169,46 @@ class ClientApi:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            **timing})
         await resp.prepare(request)
+        usage_chunk: bytes | None = None  # held back until the End says what the answer cost
         while True:
             msg = await call.next(self.cfg.request_timeout_s)
             if isinstance(msg, ResponseChunk):
-                await resp.write(b"data: " + msg.data + b"\n\n")
+                if msg.has_usage:
+                    usage_chunk = msg.data
+                else:
+                    await resp.write(b"data: " + msg.data + b"\n\n")
             elif isinstance(msg, ResponseEnd):
-                self.stats.record("ok", msg)
+                self._paid("ok", msg)
+                if usage_chunk is not None:
+                    await resp.write(b"data: " + with_cost(usage_chunk, msg.cost_nanoton) + b"\n\n")
                 await resp.write(b"data: [DONE]\n\n")
                 break
             elif isinstance(msg, ResponseError):
                 # Headers are gone already: the error travels as a final SSE event, the way OpenAI does.
-                self.stats.record(msg.code or "error", msg)
+                self._paid(msg.code or "error", msg)
                 await resp.write(b"data: " + _api_error(msg).to_json() + b"\n\n")
                 break
         await resp.write_eof()
         return resp
+
+    def _paid(self, outcome: str, last: ResponseEnd | ResponseError) -> None:
+        self.stats.record(outcome, last)
+        if self.on_paid is not None and last.cost_nanoton:
+            self.on_paid(last.voucher, last.cost_nanoton)
+
+
+def with_cost(payload: bytes, cost_nanoton: int) -> bytes:
+    """The answer's JSON with `usage.cost_nanoton` (what the client paid for it) added, so an app can bill its own
+    users; a payload without a usage object is returned as is."""
+    try:
+        answer = msgspec.json.decode(payload)
+    except msgspec.DecodeError:
+        return payload
+    usage = answer.get("usage") if isinstance(answer, dict) else None
+    if not isinstance(usage, dict):
+        return payload
+    usage["cost_nanoton"] = cost_nanoton
+    return msgspec.json.encode(answer)
 
 
 def _api_error(msg: ResponseError) -> ApiError:

@@ -11,6 +11,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
 
 from cocoon.client.api import ClientApi
+from cocoon.client.payments import ClientPayments
 from cocoon.client.proxy_link import ProxyLink, refuse_inbound
 from cocoon.config import ClientConfig, ConfigError
 from cocoon.observe.stats import StatsServer
@@ -44,9 +45,11 @@ class ClientNode:
                               "set `api_key` in the client config (requests then need `Authorization: Bearer`)")
         self.cfg = cfg
         self.identity, self.verifier = make_node_identity("client", cfg, {"proxy"})
+        self.payments = ClientPayments(cfg, self.identity.current().public_key) if cfg.payments else None
         self.dialer = Dialer(lambda: proxy_addresses(cfg), self.identity, self.verifier, self._hello,
                              refuse_inbound, connect_timeout_s=cfg.connect_timeout_s)
-        self.api = ClientApi(cfg, ProxyLink(self.dialer, cfg.connect_timeout_s))
+        self.api = ClientApi(cfg, ProxyLink(self.dialer, cfg.connect_timeout_s),
+                             on_paid=self.payments.accept if self.payments else None)
         registry = CollectorRegistry()
         connected = Gauge("cocoon_client_proxy_connected", "1 while the proxy link is up", registry=registry)
         Gauge("cocoon_client_active_requests", "API requests in flight", registry=registry).set_function(
@@ -54,13 +57,19 @@ class ClientNode:
         self.dialer.on_change = lambda up: connected.set(1 if up else 0)
         self.stats = StatsServer("client", cfg.name, registry, self.jsonstats)
         self._runner: web.AppRunner | None = None
+        self._topping_up: asyncio.Task[None] | None = None
         self.api_port = 0
 
     def _hello(self) -> Hello:
-        return hello("client", self.cfg.name, client=ClientParams())
+        # called as each dial starts: `dialer.address` is the proxy being dialed, each has its own channel
+        params = self.payments.client_params(self.dialer.address) if self.payments else ClientParams()
+        return hello("client", self.cfg.name, client=params)
 
     async def start(self) -> None:
         await self.stats.start(self.cfg.stats_host, self.cfg.stats_port)
+        if self.payments is not None:
+            await asyncio.to_thread(self.payments.open)  # the proxies see a funded channel from the first hello
+            self._topping_up = asyncio.create_task(self.payments.run())
         self.dialer.start()
         # handler_cancellation: a client that hangs up cancels its handler, which cancels the generation.
         self._runner = web.AppRunner(self.api.build_app(), access_log=None, handler_cancellation=True)
@@ -76,6 +85,10 @@ class ClientNode:
             await self._runner.cleanup()
         await self.dialer.stop("client shutting down")
         await self.stats.stop()
+        if self._topping_up is not None:
+            self._topping_up.cancel()
+        if self.payments is not None:
+            self.payments.close()
 
     def jsonstats(self) -> dict[str, Any]:
         s = self.api.stats
@@ -88,7 +101,12 @@ class ClientNode:
             "active_requests": s.active,
             "requests": dict(s.outcomes),
             "tokens": dict(s.usage),
+            # what the proxies charged for completed requests (by their answers' costs), settled on chain or not
             "charged_nanoton": s.charged_nanoton,
+            **({"balance_nanoton": self.payments.balance_nanoton, "vouchers_nanoton": self.payments.charged_nanoton,
+                "refused_vouchers": self.payments.refused_vouchers,
+                "unexplained_nanoton": self.payments.unexplained_nanoton,
+                "channels": {a: p.channel for a, p in self.payments.purses.items()}} if self.payments else {}),
         }
 
 

@@ -7,12 +7,12 @@ import logging
 from cocoon.errors import ApiError
 from cocoon.wire.connection import Call, Connection
 from cocoon.wire.dialer import Dialer
-from cocoon.wire.messages import Cancel, ModelsQuery, ModelsReply, Request
+from cocoon.wire.messages import Inbound, ModelsReply, Request
 
 log = logging.getLogger(__name__)
 
 
-def refuse_inbound(conn: Connection, msg: Request | Cancel | ModelsQuery) -> None:
+def refuse_inbound(conn: Connection, msg: Inbound) -> None:
     """Proxies only answer clients; anything else they send is dropped."""
     log.warning("ignoring %s sent by the proxy", type(msg).__name__)
 

@@ -143,6 +143,10 @@ class Ledger(ABC):
         """nanoTON held by a wallet or contract (0 if it does not exist)."""
 
     @abstractmethod
+    def wallet_key(self, address: str) -> bytes | None:
+        """The public key that controls wallet `address` (None if unknown): how a peer proves it owns a wallet."""
+
+    @abstractmethod
     def channel_state(self, channel: str) -> ChannelState: ...
 
     @abstractmethod

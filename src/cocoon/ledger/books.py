@@ -222,10 +222,6 @@ class ProxyBooks:
         with self._lock:
             return self._latest("clients", "client", "charged", client, Tag.CHARGE)
 
-    def worker_voucher(self, worker: str) -> Voucher | None:
-        with self._lock:
-            return self._latest("workers", "worker", "earned", worker, Tag.PAYOUT)
-
     def unclaimed(self) -> list[tuple[str, int, int, str]]:
         """(client, charged in the books − claimed on chain, stake, channel state) of every open or closing
         channel with something to claim."""

@@ -49,7 +49,7 @@ CREATE TABLE IF NOT EXISTS wallets (
 CREATE TABLE IF NOT EXISTS transactions (
     lt INTEGER PRIMARY KEY, now INTEGER NOT NULL, address TEXT NOT NULL, source TEXT, op INTEGER,
     bounced INTEGER NOT NULL, exit_code INTEGER, success INTEGER NOT NULL, total_fees INTEGER NOT NULL,
-    forward_fee INTEGER NOT NULL, value INTEGER NOT NULL
+    forward_fee INTEGER NOT NULL, value INTEGER NOT NULL, storage_fee INTEGER NOT NULL
 );
 """
 
@@ -68,6 +68,7 @@ class ChainTx:
     success: bool
     total_fees: int
     forward_fee: int  # what the inbound message's forwarding cost, collected on delivery
+    storage_fee: int = 0  # rent the account paid from its own balance (part of total_fees)
     result: TxResult | None = None  # the emulator's full answer (None for wallets)
 
     @property
@@ -220,6 +221,10 @@ class LocalChain:
                           "SELECT balance FROM accounts WHERE address = ?", (address, address))
         return rows[0][0] if rows else 0
 
+    def wallet_key(self, address: str) -> bytes | None:
+        rows = self._read("SELECT public_key FROM wallets WHERE address = ?", (raw_address(address),))
+        return bytes(rows[0][0]) if rows and rows[0][0] is not None else None
+
     def account(self, address: str) -> Account | None:
         address = raw_address(address)
         rows = self._read("SELECT shard_account, last_lt FROM accounts WHERE address = ?", (address,))
@@ -315,11 +320,11 @@ class LocalChain:
             result = self._tvm.run_transaction(row[0] if row else _EMPTY_ACCOUNT, cell, now=now, lt=lt)
             self._store_account(dest, result.shard_account, lt)
             tx = ChainTx(lt, dest, source, op, bounced, value, result.exit_code, result.success, result.total_fees,
-                         forward_fee, result)
+                         forward_fee, result.storage_fee, result)
         self._add_meta("fees", tx.fees)
-        self._db.execute("INSERT INTO transactions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        self._db.execute("INSERT INTO transactions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          (lt, now, dest, source, op, int(bounced), tx.exit_code, int(tx.success), tx.total_fees,
-                          forward_fee, value))
+                          forward_fee, value, tx.storage_fee))
         return tx
 
     def _store_account(self, address: str, shard_account: bytes, lt: int) -> None:

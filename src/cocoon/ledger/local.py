@@ -135,6 +135,9 @@ class LocalLedger(OnChainLedger):
     def balance(self, address: str) -> int:
         return self.chain.balance(address)
 
+    def wallet_key(self, address: str) -> bytes | None:
+        return self.chain.wallet_key(address)
+
     def close(self) -> None:
         self.chain.close()
 

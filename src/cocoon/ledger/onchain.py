@@ -50,6 +50,17 @@ class Message:
 
 
 @dataclass(frozen=True)
+class RegisteredProxy:
+    """An entry of the root's proxy registry."""
+
+    address: str  # the proxy contract
+    pubkey: bytes  # its voucher key
+    owner: str
+    params_version: int
+    endpoint: str  # where its RA-TLS listener is (host:port)
+
+
+@dataclass(frozen=True)
 class ProxyIdentity:
     pubkey: bytes
     client_close_delay: int
@@ -90,6 +101,26 @@ class OnChainLedger(Ledger):
             return frozenset()
         keys = Slice.one_from_boc(cell.to_boc()).load_hashmap(256) or {}
         return frozenset(f"{k:064x}" for k in keys)
+
+    def proxies(self) -> list[RegisteredProxy]:
+        """Every proxy the root registry lists."""
+        (cell,) = self.run_get(self.root, "get_proxies")
+        if cell is None:
+            return []
+        entries = Slice.one_from_boc(cell.to_boc()).load_hashmap(256, value_deserializer=lambda s: s) or {}
+        out = []
+        for key, entry in sorted(entries.items()):
+            pubkey, owner = entry.load_bytes(32), raw_address(entry.load_address())
+            version, endpoint = entry.load_uint(32), entry.load_ref().begin_parse().load_snake_string()
+            out.append(RegisteredProxy(f"0:{key:064x}", pubkey, owner, version, endpoint))
+        return out
+
+    def find_proxy(self, endpoint: str) -> RegisteredProxy:
+        """The registered proxy listening at `endpoint` (host:port); LedgerError if none is."""
+        for entry in self.proxies():
+            if entry.endpoint == endpoint:
+                return entry
+        raise LedgerError(f"no proxy registered in root {self.root} at {endpoint}")
 
     def proxy_address(self, owner: str, pubkey: bytes) -> str:
         """The proxy contract a registration of (`owner`, `pubkey`) would deploy now."""

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
+
 from cocoon.ledger.base import TON, ChannelState, Ledger, Outcome
 from cocoon.ledger.contracts import Tag
-from cocoon.ledger.vouchers import Voucher, VoucherBook, VoucherError, describe, ton
+from cocoon.ledger.vouchers import Voucher, VoucherBook, VoucherError, describe
 from cocoon.ledger.wallet import Wallet
 
 
@@ -25,14 +28,24 @@ class ChannelPolicy:
 
 class ClientPurse:
     def __init__(self, ledger: Ledger, wallet: Wallet, proxy: str, vouchers: VoucherBook,
-                 policy: ChannelPolicy = ChannelPolicy(), nonce: int = 0) -> None:
+                 policy: ChannelPolicy = ChannelPolicy(), nonce: int | None = None) -> None:
+        """`nonce` None: the first channel with this proxy that is not closed (a closed one cannot reopen)."""
         self.ledger = ledger
         self.wallet = wallet
         self.proxy = proxy
         self.vouchers = vouchers
         self.policy = policy
+        if nonce is None:
+            nonce = 0
+            while ledger.channel_state(ledger.client_channel_address(proxy, wallet.address, nonce)).state == "closed":
+                nonce += 1
+        self.nonce = nonce
         self.channel = ledger.client_channel_address(proxy, wallet.address, nonce)
         self._proxy_key = ledger.proxy_key(proxy)
+
+    def proof(self, tls_key: bytes) -> bytes:
+        """The wallet's signature binding this channel to the client's RA-TLS key (see `verify_channel_proof`)."""
+        return self.wallet.sign(channel_claim(self.channel, tls_key))
 
     def state(self) -> ChannelState:
         return self.ledger.channel_state(self.channel)
@@ -41,7 +54,7 @@ class ClientPurse:
         """Open and fund the channel if it was never opened; its state."""
         state = self.state()
         if state.state == "new":
-            self.ledger.open_channel(self.wallet, self.proxy, self.policy.deposit, self.policy.stake)
+            self.ledger.open_channel(self.wallet, self.proxy, self.policy.deposit, self.policy.stake, self.nonce)
             state = self.state()
         return state
 
@@ -68,13 +81,15 @@ class ClientPurse:
         # claims eat into the stake once the balance goes below it: raise it back to the configured stake
         return self.ledger.deposit(self.wallet, self.channel, amount, max(self.policy.stake - state.stake, 0))
 
-    def accept(self, voucher: Voucher, cost: int) -> Voucher:
-        """Keep the proxy's voucher for an answer that cost `cost`: it must add exactly that to the last one."""
-        expected = self.charged + cost
-        if voucher.tag != Tag.CHARGE or voucher.amount != expected:
-            raise VoucherError(f"{describe(voucher)}: expected a charge voucher for {ton(expected)} TON "
-                               f"(the last one plus this answer's {ton(cost)} TON)")
-        return self.vouchers.accept(voucher, self._proxy_key, contract=self.channel)
+    def accept(self, voucher: Voucher, cost: int) -> int:
+        """Keep the proxy's newer charge voucher for an answer that cost `cost`. Returns what it claims beyond the
+        last voucher plus this answer (0 when it adds exactly the answer's cost; more when answers were charged
+        whose end never reached this client, e.g. over a lost link): the caller reports it."""
+        if voucher.tag != Tag.CHARGE:
+            raise VoucherError(f"{describe(voucher)}: expected a charge voucher")
+        excess = voucher.amount - (self.charged + cost)
+        self.vouchers.accept(voucher, self._proxy_key, contract=self.channel)
+        return excess
 
 
 class WorkerPurse:
@@ -97,13 +112,14 @@ class WorkerPurse:
     def redeemed(self) -> int:
         return self.ledger.worker_channel_state(self.channel).paid
 
-    def accept(self, voucher: Voucher, fee: int) -> Voucher:
-        """Keep a payout voucher for a request that earned `fee`: it must add exactly that to the last one."""
-        expected = self.earned + fee
-        if voucher.tag != Tag.PAYOUT or voucher.amount != expected:
-            raise VoucherError(f"{describe(voucher)}: expected a payout voucher for {ton(expected)} TON "
-                               f"(the last one plus this request's {ton(fee)} TON)")
-        return self.vouchers.accept(voucher, self._proxy_key, contract=self.channel)
+    def accept(self, voucher: Voucher, fee: int) -> int:
+        """Keep a newer payout voucher for a request that earned `fee`. Returns its difference to the last voucher
+        plus `fee` (0: exactly this request's fee; more: payouts whose notice was lost on the way)."""
+        if voucher.tag != Tag.PAYOUT:
+            raise VoucherError(f"{describe(voucher)}: expected a payout voucher")
+        difference = voucher.amount - (self.earned + fee)
+        self.vouchers.accept(voucher, self._proxy_key, contract=self.channel)
+        return difference
 
     def redeem_if_due(self, *, force: bool = False) -> Outcome | None:
         """Redeem the latest voucher when the unredeemed part reached the threshold (or anything, with force)."""
@@ -114,3 +130,17 @@ class WorkerPurse:
         if unredeemed <= 0 or (unredeemed < self.redeem_threshold and not force):
             return None
         return self.ledger.redeem(self.wallet, self.proxy, latest)
+
+
+def channel_claim(channel: str, tls_key: bytes) -> bytes:
+    """What a client's wallet signs to say "the peer with RA-TLS key `tls_key` pays through `channel`": without it,
+    a client could name someone else's channel and have its requests charged there."""
+    return b"cocoon-channel-claim:" + channel.encode() + b":" + tls_key
+
+
+def verify_channel_proof(channel: str, tls_key: bytes, wallet_key: bytes, proof: bytes) -> None:
+    """Raise VoucherError unless `wallet_key` signed the claim (the caller checks `wallet_key` owns the channel)."""
+    try:
+        VerifyKey(wallet_key).verify(channel_claim(channel, tls_key), proof)
+    except (BadSignatureError, ValueError) as exc:
+        raise VoucherError(f"the claim on channel {channel} is not signed by its wallet") from exc

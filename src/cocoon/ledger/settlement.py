@@ -4,7 +4,8 @@ Every on-chain operation costs fees (contracts README, vectors/fees.json), so no
 - a client's charges are claimed (`charge` with the latest voucher, ~0.0066 TON) once its unclaimed total
   reaches `client_claim_nanoton` or half its stake, whichever comes first: the stake is the proxy's only
   guarantee, so the claim comes well before the client could withdraw down to it;
-- the proxy commits its books' state (`commit`, ~0.0018 TON) every `commit_interval_s`, when it changed.
+- the proxy commits its books' state (`commit`, ~0.0018 TON) when it changed, as often as its owner calls
+  `commit_due` (the proxy: every `commit_interval_s`, 600 s by default, ~0.26 TON a day).
 Workers redeem their own vouchers (purse.py). All methods block on the ledger: run them off the event loop.
 """
 
@@ -23,7 +24,6 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class SettlementPolicy:
     client_claim_nanoton: int = 1 * TON  # fee per claim ~0.0066 TON: 0.7% of a 1 TON batch
-    commit_interval_s: float = 600.0  # ~0.0018 TON per commit: ~0.26 TON a day
 
 
 class ProxySettlement:

@@ -100,6 +100,13 @@ class TonLedger(OnChainLedger):
     def balance(self, address: str) -> int:
         return self._transport.balance(address)
 
+    def wallet_key(self, address: str) -> bytes | None:
+        try:
+            (key,) = self.run_get(address, "get_public_key")  # wallet v3/v4 answer it
+        except Exception:  # not a wallet (or not deployed): no key to check against
+            return None
+        return int(key).to_bytes(32, "big")
+
     def close(self) -> None:
         self._stop.set()
         close = getattr(self._transport, "close", None)

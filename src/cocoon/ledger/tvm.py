@@ -58,6 +58,11 @@ class TxResult:
         return self.transaction.total_fees.grams
 
     @property
+    def storage_fee(self) -> int:
+        storage = self.transaction.description.storage_ph
+        return storage.storage_fees_collected if storage is not None else 0
+
+    @property
     def exit_code(self) -> int | None:
         """The compute phase's exit code; None when the compute phase was skipped (no code, no state)."""
         compute = self.transaction.description.compute_ph

@@ -1,93 +1,187 @@
-"""The proxy's books: every answered request's charge and payout, in one SQLite transaction each."""
+"""The proxy's money: its books (ledger/books.py), its clients' channels and workers' payouts, and settlement.
+
+The request path touches only the books (an in-memory reservation before, one SQLite transaction and two
+signatures after); everything that reads or writes the chain runs in threads, off the event loop: verifying a
+client's channel when it connects, re-reading channels, claiming charges and committing the books' state.
+With `payments` off (tests, development) the books still record every charge, but no channel is needed and no
+voucher is signed.
+"""
 
 from __future__ import annotations
 
-import sqlite3
+import asyncio
+import logging
 import time
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Any
 
-from cocoon.ledger.base import Ledger
-from cocoon.ledger.pricing import Charge, price_request
-from cocoon.wire.messages import Usage
+from cocoon import errors
+from cocoon.config import ProxyConfig
+from cocoon.ledger.base import Ledger, LedgerError
+from cocoon.ledger.books import PaymentRequired, ProxyBooks, Settled
+from cocoon.ledger.devnet import ledger_path, voucher_key_path, wallet_path
+from cocoon.ledger.local import LocalLedger
+from cocoon.ledger.pricing import max_cost
+from cocoon.ledger.purse import verify_channel_proof
+from cocoon.ledger.settlement import ProxySettlement, SettlementPolicy
+from cocoon.ledger.vouchers import VoucherError
+from cocoon.ledger.wallet import Wallet
+from cocoon.wire.messages import ClientParams, Request, Usage
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS charges (
-    request_id TEXT PRIMARY KEY,
-    ts REAL NOT NULL,
-    client_key TEXT NOT NULL,
-    worker_key TEXT NOT NULL,
-    model TEXT NOT NULL,
-    coefficient INTEGER NOT NULL,
-    prompt_tokens INTEGER NOT NULL,
-    cached_tokens INTEGER NOT NULL,
-    completion_tokens INTEGER NOT NULL,
-    reasoning_tokens INTEGER NOT NULL,
-    client_cost INTEGER NOT NULL,
-    worker_fee INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS client_totals (
-    client_key TEXT PRIMARY KEY, requests INTEGER NOT NULL, tokens INTEGER NOT NULL, charged INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS worker_totals (
-    worker_key TEXT PRIMARY KEY, requests INTEGER NOT NULL, tokens INTEGER NOT NULL, earned INTEGER NOT NULL
-);
-"""
+log = logging.getLogger(__name__)
 
 
-class Books:
-    def __init__(self, path: str | Path, ledger: Ledger) -> None:
+@dataclass(eq=False)
+class Account:
+    """Who pays for a client link's requests: its verified channel, or its key when payments are off."""
+
+    id: str
+    channel: str | None = None
+    refusal: str | None = None  # why this client cannot be served on credit (no or invalid channel)
+
+
+class Billing:
+    def __init__(self, cfg: ProxyConfig, ledger: LocalLedger) -> None:
+        self.cfg = cfg
         self.ledger = ledger
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None)
-        # WAL + NORMAL: a commit is durable against process crashes without an fsync per request.
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        state = cfg.state_path
+        self.key = Wallet.load_or_create(voucher_key_path(state, cfg.name))
+        self.books = ProxyBooks(state / "proxy-books.sqlite", self.key)
+        self.settlement: ProxySettlement | None = None
+        self.accounts: set[Account] = set()
 
-    def settle(self, request_id: str, client_key: str, worker_key: str, model: str, usage: Usage,
-               coefficient: int) -> Charge:
-        """Price and record one answered request. A request id already recorded is never charged twice."""
-        charge = price_request(usage, self.ledger.root_params().prices, coefficient)
-        tokens = usage.prompt_tokens + usage.completion_tokens
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
+    async def start(self, endpoint: str) -> None:
+        """With payments on: find this proxy's contract (registered in the root at `endpoint` with our voucher key)
+        and refuse to serve if the books are behind what it committed on chain."""
+        if not self.cfg.payments:
+            return
+        self.settlement = await asyncio.to_thread(self._settlement, endpoint)
+        log.info("books match the chain", extra={"fields": {"proxy_contract": self.settlement.proxy,
+                                                            "seqno": self.books.state()[0]}})
+
+    def _settlement(self, endpoint: str) -> ProxySettlement:
+        entry = next((e for e in self.ledger.proxies() if e.pubkey == self.key.public_key and e.endpoint == endpoint),
+                     None)
+        if entry is None:
+            raise LedgerError(f"no proxy contract registered in root {self.ledger.root} for this proxy's voucher key "
+                              f"at {endpoint} (cocoon up registers it: ledger/devnet.py)")
+        operator = Wallet.load_or_create(wallet_path(self.cfg.state_path, self.cfg.name))
+        policy = SettlementPolicy(client_claim_nanoton=self.cfg.claim_threshold_nanoton)
+        settlement = ProxySettlement(self.ledger, self.books, operator, entry.address, policy)
+        settlement.check_rollback()
+        return settlement
+
+    # ---- links ----
+    async def open_account(self, tls_key: bytes, params: ClientParams | None) -> Account:
+        if self.settlement is None:
+            account = Account(tls_key.hex())
+        else:
+            account = await asyncio.to_thread(self._verified_account, self.settlement, tls_key,
+                                               params or ClientParams())
+        self.accounts.add(account)
+        return account
+
+    def _verified_account(self, settlement: ProxySettlement, tls_key: bytes, p: ClientParams) -> Account:
+        ledger: Ledger = settlement.ledger
         try:
-            cur = db.execute(
-                "INSERT OR IGNORE INTO charges VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (request_id, time.time(), client_key, worker_key, model, coefficient, usage.prompt_tokens,
-                 usage.cached_tokens, usage.completion_tokens, usage.reasoning_tokens, charge.client_cost,
-                 charge.worker_fee),
-            )
-            if cur.rowcount == 0:
-                db.execute("ROLLBACK")
-                row = db.execute("SELECT client_cost, worker_fee FROM charges WHERE request_id = ?",
-                                 (request_id,)).fetchone()
-                return Charge(*row)
-            db.execute(
-                "INSERT INTO client_totals VALUES (?, 1, ?, ?) ON CONFLICT(client_key) DO UPDATE SET "
-                "requests = requests + 1, tokens = tokens + excluded.tokens, charged = charged + excluded.charged",
-                (client_key, tokens, charge.client_cost),
-            )
-            db.execute(
-                "INSERT INTO worker_totals VALUES (?, 1, ?, ?) ON CONFLICT(worker_key) DO UPDATE SET "
-                "requests = requests + 1, tokens = tokens + excluded.tokens, earned = earned + excluded.earned",
-                (worker_key, tokens, charge.worker_fee),
-            )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return charge
+            if not p.channel:
+                raise VoucherError("the client named no payment channel")
+            expected = ledger.client_channel_address(settlement.proxy, p.owner, p.nonce)
+            if expected != p.channel:
+                raise VoucherError(f"channel {p.channel} is not wallet {p.owner}'s channel #{p.nonce} with this "
+                                   f"proxy ({expected})")
+            if ledger.wallet_key(p.owner) != p.wallet_key:
+                raise VoucherError(f"the key presented does not control wallet {p.owner}")
+            verify_channel_proof(p.channel, tls_key, p.wallet_key, p.proof)
+            settlement.sync_client(p.channel, p.channel)
+        except (VoucherError, LedgerError, ValueError) as exc:
+            log.warning("client without a usable payment channel", extra={"fields": {"reason": str(exc)}})
+            return Account(tls_key.hex(), refusal=str(exc))
+        return Account(p.channel, channel=p.channel)
 
-    def summary(self) -> dict[str, object]:
-        clients = {k: {"requests": r, "tokens": t, "charged_nanoton": c}
-                   for k, r, t, c in self._db.execute("SELECT * FROM client_totals")}
-        workers = {k: {"requests": r, "tokens": t, "earned_nanoton": e}
-                   for k, r, t, e in self._db.execute("SELECT * FROM worker_totals")}
-        charged = sum(c["charged_nanoton"] for c in clients.values())
-        earned = sum(w["earned_nanoton"] for w in workers.values())
-        return {"clients": clients, "workers": workers, "charged_nanoton": charged, "paid_nanoton": earned,
-                "commission_nanoton": charged - earned}
+    def close_account(self, account: Account) -> None:
+        self.accounts.discard(account)
 
-    def close(self) -> None:
-        self._db.close()
+    async def open_worker(self, worker_key: str, owner: str) -> None:
+        """Give the worker a payout channel (and so vouchers) when it names a wallet."""
+        if self.settlement is None or not owner:
+            return
+        try:
+            await asyncio.to_thread(self.settlement.sync_worker, worker_key, owner)
+        except (LedgerError, ValueError) as exc:
+            log.warning("worker without a payout channel", extra={"fields": {"owner": owner, "reason": str(exc)}})
+
+    # ---- the request path ----
+    def reserve(self, request_id: str, account: Account, req: Request, coefficient: int) -> None:
+        """Hold the request's maximum cost, or raise a 402 saying why it cannot be served."""
+        if self.settlement is None:
+            return
+        if account.refusal is not None:
+            raise errors.ApiError(402, f"this client has no usable payment channel with the proxy: "
+                                       f"{account.refusal}", type="payment_required", code="no_payment_channel")
+        if not req.max_tokens:  # the worker holds the engine to what was reserved
+            req.max_tokens = self.cfg.max_completion_tokens
+        completion = req.max_tokens
+        # a token is at least one byte of the prompt's JSON: the body's length bounds the prompt's tokens
+        cost = max_cost(len(req.body), completion, self.ledger.root_params().prices, coefficient)
+        try:
+            self.books.reserve(request_id, account.id, cost)
+        except PaymentRequired as exc:
+            raise errors.ApiError(402, str(exc), type="payment_required", code="insufficient_funds") from None
+
+    def release(self, request_id: str) -> None:
+        self.books.release(request_id)
+
+    def settle(self, request_id: str, account: Account, worker_key: str, model: str, usage: Usage,
+               coefficient: int) -> Settled:
+        return self.books.settle(request_id, account.id, worker_key, model, usage, self.ledger.root_params().prices,
+                                 coefficient)
+
+    # ---- settlement, in the background ----
+    async def run(self) -> None:
+        """Re-read the channels of connected clients and of those owing the proxy, claim what is due, commit
+        the books' state every interval."""
+        settlement = self.settlement
+        if settlement is None:
+            return
+        last_commit = time.monotonic()
+        while True:
+            await asyncio.sleep(self.cfg.chain_poll_s)
+            try:
+                channels = {a.channel for a in self.accounts if a.channel}
+                await asyncio.to_thread(self._poll, settlement, channels)
+                if time.monotonic() - last_commit >= self.cfg.commit_interval_s:
+                    last_commit = time.monotonic()
+                    await asyncio.to_thread(settlement.commit_due)
+            except Exception:  # a background loop must outlive any one failed round: the next one retries
+                log.exception("settlement round failed")
+
+    @staticmethod
+    def _poll(settlement: ProxySettlement, connected: set[str]) -> None:
+        # channels owing the proxy are watched even when their client is away: one that starts closing must
+        # be claimed before its close delay ends
+        owing = {client for client, *_ in settlement.books.unclaimed()}
+        for channel in connected | owing:
+            settlement.sync_client(channel, channel)
+        settlement.claim_due()
+
+    async def stop(self) -> None:
+        """Claim and commit what the books hold before the process ends."""
+        if self.settlement is not None:
+            try:
+                await asyncio.to_thread(self._final, self.settlement)
+            except (LedgerError, OSError) as exc:
+                log.warning("final settlement failed", extra={"fields": {"error": str(exc)}})
+        self.books.close()
+
+    @staticmethod
+    def _final(settlement: ProxySettlement) -> None:
+        settlement.claim_due()
+        settlement.commit_due()
+
+    def summary(self) -> dict[str, Any]:
+        return self.books.summary()
+
+
+def open_ledger(cfg: ProxyConfig) -> LocalLedger:
+    return LocalLedger(ledger_path(cfg.state_path), default_prices=cfg.prices)

@@ -18,16 +18,17 @@ from dataclasses import dataclass, field
 
 from cocoon import errors
 from cocoon.config import ProxyConfig
+from cocoon.ledger.books import Settled
 from cocoon.ledger.pricing import Charge
 from cocoon.proxy.backlog import Backlog, Want
-from cocoon.proxy.billing import Books
+from cocoon.proxy.billing import Account, Billing
 from cocoon.proxy.limits import ClientLimiter
 from cocoon.proxy.metrics import ProxyMetrics
 from cocoon.proxy.registry import WorkerLink, WorkerRegistry
 from cocoon.proxy.selection import Selector
 from cocoon.proxy.watchdog import FIRST_TOKEN_TIMEOUT, IDLE_TIMEOUT, REQUEST_TIMEOUT, Watchdog
 from cocoon.wire.connection import Call, Connection
-from cocoon.wire.messages import Request, ResponseChunk, ResponseEnd, ResponseError, ResponseHead, Usage
+from cocoon.wire.messages import Payout, Request, ResponseChunk, ResponseEnd, ResponseError, ResponseHead, Usage
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 class ClientLink:
     conn: Connection
     key: str
+    account: Account
     inflight: dict[int, asyncio.Task[None]] = field(default_factory=dict)
 
 
@@ -58,12 +60,13 @@ def _api_error(msg: ResponseError) -> errors.ApiError:
 
 class Forwarder:
     def __init__(self, cfg: ProxyConfig, registry: WorkerRegistry, selector: Selector[WorkerLink],
-                 backlog: Backlog[WorkerLink], books: Books, limiter: ClientLimiter, metrics: ProxyMetrics) -> None:
+                 backlog: Backlog[WorkerLink], billing: Billing, limiter: ClientLimiter,
+                 metrics: ProxyMetrics) -> None:
         self.cfg = cfg
         self.registry = registry
         self.selector = selector
         self.backlog = backlog
-        self.books = books
+        self.billing = billing
         self.limiter = limiter
         self.metrics = metrics
         self.outcomes: dict[str, int] = {}
@@ -73,9 +76,14 @@ class Forwarder:
         outcome = "error"
         self.metrics.active.inc()
         admitted = False
+        books_id = _books_id(client, client_id, req)
         try:
             self.limiter.admit(client.key)
             admitted = True
+            if not self.registry.knows(req.model):
+                raise errors.model_not_found(req.model)
+            self.billing.reserve(books_id, client.account, req, req.max_coefficient or
+                                 self.registry.max_coefficient(req.model))
             outcome = await self._route(client, client_id, req)
         except errors.ApiError as exc:
             outcome = exc.code or "error"
@@ -86,6 +94,7 @@ class Forwarder:
         except ConnectionError:
             outcome = "client_link_lost"
         finally:
+            self.billing.release(books_id)
             if admitted:
                 self.limiter.release(client.key)
             client.inflight.pop(client_id, None)
@@ -94,8 +103,6 @@ class Forwarder:
             self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
 
     async def _route(self, client: ClientLink, client_id: int, req: Request) -> str:
-        if not self.registry.knows(req.model):
-            raise errors.model_not_found(req.model)
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + min(max(req.deadline - time.time(), 0.0), self.cfg.total_timeout_s)
@@ -162,13 +169,14 @@ class Forwarder:
             elif isinstance(msg, ResponseEnd):
                 now = loop.time()
                 self.metrics.first_byte.observe(now - started)
-                charge = self._settle(client, client_id, req, worker, msg.usage)
+                settled = self._settle(client, client_id, req, worker, msg.usage)
                 for part in held:
                     part.id = client_id
                     if isinstance(part, ResponseHead):
                         part.proxy_ms = (now - started) * 1000
                     await client.conn.send(part)
-                msg.id, msg.proxy_ms, msg.cost_nanoton = client_id, (now - started) * 1000, charge.client_cost
+                msg.id, msg.proxy_ms = client_id, (now - started) * 1000
+                msg.cost_nanoton, msg.voucher = settled.charge.client_cost, settled.client_voucher
                 await client.conn.send(msg)
                 self.selector.record_whole(worker, (now - sent_at) * 1000, msg.usage.completion_tokens)
                 return "ok"
@@ -203,9 +211,10 @@ class Forwarder:
                     delivered += msg.tokens
                 elif isinstance(msg, ResponseEnd):
                     settled = True
-                    charge = self._settle(client, client_id, req, worker, msg.usage)
+                    done = self._settle(client, client_id, req, worker, msg.usage)
                     now = loop.time()
-                    msg.id, msg.proxy_ms, msg.cost_nanoton = client_id, (now - started) * 1000, charge.client_cost
+                    msg.id, msg.proxy_ms = client_id, (now - started) * 1000
+                    msg.cost_nanoton, msg.voucher = done.charge.client_cost, done.client_voucher
                     await out.send(msg)
                     self.selector.record_stream(worker, (head_at - sent_at) * 1000, (now - head_at) * 1000,
                                                 msg.usage.completion_tokens)
@@ -224,7 +233,8 @@ class Forwarder:
         if _worker_fault(msg) or msg.code == IDLE_TIMEOUT:
             self.selector.record_failure(worker)
         usage = Usage(completion_tokens=delivered)
-        charge = self._settle(client, client_id, req, worker, usage) if delivered else Charge(0, 0)
+        settled = (self._settle(client, client_id, req, worker, usage) if delivered
+                   else Settled(Charge(0, 0), None, None))
         if msg.code == "link_lost":
             reason, code = f"worker {worker.name} disconnected ({msg.message})", "worker_failed"
         else:
@@ -232,20 +242,30 @@ class Forwarder:
         log.info("stream broke after its first token", extra={"fields": {
             "worker": worker.name, "code": code, "delivered_tokens": delivered}})
         return ResponseError(id=client_id, status=msg.status, type=msg.type, code=code, usage=usage,
-                             cost_nanoton=charge.client_cost,
+                             cost_nanoton=settled.charge.client_cost, voucher=settled.client_voucher,
                              message=f"the answer broke off after {delivered} tokens: {reason}; "
                                      f"only the delivered tokens are charged")
 
-    def _settle(self, client: ClientLink, client_id: int, req: Request, worker: WorkerLink, usage: Usage) -> Charge:
-        charge = self.books.settle(f"{client.key}:{req.uid or client_id}", client.key, worker.key, req.model, usage,
-                                   worker.params.coefficient)
+    def _settle(self, client: ClientLink, client_id: int, req: Request, worker: WorkerLink, usage: Usage
+                ) -> Settled:
+        settled = self.billing.settle(_books_id(client, client_id, req), client.account, worker.key, req.model,
+                                      usage, worker.params.coefficient)
+        if settled.worker_voucher is not None and not settled.duplicate and worker.conn.version >= 2:
+            worker.conn.send_nowait(Payout(id=req.id, fee_nanoton=settled.charge.worker_fee,
+                                           voucher=settled.worker_voucher))
+        charge = settled.charge
         self.limiter.charge(client.key, usage.total_tokens)
         for kind, n in (("prompt", usage.prompt_tokens), ("cached", usage.cached_tokens),
                         ("completion", usage.completion_tokens), ("reasoning", usage.reasoning_tokens)):
             if n:
                 self.metrics.tokens.labels(kind).inc(n)
         self.metrics.charged.inc(charge.client_cost)
-        return charge
+        return settled
+
+
+def _books_id(client: ClientLink, client_id: int, req: Request) -> str:
+    """The books' idempotency key: the client's own request uid (a retry of it is never charged twice)."""
+    return f"{client.key}:{req.uid or client_id}"
 
 
 async def _send_error(conn: Connection, request_id: int, exc: errors.ApiError) -> None:

@@ -5,16 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from cocoon.config import ProxyConfig
-from cocoon.ledger.local import LocalLedger
 from cocoon.observe.stats import StatsServer
 from cocoon.proxy.backlog import Backlog
-from cocoon.proxy.billing import Books
+from cocoon.proxy.billing import Billing, open_ledger
 from cocoon.proxy.forwarding import ClientLink, Forwarder
 from cocoon.proxy.limits import ClientLimiter
 from cocoon.proxy.metrics import ProxyMetrics
@@ -24,7 +22,7 @@ from cocoon.proxy.selection import Selector
 from cocoon.ratls import tls
 from cocoon.runtime import make_node_identity
 from cocoon.wire.connection import Connection, ProtocolError, accept_hello
-from cocoon.wire.messages import Cancel, ModelsQuery, ModelsReply, Request
+from cocoon.wire.messages import Cancel, Inbound, ModelsQuery, ModelsReply, Request
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +39,22 @@ class ProxyServer:
         self.metrics = ProxyMetrics()
         self.metrics.waiting.set_function(lambda: len(self.backlog))
         self.metrics.watch_reputation(self.reputations)
-        state = Path(cfg.state_dir)
-        self.ledger = LocalLedger(state / "ledger.sqlite", default_prices=cfg.prices)
-        self.books = Books(state / "proxy-books.sqlite", self.ledger)
-        self.forwarder = Forwarder(cfg, self.registry, self.selector, self.backlog, self.books, self.limiter,
+        self.ledger = open_ledger(cfg)
+        self.billing = Billing(cfg, self.ledger)
+        self.forwarder = Forwarder(cfg, self.registry, self.selector, self.backlog, self.billing, self.limiter,
                                    self.metrics)
         self.identity, self.verifier = make_node_identity("proxy", cfg, {"worker", "client"})
         self.stats = StatsServer("proxy", cfg.name, self.metrics.registry, self.jsonstats)
         self.port = 0
         self._server: asyncio.Server | None = None
+        self._settling: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        # The books are checked against the chain before anything is served: a rolled-back database refuses.
+        await self.billing.start(self.cfg.endpoint or f"{self.cfg.host}:{self.cfg.port}")
         self._server = await tls.serve(self._on_peer, self.cfg.host, self.cfg.port, self.identity, self.verifier)
         self.port = self._server.sockets[0].getsockname()[1]
+        self._settling = asyncio.create_task(self.billing.run())
         await self.stats.start(self.cfg.stats_host, self.cfg.stats_port)
         log.info("proxy listening", extra={"fields": {"port": self.port, "stats_port": self.stats.port}})
 
@@ -67,8 +68,10 @@ class ProxyServer:
             task.cancel()
         # a relay cut short still settles what it delivered: let it finish before the books close
         await asyncio.gather(*relays, return_exceptions=True)
+        if self._settling is not None:
+            self._settling.cancel()
         await self.stats.stop()
-        self.books.close()
+        await self.billing.stop()
         self.ledger.close()
 
     # -- links -----------------------------------------------------------------------------------------------
@@ -84,6 +87,7 @@ class ProxyServer:
                 log.warning("worker hello without usable params", extra={"fields": {"worker": hello.name}})
                 return
             link = WorkerLink(conn=conn, params=hello.worker, key=key, name=hello.name)
+            await self.billing.open_worker(key, hello.worker.owner)
             self.registry.add(link)
             self.selector.add(link)
             self.backlog.serve_waiting()
@@ -99,7 +103,8 @@ class ProxyServer:
                 self.metrics.workers.set(len(self.registry))
             log.info("worker disconnected", extra={"fields": {"worker": hello.name, "reason": reason}})
         else:
-            client = ClientLink(conn=conn, key=key)
+            client = ClientLink(conn=conn, key=key,
+                                account=await self.billing.open_account(stream.peer.public_key, hello.client))
             self.clients.add(client)
             self.metrics.clients.set(len(self.clients))
             log.info("client connected", extra={"fields": {"client": key[:16]}})
@@ -107,23 +112,24 @@ class ProxyServer:
                 reason = await conn.run(lambda c, m: self._on_client_message(client, m))
             finally:
                 self.clients.discard(client)
+                self.billing.close_account(client.account)
                 self.metrics.clients.set(len(self.clients))
                 for task in list(client.inflight.values()):
                     task.cancel()  # its relay then cancels the call on the worker
             log.info("client disconnected", extra={"fields": {"client": key[:16], "reason": reason}})
 
-    def _on_worker_message(self, conn: Connection, msg: Request | Cancel | ModelsQuery) -> None:
+    def _on_worker_message(self, conn: Connection, msg: Inbound) -> None:
         # Workers only answer; a worker that sends requests is ignored rather than trusted.
         log.warning("ignoring %s from a worker", type(msg).__name__)
 
-    def _on_client_message(self, client: ClientLink, msg: Request | Cancel | ModelsQuery) -> None:
+    def _on_client_message(self, client: ClientLink, msg: Inbound) -> None:
         if isinstance(msg, Request):
             client.inflight[msg.id] = client.conn.spawn(self.forwarder.serve(client, msg))
         elif isinstance(msg, Cancel):
             task = client.inflight.pop(msg.id, None)
             if task is not None:
                 task.cancel(msg.reason or "cancelled by the client")
-        else:
+        elif isinstance(msg, ModelsQuery):
             client.conn.send_nowait(ModelsReply(id=msg.id, models=self.registry.models(self.selector.active)))
 
     def jsonstats(self) -> dict[str, Any]:
@@ -145,7 +151,8 @@ class ProxyServer:
             "waiting_requests": len(self.backlog),
             "limits": {"client_max_concurrent": self.cfg.client_max_concurrent,
                        "client_tokens_per_minute": self.cfg.client_tokens_per_minute},
-            "books": self.books.summary(),
+            "books": self.billing.summary(),
+            "proxy_contract": self.billing.settlement.proxy if self.billing.settlement else None,
             "prices": msgspec.to_builtins(self.ledger.root_params().prices),
         }
 

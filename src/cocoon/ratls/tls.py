@@ -164,10 +164,13 @@ class TlsStream:
         return self._writer.is_closing()
 
     async def close(self) -> None:
-        with contextlib.suppress(SSL.Error):
-            self._send_pending()
-            self._conn.shutdown()
-            self._flush()
+        # A transport the peer already reset takes no close_notify: uvloop raises RuntimeError ("handler is
+        # closed") on such a write, which would escape into whoever closes the link (a dialer's task, once).
+        if not self._writer.is_closing():
+            with contextlib.suppress(SSL.Error, OSError, RuntimeError):
+                self._send_pending()
+                self._conn.shutdown()
+                self._flush()
         self._writer.close()
         with contextlib.suppress(OSError, asyncio.CancelledError):
             await self._writer.wait_closed()

@@ -25,6 +25,7 @@ from cocoon.wire.messages import (
     Cancel,
     Hello,
     HelloAck,
+    Inbound,
     Message,
     ModelsQuery,
     Ping,
@@ -37,7 +38,7 @@ from cocoon.wire.messages import (
 
 log = logging.getLogger(__name__)
 
-InboundHandler = Callable[["Connection", Request | Cancel | ModelsQuery], Awaitable[None] | None]
+InboundHandler = Callable[["Connection", Inbound], Awaitable[None] | None]
 
 
 class ProtocolError(ConnectionError):
@@ -176,7 +177,7 @@ class Connection:
         return self._close_reason
 
     def _dispatch(self, msg: Message, on_inbound: InboundHandler) -> None:
-        if isinstance(msg, Request | Cancel | ModelsQuery):
+        if isinstance(msg, Inbound):
             result = on_inbound(self, msg)
             if result is not None:
                 self.spawn(result)

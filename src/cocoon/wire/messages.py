@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import msgspec
 
-PROTOCOL_VERSION = 1
+from cocoon.ledger.vouchers import Voucher
+
+# 2: Payout frames (proxy -> worker); sent only on links that negotiated 2. Every other addition is a field with
+# a default, which older peers ignore.
+PROTOCOL_VERSION = 2
 MIN_PROTOCOL_VERSION = 1
 
 
@@ -37,8 +41,11 @@ class WorkerParams(msgspec.Struct, frozen=True):
 
 
 class ClientParams(msgspec.Struct, frozen=True):
-    owner: str = ""
-    channel: str = ""
+    owner: str = ""  # the wallet paying through `channel`
+    channel: str = ""  # the client's payment channel with this proxy (raw address)
+    nonce: int = 0  # of the channel (a client reopens with the next nonce after closing one)
+    wallet_key: bytes = b""  # the public key controlling `owner`
+    proof: bytes = b""  # `owner`'s signature binding the channel to this RA-TLS key (ledger/purse.py)
 
 
 class Hello(Frame, tag="hello"):
@@ -84,6 +91,9 @@ class Request(Frame, tag="req"):
     max_coefficient: int | None = None
     features: list[str] = []  # engine features the body uses (tools, response_format, ...)
     region: str = ""  # only workers announcing this region may serve it; "" lets the proxy choose
+    # the most completion tokens the answer may have (0: the engine's default); the proxy reserves the client's
+    # money for that many, and the worker holds the engine to it
+    max_tokens: int = 0
 
 
 class ResponseHead(Frame, tag="head"):
@@ -101,6 +111,7 @@ class ResponseChunk(Frame, tag="chunk"):
     # generated tokens this streamed payload carries, as the worker counts them (one per choice with content):
     # what the proxy charges for a stream that breaks before its usage arrives. Never more than the truth.
     tokens: int = 0
+    has_usage: bool = False  # this payload carries the answer's `usage` (the client adds the cost to it)
 
 
 class ResponseEnd(Frame, tag="end"):
@@ -109,6 +120,7 @@ class ResponseEnd(Frame, tag="end"):
     worker_ms: float = 0.0
     proxy_ms: float = 0.0
     cost_nanoton: int = 0
+    voucher: Voucher | None = None  # the proxy's cumulative charge voucher including this answer
 
 
 class ResponseError(Frame, tag="error"):
@@ -121,6 +133,15 @@ class ResponseError(Frame, tag="error"):
     # a stream that broke after its first token is charged for what was delivered: this much
     usage: Usage | None = None
     cost_nanoton: int = 0
+    voucher: Voucher | None = None
+
+
+class Payout(Frame, tag="payout"):
+    """Proxy -> worker after settling one of its requests: what it earned and the new cumulative voucher."""
+
+    id: int  # the request's call id on this link
+    fee_nanoton: int
+    voucher: Voucher
 
 
 class Cancel(Frame, tag="cancel"):
@@ -145,6 +166,7 @@ class ModelsReply(Frame, tag="models_reply"):
 
 Message = (
     Hello | HelloAck | Refuse | Ping | Pong | Request | ResponseHead | ResponseChunk | ResponseEnd
-    | ResponseError | Cancel | ModelsQuery | ModelsReply
+    | ResponseError | Cancel | ModelsQuery | ModelsReply | Payout
 )
+Inbound = Request | Cancel | ModelsQuery | Payout  # what a link hands to its owner rather than to a call
 Answer = ResponseHead | ResponseChunk | ResponseEnd | ResponseError | ModelsReply

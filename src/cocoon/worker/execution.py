@@ -63,6 +63,13 @@ class Execution:
             raise ApiError(400, f"the `{self.engine.name}` engine serving `{self.req.model}` does not support "
                                 f"`{feature}`", code="unsupported_parameter", param=feature)
         body: dict[str, Any] = msgspec.json.decode(self.req.body)
+        if self.req.max_tokens:
+            # the proxy reserved the client's money for this many completion tokens: never generate more
+            capped = [k for k in ("max_tokens", "max_completion_tokens") if isinstance(body.get(k), int)]
+            for key in capped:
+                body[key] = min(body[key], self.req.max_tokens)
+            if not capped:
+                body["max_tokens"] = self.req.max_tokens
         if self.req.stream:
             # Usage is always requested from the engine: it is what the worker is paid by.
             body["stream"] = True
@@ -82,7 +89,8 @@ class Execution:
                 if answer.usage_only and not self.req.include_usage:
                     continue
                 await self._head()
-                await self.send(ResponseChunk(id=self.req.id, data=payload, tokens=int(answer.generated)))
+                await self.send(ResponseChunk(id=self.req.id, data=payload, tokens=int(answer.generated),
+                                              has_usage=answer.usage is not None))
         await self._head()
         if self.usage is None:
             # Some servers ignore include_usage; each streamed chunk is one generated token there. The prompt
@@ -91,7 +99,7 @@ class Execution:
             log.warning("engine streamed without usage: metered %d completion tokens by chunk count", generated,
                         extra={"fields": {"engine": self.engine.name}})
             if self.req.include_usage and first is not None:
-                await self.send(ResponseChunk(id=self.req.id, data=usage_chunk(first, self.usage)))
+                await self.send(ResponseChunk(id=self.req.id, data=usage_chunk(first, self.usage), has_usage=True))
 
     async def _complete(self, endpoint: Endpoint, body: dict[str, Any]) -> None:
         data = await self.engine.complete(endpoint, body)

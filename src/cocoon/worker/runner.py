@@ -16,8 +16,9 @@ from cocoon.observe.stats import StatsServer
 from cocoon.runtime import make_node_identity, own_image_hash
 from cocoon.wire.connection import Connection, hello
 from cocoon.wire.dialer import Dialer
-from cocoon.wire.messages import Cancel, Hello, ModelsQuery, Request, WorkerParams
+from cocoon.wire.messages import Cancel, Hello, Inbound, Payout, Request, WorkerParams
 from cocoon.worker.execution import Execution
+from cocoon.worker.payments import WorkerPayments
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class WorkerNode:
         self.image_hash = own_image_hash(cfg)
         self.stats = StatsServer("worker", cfg.name, self.metrics.registry, self.jsonstats)
         self.running: dict[int, asyncio.Task[None]] = {}
+        self.payments = WorkerPayments(cfg) if cfg.payments else None
         self.models: list[str] = []
         self.dialer = Dialer(lambda: [cfg.proxy], self.identity, self.verifier, self._hello, self._on_inbound)
         self.dialer.on_change = lambda up: self.metrics.connected.set(1 if up else 0)
@@ -55,24 +57,36 @@ class WorkerNode:
         self.models = await self.engine.models()
         log.info("engine ready", extra={"fields": {"engine": self.engine.name, "models": self.models,
                                                    "load_s": round(time.monotonic() - started, 3)}})
+        redeeming = None
+        if self.payments is not None:
+            await asyncio.to_thread(self.payments.open)
+            redeeming = asyncio.create_task(self.payments.run())
         self.dialer.start()
         try:
             await stop.wait()
         finally:
             await self.dialer.stop("worker shutting down")
+            if redeeming is not None:
+                redeeming.cancel()
+            if self.payments is not None:
+                self.payments.close()
             for task in list(self.running.values()):
                 task.cancel()
             await self.engine.close()
             await self.stats.stop()
 
     def _hello(self) -> Hello:
+        owner = self.payments.wallet.address if self.payments else self.cfg.owner
         params = WorkerParams(models=self.models, coefficient=self.cfg.coefficient,
                               max_active_requests=self.cfg.max_active_requests, region=self.cfg.region,
-                              owner=self.cfg.owner, supports_tools=self.engine.supports_tools)
+                              owner=owner, supports_tools=self.engine.supports_tools)
         return hello("worker", self.cfg.name, worker=params)
 
-    def _on_inbound(self, conn: Connection, msg: Request | Cancel | ModelsQuery) -> None:
-        if isinstance(msg, Request):
+    def _on_inbound(self, conn: Connection, msg: Inbound) -> None:
+        if isinstance(msg, Payout):
+            if self.payments is not None:
+                self.payments.accept(msg)
+        elif isinstance(msg, Request):
             task = conn.spawn(self._execute(conn, msg))
             self.running[msg.id] = task
         elif isinstance(msg, Cancel):
@@ -121,6 +135,9 @@ class WorkerNode:
             "served": self._served,
             "tokens": dict(self._usage_totals),
             "image_hash": self.image_hash,
+            **({"wallet": self.payments.wallet.address, "earned_nanoton": self.payments.earned_nanoton,
+                "redeemed_nanoton": self.payments.redeemed_nanoton,
+                "refused_vouchers": self.payments.refused_vouchers} if self.payments else {}),
         }
 
 

@@ -1,0 +1,192 @@
+"""`cocoon ledger`: the money of a local network, from the command line (amounts in TON, 9 decimals).
+
+Every command works on the state directory `cocoon up` wrote (its chain, each party's wallet and vouchers, and
+each node's config for the proxy it talks to).
+"""
+
+from __future__ import annotations
+
+import datetime
+import tomllib
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cocoon.ledger.base import TON, LedgerError
+from cocoon.ledger.contracts import Tag
+from cocoon.ledger.devnet import ledger_path, vouchers_path, wallet_path
+from cocoon.ledger.local import LocalLedger
+from cocoon.ledger.onchain import RegisteredProxy
+from cocoon.ledger.purse import ClientPurse, WorkerPurse
+from cocoon.ledger.vouchers import VoucherBook, ton
+from cocoon.ledger.wallet import Wallet
+
+app = typer.Typer(help="Money on the local ledger: status, deposits, withdrawals, closes, redeems.",
+                  no_args_is_help=True)
+
+StateDir = Annotated[Path, typer.Option("--state-dir", help="The state directory of `cocoon up`.")]
+Name = Annotated[str, typer.Option("--name", help="The node whose wallet acts (as in `cocoon up`: client-1...).")]
+
+
+def parse_ton(text: str) -> int:
+    """'1.5' -> 1_500_000_000 nanoTON, exactly; at most 9 decimals."""
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise typer.BadParameter(f"{text!r} is not an amount in TON") from None
+    nano = value * TON
+    if nano != nano.to_integral_value() or nano < 0:
+        raise typer.BadParameter(f"{text} TON is not a whole number of nanoTON (at most 9 decimals, not negative)")
+    return int(nano)
+
+
+def _open(state_dir: Path) -> LocalLedger:
+    path = ledger_path(state_dir)
+    if not path.exists():
+        typer.echo(f"error: no local ledger at {path} (start `cocoon up` first)", err=True)
+        raise typer.Exit(2)
+    return LocalLedger(path)
+
+
+def _proxy_of(ledger: LocalLedger, state_dir: Path, name: str) -> RegisteredProxy:
+    """The registered proxy that node `name` dials (its config's `proxy`)."""
+    config = state_dir / f"{name}.toml"
+    try:
+        endpoint = tomllib.loads(config.read_text())["proxy"]
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        typer.echo(f"error: {config} names no proxy: is {name!r} a client or worker of `cocoon up`?", err=True)
+        raise typer.Exit(2) from None
+    return ledger.find_proxy(endpoint)
+
+
+def _wallet(state_dir: Path, name: str) -> Wallet:
+    path = wallet_path(state_dir, name)
+    if not path.exists():
+        typer.echo(f"error: no wallet {path}", err=True)
+        raise typer.Exit(2)
+    return Wallet.load_or_create(path)
+
+
+def _client(state_dir: Path, name: str) -> tuple[LocalLedger, ClientPurse]:
+    ledger = _open(state_dir)
+    proxy = _proxy_of(ledger, state_dir, name)
+    purse = ClientPurse(ledger, _wallet(state_dir, name), proxy.address, VoucherBook(vouchers_path(state_dir, name)))
+    return ledger, purse
+
+
+def _run(action: str, op: object) -> None:
+    try:
+        outcome = op()  # type: ignore[operator]
+    except LedgerError as exc:
+        typer.echo(f"error: {action}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    fees = getattr(outcome, "fees", None)
+    typer.echo(f"{action}: done" + (f" (chain fees {ton(fees)} TON)" if fees is not None else ""))
+
+
+@app.command()
+def status(state_dir: StateDir = Path(".cocoon")) -> None:
+    """The chain, the registry, every proxy contract and every party's wallet, channel and vouchers."""
+    ledger = _open(state_dir)
+    now = ledger.chain.now()
+    params = ledger.refresh()
+    p, t = params.prices, params.terms
+    typer.echo(f"chain {ledger_path(state_dir)}  time {datetime.datetime.fromtimestamp(now, datetime.UTC):%F %T}Z"
+               f"  root {ledger.root}  version {params.version}")
+    typer.echo(f"prices (nanoTON/token): client {p.price_per_token}, worker {p.worker_fee_per_token}; multipliers "
+               f"(‰) prompt {p.prompt_multiplier}, cached {p.cached_multiplier}, completion "
+               f"{p.completion_multiplier}, reasoning {p.reasoning_multiplier}")
+    typer.echo(f"terms: client close delay {t.client_close_delay} s, proxy close delay {t.proxy_close_delay} s, "
+               f"min client stake {ton(t.min_client_stake)} TON, min proxy stake {ton(t.min_proxy_stake)} TON")
+    for entry in ledger.proxies():
+        s = ledger.proxy_state(entry.address)
+        typer.echo(f"proxy {entry.address} at {entry.endpoint}: {s.status}, stake {ton(s.stake)} TON, earned "
+                   f"{ton(s.earned)} TON, paid out {ton(s.paid_out)} TON, {s.open_clients} open channel(s), "
+                   f"commit #{s.commit_seqno}")
+    for path in sorted(state_dir.glob("*.wallet")):
+        name = path.name.removesuffix(".wallet")
+        wallet = Wallet.load_or_create(path)
+        typer.echo(f"{name}: wallet {wallet.address} {ton(ledger.balance(wallet.address))} TON")
+        if not (state_dir / f"{name}.toml").exists() or not vouchers_path(state_dir, name).exists():
+            continue
+        try:
+            proxy = _proxy_of(ledger, state_dir, name)
+        except LedgerError:
+            continue
+        book = VoucherBook(vouchers_path(state_dir, name))
+        if name.startswith("client"):
+            purse = ClientPurse(ledger, wallet, proxy.address, book)
+            c = purse.state()
+            typer.echo(f"  channel {c.address} ({c.state}): balance {ton(c.balance)} TON (stake {ton(c.stake)}), "
+                       f"charged {ton(purse.charged)} TON by vouchers, {ton(c.charged)} TON on chain")
+        else:
+            worker = WorkerPurse(ledger, wallet, proxy.address, book)
+            typer.echo(f"  worker channel {worker.channel}: earned {ton(worker.earned)} TON by vouchers, "
+                       f"redeemed {ton(worker.redeemed())} TON")
+
+
+@app.command()
+def deposit(amount: Annotated[str, typer.Argument(help="TON to add to the channel.")],
+            stake: Annotated[str, typer.Option(help="TON of it to add to the stake.")] = "0",
+            name: Name = "client-1", state_dir: StateDir = Path(".cocoon")) -> None:
+    """Top up the client's channel with its proxy (opening it if it has none)."""
+    ledger, purse = _client(state_dir, name)
+    nano, stake_nano = parse_ton(amount), parse_ton(stake)
+    if purse.state().state == "new":
+        _run("open channel", lambda: ledger.open_channel(purse.wallet, purse.proxy, nano, stake_nano, purse.nonce))
+    else:
+        _run("deposit", lambda: ledger.deposit(purse.wallet, purse.channel, nano, stake_nano))
+
+
+@app.command()
+def withdraw(amount: Annotated[str, typer.Argument(help="TON to take back (only what is above the stake).")],
+             name: Name = "client-1", state_dir: StateDir = Path(".cocoon")) -> None:
+    """Take money back from the client's channel to its wallet."""
+    ledger, purse = _client(state_dir, name)
+    _run("withdraw", lambda: ledger.withdraw(purse.wallet, purse.channel, parse_ton(amount)))
+
+
+@app.command()
+def close(name: Name = "client-1", state_dir: StateDir = Path(".cocoon")) -> None:
+    """Close the client's channel without the proxy: the first call starts the close delay, a call after it
+    refunds everything left (balance and stake) to the wallet."""
+    ledger, purse = _client(state_dir, name)
+    state = purse.state()
+    if state.state == "open":
+        _run("request close", lambda: ledger.request_close(purse.wallet, purse.channel))
+        state = purse.state()
+        typer.echo(f"the channel can be finalized after {state.unlock_at - ledger.chain.now()} s: run this again")
+    elif state.state == "closing":
+        if ledger.chain.now() < state.unlock_at:
+            typer.echo(f"the close delay ends in {state.unlock_at - ledger.chain.now()} s")
+            raise typer.Exit(1)
+        _run("finalize close", lambda: ledger.finalize_close(purse.wallet, purse.channel))
+    else:
+        typer.echo(f"the channel is {state.state}: nothing to close")
+        raise typer.Exit(1)
+
+
+@app.command()
+def advance(seconds: Annotated[int, typer.Argument(min=1, help="Seconds to move chain time forward.")],
+            state_dir: StateDir = Path(".cocoon")) -> None:
+    """Move the local chain's clock forward (a test network's privilege: close delays pass at once)."""
+    ledger = _open(state_dir)
+    now = ledger.advance(seconds)
+    typer.echo(f"chain time is now {datetime.datetime.fromtimestamp(now, datetime.UTC):%F %T}Z")
+
+
+@app.command()
+def redeem(name: Name = "worker-1", state_dir: StateDir = Path(".cocoon")) -> None:
+    """Redeem the worker's latest payout voucher on chain, whatever its amount."""
+    ledger = _open(state_dir)
+    proxy = _proxy_of(ledger, state_dir, name)
+    worker = WorkerPurse(ledger, _wallet(state_dir, name), proxy.address, VoucherBook(vouchers_path(state_dir, name)))
+    if worker.vouchers.latest(worker.channel, Tag.PAYOUT) is None:
+        typer.echo("no payout voucher yet")
+        raise typer.Exit(1)
+    before = ledger.balance(worker.wallet.address)
+    _run("redeem", lambda: worker.redeem_if_due(force=True))
+    typer.echo(f"wallet change {ton(ledger.balance(worker.wallet.address) - before)} TON; redeemed "
+               f"{ton(worker.redeemed())} TON of {ton(worker.earned)} TON earned")

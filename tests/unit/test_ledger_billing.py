@@ -1,0 +1,93 @@
+"""The proxy's billing: who pays for a client link (a channel its wallet proved it owns), and 402s that say why."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from cocoon.config import Prices, ProxyConfig
+from cocoon.errors import ApiError
+from cocoon.ledger.base import TON, Terms
+from cocoon.ledger.devnet import ProxySpec, prepare, wallet_path
+from cocoon.ledger.purse import ChannelPolicy, ClientPurse
+from cocoon.ledger.vouchers import VoucherBook
+from cocoon.ledger.wallet import Wallet
+from cocoon.proxy.billing import Billing, open_ledger
+from cocoon.wire.messages import ClientParams, Request
+
+ENDPOINT = "127.0.0.1:10100"
+TLS_KEY = b"\x55" * 32  # alice's RA-TLS key
+MALLORY_TLS_KEY = b"\x66" * 32
+
+
+@pytest.fixture
+async def billing(tmp_path: Path) -> AsyncIterator[Billing]:
+    prepare(tmp_path, proxies=[ProxySpec("proxy-1", ENDPOINT)], parties=["alice", "mallory"], prices=Prices(),
+            terms=Terms()).close()
+    cfg = ProxyConfig(name="proxy-1", state_dir=str(tmp_path), payments=True, port=10100)
+    b = Billing(cfg, open_ledger(cfg))
+    await b.start(ENDPOINT)
+    yield b
+    await b.stop()
+    b.ledger.close()
+
+
+def open_purse(billing: Billing, name: str) -> ClientPurse:
+    state = billing.cfg.state_path
+    assert billing.settlement is not None
+    p = ClientPurse(billing.ledger, Wallet.load_or_create(wallet_path(state, name)), billing.settlement.proxy,
+                    VoucherBook(state / f"{name}.vouchers.sqlite"), ChannelPolicy(deposit=3 * TON, stake=2 * TON))
+    p.ensure_open()
+    return p
+
+
+def claim(p: ClientPurse, tls_key: bytes) -> ClientParams:
+    return ClientParams(owner=p.wallet.address, channel=p.channel, nonce=p.nonce, wallet_key=p.wallet.public_key,
+                        proof=p.proof(tls_key))
+
+
+def request(max_tokens: int = 0, body: bytes = b"{}") -> Request:
+    return Request(id=1, endpoint="chat", model="m", body=body, stream=False, include_usage=False, deadline=0,
+                   max_tokens=max_tokens)
+
+
+async def test_a_client_pays_through_the_channel_its_wallet_signed_for(billing: Billing) -> None:
+    alice = open_purse(billing, "alice")
+    account = await billing.open_account(TLS_KEY, claim(alice, TLS_KEY))
+    assert (account.id, account.channel, account.refusal) == (alice.channel, alice.channel, None)
+    assert billing.books.available(alice.channel) == 2 * TON  # the stake, not the 3 TON balance
+    req = request()
+    billing.reserve("r1", account, req, 1000)
+    assert req.max_tokens == billing.cfg.max_completion_tokens  # the worker holds the engine to what was reserved
+    with pytest.raises(ApiError) as refused:
+        billing.reserve("r2", account, request(max_tokens=10**9), 1000)
+    assert (refused.value.status, refused.value.code) == (402, "insufficient_funds")
+    assert "the client's channel covers" in refused.value.message and "top up" in refused.value.message
+
+
+@pytest.mark.parametrize("forge", ["other_wallet_signs", "other_tls_key", "wrong_nonce", "no_channel"])
+async def test_a_client_cannot_pay_with_a_channel_it_does_not_own(billing: Billing, forge: str) -> None:
+    alice, mallory = open_purse(billing, "alice"), open_purse(billing, "mallory")
+    honest = claim(alice, TLS_KEY)
+    forged = {
+        # mallory names alice's channel and proves it with her own wallet
+        "other_wallet_signs": ClientParams(owner=alice.wallet.address, channel=alice.channel,
+                                           wallet_key=mallory.wallet.public_key,
+                                           proof=mallory.wallet.sign(b"cocoon-channel-claim:" + alice.channel.encode()
+                                                                     + b":" + MALLORY_TLS_KEY)),
+        # mallory replays alice's genuine claim from another RA-TLS key
+        "other_tls_key": honest,
+        "wrong_nonce": ClientParams(owner=alice.wallet.address, channel=alice.channel, nonce=1,
+                                    wallet_key=alice.wallet.public_key, proof=honest.proof),
+        "no_channel": ClientParams(),
+    }[forge]
+    await billing.open_account(TLS_KEY, honest)  # alice is a known, paying client
+    account = await billing.open_account(MALLORY_TLS_KEY, forged)
+    assert account.channel is None and account.refusal
+    with pytest.raises(ApiError) as refused:
+        billing.reserve("r1", account, request(max_tokens=1), 1000)
+    assert (refused.value.status, refused.value.code) == (402, "no_payment_channel")
+    assert refused.value.message.startswith("this client has no usable payment channel with the proxy: ")
+    assert billing.books.available(alice.channel) == 2 * TON  # alice's credit is untouched

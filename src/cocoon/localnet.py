@@ -168,14 +168,15 @@ class LocalNet:
     def print_summary(self) -> None:
         table = Table(title="cocoon local network", title_justify="left")
         for col in ("role", "name", "pid", "stats", "log"):
-            table.add_column(col)
+            table.add_column(col, overflow="fold")  # a URL cut with an ellipsis cannot be copied
         for n in self.nodes:
-            table.add_row(n.role, n.name, str(n.proc.pid if n.proc else "-"), n.stats_url + "/jsonstats",
+            table.add_row(n.role, n.name, str(n.proc.pid if n.proc else "-"), n.stats_url,
                           str(n.log_path.relative_to(self.state_dir.parent)
                               if n.log_path.is_relative_to(self.state_dir.parent) else n.log_path))
         console.print(table)
         console.print(f"[bold green]OpenAI-compatible API:[/] {self.client.api_url}   (state: "
                       f"{self.state_dir / LOCALNET_FILE})")
+        console.print("stats: /healthz, /jsonstats, /metrics on each stats URL")
         console.print("[yellow]dev policy: fake attestation accepted — NOT safe for production[/]")
         console.print("Press Ctrl-C to stop.")
 

@@ -40,6 +40,17 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+    """Ask a process to stop, then kill it if it has not within `timeout`."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @dataclass
 class Net:
     proc: subprocess.Popen[bytes]
@@ -98,13 +109,7 @@ def localnet(state_dir: Path, *, engine: str = "fake", workers: int = 2, options
         yield Net(proc, state_dir, info, port)
     finally:
         pids = [p["pid"] for p in info.get("processes", []) if p.get("pid")]
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, signal.SIGINT)
         for pid in pids:  # belt and braces: nothing a test started may outlive it
             if pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
@@ -138,9 +143,4 @@ def llama_cpp_server(log_dir: Path) -> Iterator[str]:
             time.sleep(0.2)
         yield f"http://127.0.0.1:{port}/v1"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc, timeout=10)

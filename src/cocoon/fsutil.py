@@ -1,8 +1,10 @@
-"""Writing secrets and caches to disk so that no reader ever sees a partial file or a too-open mode."""
+"""Files on disk: secrets and caches written so that no reader sees a partial file or a too-open mode, and the
+SQLite databases (books, vouchers, the local chain) opened the one way they are all used."""
 
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
 
@@ -15,3 +17,16 @@ def write_atomically(target: Path, data: bytes, mode: int) -> None:
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, target)
+
+
+def open_sqlite(path: str | os.PathLike[str], *, synchronous: str = "FULL", busy_timeout_ms: int = 10_000,
+                wal: bool = True) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), usable from worker threads (callers
+    serialise access), in WAL mode so that readers never wait for the writer."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+    if wal:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={synchronous}")
+    return db

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from cocoon.attest.fake import fake_image_hash
-from tests.netutil import free_port, get_json
+from tests.netutil import free_port, get_json, stop_process
 
 
 def start(role: str, cfg: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -60,8 +60,4 @@ def test_worker_with_an_image_hash_not_on_the_allow_list_is_refused(tmp_path: Pa
         for p in procs:
             p.send_signal(signal.SIGTERM)
         for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+            stop_process(p, timeout=15)

@@ -28,7 +28,7 @@ from cocoon.ledger.purse import ClientPurse, WorkerPurse
 from cocoon.ledger.vouchers import VoucherBook
 from cocoon.ledger.wallet import Wallet
 from cocoon.wire.messages import Usage
-from tests.netutil import Net, get_json, localnet, pid_alive
+from tests.netutil import Net, get_json, localnet, pid_alive, stop_process
 
 
 def post(net: Net, *, stream: bool, max_tokens: int, timeout: float = 30) -> dict[str, Any]:
@@ -175,16 +175,6 @@ def start_proxy(net: Net) -> subprocess.Popen[bytes]:
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def wait_for(predicate: Any, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -204,7 +194,7 @@ def test_a_proxy_killed_mid_load_and_restarted_charges_nothing_twice_and_loses_n
                 wait_for(lambda: load.ok >= served + 10)
             finally:
                 load.__exit__()
-                stop(restarted)  # a clean stop commits the books' state on chain
+                stop_process(restarted)  # a clean stop commits the books' state on chain
         assert restarted.returncode == 0
         client = net.stats("client-1")
         books = sqlite3.connect(net.state_dir / "proxy-books.sqlite")
@@ -243,7 +233,7 @@ def test_books_behind_their_commit_on_chain_refuse_to_serve(tmp_path: Path) -> N
         try:
             assert restarted.wait(60) == 1
         finally:
-            stop(restarted)
+            stop_process(restarted)
         log = (net.state_dir / "logs" / "proxy-1-restarted.log").read_text()
         assert "the books are at seqno 1 but this proxy committed seqno 3 on chain" in log
         with pytest.raises(OSError):

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cocoon.config import Prices
+from cocoon.fsutil import open_sqlite
 from cocoon.ledger.contracts import Tag
 from cocoon.ledger.pricing import Charge, price_request
 from cocoon.ledger.vouchers import Voucher, sign_voucher, ton
@@ -83,13 +83,9 @@ class _Reservations:
 class ProxyBooks:
     def __init__(self, path: str | Path, signer: Wallet) -> None:
         """`signer` holds the proxy's voucher key (the one its proxy contract was registered with)."""
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         # WAL + NORMAL: a commit survives a crash of the process without an fsync per request; `durable()`
         # syncs before the state is committed on chain.
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db = open_sqlite(path, synchronous="NORMAL")
         self._db.executescript(_SCHEMA)
         self._signer = signer
         self._lock = threading.Lock()

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 import threading
 import time
 from collections import deque
@@ -29,6 +28,7 @@ from pytoniq_core import Address, Cell, Slice
 from pytoniq_core.tlb.account import ShardAccount
 from pytoniq_core.tlb.transaction import InternalMsgInfo, MessageAny
 
+from cocoon.fsutil import open_sqlite
 from cocoon.ledger.base import LedgerError
 from cocoon.ledger.tvm import Tvm, TxResult, shared_tvm
 from cocoon.ledger.wallet import Wallet, raw_address
@@ -114,17 +114,13 @@ class LocalChain:
     def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time, tvm: Tvm | None = None,
                  start_lt: int = LT_STEP) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._clock = clock
         self._tvm = tvm or shared_tvm()
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA busy_timeout=30000")
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = open_sqlite(self.path, busy_timeout_ms=30_000)
         self._db.executescript(_SCHEMA)
         # Reads outside an operation use their own connection: in WAL mode they never wait for a writer, so a
         # cached-view refresh on an event loop is not held up by a chain operation running in a thread.
-        self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._reader.execute("PRAGMA busy_timeout=30000")
+        self._reader = open_sqlite(self.path, busy_timeout_ms=30_000, wal=False)
         self._reader_lock = threading.Lock()
         self._lock = threading.RLock()
         self._depth = 0

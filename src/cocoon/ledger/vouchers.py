@@ -8,7 +8,6 @@ all a client or worker needs to keep. `VoucherBook` keeps it, in SQLite, and ref
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 from pytoniq_core import Address, begin_cell
 
+from cocoon.fsutil import open_sqlite
 from cocoon.ledger.contracts import Tag
 from cocoon.ledger.wallet import Wallet, raw_address
 
@@ -82,13 +82,9 @@ class VoucherBook:
     """
 
     def __init__(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL: no fsync per voucher; a power cut can lose the newest ones, but vouchers are cumulative and
         # the next one covers everything before it
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db = open_sqlite(path, synchronous="NORMAL")
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
 

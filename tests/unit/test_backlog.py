@@ -74,3 +74,13 @@ async def test_a_cancelled_waiter_leaves_the_line_and_wrong_wants_do_not_block_o
     assert await wants_us is us
     line.release(eu)
     assert await wants_eu is eu and len(line) == 0
+
+
+async def test_tools_with_no_capable_worker_is_a_400_naming_the_field() -> None:
+    line = backlog(4, worker("plain"))
+    with pytest.raises(ApiError) as err:
+        await line.acquire(Want("m", features=("tools",)), (), 1.0)
+    assert err.value.status == 400 and err.value.code == "unsupported_parameter" and "`tools`" in err.value.message
+    capable = worker("capable", tools=True)
+    line.selector.add(capable)
+    assert await line.acquire(Want("m", features=("response_format",)), (), 1.0) is capable

@@ -22,9 +22,10 @@ class FakeWorker:
 
 
 def worker(name: str, *, coefficient: int = 1000, region: str = "", max_active: int = 4,
-           key: str | None = None) -> FakeWorker:
+           key: str | None = None, tools: bool = False) -> FakeWorker:
     return FakeWorker(key or f"key-{name}", name, WorkerParams(models=["m"], coefficient=coefficient,
-                                                               max_active_requests=max_active, region=region))
+                                                               max_active_requests=max_active, region=region,
+                                                               supports_tools=tools))
 
 
 class Clock:
@@ -205,3 +206,15 @@ def test_many_workers_keep_the_choice_correct(n: int) -> None:
     best = min((w for w in ws if w.params.coefficient <= 1000),
                key=lambda w: sel.reputations.get(w.key).ttft_ms + 128 * sel.reputations.get(w.key).ms_per_token)  # type: ignore[union-attr]
     assert sel.choose("m", max_coefficient=1000) is best
+
+
+def test_requests_using_tools_reach_only_workers_whose_engine_takes_them() -> None:
+    sel = selector()
+    plain, capable = worker("plain", max_active=8), worker("capable", max_active=8, tools=True)
+    sel.add(plain)
+    sel.add(capable)
+    assert {sel.choose("m", tools=True) for _ in range(6)} == {capable}
+    assert {sel.choose("m") for _ in range(8)} == {plain, capable}  # plain requests go anywhere
+    sel.remove(capable)
+    assert not sel.serves("m", tools=True) and sel.serves("m")
+    assert sel.choose("m", tools=True) is None

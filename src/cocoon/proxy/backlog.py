@@ -20,6 +20,11 @@ class Want:
     model: str
     region: str = ""
     max_coefficient: int | None = None
+    features: tuple[str, ...] = ()  # tool-calling and structured-output fields: only some engines take them
+
+    @property
+    def tools(self) -> bool:
+        return bool(self.features)
 
     def describe(self) -> str:
         where = f" in region `{self.region}`" if self.region else ""
@@ -45,10 +50,13 @@ class Backlog(Generic[W]):
 
     async def acquire(self, want: Want, exclude: tuple[W, ...], wait_s: float) -> W:
         """A worker now busy with this request; raises 503 when none frees up within `wait_s`."""
-        worker = self.selector.choose(want.model, want.region, want.max_coefficient, exclude)
+        worker = self.selector.choose(want.model, want.region, want.max_coefficient, exclude, want.tools)
         if worker is not None:
             return worker
-        if not self.selector.serves(want.model, want.region, want.max_coefficient):
+        if not self.selector.serves(want.model, want.region, want.max_coefficient, want.tools):
+            if want.tools and self.selector.serves(want.model, want.region, want.max_coefficient):
+                raise ApiError(400, f"no worker serving {want.describe()} supports `{want.features[0]}`",
+                               code="unsupported_parameter", param=want.features[0])
             raise ApiError(503, f"no connected worker serves {want.describe()}; retry later",
                            type="service_unavailable", code="no_worker_available", retry_after=2)
         if len(self._waiters) >= self.depth:
@@ -86,7 +94,8 @@ class Backlog(Generic[W]):
                 kept.append(waiter)
                 continue
             want = waiter.want
-            worker = self.selector.choose(want.model, want.region, want.max_coefficient, waiter.exclude)
+            worker = self.selector.choose(want.model, want.region, want.max_coefficient, waiter.exclude,
+                                          want.tools)
             if worker is None:
                 if not waiter.exclude:
                     unservable.add(want)

@@ -106,7 +106,7 @@ class Forwarder:
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + min(max(req.deadline - time.time(), 0.0), self.cfg.total_timeout_s)
-        want = Want(req.model, req.region, req.max_coefficient)
+        want = Want(req.model, req.region, req.max_coefficient, tuple(req.features))
         tried: list[WorkerLink] = []
         failure: errors.ApiError | None = None
         while len(tried) < self.cfg.max_attempts and loop.time() < deadline:

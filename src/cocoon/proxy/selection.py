@@ -1,6 +1,8 @@
 """Choosing a worker for a request: expected latency, probation for newcomers, benching for failures.
 
-Workers are grouped by (model, region). Each group keeps two rank indices: workers still on probation,
+Workers are grouped by (model, tool support, region): a worker whose engine handles tools and structured output
+also sits in the plain group of its model, so requests using those features only ever reach it, and plain
+requests reach every worker. Each group keeps two rank indices: workers still on probation,
 ranked by how often they were tried (the least tried first), and established workers, ranked by their
 expected latency (moving time-to-first-token and per-token estimates, success rate and current load).
 A worker that is full, benched or excluded scores infinity and is skipped by the index itself, so a choice
@@ -57,6 +59,11 @@ class _Group(Generic[W]):
         return self.probation if probation else self.ranked
 
 
+def _group_keys(params: WorkerParams) -> list[tuple[str, bool]]:
+    capabilities = (False, True) if params.supports_tools else (False,)
+    return [(model, tools) for model in dict.fromkeys(params.models) for tools in capabilities]
+
+
 class Selector(Generic[W]):
     def __init__(self, cfg: SelectionConfig, reputations: ReputationBook, *,
                  clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None) -> None:
@@ -65,7 +72,7 @@ class Selector(Generic[W]):
         self.clock = clock
         self._rng = rng or random.Random()
         self._entries: dict[W, _Entry[W]] = {}
-        self._groups: dict[str, dict[str, _Group[W]]] = {}  # model → region → group
+        self._groups: dict[tuple[str, bool], dict[str, _Group[W]]] = {}  # (model, tools) → region → group
         self._benched: list[tuple[float, int, _Entry[W]]] = []  # heap by bench end
         self._seq = itertools.count()
         self._probation_credit = 0.0
@@ -88,13 +95,13 @@ class Selector(Generic[W]):
         for index, node in entry.nodes:
             index.remove(node)
         region = worker.params.region
-        for model in dict.fromkeys(worker.params.models):
-            regions = self._groups[model]
+        for key in _group_keys(worker.params):
+            regions = self._groups[key]
             group = regions[region]
             if not group.ranked and not group.probation:
                 del regions[region]
             if not regions:
-                del self._groups[model]
+                del self._groups[key]
         self.reputations.detach(entry.rep, self.clock())
 
     def _place(self, entry: _Entry[W]) -> None:
@@ -102,8 +109,8 @@ class Selector(Generic[W]):
         params = entry.worker.params
         score = self._score(entry)
         entry.nodes = []
-        for model in dict.fromkeys(params.models):
-            regions = self._groups.setdefault(model, {})
+        for key in _group_keys(params):
+            regions = self._groups.setdefault(key, {})
             group = regions.get(params.region)
             if group is None:
                 group = regions[params.region] = _Group(RankIndex(self._rng), RankIndex(self._rng))
@@ -111,9 +118,10 @@ class Selector(Generic[W]):
             entry.nodes.append((index, index.insert(entry, params.coefficient, score)))
 
     # -- choosing ------------------------------------------------------------------------------------------
-    def serves(self, model: str, region: str = "", max_coefficient: int | None = None) -> bool:
+    def serves(self, model: str, region: str = "", max_coefficient: int | None = None, tools: bool = False
+               ) -> bool:
         """Whether any connected worker could take this request at all (busy and benched ones count)."""
-        for group in self._groups_for(model, region):
+        for group in self._groups_for(model, region, tools):
             for index in (group.ranked, group.probation):
                 cheapest = index.cheapest_price()
                 if cheapest is not None and (max_coefficient is None or cheapest <= max_coefficient):
@@ -121,10 +129,10 @@ class Selector(Generic[W]):
         return False
 
     def choose(self, model: str, region: str = "", max_coefficient: int | None = None,
-               exclude: Iterable[W] = ()) -> W | None:
+               exclude: Iterable[W] = (), tools: bool = False) -> W | None:
         """The best available worker, now counted as busy with this request; None when none is free."""
         self._end_benches()
-        groups = self._groups_for(model, region)
+        groups = self._groups_for(model, region, tools)
         if not groups:
             return None
         masked = [e for e in (self._entries.get(w) for w in exclude) if e is not None]
@@ -160,8 +168,8 @@ class Selector(Generic[W]):
                 return best.item
         return None
 
-    def _groups_for(self, model: str, region: str) -> list[_Group[W]]:
-        regions = self._groups.get(model)
+    def _groups_for(self, model: str, region: str, tools: bool) -> list[_Group[W]]:
+        regions = self._groups.get((model, tools))
         if not regions:
             return []
         if region:

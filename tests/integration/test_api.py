@@ -140,3 +140,18 @@ def test_books_record_every_answer(fake_net: Net) -> None:
     assert after["commission_nanoton"] == after["charged_nanoton"] - after["paid_nanoton"]
     client_stats = fake_net.stats(fake_net.by_role("client")[0]["name"])
     assert client_stats["charged_nanoton"] == after["charged_nanoton"]
+
+
+def test_logs_never_carry_prompts_or_answers(fake_net: Net) -> None:
+    marker = "zebra-secret-7781"
+    answer = fake_net.sdk().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": marker}])
+    spoken = answer.choices[0].message.content or ""
+    assert len(spoken.split()) > 3
+    # a refused request that names the marker in an unknown field is not logged either
+    post(fake_net.api_url + "/chat/completions", chat_body(frobnicate=marker))
+    logs = list((fake_net.state_dir / "logs").glob("*.log"))
+    assert len(logs) == 4
+    for log in logs:
+        text = log.read_text()
+        assert marker not in text, log.name
+        assert spoken not in text, log.name

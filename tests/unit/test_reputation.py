@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +60,35 @@ def test_the_book_keeps_keys_across_reconnects_and_forgets_long_gone_ones() -> N
     assert book.get("a") is None and book.get("b") is not None  # "b" never left
     summary = {s.key: s for s in book.summaries(now=91)}
     assert set(summary) == {"b", "c", "d"} and summary["b"].connected
+
+
+def test_a_restarted_proxy_takes_back_what_it_learned(tmp_path: Path) -> None:
+    cfg = SelectionConfig(bench_after_failures=1)
+    book = ReputationBook(keep_s=100)
+    fast = book.attach("key-fast", "fast", now=0)
+    fast.record_stream(ttft_ms=50, generation_ms=990, tokens=100)
+    gone = book.attach("key-gone", "gone", now=0)
+    assert gone.record_failure(now=0, cfg=cfg)  # benched in the old run's clock
+    book.detach(gone, now=1)
+    path = tmp_path / "reputation.json"
+    book.save(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+
+    restarted = ReputationBook(keep_s=100)
+    assert restarted.load(path, now=5000) == 2
+    back = restarted.get("key-fast")
+    assert back is not None and back.answered == 1 and back.ttft_ms == 50 and back.links == 0
+    benched = restarted.get("key-gone")
+    assert benched is not None and benched.failed == 1 and benched.benched_until == 0.0
+    # a worker that returns finds its record; one that does not is forgotten after keep_s
+    assert restarted.attach("key-fast", "fast", now=5050) is back and back.links == 1
+    restarted.attach("key-new", "new", now=5101)
+    assert restarted.get("key-gone") is None and restarted.get("key-fast") is back
+
+
+def test_an_unreadable_saved_book_is_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "reputation.json"
+    path.write_text("{not json")
+    book = ReputationBook(keep_s=100)
+    assert book.load(path, now=0) == 0 and book.summaries(0) == []
+    assert book.load(tmp_path / "missing.json", now=0) == 0

@@ -1,14 +1,17 @@
-"""What the proxy has learned about each worker key: speed, reliability, benching. Survives reconnects."""
+"""What the proxy has learned about each worker key: speed, reliability, benching. Survives reconnects of the
+worker (by key) and restarts of the proxy (saved on a clean stop)."""
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import msgspec
 
 from cocoon.config import SelectionConfig
+from cocoon.fsutil import write_atomically
 
 _LATENCY_ALPHA = 0.2  # weight of the newest sample in the moving latency estimates
 _SUCCESS_ALPHA = 0.1  # ...and in the moving success rate
@@ -139,6 +142,27 @@ class ReputationBook:
                 break
             del self._gone[key]
             del self._by_key[key]
+
+    def save(self, path: Path) -> None:
+        """Write what was learned, so that a restarted proxy routes as well as the one that stopped."""
+        write_atomically(path, msgspec.json.encode(list(self._by_key.values())), 0o600)
+
+    def load(self, path: Path, now: float) -> int:
+        """Take back what a previous run saved (an unreadable file is ignored); returns the keys restored.
+
+        Links and benches belong to the previous run's connections and clock, so they start empty; each key
+        counts as disconnected from `now`, to be forgotten after `keep_s` unless its worker returns.
+        """
+        try:
+            saved = msgspec.json.decode(path.read_bytes(), type=list[Reputation])
+        except (OSError, msgspec.DecodeError):
+            return 0
+        for rep in saved:
+            if rep.key not in self._by_key:
+                rep.links, rep.benched_until, rep.failure_streak = 0, 0.0, 0
+                self._by_key[rep.key] = rep
+                self._gone[rep.key] = now
+        return len(saved)
 
     def summaries(self, now: float) -> list[ReputationSummary]:
         """The hook for the on-chain reputation summary: what it will commit, already in wire form."""

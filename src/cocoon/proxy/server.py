@@ -32,6 +32,7 @@ class ProxyServer:
         self.cfg = cfg
         self.registry = WorkerRegistry()
         self.reputations = ReputationBook(keep_s=cfg.reputation_keep_s)
+        self._reputation_file = cfg.state_path / f"{cfg.name}-reputation.json"
         self.selector: Selector[WorkerLink] = Selector(cfg.selection, self.reputations)
         self.backlog = Backlog(self.selector, cfg.queue_depth)
         self.limiter = ClientLimiter(cfg.client_max_concurrent, cfg.client_tokens_per_minute)
@@ -52,6 +53,9 @@ class ProxyServer:
     async def start(self) -> None:
         # The books are checked against the chain before anything is served: a rolled-back database refuses.
         await self.billing.start(self.cfg.endpoint or f"{self.cfg.host}:{self.cfg.port}")
+        restored = self.reputations.load(self._reputation_file, self.selector.clock())
+        if restored:
+            log.info("worker reputations restored", extra={"fields": {"workers": restored}})
         self._server = await tls.serve(self._on_peer, self.cfg.host, self.cfg.port, self.identity, self.verifier)
         self.port = self._server.sockets[0].getsockname()[1]
         self._settling = asyncio.create_task(self.billing.run())
@@ -72,6 +76,7 @@ class ProxyServer:
             self._settling.cancel()
         await self.stats.stop()
         await self.billing.stop()
+        self.reputations.save(self._reputation_file)
         self.ledger.close()
 
     # -- links -----------------------------------------------------------------------------------------------

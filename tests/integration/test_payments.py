@@ -204,7 +204,10 @@ def test_a_proxy_killed_mid_load_and_restarted_charges_nothing_twice_and_loses_n
         assert len(ids) == len(set(ids)) == requests  # each request id settled once
         # every answer the client received is in the books, and the client holds a voucher for all of it
         assert client["vouchers_nanoton"] == charged
-        assert client["charged_nanoton"] + client["unexplained_nanoton"] == charged
+        # vouchers are cumulative: the client's charged total is the books' total, including answers whose end
+        # was lost with the killed proxy (reported as unexplained, bounded below)
+        assert client["charged_nanoton"] == charged
+        assert 0 <= client["unexplained_nanoton"] <= charged
         # only answers settled in the instant of the kill, whose end never left the proxy, are unexplained: at
         # most one per load thread
         ledger, proxy = open_ledger(net)

@@ -44,10 +44,6 @@ def model_not_found(model: str) -> ApiError:
                     code="model_not_found", param="model")
 
 
-def no_worker(model: str, retry_after: int = 1) -> ApiError:
-    return ApiError(503, f"No worker is available for model `{model}` right now; retry later",
-                    type="service_unavailable", code="no_worker_available", retry_after=retry_after)
-
 
 def upstream_failed(message: str) -> ApiError:
     return ApiError(502, message, type="api_error", code="upstream_error")

@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import uvloop
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -112,6 +113,21 @@ def own_image_hash(cfg: CommonConfig) -> str | None:
     backend = get_backend(cfg.attestation, image=cfg.image)
     measurements = read_quote(backend.kind, backend.quote(bytes(64))).measurements
     return measurements.image_hash().hex() if measurements else None
+
+
+class Node(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+async def serve_until(node: Node, stop: asyncio.Event) -> None:
+    """Start `node`, keep it up until `stop` is set, and stop it even if starting or waiting fails."""
+    await node.start()
+    try:
+        await stop.wait()
+    finally:
+        await node.stop()
 
 
 def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:

@@ -15,7 +15,7 @@ from cocoon.client.payments import ClientPayments
 from cocoon.client.proxy_link import ProxyLink, refuse_inbound
 from cocoon.config import ClientConfig, ConfigError
 from cocoon.observe.stats import StatsServer
-from cocoon.runtime import make_node_identity
+from cocoon.runtime import make_node_identity, serve_until
 from cocoon.wire.connection import hello
 from cocoon.wire.dialer import Dialer
 from cocoon.wire.messages import ClientParams, Hello
@@ -111,9 +111,4 @@ class ClientNode:
 
 
 async def run_client(cfg: ClientConfig, stop: asyncio.Event) -> None:
-    node = ClientNode(cfg)
-    await node.start()
-    try:
-        await stop.wait()
-    finally:
-        await node.stop()
+    await serve_until(ClientNode(cfg), stop)

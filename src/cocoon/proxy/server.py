@@ -20,7 +20,7 @@ from cocoon.proxy.registry import WorkerLink, WorkerRegistry
 from cocoon.proxy.reputation import ReputationBook
 from cocoon.proxy.selection import Selector
 from cocoon.ratls import tls
-from cocoon.runtime import make_node_identity
+from cocoon.runtime import make_node_identity, serve_until
 from cocoon.wire.connection import Connection, ProtocolError, accept_hello
 from cocoon.wire.messages import Cancel, Inbound, ModelsQuery, ModelsReply, Request
 
@@ -167,9 +167,4 @@ def _hex(value: bytes | None) -> str | None:
 
 
 async def run_proxy(cfg: ProxyConfig, stop: asyncio.Event) -> None:
-    server = ProxyServer(cfg)
-    await server.start()
-    try:
-        await stop.wait()
-    finally:
-        await server.stop()
+    await serve_until(ProxyServer(cfg), stop)

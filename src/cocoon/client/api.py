@@ -12,11 +12,11 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from cocoon.client import schema
 from cocoon.client.proxy_link import ProxyLink
 from cocoon.config import ClientConfig
 from cocoon.errors import ApiError
 from cocoon.ledger.vouchers import Voucher
+from cocoon.openai import schema
 from cocoon.wire.connection import Call
 from cocoon.wire.messages import Request, ResponseChunk, ResponseEnd, ResponseError, ResponseHead, Usage
 

@@ -57,7 +57,7 @@ class Execution:
         await self.send(ResponseEnd(id=self.req.id, usage=self.usage or Usage(), worker_ms=self._ms()))
 
     def _engine_body(self) -> dict[str, Any]:
-        # `features` lists the tool-calling and structured-output fields the request uses (client/schema.py).
+        # `features` lists the tool-calling and structured-output fields the request uses (openai/schema.py).
         if self.req.features and not self.engine.supports_tools:
             feature = self.req.features[0]
             raise ApiError(400, f"the `{self.engine.name}` engine serving `{self.req.model}` does not support "

@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cocoon.client import schema
-from cocoon.client.schema import (
+from cocoon.errors import ApiError
+from cocoon.openai import schema
+from cocoon.openai.schema import (
     ROLES,
     ChatCompletionRequest,
     CompletionRequest,
@@ -20,7 +21,6 @@ from cocoon.client.schema import (
     parse_completion_request,
     validation_error,
 )
-from cocoon.errors import ApiError
 
 LIMIT = 4096
 PROMPT_LIMIT = 1000

@@ -151,8 +151,8 @@ def attest_show(
     """
     import json
 
-    from cocoon.attest.inspect import evidence_dict, read_evidence
     from cocoon.attest.types import AttestationError
+    from cocoon.ratls.evidence import evidence_dict, read_evidence
 
     try:
         info = evidence_dict(read_evidence(file.read_bytes()))
@@ -192,12 +192,12 @@ def attest_verify(
     """Verify a quote or certificate against a policy: exit 0 and a verdict, or exit 1 and the reason."""
     import time
 
-    from cocoon.attest.check import verify_evidence
     from cocoon.attest.collateral import CollateralCache, FixedCollateral
     from cocoon.attest.policy import PolicyError, load_policy
     from cocoon.attest.registry import RegistryImages
     from cocoon.attest.types import AttestationError
     from cocoon.ledger.local import LocalLedger
+    from cocoon.ratls.check import verify_evidence
 
     try:
         rules = load_policy(policy)

@@ -9,8 +9,10 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from cocoon.core.errors import CocoonError
 
-class ConfigError(ValueError):
+
+class ConfigError(ValueError, CocoonError):
     pass
 
 

@@ -20,11 +20,11 @@ from cocoon.attest.collateral import CollateralCache
 from cocoon.attest.inspect import read_quote
 from cocoon.attest.policy import Policy, RolePolicy, load_policy
 from cocoon.attest.registry import RegistryImages
-from cocoon.attest.sealing import SealedKeyService, local_platform_secret
 from cocoon.config import CommonConfig
 from cocoon.ledger.base import Ledger
 from cocoon.ledger.local import LocalLedger
 from cocoon.ratls.cert import CertVerifier, IdentityIssuer, make_identity
+from cocoon.ratls.sealing import SealedKeyService, local_platform_secret
 
 log = logging.getLogger("cocoon")
 

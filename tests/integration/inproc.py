@@ -17,7 +17,7 @@ import aiohttp
 from cocoon.client.node import ClientNode
 from cocoon.config import ClientConfig, ProxyConfig, WorkerConfig
 from cocoon.inference.fake import FakeEngine
-from cocoon.inference.local import GenRequest, Usage
+from cocoon.inference.local import GenRequest, Tally
 from cocoon.proxy.server import ProxyServer
 from cocoon.worker.runner import WorkerNode
 
@@ -35,7 +35,7 @@ class ScriptedEngine(FakeEngine):
         self.hung = asyncio.Event()
         self.cancelled = asyncio.Event()
 
-    async def generate(self, req: GenRequest, usage: Usage) -> AsyncIterator[str]:
+    async def generate(self, req: GenRequest, usage: Tally) -> AsyncIterator[str]:
         produced = 0
         async with contextlib.aclosing(super().generate(req, usage)) as pieces:
             async for piece in pieces:

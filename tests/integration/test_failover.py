@@ -10,10 +10,10 @@ from pathlib import Path
 from prometheus_client import generate_latest
 
 from cocoon.config import SelectionConfig
+from cocoon.core.usage import Usage
 from cocoon.inference.fake import FakeEngine
 from cocoon.ledger.pricing import price_request
 from cocoon.proxy.server import ProxyServer
-from cocoon.wire.messages import Usage
 from tests.integration.inproc import ScriptedEngine, chat, network, until
 
 

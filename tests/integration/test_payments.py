@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from cocoon.core.usage import Usage
 from cocoon.ledger.base import LedgerRefused
 from cocoon.ledger.contracts import NOTIFY_VALUE
 from cocoon.ledger.devnet import ledger_path, vouchers_path, wallet_path
@@ -27,7 +28,6 @@ from cocoon.ledger.pricing import price_request
 from cocoon.ledger.purse import ClientPurse, WorkerPurse
 from cocoon.ledger.vouchers import VoucherBook
 from cocoon.ledger.wallet import Wallet
-from cocoon.wire.messages import Usage
 from tests.netutil import Net, get_json, localnet, pid_alive, stop_process
 
 

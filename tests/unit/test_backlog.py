@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from cocoon.config import SelectionConfig
-from cocoon.errors import ApiError
+from cocoon.core.errors import ApiError
 from cocoon.proxy.backlog import Backlog, Want
 from cocoon.proxy.reputation import ReputationBook
 from cocoon.proxy.selection import Selector

@@ -12,7 +12,7 @@ import openai
 import pytest
 from aiohttp import web
 
-from cocoon.errors import ApiError
+from cocoon.core.errors import ApiError
 from cocoon.inference.base import Endpoint, Engine
 from cocoon.inference.factory import make_engine
 from cocoon.inference.fake import FakeEngine

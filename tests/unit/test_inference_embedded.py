@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from cocoon.errors import ApiError
+from cocoon.core.errors import ApiError
 from cocoon.inference.base import Endpoint
 from cocoon.inference.embedded import MODEL_ID, EmbeddedEngine, default_model_path
 from cocoon.inference.openai_upstream import OpenAIUpstreamEngine

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cocoon.config import Prices, ProxyConfig
-from cocoon.errors import ApiError
+from cocoon.core.errors import ApiError
 from cocoon.ledger.base import TON, Terms
 from cocoon.ledger.devnet import ProxySpec, prepare, wallet_path
 from cocoon.ledger.purse import ChannelPolicy, ClientPurse

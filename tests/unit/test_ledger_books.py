@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from cocoon.config import Prices
+from cocoon.core.usage import Usage
 from cocoon.ledger.base import TON
 from cocoon.ledger.books import PaymentRequired, ProxyBooks, RolledBack
 from cocoon.ledger.contracts import Tag
 from cocoon.ledger.pricing import price_request
 from cocoon.ledger.wallet import Wallet
-from cocoon.wire.messages import Usage
 
 KEY = Wallet(b"\x21" * 32)
 PRICES = Prices()

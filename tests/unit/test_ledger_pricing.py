@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cocoon.config import Prices
+from cocoon.core.usage import Usage
 from cocoon.ledger.pricing import max_cost, price_request, weighted_tokens
-from cocoon.wire.messages import Usage
 
 counts = st.integers(0, 100_000)
 

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from cocoon.config import Prices
+from cocoon.core.usage import Usage
 from cocoon.ledger.base import TON, LedgerRefused, Terms
 from cocoon.ledger.books import BooksError, PaymentRequired, ProxyBooks
 from cocoon.ledger.local import LocalLedger
@@ -28,7 +29,6 @@ from cocoon.ledger.purse import ChannelPolicy, ClientPurse, WorkerPurse
 from cocoon.ledger.settlement import ProxySettlement, SettlementPolicy
 from cocoon.ledger.vouchers import VoucherBook
 from cocoon.ledger.wallet import Wallet
-from cocoon.wire.messages import Usage
 
 # dear tokens, so that stakes run out and claims, refusals and top-ups all happen within a few steps
 PRICES = Prices(price_per_token=40_000, worker_fee_per_token=28_000)

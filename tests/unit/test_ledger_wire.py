@@ -8,11 +8,12 @@ import json
 import msgspec
 
 from cocoon.client.api import with_cost
+from cocoon.core.usage import Usage
 from cocoon.ledger.contracts import Tag
 from cocoon.ledger.vouchers import sign_voucher
 from cocoon.ledger.wallet import Wallet
 from cocoon.wire import frames
-from cocoon.wire.messages import Payout, ResponseEnd, Usage
+from cocoon.wire.messages import Payout, ResponseEnd
 
 KEY = Wallet(b"\x09" * 32)
 CHANNEL = "0:" + "ab" * 32

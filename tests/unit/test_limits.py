@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cocoon.errors import ApiError
+from cocoon.core.errors import ApiError
 from cocoon.proxy.limits import ClientLimiter
 
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cocoon.errors import ApiError
+from cocoon.core.errors import ApiError
 from cocoon.openai import schema
 from cocoon.openai.schema import (
     ROLES,

@@ -11,9 +11,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cocoon.attest.fake import FakeBackend, fake_image_hash
 from cocoon.attest.none import NoneBackend
 from cocoon.attest.policy import DEV_POLICY, with_image_hashes
-from cocoon.attest.sealing import SealedKeyService, local_platform_secret, open_sealed_key
 from cocoon.attest.types import AttestationError
 from cocoon.ratls.cert import CertVerifier, Identity, make_identity
+from cocoon.ratls.sealing import SealedKeyService, local_platform_secret, open_sealed_key
 
 
 def requester(image: str, role: str = "worker") -> Identity:

@@ -9,6 +9,7 @@ import pytest
 from cocoon.attest.fake import FakeBackend
 from cocoon.attest.none import NoneBackend
 from cocoon.attest.policy import DEV_POLICY
+from cocoon.core.usage import Usage
 from cocoon.ratls import tls
 from cocoon.ratls.cert import CertVerifier, make_identity
 from cocoon.wire import frames
@@ -23,7 +24,6 @@ from cocoon.wire.messages import (
     ResponseChunk,
     ResponseEnd,
     ResponseError,
-    Usage,
 )
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import msgspec
 
+from cocoon.core.usage import Usage
 from cocoon.wire import frames
-from cocoon.wire.messages import Request, ResponseChunk, ResponseError, Usage
+from cocoon.wire.messages import Request, ResponseChunk, ResponseError
 
 
 class OldRequest(msgspec.Struct, tag="req", tag_field="t"):

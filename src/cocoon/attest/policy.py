@@ -35,19 +35,19 @@ import msgspec
 from cocoon.attest.types import (
     DEFAULT_TCB_STATUSES,
     KINDS,
-    REGISTRY_ROLES,
     ROLES,
     TCB_STATUSES,
     AttestationError,
     VerifiedQuote,
-    image_hash_hex,
 )
+from cocoon.core.errors import CocoonError
+from cocoon.ledger.base import REGISTRY_ROLES, image_hash_hex
 
 _HEX_REGISTER = re.compile(r"[0-9a-f]{96}")
 _RTMR_NAMES = ("rtmr0", "rtmr1", "rtmr2", "rtmr3")
 
 
-class PolicyError(ValueError):
+class PolicyError(ValueError, CocoonError):
     """A policy that cannot be loaded or is inconsistent; the message names the file and the field."""
 
 

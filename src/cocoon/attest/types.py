@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import re
 
 import msgspec
 
+from cocoon.core.errors import CocoonError
+
 ROLES = ("client", "proxy", "worker")
 KINDS = ("tdx", "fake", "none")
-REGISTRY_ROLES = ("proxy", "worker")  # the roles that run in TEEs, whose images the root registry lists
-
-_HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-def image_hash_hex(value: bytes | str) -> str:
-    """An image hash, given raw or as hex, as 64 lowercase hex characters; ValueError if it is not one."""
-    text = value.hex() if isinstance(value, bytes) else value
-    if not _HEX_SHA256.fullmatch(text):
-        raise ValueError(f"image hash {value!r} is not 64 lowercase hex characters (a SHA-256)")
-    return text
-
 
 # Intel's TCB statuses a quote can verify with, spelled as in its TCB info (and dcap-qvl). "Revoked" is not
 # listed: a revoked platform never verifies, whatever a policy says.
@@ -37,7 +26,7 @@ TCB_STATUSES = (
 DEFAULT_TCB_STATUSES = frozenset({"UpToDate", "SWHardeningNeeded"})
 
 
-class AttestationError(Exception):
+class AttestationError(CocoonError):
     """A peer's attestation is refused; the message is the precise reason (logged on both sides)."""
 
 

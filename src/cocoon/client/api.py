@@ -14,11 +14,12 @@ from aiohttp import web
 
 from cocoon.client.proxy_link import ProxyLink
 from cocoon.config import ClientConfig
-from cocoon.errors import ApiError
+from cocoon.core.errors import ApiError, ErrorCode
+from cocoon.core.usage import KINDS, Usage
 from cocoon.ledger.vouchers import Voucher
 from cocoon.openai import schema
 from cocoon.wire.connection import Call
-from cocoon.wire.messages import Request, ResponseChunk, ResponseEnd, ResponseError, ResponseHead, Usage
+from cocoon.wire.messages import Request, ResponseChunk, ResponseEnd, ResponseError, ResponseHead
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ REGION_HEADER = "cocoon-region"
 class ClientStats:
     def __init__(self) -> None:
         self.outcomes: dict[str, int] = {}
-        self.usage = {"prompt": 0, "cached": 0, "completion": 0, "reasoning": 0}
+        self.usage = dict.fromkeys(KINDS, 0)
         self.charged_nanoton = 0
         self.active = 0
 
@@ -40,10 +41,8 @@ class ClientStats:
         u: Usage | None = last.usage if last is not None else None
         if last is None or u is None:
             return
-        self.usage["prompt"] += u.prompt_tokens
-        self.usage["cached"] += u.cached_tokens
-        self.usage["completion"] += u.completion_tokens
-        self.usage["reasoning"] += u.reasoning_tokens
+        for kind, n in u.by_kind():
+            self.usage[kind] += n
         self.charged_nanoton += last.cost_nanoton
 
 
@@ -80,12 +79,12 @@ class ClientApi:
             return error_response(exc)
         except web.HTTPRequestEntityTooLarge:
             return error_response(ApiError(413, f"request body exceeds the {self.cfg.max_body_bytes}-byte limit",
-                                           code="request_too_large"))
+                                           code=ErrorCode.REQUEST_TOO_LARGE))
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            return error_response(ApiError(exc.status, f"{exc.reason}: {request.method} {request.path}",
-                                           code="not_found" if exc.status == 404 else "invalid_request"))
+            code = ErrorCode.NOT_FOUND if exc.status == 404 else ErrorCode.INVALID_REQUEST
+            return error_response(ApiError(exc.status, f"{exc.reason}: {request.method} {request.path}", code=code))
 
     def _authorize(self, request: web.Request) -> None:
         header = request.headers.get("Authorization", "")
@@ -93,7 +92,7 @@ class ClientApi:
         expected = self.cfg.api_key or ""
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
             raise ApiError(401, "missing or invalid API key: send `Authorization: Bearer <key>`",
-                           type="authentication_error", code="invalid_api_key")
+                           type="authentication_error", code=ErrorCode.INVALID_API_KEY)
 
     async def _body(self, request: web.Request) -> bytes:
         if request.content_length is not None and request.content_length > self.cfg.max_body_bytes:
@@ -137,7 +136,7 @@ class ClientApi:
                 raise _api_error(first)
             if not isinstance(first, ResponseHead):
                 raise ApiError(502, f"proxy sent {type(first).__name__} before the answer head",
-                               code="upstream_error")
+                               code=ErrorCode.UPSTREAM_ERROR)
             timing = {"x-cocoon-client-ms": f"{(time.monotonic() - started) * 1000:.1f}",
                       "x-cocoon-proxy-ms": f"{first.proxy_ms:.1f}",
                       "x-cocoon-worker-ms": f"{first.worker_ms:.1f}"}
@@ -212,11 +211,11 @@ def with_cost(payload: bytes, cost_nanoton: int) -> bytes:
 
 
 def _api_error(msg: ResponseError) -> ApiError:
-    if msg.code == "link_lost":  # our own link to the proxy broke, not a worker's
+    if msg.code == ErrorCode.LINK_LOST:  # our own link to the proxy broke, not a worker's
         return ApiError(502, f"the connection to the proxy broke while this request was in flight ({msg.message}); "
                              "it was not retried, since the proxy may have started it", type="api_error",
-                        code="proxy_link_lost", retry_after=1)
-    return ApiError(msg.status, msg.message, type=msg.type, code=msg.code, retry_after=msg.retry_after)
+                        code=ErrorCode.PROXY_LINK_LOST, retry_after=1)
+    return msg.to_api()
 
 
 def requested_region(request: web.Request) -> str:
@@ -224,5 +223,5 @@ def requested_region(request: web.Request) -> str:
     region = request.headers.get(REGION_HEADER, "").strip()
     if len(region) > 64 or not region.isprintable():
         raise ApiError(400, f"the `{REGION_HEADER}` header must be a printable region name of at most 64 characters",
-                       code="invalid_region", param=REGION_HEADER)
+                       code=ErrorCode.INVALID_REGION, param=REGION_HEADER)
     return region

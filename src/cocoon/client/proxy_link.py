@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from cocoon.errors import ApiError
+from cocoon.core.errors import ApiError, ErrorCode
 from cocoon.wire.connection import Call, Connection
 from cocoon.wire.dialer import Dialer
 from cocoon.wire.messages import Inbound, ModelsReply, Request
@@ -27,8 +27,8 @@ class ProxyLink:
         if conn is None:
             timed_out = self.dialer.last_dial_timed_out
             raise ApiError(503, f"no link to a proxy within {self.connect_timeout_s:.1f}s: {self.dialer.last_error}",
-                           type="service_unavailable",
-                           code="proxy_connect_timeout" if timed_out else "proxy_unavailable", retry_after=2)
+                           type="service_unavailable", retry_after=2,
+                           code=ErrorCode.PROXY_CONNECT_TIMEOUT if timed_out else ErrorCode.PROXY_UNAVAILABLE)
         return conn
 
     async def call(self, req: Request) -> Call:
@@ -37,7 +37,7 @@ class ProxyLink:
             return await conn.request(req)
         except ConnectionError as exc:
             raise ApiError(503, f"proxy link failed: {exc}", type="service_unavailable",
-                           code="proxy_unavailable", retry_after=2) from None
+                           code=ErrorCode.PROXY_UNAVAILABLE, retry_after=2) from None
 
     async def models(self) -> ModelsReply:
         conn = await self._connection()
@@ -45,7 +45,7 @@ class ProxyLink:
             reply = await conn.query_models()
         except (TimeoutError, ConnectionError) as exc:
             raise ApiError(503, f"proxy did not list its models: {exc!r}", type="service_unavailable",
-                           code="proxy_unavailable", retry_after=2) from None
+                           code=ErrorCode.PROXY_UNAVAILABLE, retry_after=2) from None
         if not isinstance(reply, ModelsReply):
-            raise ApiError(502, "proxy answered the model list with an error", code="upstream_error")
+            raise ApiError(502, "proxy answered the model list with an error", code=ErrorCode.UPSTREAM_ERROR)
         return reply

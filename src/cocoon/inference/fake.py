@@ -7,7 +7,7 @@ import hashlib
 import random
 from collections.abc import AsyncIterator
 
-from cocoon.inference.local import GenRequest, LocalEngine, Usage
+from cocoon.inference.local import GenRequest, LocalEngine, Tally
 
 _WORDS = (
     "amber", "basalt", "cedar", "delta", "ember", "fjord", "garnet", "harbor", "indigo", "juniper",
@@ -35,7 +35,7 @@ class FakeEngine(LocalEngine):
         self.tokens_per_s = tokens_per_s
         self.generated_tokens = 0  # every token ever produced: lets tests see that cancellation stopped work
 
-    async def generate(self, req: GenRequest, usage: Usage) -> AsyncIterator[str]:
+    async def generate(self, req: GenRequest, usage: Tally) -> AsyncIterator[str]:
         text = req.text()
         usage.prompt_tokens = len(text.split())
         limit = self.reply_tokens if req.max_tokens is None else min(req.max_tokens, self.reply_tokens)

@@ -17,7 +17,8 @@ from typing import Any
 
 import msgspec
 
-from cocoon.errors import ApiError, bad_request
+from cocoon.core.errors import ApiError, ErrorCode, bad_request
+from cocoon.core.usage import Usage
 from cocoon.inference.base import Endpoint, Engine
 
 _json = msgspec.json.Encoder()
@@ -62,22 +63,17 @@ class GenRequest:
 
 
 @dataclass(slots=True)
-class Usage:
-    """Token accounting a subclass fills in while it generates."""
+class Tally:
+    """Token accounting a subclass fills in while it generates; `usage()` is what it adds up to."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
     finish_reason: str = "stop"
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
-            "completion_tokens_details": {"reasoning_tokens": 0},
-        }
+    def usage(self) -> Usage:
+        return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
+                     cached_tokens=self.cached_tokens)
 
 
 class LocalEngine(Engine):
@@ -86,7 +82,7 @@ class LocalEngine(Engine):
     model_id: str
 
     @abstractmethod
-    def generate(self, req: GenRequest, usage: Usage) -> AsyncIterator[str]:
+    def generate(self, req: GenRequest, usage: Tally) -> AsyncIterator[str]:
         """Yield the text of each generated token ("" allowed) and keep `usage` current.
 
         Set `usage.prompt_tokens` before the first piece, count every generated token in
@@ -101,7 +97,7 @@ class LocalEngine(Engine):
         req = self._parse(endpoint, body)
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        usage = Usage()
+        usage = Tally()
         out = _Chunks(endpoint, self.model_id)
         # The role chunk waits for the first piece so that failures before generation (prompt too long)
         # still reach the caller as an error instead of a half-started stream.
@@ -120,7 +116,7 @@ class LocalEngine(Engine):
 
     async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> bytes:
         req = self._parse(endpoint, body)
-        usage = Usage()
+        usage = Tally()
         async with aclosing(self._pieces(req, usage)) as pieces:
             text = "".join([piece async for piece in pieces])
         choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": usage.finish_reason}
@@ -137,11 +133,11 @@ class LocalEngine(Engine):
                 "created": int(time.time()),
                 "model": self.model_id,
                 "choices": [choice],
-                "usage": usage.to_dict(),
+                "usage": usage.usage().to_openai(),
             }
         )
 
-    async def _pieces(self, req: GenRequest, usage: Usage) -> AsyncIterator[str]:
+    async def _pieces(self, req: GenRequest, usage: Tally) -> AsyncIterator[str]:
         """The subclass's pieces with stop strings applied; a stop string and what follows are never sent."""
         async with aclosing(self.generate(req, usage)) as pieces:
             if not req.stop:
@@ -176,10 +172,10 @@ class LocalEngine(Engine):
                 raise self._unsupported(name)
         model = body.get("model")
         if not isinstance(model, str) or not model:
-            raise bad_request("you must provide a `model`", code="missing_parameter", param="model")
+            raise bad_request("you must provide a `model`", code=ErrorCode.MISSING_PARAMETER, param="model")
         if model != self.model_id:
             raise ApiError(404, f"The model `{model}` does not exist; this engine serves `{self.model_id}`",
-                           code="model_not_found", param="model")
+                           code=ErrorCode.MODEL_NOT_FOUND, param="model")
         messages: list[dict[str, str]] = []
         prompt = ""
         if endpoint == "chat":
@@ -240,7 +236,7 @@ class LocalEngine(Engine):
 
     def _unsupported(self, param: str, what: str | None = None) -> ApiError:
         return ApiError(400, f"The {self.name} engine does not support {what or f'`{param}`'}",
-                        code="unsupported_parameter", param=param)
+                        code=ErrorCode.UNSUPPORTED_PARAMETER, param=param)
 
 
 def _harmless(name: str, value: object) -> bool:
@@ -310,8 +306,8 @@ class _Chunks:
     def finish(self, reason: str) -> bytes:
         return self._choice({"delta": {}} if self._chat else {"text": ""}, reason)
 
-    def usage(self, usage: Usage) -> bytes:
-        return _json.encode({**self._head, "choices": [], "usage": usage.to_dict()})
+    def usage(self, usage: Tally) -> bytes:
+        return _json.encode({**self._head, "choices": [], "usage": usage.usage().to_openai()})
 
     def _choice(self, content: dict[str, Any], finish_reason: str | None) -> bytes:
         choice = {"index": 0, **content, "logprobs": None, "finish_reason": finish_reason}

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from cocoon.errors import ApiError
+from cocoon.core.errors import ApiError, ErrorCode
 from cocoon.inference.base import Endpoint, Engine
 
 _PATHS: dict[Endpoint, str] = {"chat": "/chat/completions", "completions": "/completions"}
@@ -79,13 +79,13 @@ class OpenAIUpstreamEngine(Engine):
             return [str(model["id"]) for model in listing["data"]]
         except (msgspec.DecodeError, KeyError, TypeError) as exc:
             raise ApiError(502, f"the engine's model list is not OpenAI-shaped: {_snippet(raw)}",
-                           type="api_error", code="engine_bad_response") from exc
+                           type="api_error", code=ErrorCode.ENGINE_BAD_RESPONSE) from exc
 
     async def stream(self, endpoint: Endpoint, body: dict[str, Any]) -> AsyncIterator[bytes]:
         async with self._request("POST", _PATHS[endpoint], body, streaming=True) as resp:
             if resp.content_type != "text/event-stream":
                 raise ApiError(502, f"the engine answered a streaming request with {resp.content_type}",
-                               type="api_error", code="engine_bad_response")
+                               type="api_error", code=ErrorCode.ENGINE_BAD_RESPONSE)
             decoder = SSEDecoder()
             try:
                 async for chunk in resp.content.iter_any():
@@ -139,7 +139,7 @@ class OpenAIUpstreamEngine(Engine):
 
 
 def _unavailable(message: str) -> ApiError:
-    return ApiError(502, message, type="api_error", code="engine_unavailable")
+    return ApiError(502, message, type="api_error", code=ErrorCode.ENGINE_UNAVAILABLE)
 
 
 def _error_from_body(status: int, raw: bytes) -> ApiError:
@@ -161,11 +161,16 @@ def _error_from_body(status: int, raw: bytes) -> ApiError:
     if not isinstance(message, str) or not message:
         message = _snippet(raw) or f"the engine answered HTTP {status}"
     default_type = "invalid_request_error" if status < 500 else "api_error"
+    text = _text(fields.get("code"))
+    code = ErrorCode.known(text) if text is not None else None
+    if text is not None and code is None:
+        # a code of the engine's own vocabulary: the answer's codes are ours, the engine's stays in the message
+        message, code = f"{message} (engine code: {text})", ErrorCode.ENGINE_ERROR
     return ApiError(
         status,
         message,
         type=_text(fields.get("type")) or default_type,
-        code=_text(fields.get("code")),
+        code=code,
         param=_text(fields.get("param")),
     )
 

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from cocoon.errors import ApiError, bad_request
+from cocoon.core.errors import ApiError, ErrorCode, bad_request
 from cocoon.inference.base import Endpoint, Engine
 
 log = logging.getLogger(__name__)
@@ -51,9 +51,9 @@ async def _generate(engine: Engine, endpoint: Endpoint, request: web.Request) ->
     try:
         body = msgspec.json.decode(await request.read())
     except msgspec.DecodeError as exc:
-        raise bad_request(f"the request body is not valid JSON: {exc}", code="invalid_json") from exc
+        raise bad_request(f"the request body is not valid JSON: {exc}", code=ErrorCode.INVALID_JSON) from exc
     if not isinstance(body, dict):
-        raise bad_request("the request body must be a JSON object", code="invalid_json")
+        raise bad_request("the request body must be a JSON object", code=ErrorCode.INVALID_JSON)
     if not body.get("stream"):
         return web.Response(body=await engine.complete(endpoint, body), content_type="application/json")
     async with aclosing(engine.stream(endpoint, body)) as payloads:
@@ -90,7 +90,7 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
                             headers=headers)
     except web.HTTPException as exc:
         error = ApiError(exc.status, f"{exc.reason}: {request.method} {request.path}",
-                         code="not_found" if exc.status == 404 else None)
+                         code=ErrorCode.NOT_FOUND if exc.status == 404 else None)
         return web.Response(status=exc.status, body=error.to_json(), content_type="application/json")
     except Exception:
         log.exception("engine failed on %s", request.path)
@@ -98,7 +98,7 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 def _internal_error() -> ApiError:
-    return ApiError(500, "the engine failed; see the server log", type="api_error", code="internal_error")
+    return ApiError(500, "the engine failed; see the server log", type="api_error", code=ErrorCode.INTERNAL_ERROR)
 
 
 def _json(doc: Any) -> web.Response:

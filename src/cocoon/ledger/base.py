@@ -8,6 +8,7 @@ Amounts are integer nanoTON; addresses are raw strings (`0:<64 hex>`).
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -15,12 +16,24 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from cocoon.config import Prices
+from cocoon.core.errors import CocoonError
 
 if TYPE_CHECKING:
     from cocoon.ledger.vouchers import Voucher
     from cocoon.ledger.wallet import Wallet
 
 TON = 1_000_000_000
+REGISTRY_ROLES = ("proxy", "worker")  # the roles that run in TEEs, whose images the root registry lists
+
+_HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def image_hash_hex(value: bytes | str) -> str:
+    """An image hash, given raw or as hex, as 64 lowercase hex characters; ValueError if it is not one."""
+    text = value.hex() if isinstance(value, bytes) else value
+    if not _HEX_SHA256.fullmatch(text):
+        raise ValueError(f"image hash {value!r} is not 64 lowercase hex characters (a SHA-256)")
+    return text
 
 
 class Terms(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -51,7 +64,7 @@ class RootParams(msgspec.Struct, frozen=True):
         return frozenset()
 
 
-class LedgerError(Exception):
+class LedgerError(CocoonError):
     """An operation could not be sent (no funds in the wallet, no such contract, chain unreachable)."""
 
 

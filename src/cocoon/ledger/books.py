@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from cocoon.config import Prices
+from cocoon.core.errors import CocoonError
+from cocoon.core.usage import Usage
 from cocoon.fsutil import open_sqlite
 from cocoon.ledger.contracts import Tag
 from cocoon.ledger.pricing import Charge, price_request
 from cocoon.ledger.vouchers import Voucher, sign_voucher, ton
 from cocoon.ledger.wallet import Wallet
-from cocoon.wire.messages import Usage
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -54,7 +55,7 @@ INSERT OR IGNORE INTO meta VALUES ('state_hash', zeroblob(32));
 """
 
 
-class BooksError(Exception):
+class BooksError(CocoonError):
     pass
 
 

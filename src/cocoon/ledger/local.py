@@ -16,10 +16,18 @@ from typing import Any
 
 from pytoniq_core import Address
 
-from cocoon.attest.types import REGISTRY_ROLES, image_hash_hex
 from cocoon.config import Prices
 from cocoon.ledger import layouts
-from cocoon.ledger.base import TON, LedgerError, LedgerRefused, Outcome, RootParams, Terms
+from cocoon.ledger.base import (
+    REGISTRY_ROLES,
+    TON,
+    LedgerError,
+    LedgerRefused,
+    Outcome,
+    RootParams,
+    Terms,
+    image_hash_hex,
+)
 from cocoon.ledger.chain import LocalChain, Receipt
 from cocoon.ledger.contracts import MIN_OP_VALUE, HashKind, describe_exit
 from cocoon.ledger.onchain import Message, OnChainLedger

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from cocoon.config import Prices
-from cocoon.wire.messages import Usage
+from cocoon.core.usage import Usage
 
 _PER_MILLE_SQUARED = 1_000_000
 

@@ -22,13 +22,14 @@ from pytoniq_core.tlb.transaction import MessageAny, Transaction
 from pytvm.engine import EmulatorEngineC
 from pytvm.utils import get_method_id
 
+from cocoon.core.errors import CocoonError
 from cocoon.ledger.contracts import config_boc
 
 _LIB = Path(pytvm.__file__).parent / "engine" / "libemulator-linux-x86_64.so"
 _ZERO_SEED = "00" * 32
 
 
-class TvmError(RuntimeError):
+class TvmError(RuntimeError, CocoonError):
     """The emulator could not run at all (malformed account or message), as opposed to a contract's refusal."""
 
 

@@ -16,12 +16,13 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 from pytoniq_core import Address, begin_cell
 
+from cocoon.core.errors import CocoonError
 from cocoon.fsutil import open_sqlite
 from cocoon.ledger.contracts import Tag
 from cocoon.ledger.wallet import Wallet, raw_address
 
 
-class VoucherError(ValueError):
+class VoucherError(ValueError, CocoonError):
     """A voucher that must not be accepted; the message says exactly why."""
 
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from cocoon.errors import ApiError
+from cocoon.core.errors import ApiError, ErrorCode
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 # Fields an engine without tool support must refuse (`functions`/`function_call` are their legacy names).
@@ -291,7 +291,7 @@ def parse_completion_request(
             400,
             "invalid type for `prompt`: expected a string, an array of strings, an array of token ids or "
             "an array of token-id arrays, not a mix of them",
-            code="invalid_type",
+            code=ErrorCode.INVALID_TYPE,
             param="prompt",
         )
     _check_token_limit("max_tokens", request.max_tokens, max_tokens_limit)
@@ -308,10 +308,10 @@ def _decode(raw: bytes, decoder: msgspec.json.Decoder[R]) -> R:
     except msgspec.ValidationError as exc:
         raise validation_error(exc) from None
     except msgspec.DecodeError as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+        raise ApiError(400, f"request body is not valid JSON: {exc}", code=ErrorCode.INVALID_JSON) from None
     except RecursionError:
         # Loosely typed fields (tools, metadata...) take any JSON, so depth is the parser's to refuse.
-        raise ApiError(400, "request body is nested too deeply", code="invalid_json") from None
+        raise ApiError(400, "request body is nested too deeply", code=ErrorCode.INVALID_JSON) from None
     return request
 
 
@@ -335,7 +335,7 @@ def _check_duplicate_keys(raw: bytes, request: _Request) -> None:
     if found is not None:
         path, key = found
         raise ApiError(
-            400, f"duplicate key `{key}` in {path or 'request'}", code="duplicate_key", param=_join(path, key)
+            400, f"duplicate key `{key}` in {path or 'request'}", code=ErrorCode.DUPLICATE_KEY, param=_join(path, key)
         )
 
 
@@ -390,7 +390,7 @@ def _check_token_limit(name: str, value: int | UnsetType | None, limit: int) -> 
         raise ApiError(
             400,
             f"`{name}` is {value}, above this client's limit of {limit} tokens",
-            code="max_tokens_exceeded",
+            code=ErrorCode.MAX_TOKENS_EXCEEDED,
             param=name,
         )
 
@@ -400,7 +400,7 @@ def _check_prompt_length(param: str, chars: int, limit: int) -> None:
         raise ApiError(
             400,
             f"the prompt is {chars} characters long, above this client's limit of {limit}",
-            code="prompt_too_long",
+            code=ErrorCode.PROMPT_TOO_LONG,
             param=param,
         )
 
@@ -465,24 +465,24 @@ def validation_error(exc: msgspec.ValidationError) -> ApiError:
     if m := _MISSING.match(message):
         field = m.group("field")
         return ApiError(400, f"missing required field `{field}` in {where}",
-                        code="missing_field", param=_join(path, field))
+                        code=ErrorCode.MISSING_FIELD, param=_join(path, field))
     if m := _UNKNOWN.match(message):
         field = m.group("field")
         return ApiError(400, f"unknown field `{field}` in {where}",
-                        code="unknown_field", param=_join(path, field))
+                        code=ErrorCode.UNKNOWN_FIELD, param=_join(path, field))
     if m := _WRONG_TYPE.match(message):
         expected = _json_type(m.group("expected"))
         got = f", got {_json_type(m.group('got'))}" if m.group("got") else ""
         if not path:
-            return ApiError(400, f"the request body must be a JSON {expected}{got}", code="invalid_type")
+            return ApiError(400, f"the request body must be a JSON {expected}{got}", code=ErrorCode.INVALID_TYPE)
         return ApiError(400, f"invalid type for `{path}`: expected {expected}{got}",
-                        code="invalid_type", param=param)
+                        code=ErrorCode.INVALID_TYPE, param=param)
     if m := _CONSTRAINT.match(message):
         expected = _json_type(m.group("expected"))
         return ApiError(400, f"invalid value for `{path}`: expected {expected} {m.group('constraint')}",
-                        code="invalid_value", param=param)
+                        code=ErrorCode.INVALID_VALUE, param=param)
     if m := _BAD_VALUE.match(message):
         allowed = f"; expected one of {', '.join(ROLES)}" if path.endswith("role") else ""
         return ApiError(400, f"invalid value {m.group('value')} for `{path}`{allowed}",
-                        code="invalid_value", param=param)
-    return ApiError(400, f"invalid value for `{where}`: {message}", code="invalid_value", param=param)
+                        code=ErrorCode.INVALID_VALUE, param=param)
+    return ApiError(400, f"invalid value for `{where}`: {message}", code=ErrorCode.INVALID_VALUE, param=param)

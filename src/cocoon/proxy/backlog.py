@@ -11,7 +11,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Generic
 
-from cocoon.errors import ApiError
+from cocoon.core.errors import ApiError, ErrorCode
 from cocoon.proxy.selection import Selector, W
 
 
@@ -56,12 +56,12 @@ class Backlog(Generic[W]):
         if not self.selector.serves(want.model, want.region, want.max_coefficient, want.tools):
             if want.tools and self.selector.serves(want.model, want.region, want.max_coefficient):
                 raise ApiError(400, f"no worker serving {want.describe()} supports `{want.features[0]}`",
-                               code="unsupported_parameter", param=want.features[0])
+                               code=ErrorCode.UNSUPPORTED_PARAMETER, param=want.features[0])
             raise ApiError(503, f"no connected worker serves {want.describe()}; retry later",
-                           type="service_unavailable", code="no_worker_available", retry_after=2)
+                           type="service_unavailable", code=ErrorCode.NO_WORKER_AVAILABLE, retry_after=2)
         if len(self._waiters) >= self.depth:
             raise ApiError(503, f"every worker serving {want.describe()} is busy and {self.depth} requests are "
-                                "already waiting; retry later", type="service_unavailable", code="queue_full",
+                                "already waiting; retry later", type="service_unavailable", code=ErrorCode.QUEUE_FULL,
                            retry_after=1)
         if wait_s <= 0:
             raise self._busy(want, wait_s)
@@ -107,4 +107,5 @@ class Backlog(Generic[W]):
     @staticmethod
     def _busy(want: Want, wait_s: float) -> ApiError:
         return ApiError(503, f"every worker serving {want.describe()} stayed busy for {max(wait_s, 0):.1f}s; "
-                             "retry later", type="service_unavailable", code="no_worker_available", retry_after=1)
+                             "retry later", type="service_unavailable", code=ErrorCode.NO_WORKER_AVAILABLE,
+                        retry_after=1)

@@ -15,8 +15,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from cocoon import errors
 from cocoon.config import ProxyConfig
+from cocoon.core.errors import ApiError, ErrorCode
+from cocoon.core.usage import Usage
 from cocoon.ledger.base import Ledger, LedgerError
 from cocoon.ledger.books import PaymentRequired, ProxyBooks, Settled
 from cocoon.ledger.devnet import ledger_path, voucher_key_path, wallet_path
@@ -26,7 +27,7 @@ from cocoon.ledger.purse import verify_channel_proof
 from cocoon.ledger.settlement import ProxySettlement, SettlementPolicy
 from cocoon.ledger.vouchers import VoucherError
 from cocoon.ledger.wallet import Wallet
-from cocoon.wire.messages import ClientParams, Request, Usage
+from cocoon.wire.messages import ClientParams, Request
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +118,8 @@ class Billing:
         if self.settlement is None:
             return
         if account.refusal is not None:
-            raise errors.ApiError(402, f"this client has no usable payment channel with the proxy: "
-                                       f"{account.refusal}", type="payment_required", code="no_payment_channel")
+            raise ApiError(402, f"this client has no usable payment channel with the proxy: "
+                                       f"{account.refusal}", type="payment_required", code=ErrorCode.NO_PAYMENT_CHANNEL)
         if not req.max_tokens:  # the worker holds the engine to what was reserved
             req.max_tokens = self.cfg.max_completion_tokens
         completion = req.max_tokens
@@ -127,7 +128,7 @@ class Billing:
         try:
             self.books.reserve(request_id, account.id, cost)
         except PaymentRequired as exc:
-            raise errors.ApiError(402, str(exc), type="payment_required", code="insufficient_funds") from None
+            raise ApiError(402, str(exc), type="payment_required", code=ErrorCode.INSUFFICIENT_FUNDS) from None
 
     def release(self, request_id: str) -> None:
         self.books.release(request_id)

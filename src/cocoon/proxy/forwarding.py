@@ -16,8 +16,9 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from cocoon import errors
 from cocoon.config import ProxyConfig
+from cocoon.core.errors import ApiError, ErrorCode, model_not_found, upstream_failed
+from cocoon.core.usage import Usage
 from cocoon.ledger.books import Settled
 from cocoon.ledger.pricing import Charge
 from cocoon.proxy.backlog import Backlog, Want
@@ -26,9 +27,9 @@ from cocoon.proxy.limits import ClientLimiter
 from cocoon.proxy.metrics import ProxyMetrics
 from cocoon.proxy.registry import WorkerLink, WorkerRegistry
 from cocoon.proxy.selection import Selector
-from cocoon.proxy.watchdog import FIRST_TOKEN_TIMEOUT, IDLE_TIMEOUT, REQUEST_TIMEOUT, Watchdog
+from cocoon.proxy.watchdog import Watchdog
 from cocoon.wire.connection import Call, Connection
-from cocoon.wire.messages import Payout, Request, ResponseChunk, ResponseEnd, ResponseError, ResponseHead, Usage
+from cocoon.wire.messages import Payout, Request, ResponseChunk, ResponseEnd, ResponseError, ResponseHead
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +45,15 @@ class ClientLink:
 class _Retry(Exception):
     """The worker failed before anything reached the client: try another one."""
 
-    def __init__(self, error: errors.ApiError) -> None:
+    def __init__(self, error: ApiError) -> None:
         super().__init__(error.message)
         self.error = error
 
 
 def _worker_fault(msg: ResponseError) -> bool:
     """Errors that say something about the worker rather than the request (4xx) or its deadline."""
-    return msg.code != REQUEST_TIMEOUT and (msg.status >= 500 or msg.code in ("link_lost", FIRST_TOKEN_TIMEOUT))
-
-
-def _api_error(msg: ResponseError) -> errors.ApiError:
-    return errors.ApiError(msg.status, msg.message, type=msg.type, code=msg.code, retry_after=msg.retry_after)
+    return msg.code != ErrorCode.REQUEST_TIMEOUT and (
+        msg.status >= 500 or msg.code in (ErrorCode.LINK_LOST, ErrorCode.FIRST_TOKEN_TIMEOUT))
 
 
 class Forwarder:
@@ -81,11 +79,11 @@ class Forwarder:
             self.limiter.admit(client.key)
             admitted = True
             if not self.registry.knows(req.model):
-                raise errors.model_not_found(req.model)
+                raise model_not_found(req.model)
             self.billing.reserve(books_id, client.account, req, req.max_coefficient or
                                  self.registry.max_coefficient(req.model))
             outcome = await self._route(client, client_id, req)
-        except errors.ApiError as exc:
+        except ApiError as exc:
             outcome = exc.code or "error"
             await _send_error(client.conn, client_id, exc)
         except asyncio.CancelledError:
@@ -108,7 +106,7 @@ class Forwarder:
         deadline = started + min(max(req.deadline - time.time(), 0.0), self.cfg.total_timeout_s)
         want = Want(req.model, req.region, req.max_coefficient, tuple(req.features))
         tried: list[WorkerLink] = []
-        failure: errors.ApiError | None = None
+        failure: ApiError | None = None
         while len(tried) < self.cfg.max_attempts and loop.time() < deadline:
             wait_s = min(self.cfg.queue_timeout_s, deadline - loop.time())
             worker = await self.backlog.acquire(want, tuple(tried), wait_s)
@@ -123,10 +121,11 @@ class Forwarder:
             finally:
                 self.backlog.release(worker)
         if failure is None or loop.time() >= deadline:
-            raise errors.ApiError(504, f"the request reached its deadline after {loop.time() - started:.1f}s "
-                                       f"({len(tried)} worker(s) tried)", type="timeout_error", code=REQUEST_TIMEOUT)
-        raise errors.ApiError(failure.status, f"{failure.message} (gave up after {len(tried)} workers)",
-                              type=failure.type, code=failure.code, retry_after=failure.retry_after or 1)
+            raise ApiError(504, f"the request reached its deadline after {loop.time() - started:.1f}s "
+                                f"({len(tried)} worker(s) tried)", type="timeout_error", code=ErrorCode.REQUEST_TIMEOUT)
+        raise ApiError(failure.status, f"{failure.message} (gave up after {len(tried)} workers)",
+                       type=failure.type, code=failure.code, param=failure.param,
+                       retry_after=failure.retry_after or 1)
 
     async def _attempt(self, client: ClientLink, client_id: int, req: Request, worker: WorkerLink, started: float,
                        deadline: float) -> str:
@@ -134,7 +133,7 @@ class Forwarder:
             call = await worker.conn.request(req)
         except ConnectionError as exc:
             self.selector.record_failure(worker)
-            raise _Retry(errors.upstream_failed(f"worker {worker.name} link failed: {exc}")) from None
+            raise _Retry(upstream_failed(f"worker {worker.name} link failed: {exc}")) from None
         watchdog = Watchdog(call, worker.name, idle_s=self.cfg.idle_timeout_s, deadline=deadline,
                             first_token_s=self.cfg.first_token_timeout_s if req.stream else None)
         try:
@@ -145,14 +144,14 @@ class Forwarder:
             watchdog.stop()
             call.cancel("proxy stopped relaying")
 
-    def _before_first_token(self, worker: WorkerLink, msg: ResponseError) -> errors.ApiError:
+    def _before_first_token(self, worker: WorkerLink, msg: ResponseError) -> ApiError:
         """An error while nothing reached the client: raises _Retry, or returns the error the client gets."""
         fault = _worker_fault(msg)
         if fault:
             self.selector.record_failure(worker)
-        error = _api_error(msg)
-        if msg.code == "link_lost":
-            error = errors.upstream_failed(f"worker {worker.name} disconnected before answering ({msg.message})")
+        error = msg.to_api()
+        if msg.code == ErrorCode.LINK_LOST:
+            error = upstream_failed(f"worker {worker.name} disconnected before answering ({msg.message})")
         if fault or msg.status == 429:  # 429: this worker is overloaded, another one may not be
             raise _Retry(error)
         return error  # the request's own fault (4xx) or its deadline: no other worker would do better
@@ -193,7 +192,7 @@ class Forwarder:
             raise self._before_first_token(worker, msg)
         if not isinstance(msg, ResponseHead):
             self.selector.record_failure(worker)
-            raise _Retry(errors.upstream_failed(f"worker {worker.name} sent {type(msg).__name__} before its head"))
+            raise _Retry(upstream_failed(f"worker {worker.name} sent {type(msg).__name__} before its head"))
         head_at = loop.time()
         watchdog.answer_started()
         self.metrics.first_byte.observe(head_at - started)
@@ -230,18 +229,18 @@ class Forwarder:
 
     def _broken_stream(self, client: ClientLink, client_id: int, req: Request, worker: WorkerLink,
                        msg: ResponseError, delivered: int) -> ResponseError:
-        if _worker_fault(msg) or msg.code == IDLE_TIMEOUT:
+        if _worker_fault(msg) or msg.code == ErrorCode.IDLE_TIMEOUT:
             self.selector.record_failure(worker)
         usage = Usage(completion_tokens=delivered)
         settled = (self._settle(client, client_id, req, worker, usage) if delivered
                    else Settled(Charge(0, 0), None, None))
-        if msg.code == "link_lost":
-            reason, code = f"worker {worker.name} disconnected ({msg.message})", "worker_failed"
+        if msg.code == ErrorCode.LINK_LOST:
+            reason, code = f"worker {worker.name} disconnected ({msg.message})", ErrorCode.WORKER_FAILED
         else:
             reason, code = msg.message, msg.code
         log.info("stream broke after its first token", extra={"fields": {
             "worker": worker.name, "code": code, "delivered_tokens": delivered}})
-        return ResponseError(id=client_id, status=msg.status, type=msg.type, code=code, usage=usage,
+        return ResponseError(id=client_id, status=msg.status, type=msg.type, code=code, param=msg.param, usage=usage,
                              cost_nanoton=settled.charge.client_cost, voucher=settled.client_voucher,
                              message=f"the answer broke off after {delivered} tokens: {reason}; "
                                      f"only the delivered tokens are charged")
@@ -255,8 +254,7 @@ class Forwarder:
                                            voucher=settled.worker_voucher))
         charge = settled.charge
         self.limiter.charge(client.key, usage.total_tokens)
-        for kind, n in (("prompt", usage.prompt_tokens), ("cached", usage.cached_tokens),
-                        ("completion", usage.completion_tokens), ("reasoning", usage.reasoning_tokens)):
+        for kind, n in usage.by_kind():
             if n:
                 self.metrics.tokens.labels(kind).inc(n)
         self.metrics.charged.inc(charge.client_cost)
@@ -268,9 +266,8 @@ def _books_id(client: ClientLink, client_id: int, req: Request) -> str:
     return f"{client.key}:{req.uid or client_id}"
 
 
-async def _send_error(conn: Connection, request_id: int, exc: errors.ApiError) -> None:
+async def _send_error(conn: Connection, request_id: int, exc: ApiError) -> None:
     try:
-        await conn.send(ResponseError(id=request_id, status=exc.status, message=exc.message, type=exc.type,
-                                      code=exc.code, retry_after=exc.retry_after))
+        await conn.send(ResponseError.from_api(exc, request_id))
     except ConnectionError:
         pass

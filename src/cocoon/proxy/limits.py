@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cocoon.errors import ApiError
+from cocoon.core.errors import ApiError, ErrorCode
 
 
 @dataclass
@@ -43,14 +43,14 @@ class ClientLimiter:
         if self.max_concurrent and state.active >= self.max_concurrent:
             raise ApiError(429, f"this client already has {state.active} requests in flight, the limit is "
                                 f"{self.max_concurrent}; wait for one to finish", type="rate_limit_error",
-                           code="concurrency_limit_exceeded", retry_after=1)
+                           code=ErrorCode.CONCURRENCY_LIMIT_EXCEEDED, retry_after=1)
         if self.tokens_per_minute:
             self._refill(state, now)
             if state.tokens <= 0:
                 wait = math.ceil((1 - state.tokens) * 60 / self.tokens_per_minute)
                 raise ApiError(429, f"this client used its {self.tokens_per_minute} tokens per minute; the "
                                     f"allowance refills in {wait}s", type="rate_limit_error",
-                               code="tokens_per_minute_exceeded", retry_after=wait)
+                               code=ErrorCode.TOKENS_PER_MINUTE_EXCEEDED, retry_after=wait)
         state.active += 1
 
     def charge(self, client: str, tokens: int) -> None:

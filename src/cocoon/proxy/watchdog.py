@@ -9,12 +9,9 @@ from __future__ import annotations
 import asyncio
 import math
 
+from cocoon.core.errors import ErrorCode
 from cocoon.wire.connection import Call
 from cocoon.wire.messages import ResponseError
-
-FIRST_TOKEN_TIMEOUT = "first_token_timeout"
-IDLE_TIMEOUT = "idle_timeout"
-REQUEST_TIMEOUT = "request_timeout"
 
 
 class Watchdog:
@@ -47,12 +44,12 @@ class Watchdog:
 
     def _due(self) -> tuple[float, str]:
         if self._streaming:
-            due, code = self._last + self._idle_s, IDLE_TIMEOUT
+            due, code = self._last + self._idle_s, ErrorCode.IDLE_TIMEOUT
         elif self._first_token_s is not None:
-            due, code = self._started + self._first_token_s, FIRST_TOKEN_TIMEOUT
+            due, code = self._started + self._first_token_s, ErrorCode.FIRST_TOKEN_TIMEOUT
         else:
-            due, code = math.inf, REQUEST_TIMEOUT
-        return (self._deadline, REQUEST_TIMEOUT) if self._deadline <= due else (due, code)
+            due, code = math.inf, ErrorCode.REQUEST_TIMEOUT
+        return (self._deadline, ErrorCode.REQUEST_TIMEOUT) if self._deadline <= due else (due, code)
 
     def _check(self) -> None:
         due, code = self._due()
@@ -63,10 +60,10 @@ class Watchdog:
         self._call.queue.put_nowait(ResponseError(id=self._call.id, status=504, message=self._message(code),
                                                   type="timeout_error", code=code))
 
-    def _message(self, code: str) -> str:
-        if code == FIRST_TOKEN_TIMEOUT:
+    def _message(self, code: ErrorCode) -> str:
+        if code == ErrorCode.FIRST_TOKEN_TIMEOUT:
             return f"worker {self.worker_name} sent no first token within {self._first_token_s:.1f}s"
-        if code == IDLE_TIMEOUT:
+        if code == ErrorCode.IDLE_TIMEOUT:
             return f"worker {self.worker_name} sent nothing for {self._idle_s:.1f}s in the middle of the answer"
         return f"the request reached its deadline after {self._loop.time() - self._started:.1f}s with worker " \
                f"{self.worker_name}"

@@ -52,7 +52,7 @@ class Claims(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defau
     kind: str
     issued_at: int  # unix seconds
     gpu_evidence: bytes = b""
-    hpke_public_key: bytes = b""  # raw X25519 key that sealed keys are encrypted to (cocoon.attest.sealing)
+    hpke_public_key: bytes = b""  # raw X25519 key that sealed keys are encrypted to (cocoon.ratls.sealing)
 
     def __post_init__(self) -> None:
         if len(self.public_key) != 32:

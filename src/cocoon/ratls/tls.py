@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL, crypto
 
 from cocoon.attest.types import AttestationError, PeerIdentity
+from cocoon.core.errors import CocoonError
 from cocoon.ratls.cert import CertVerifier, Identity, IdentitySource
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ _READ_SIZE = 256 * 1024
 _COALESCE_LIMIT = 64 * 1024  # a TLS record holds 16 KiB; beyond a few, waiting for the turn's end gains nothing
 
 
-class HandshakeError(ConnectionError):
+class HandshakeError(ConnectionError, CocoonError):
     """The RA-TLS handshake failed; `reason` says why (attestation refusal or TLS failure)."""
 
     def __init__(self, reason: str) -> None:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from cocoon.attest.types import AttestationError, PeerIdentity
+from cocoon.core.errors import CocoonError, ErrorCode
 from cocoon.ratls.tls import TlsStream
 from cocoon.wire import frames
 from cocoon.wire.messages import (
@@ -41,11 +42,11 @@ log = logging.getLogger(__name__)
 InboundHandler = Callable[["Connection", Inbound], Awaitable[None] | None]
 
 
-class ProtocolError(ConnectionError):
+class ProtocolError(ConnectionError, CocoonError):
     """The peer broke the protocol or refused us; the message says how."""
 
 
-class ConnectionLost(ConnectionError):
+class ConnectionLost(ConnectionError, CocoonError):
     pass
 
 
@@ -234,7 +235,7 @@ class Connection:
         for call in calls.values():
             call.queue.put_nowait(
                 ResponseError(id=call.id, status=502, message=f"link to {self.peer_name} lost: {self._close_reason}",
-                              code="link_lost")
+                              code=ErrorCode.LINK_LOST)
             )
 
     def _mark_closed(self, reason: str) -> None:

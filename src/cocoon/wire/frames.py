@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
+from cocoon.core.errors import CocoonError
 from cocoon.wire.messages import Message
 
 MAX_FRAME = 16 * 1024 * 1024
@@ -13,7 +14,7 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)
 
 
-class FrameError(ValueError):
+class FrameError(ValueError, CocoonError):
     """The peer sent bytes that are not a valid frame: the connection cannot continue."""
 
 

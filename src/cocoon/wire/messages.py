@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import msgspec
 
+from cocoon.core.errors import ApiError, ErrorCode
+from cocoon.core.usage import Usage
 from cocoon.ledger.vouchers import Voucher
 
 # 2: Payout frames (proxy -> worker); sent only on links that negotiated 2. Every other addition is a field with
@@ -18,17 +20,6 @@ MIN_PROTOCOL_VERSION = 1
 
 class Frame(msgspec.Struct, tag_field="t"):
     """Base of every message that is a frame of its own; `t` names its type on the wire."""
-
-
-class Usage(msgspec.Struct, frozen=True, omit_defaults=True):
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    completion_tokens: int = 0
-    reasoning_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
 
 
 class WorkerParams(msgspec.Struct, frozen=True):
@@ -124,16 +115,31 @@ class ResponseEnd(Frame, tag="end"):
 
 
 class ResponseError(Frame, tag="error"):
+    """An ApiError on the wire: `from_api` and `to_api` are the only conversions between the two."""
+
     id: int
     status: int
     message: str
     type: str = "api_error"
-    code: str | None = None
+    code: str | None = None  # an ErrorCode, read as a plain string so that a newer peer's code still decodes
     retry_after: int | None = None
     # a stream that broke after its first token is charged for what was delivered: this much
     usage: Usage | None = None
     cost_nanoton: int = 0
     voucher: Voucher | None = None
+    param: str | None = None  # the request field the error is about, as the API reports it
+
+    @classmethod
+    def from_api(cls, exc: ApiError, call_id: int) -> ResponseError:
+        return cls(id=call_id, status=exc.status, message=exc.message, type=exc.type, code=exc.code,
+                   param=exc.param, retry_after=exc.retry_after)
+
+    def to_api(self) -> ApiError:
+        code = ErrorCode.known(self.code) if self.code is not None else None
+        if self.code is not None and code is None:  # a peer newer than us: its failure is still upstream of us
+            code = ErrorCode.UPSTREAM_ERROR
+        return ApiError(self.status, self.message, type=self.type, code=code, param=self.param,
+                        retry_after=self.retry_after)
 
 
 class Payout(Frame, tag="payout"):

@@ -10,9 +10,10 @@ from typing import Any
 
 import msgspec
 
-from cocoon.errors import ApiError
+from cocoon.core.errors import ApiError, ErrorCode
+from cocoon.core.usage import Usage
 from cocoon.inference.base import Endpoint, Engine
-from cocoon.wire.messages import Message, Request, ResponseChunk, ResponseEnd, ResponseError, ResponseHead, Usage
+from cocoon.wire.messages import Message, Request, ResponseChunk, ResponseEnd, ResponseError, ResponseHead
 from cocoon.worker.metering import MeteringError, read_answer, usage_chunk
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,10 @@ class Execution:
             else:
                 await self._complete(endpoint, body)
         except ApiError as exc:
-            await self.send(ResponseError(id=self.req.id, status=exc.status, message=exc.message, type=exc.type,
-                                          code=exc.code, retry_after=exc.retry_after))
+            await self.send(ResponseError.from_api(exc, self.req.id))
             return
         except MeteringError as exc:
-            await self.send(ResponseError(id=self.req.id, status=502, message=str(exc), code="engine_error"))
+            await self.send(ResponseError(id=self.req.id, status=502, message=str(exc), code=ErrorCode.ENGINE_ERROR))
             return
         await self.send(ResponseEnd(id=self.req.id, usage=self.usage or Usage(), worker_ms=self._ms()))
 
@@ -61,7 +61,7 @@ class Execution:
         if self.req.features and not self.engine.supports_tools:
             feature = self.req.features[0]
             raise ApiError(400, f"the `{self.engine.name}` engine serving `{self.req.model}` does not support "
-                                f"`{feature}`", code="unsupported_parameter", param=feature)
+                                f"`{feature}`", code=ErrorCode.UNSUPPORTED_PARAMETER, param=feature)
         body: dict[str, Any] = msgspec.json.decode(self.req.body)
         if self.req.max_tokens:
             # the proxy reserved the client's money for this many completion tokens: never generate more

@@ -1,4 +1,4 @@
-"""Reading token usage out of the engine's answers: the one place that parses them (DESIGN §4)."""
+"""Reading token usage out of the engine's answers: the one place that parses them."""
 
 from __future__ import annotations
 
@@ -6,30 +6,8 @@ from typing import NamedTuple
 
 import msgspec
 
-from cocoon.wire.messages import Usage
-
-
-class _PromptDetails(msgspec.Struct):
-    cached_tokens: int | None = None
-
-
-class _CompletionDetails(msgspec.Struct):
-    reasoning_tokens: int | None = None
-
-
-class _UsageView(msgspec.Struct):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    prompt_tokens_details: _PromptDetails | None = None
-    completion_tokens_details: _CompletionDetails | None = None
-
-    def to_usage(self) -> Usage:
-        cached = (self.prompt_tokens_details.cached_tokens or 0) if self.prompt_tokens_details else 0
-        reasoning = (
-            (self.completion_tokens_details.reasoning_tokens or 0) if self.completion_tokens_details else 0
-        )
-        return Usage(prompt_tokens=self.prompt_tokens, cached_tokens=cached,
-                     completion_tokens=self.completion_tokens, reasoning_tokens=reasoning)
+from cocoon.core.errors import CocoonError
+from cocoon.core.usage import OpenAIUsage, Usage
 
 
 class _DeltaView(msgspec.Struct):
@@ -50,14 +28,14 @@ class _AnswerView(msgspec.Struct):
     model: str = ""
     created: int = 0
     object: str = ""
-    usage: _UsageView | None = None
+    usage: OpenAIUsage | None = None
     choices: list[_ChoiceView] | None = None
 
 
 _decoder = msgspec.json.Decoder(_AnswerView)
 
 
-class MeteringError(ValueError):
+class MeteringError(ValueError, CocoonError):
     pass
 
 
@@ -70,7 +48,7 @@ class Answer(NamedTuple):
 def read_answer(payload: bytes) -> Answer:
     try:
         view = _decoder.decode(payload)
-    except msgspec.DecodeError as exc:
+    except msgspec.DecodeError as exc:  # a negative token count too: msgspec.ValidationError is a DecodeError
         raise MeteringError(f"engine sent an unreadable answer: {exc}") from None
     usage = view.usage.to_usage() if view.usage is not None else None
     generated = any(
@@ -85,7 +63,5 @@ def usage_chunk(first_payload: bytes, usage: Usage) -> bytes:
     view = _decoder.decode(first_payload)
     return msgspec.json.encode({
         "id": view.id, "object": view.object or "chat.completion.chunk", "created": view.created,
-        "model": view.model, "choices": [],
-        "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                  "total_tokens": usage.total_tokens},
+        "model": view.model, "choices": [], "usage": usage.to_openai(),
     })

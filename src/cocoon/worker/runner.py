@@ -10,6 +10,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from cocoon.config import WorkerConfig
+from cocoon.core.usage import KINDS
 from cocoon.inference.base import Engine
 from cocoon.inference.factory import make_engine
 from cocoon.observe.stats import StatsServer
@@ -48,7 +49,7 @@ class WorkerNode:
         self.dialer = Dialer(lambda: [cfg.proxy], self.identity, self.verifier, self._hello, self._on_inbound)
         self.dialer.on_change = lambda up: self.metrics.connected.set(1 if up else 0)
         self._served = 0
-        self._usage_totals = {"prompt": 0, "cached": 0, "completion": 0, "reasoning": 0}
+        self._usage_totals = dict.fromkeys(KINDS, 0)
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.stats.start(self.cfg.stats_host, self.cfg.stats_port)
@@ -117,8 +118,7 @@ class WorkerNode:
         u = execution.usage
         assert u is not None
         self._served += 1
-        for kind, n in (("prompt", u.prompt_tokens), ("cached", u.cached_tokens),
-                        ("completion", u.completion_tokens), ("reasoning", u.reasoning_tokens)):
+        for kind, n in u.by_kind():
             self._usage_totals[kind] += n
             if n:
                 self.metrics.tokens.labels(kind).inc(n)

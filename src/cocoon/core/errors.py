@@ -1,0 +1,111 @@
+"""Error codes and the root of cocoon's exceptions.
+
+`ApiError` is the one error a user sees: it travels in wire `ResponseError` frames (`ApiError.from_wire` /
+`to_wire`) and becomes OpenAI-style JSON at the API. Every `code` it can carry is an `ErrorCode`; the README's
+error section lists them all (a unit test keeps the two equal).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import msgspec
+
+
+class ErrorCode(StrEnum):
+    # the request itself (400 unless noted)
+    INVALID_REQUEST = "invalid_request"
+    INVALID_JSON = "invalid_json"
+    INVALID_TYPE = "invalid_type"
+    INVALID_VALUE = "invalid_value"
+    MISSING_FIELD = "missing_field"
+    MISSING_PARAMETER = "missing_parameter"
+    UNKNOWN_FIELD = "unknown_field"
+    DUPLICATE_KEY = "duplicate_key"
+    MAX_TOKENS_EXCEEDED = "max_tokens_exceeded"
+    PROMPT_TOO_LONG = "prompt_too_long"
+    CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+    UNSUPPORTED_PARAMETER = "unsupported_parameter"
+    INVALID_REGION = "invalid_region"
+    INVALID_API_KEY = "invalid_api_key"  # 401
+    NO_PAYMENT_CHANNEL = "no_payment_channel"  # 402
+    INSUFFICIENT_FUNDS = "insufficient_funds"  # 402
+    NOT_FOUND = "not_found"  # 404: no such path
+    MODEL_NOT_FOUND = "model_not_found"  # 404
+    REQUEST_TOO_LARGE = "request_too_large"  # 413
+    # limits and capacity
+    CONCURRENCY_LIMIT_EXCEEDED = "concurrency_limit_exceeded"  # 429
+    TOKENS_PER_MINUTE_EXCEEDED = "tokens_per_minute_exceeded"  # 429
+    NO_WORKER_AVAILABLE = "no_worker_available"  # 503
+    QUEUE_FULL = "queue_full"  # 503
+    PROXY_UNAVAILABLE = "proxy_unavailable"  # 503
+    PROXY_CONNECT_TIMEOUT = "proxy_connect_timeout"  # 503
+    # timeouts (504)
+    FIRST_TOKEN_TIMEOUT = "first_token_timeout"
+    IDLE_TIMEOUT = "idle_timeout"
+    REQUEST_TIMEOUT = "request_timeout"
+    # failures past the client (5xx)
+    LINK_LOST = "link_lost"
+    PROXY_LINK_LOST = "proxy_link_lost"
+    WORKER_FAILED = "worker_failed"
+    UPSTREAM_ERROR = "upstream_error"
+    ENGINE_ERROR = "engine_error"
+    ENGINE_UNAVAILABLE = "engine_unavailable"
+    ENGINE_BAD_RESPONSE = "engine_bad_response"
+    INTERNAL_ERROR = "internal_error"
+
+    @classmethod
+    def known(cls, value: str) -> ErrorCode | None:
+        """The member spelled `value`, or None when it is not one of ours (another server's vocabulary)."""
+        try:
+            return cls(value)
+        except ValueError:
+            return None
+
+
+class CocoonError(Exception):
+    """Root of cocoon's own exceptions (attestation, ledger, wire, API errors)."""
+
+
+class ApiError(CocoonError):
+    """An error a user can act on: HTTP status, OpenAI `type` and `code`, and a precise message."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: ErrorCode | None = None,
+        param: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        # ErrorCode(...) refuses a code that is not one of ours, at the place that makes the error
+        self.code = ErrorCode(code) if code is not None else None
+        self.param = param
+        self.retry_after = retry_after
+
+    def to_json(self) -> bytes:
+        return msgspec.json.encode(
+            {"error": {"message": self.message, "type": self.type, "code": self.code, "param": self.param}}
+        )
+
+    def __repr__(self) -> str:
+        return f"ApiError({self.status}, {self.code!r}, {self.message!r})"
+
+
+def bad_request(message: str, *, code: ErrorCode = ErrorCode.INVALID_REQUEST, param: str | None = None) -> ApiError:
+    return ApiError(400, message, code=code, param=param)
+
+
+def model_not_found(model: str) -> ApiError:
+    return ApiError(404, f"The model `{model}` does not exist or is not served by any worker",
+                    code=ErrorCode.MODEL_NOT_FOUND, param="model")
+
+
+def upstream_failed(message: str) -> ApiError:
+    return ApiError(502, message, type="api_error", code=ErrorCode.UPSTREAM_ERROR)

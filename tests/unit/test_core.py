@@ -1,0 +1,91 @@
+"""The bottom floor: Usage and its OpenAI form, error codes and their wire form, request ids."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cocoon.core.errors import ApiError, CocoonError, ErrorCode
+from cocoon.core.ids import is_request_id, new_request_id, request_id_from
+from cocoon.core.usage import KINDS, Usage
+from cocoon.wire import frames
+from cocoon.wire.messages import ResponseEnd, ResponseError
+
+counts = st.integers(min_value=0, max_value=1 << 40)
+
+
+@settings(max_examples=50)
+@given(counts, counts, counts, counts)
+def test_usage_openai_round_trip(prompt: int, cached: int, completion: int, reasoning: int) -> None:
+    usage = Usage(prompt_tokens=prompt, cached_tokens=cached, completion_tokens=completion,
+                  reasoning_tokens=reasoning)
+    doc = usage.to_openai()
+    assert doc["total_tokens"] == prompt + completion == usage.total_tokens
+    assert Usage.from_openai(msgspec.json.decode(msgspec.json.encode(doc))) == usage
+    assert dict(usage.by_kind()) == {"prompt": prompt, "cached": cached, "completion": completion,
+                                     "reasoning": reasoning}
+    assert [kind for kind, _ in usage.by_kind()] == list(KINDS)
+
+
+def test_usage_from_openai_without_details() -> None:
+    assert Usage.from_openai({"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}) == Usage(
+        prompt_tokens=3, completion_tokens=4)
+    assert Usage.from_openai({"prompt_tokens": 3, "prompt_tokens_details": None,
+                              "completion_tokens_details": {"reasoning_tokens": None}}) == Usage(prompt_tokens=3)
+
+
+@pytest.mark.parametrize("field", ["prompt_tokens", "completion_tokens"])
+def test_negative_openai_counts_are_refused(field: str) -> None:
+    with pytest.raises(msgspec.ValidationError, match=">= 0"):
+        Usage.from_openai({field: -1})
+    with pytest.raises(msgspec.ValidationError, match=">= 0"):
+        Usage.from_openai({"prompt_tokens_details": {"cached_tokens": -5}})
+
+
+def test_negative_wire_counts_are_refused() -> None:
+    """A peer cannot report negative tokens (a refund it was never owed): the frame does not decode."""
+    bad = msgspec.msgpack.encode({"t": "end", "id": 1, "usage": {"completion_tokens": -3}})
+    with pytest.raises(frames.FrameError, match=">= 0"):
+        frames.FrameReader().feed(len(bad).to_bytes(4, "big") + bad)
+    good = frames.encode(ResponseEnd(id=1, usage=Usage(completion_tokens=3)))
+    assert frames.FrameReader().feed(good) == [ResponseEnd(id=1, usage=Usage(completion_tokens=3))]
+
+
+def test_error_codes() -> None:
+    assert ErrorCode.known("queue_full") is ErrorCode.QUEUE_FULL
+    assert ErrorCode.known("BadRequestError") is None
+    with pytest.raises(ValueError):
+        ApiError(400, "typo", code="queue_ful")  # type: ignore[arg-type]
+    err = ApiError(400, "bad", code=ErrorCode.INVALID_VALUE, param="temperature")
+    assert isinstance(err, CocoonError)
+    assert msgspec.json.decode(err.to_json()) == {"error": {"message": "bad", "type": "invalid_request_error",
+                                                            "code": "invalid_value", "param": "temperature"}}
+
+
+def test_wire_error_round_trip_keeps_every_field() -> None:
+    err = ApiError(429, "slow down", type="rate_limit_error", code=ErrorCode.TOKENS_PER_MINUTE_EXCEEDED,
+                   param="max_tokens", retry_after=7)
+    msg = ResponseError.from_api(err, 5)
+    (decoded,) = frames.FrameReader().feed(frames.encode(msg))
+    assert isinstance(decoded, ResponseError) and decoded.id == 5
+    back = decoded.to_api()
+    assert (back.status, back.message, back.type, back.code, back.param, back.retry_after) == (
+        429, "slow down", "rate_limit_error", ErrorCode.TOKENS_PER_MINUTE_EXCEEDED, "max_tokens", 7)
+
+
+def test_unknown_wire_code_becomes_upstream_error() -> None:
+    """A newer peer's code does not break the frame nor the conversion: it is a failure upstream of us."""
+    back = ResponseError(id=1, status=503, message="new", code="some_future_code").to_api()
+    assert back.code is ErrorCode.UPSTREAM_ERROR and back.status == 503 and back.message == "new"
+
+
+def test_request_ids() -> None:
+    made = {new_request_id() for _ in range(100)}
+    assert len(made) == 100 and all(is_request_id(i) for i in made)
+    assert request_id_from("trace-42:a.b_c") == "trace-42:a.b_c"
+    assert request_id_from("x" * 64) == "x" * 64
+    for bad in (None, "", "x" * 65, "has space", "new\nline", "quote\"", "é"):
+        kept = request_id_from(bad)
+        assert kept != bad and is_request_id(kept)

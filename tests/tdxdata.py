@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import threading
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+import dcap_qvl
 
 TESTDATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "testdata"
 REAL_QUOTE = TESTDATA / "tdx_quote.dat"  # parses; no collateral
@@ -19,11 +23,28 @@ SAMPLE_FMSPC = "B0C06F000000"
 SIGNED_LEN = 48 + 584  # quote header + TD report 1.0: what the attestation key signs
 
 
+def quote_with_fmspc(raw: bytes, fmspc: str) -> bytes:
+    """`raw` with another platform's FMSPC (12 hex digits) in its PCK certificate, the same length: what a
+    peer crafting quotes sends (parsing reads the FMSPC; only verification would notice the broken signature)."""
+    match = re.search(rb"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", raw, re.S)
+    assert match is not None, "the quote carries no PEM certificate chain"
+    body = match.group(1)
+    der = base64.b64decode(b"".join(body.split()))
+    current = bytes.fromhex(dcap_qvl.parse_quote(raw).fmspc())
+    assert der.count(current) == 1
+    flat = iter(base64.b64encode(der.replace(current, bytes.fromhex(fmspc))))
+    # the same line breaks, so every length field of the quote stays right
+    rebuilt = bytes(c if chr(c).isspace() else next(flat) for c in body)
+    return raw[:match.start(1)] + rebuilt + raw[match.end(1):]
+
+
 @contextmanager
-def fake_pccs(collateral: dict[str, str] | None = None) -> Iterator[tuple[str, list[str]]]:
+def fake_pccs(collateral: dict[str, str] | None = None, *, hold: threading.Event | None = None
+              ) -> Iterator[tuple[str, list[str]]]:
     """A PCCS on 127.0.0.1 answering the v4 API from a dcap-qvl collateral JSON; yields (url, request log).
 
-    It runs in its own thread: collateral fetches block their caller, event loop included.
+    It runs in its own thread. With `hold`, every request waits until it is set (a PCCS that hangs); it is set
+    on exit, so that no request outlives the context.
     """
     data = collateral or json.loads(SAMPLE_COLLATERAL.read_text())
     requests: list[str] = []
@@ -31,6 +52,8 @@ def fake_pccs(collateral: dict[str, str] | None = None) -> Iterator[tuple[str, l
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             requests.append(self.path)
+            if hold is not None:
+                hold.wait(60)
             path = urllib.parse.urlsplit(self.path).path
             quote = urllib.parse.quote
             if path.endswith("/pckcrl"):
@@ -65,6 +88,8 @@ def fake_pccs(collateral: dict[str, str] | None = None) -> Iterator[tuple[str, l
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}", requests
     finally:
+        if hold is not None:
+            hold.set()
         server.shutdown()
         server.server_close()
         thread.join(5)

@@ -208,7 +208,7 @@ def attest_verify(
                                  "pass the ledger file", param_hint="--ledger")
     registry = RegistryImages(LocalLedger(ledger)) if ledger is not None and rules.needs_registry else None
     try:
-        source = FixedCollateral.load(collateral) if collateral else CollateralCache(None, pccs_url)
+        source = FixedCollateral.load(collateral) if collateral else CollateralCache(None, pccs_url, block=True)
         verdict = verify_evidence(file.read_bytes(), rules, role=role, now=time.time() if now is None else now,
                                   collateral=source, registry=registry)
     except (AttestationError, ValueError) as exc:

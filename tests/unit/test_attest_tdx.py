@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from tests.tdxdata import (
     SAMPLE_QUOTE,
     SIGNED_LEN,
     fake_pccs,
+    quote_with_fmspc,
 )
 
 # TD report 1.0 layout inside a v4 quote (48-byte header first): offsets of each 48-byte register.
@@ -184,7 +186,7 @@ def test_no_collateral_and_no_pccs_is_a_precise_refusal() -> None:
 def test_collateral_is_fetched_once_cached_as_json_and_refetched_after_expiry(tmp_path: Path) -> None:
     raw = SAMPLE_QUOTE.read_bytes()
     with fake_pccs() as (url, requests):
-        cache = CollateralCache(tmp_path, url)
+        cache = CollateralCache(tmp_path, url, block=True)
         assert TdxVerifier(cache).verify(raw, INSIDE_WINDOW).tcb_status == "UpToDate"
         assert len(requests) == 4
         assert any(f"fmspc={SAMPLE_FMSPC}" in r for r in requests)
@@ -196,7 +198,7 @@ def test_collateral_is_fetched_once_cached_as_json_and_refetched_after_expiry(tm
 
         TdxVerifier(cache).verify(raw, INSIDE_WINDOW + 3600)
         # A new process finds it on disk.
-        TdxVerifier(CollateralCache(tmp_path, url)).verify(raw, INSIDE_WINDOW + 7200)
+        TdxVerifier(CollateralCache(tmp_path, url, block=True)).verify(raw, INSIDE_WINDOW + 7200)
         assert len(requests) == 4
 
         # Past the window it is fetched again (the double serves the same, still expired, collateral).
@@ -209,13 +211,67 @@ def test_collateral_is_fetched_once_cached_as_json_and_refetched_after_expiry(tm
 def test_failed_fetch_is_reported_and_not_retried_at_once(tmp_path: Path) -> None:
     with fake_pccs() as (url, requests):
         pass  # the PCCS is gone: every fetch fails to connect
-    cache = CollateralCache(tmp_path, url, fetch_timeout_s=2, retry_after_s=60)
+    cache = CollateralCache(tmp_path, url, fetch_timeout_s=2, retry_after_s=60, block=True)
     raw = SAMPLE_QUOTE.read_bytes()
     with pytest.raises(AttestationError, match=f"fetching it from {url} failed"):
         TdxVerifier(cache).verify(raw, INSIDE_WINDOW)
     with pytest.raises(AttestationError, match=r"last fetch from .* failed"):
         TdxVerifier(cache).verify(raw, INSIDE_WINDOW + 30)
     assert requests == []
+
+
+def _settled(cache: CollateralCache) -> dict[str, int]:
+    """The cache's counts once no fetch is in progress (bounded wait)."""
+    deadline = time.monotonic() + 20
+    while (stats := cache.stats())["fetching"]:
+        assert time.monotonic() < deadline, "a collateral fetch never finished"
+        time.sleep(0.01)
+    return stats
+
+
+def test_a_node_never_waits_for_a_fetch_the_miss_is_refused_and_the_next_attempt_finds_it(tmp_path: Path) -> None:
+    raw = SAMPLE_QUOTE.read_bytes()
+    with fake_pccs() as (url, requests):
+        cache = CollateralCache(tmp_path, url)
+        with pytest.raises(AttestationError, match=f"being fetched from {url}: retry in a few seconds"):
+            TdxVerifier(cache).verify(raw, INSIDE_WINDOW)
+        assert _settled(cache) == {"cached": 1, "failed": 0, "fetching": 0}
+        assert TdxVerifier(cache).verify(raw, INSIDE_WINDOW).tcb_status == "UpToDate"
+        assert len(requests) == 4
+        assert (tmp_path / f"tdx-collateral-platform-{SAMPLE_FMSPC}.json").exists()
+
+
+def test_fetches_and_both_caches_stay_bounded_whatever_platforms_peers_name() -> None:
+    """Issue 15, item 14: crafted quotes naming a new FMSPC each time cost at most `max_fetches` fetches at
+    once, and remember at most `cache_size` platforms."""
+    raw, hold = SAMPLE_QUOTE.read_bytes(), threading.Event()
+    with fake_pccs(hold=hold) as (url, _requests):
+        cache = CollateralCache(None, url, max_fetches=2, cache_size=3, retry_after_s=3600)
+        refusals = []
+        for i in range(8):
+            with pytest.raises(AttestationError) as refused:
+                TdxVerifier(cache).verify(quote_with_fmspc(raw, f"{i + 1:012X}"), INSIDE_WINDOW)
+            refusals.append(str(refused.value))
+        assert ["being fetched" in r for r in refusals] == [True] * 2 + [False] * 6
+        assert all("2 collateral fetches are already in progress: retry later" in r for r in refusals[2:])
+        with pytest.raises(AttestationError, match="being fetched"):  # the same platform: no second fetch
+            TdxVerifier(cache).verify(quote_with_fmspc(raw, "000000000001"), INSIDE_WINDOW)
+        assert cache.stats() == {"cached": 0, "failed": 0, "fetching": 2}
+        hold.set()  # the PCCS answers, with another platform's collateral: both fetches fail
+        assert _settled(cache) == {"cached": 0, "failed": 2, "fetching": 0}
+        with pytest.raises(AttestationError, match="last fetch from .* failed: the PCCS answered with collateral "
+                                                   f"for FMSPC {SAMPLE_FMSPC}"):
+            TdxVerifier(cache).verify(quote_with_fmspc(raw, "000000000002"), INSIDE_WINDOW)
+        for i in range(8, 16):
+            with pytest.raises(AttestationError, match="being fetched"):
+                TdxVerifier(cache).verify(quote_with_fmspc(raw, f"{i + 1:012X}"), INSIDE_WINDOW)
+            assert _settled(cache)["failed"] <= 3
+        assert cache.stats() == {"cached": 0, "failed": 3, "fetching": 0}
+        # Collateral is kept for the most recent platforms too: each PCK CA of one platform is an entry.
+        cache = CollateralCache(None, url, cache_size=1, block=True)
+        assert cache.get(raw, SAMPLE_FMSPC, "platform", INSIDE_WINDOW).fmspc == SAMPLE_FMSPC
+        assert cache.get(raw, SAMPLE_FMSPC, "processor", INSIDE_WINDOW).fmspc == SAMPLE_FMSPC
+        assert cache.stats() == {"cached": 1, "failed": 0, "fetching": 0}
 
 
 def test_tsm_interface_missing_is_named(tmp_path: Path) -> None:

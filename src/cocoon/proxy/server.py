@@ -159,6 +159,8 @@ class ProxyServer:
             "books": self.billing.summary(),
             "proxy_contract": self.billing.settlement.proxy if self.billing.settlement else None,
             "prices": msgspec.to_builtins(self.ledger.root_params().prices),
+            # TDX collateral: platforms cached, recently failed, being fetched (each bounded)
+            "collateral": self.verifier.collateral.stats() if self.verifier.collateral else None,
         }
 
 

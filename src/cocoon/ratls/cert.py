@@ -243,6 +243,7 @@ class CertVerifier:
             raise ValueError(f"policy {policy.name!r} takes image hashes from the root registry: "
                              "the verifier needs the registry")
         self.registry = registry
+        self.collateral = collateral
         self._quote_verifiers = {kind: verifier_for(kind, collateral=collateral) for kind in KINDS}
         self._cache_size = cache_size
         # cert SHA-256 -> (peer, first and last instant at which the verdict holds, registry version)

@@ -11,7 +11,7 @@ from typing import Annotated, Literal, TypeVar
 import typer
 
 from cocoon.config import ClientConfig, CommonConfig, ConfigError, ProxyConfig, WorkerConfig, load_config
-from cocoon.ledger.cli import app as ledger_app
+from cocoon.ledger_cli import app as ledger_app
 
 app = typer.Typer(help="cocoon: confidential, attested, paid AI inference.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)

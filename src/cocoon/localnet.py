@@ -24,8 +24,10 @@ from rich.console import Console
 from rich.table import Table
 
 from cocoon.config import ClientConfig, CommonConfig, ProxyConfig, WorkerConfig, dump_config
+from cocoon.fsutil import private_dir, write_atomically
 from cocoon.ledger import devnet
 from cocoon.ledger.base import Terms
+from cocoon.nodekeys import NodeKeys
 
 console = Console(stderr=True)
 
@@ -39,6 +41,7 @@ class NodeProcess:
     config_path: Path
     log_path: Path
     stats_port: int
+    config: CommonConfig
     proc: subprocess.Popen[bytes] | None = None
     api_url: str | None = None
 
@@ -74,7 +77,7 @@ class LocalNet:
         """`proxy_options`: ProxyConfig fields to set (limits, timeouts)."""
         self.state_dir = state_dir.resolve()
         self.nodes: list[NodeProcess] = []
-        (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        private_dir(self.state_dir / "logs")  # the state dir holds keys: owner-only
         self.proxy_port = free_port()
         proxy_addr = f"127.0.0.1:{self.proxy_port}"
         # every role pays or gets paid on one local chain in the state dir (ledger/devnet.py)
@@ -104,7 +107,7 @@ class LocalNet:
     def _add(self, role: str, cfg: CommonConfig) -> NodeProcess:
         path = self.state_dir / f"{cfg.name}.toml"
         path.write_text(dump_config(cfg))
-        node = NodeProcess(role, cfg.name, path, self.state_dir / "logs" / f"{cfg.name}.log", cfg.stats_port)
+        node = NodeProcess(role, cfg.name, path, self.state_dir / "logs" / f"{cfg.name}.log", cfg.stats_port, cfg)
         self.nodes.append(node)
         return node
 
@@ -122,11 +125,16 @@ class LocalNet:
         log.close()
 
     def prepare_ledger(self) -> None:
-        """Deploy the root on the local chain (once), fund every party's wallet, register and stake the proxy."""
+        """Deploy the root on the local chain (once), fund every party's wallet, register and stake the proxy.
+
+        The wallets and the voucher key are each node's own, sealed to it: they are opened here through the
+        key service each node uses (the fake platform's, on this machine)."""
         endpoint = f"{self.proxy_cfg.host}:{self.proxy_port}"
-        devnet.prepare(self.state_dir, proxies=[devnet.ProxySpec(self.proxy_cfg.name, endpoint)],
-                       parties=[n.name for n in self.nodes if n.role != "proxy"], prices=self.proxy_cfg.prices,
-                       terms=Terms()).close()
+        proxy_keys = NodeKeys("proxy", self.proxy_cfg)
+        devnet.prepare(self.state_dir,
+                       proxies=[devnet.ProxySpec(endpoint, proxy_keys.wallet(), proxy_keys.voucher_key())],
+                       parties=[NodeKeys(n.role, n.config).wallet() for n in self.nodes if n.role != "proxy"],
+                       prices=self.proxy_cfg.prices, terms=Terms()).close()
 
     def start(self, timeout_s: float) -> None:
         with console.status("starting the local ledger, proxy, workers and client…") as status:
@@ -161,9 +169,7 @@ class LocalNet:
     def write_state(self) -> None:
         state = {"state_dir": str(self.state_dir), "api_url": self.client.api_url, "pid": os.getpid(),
                  "processes": [n.describe() for n in self.nodes]}
-        tmp = self.state_dir / (LOCALNET_FILE + ".tmp")
-        tmp.write_text(json.dumps(state, indent=2))
-        tmp.replace(self.state_dir / LOCALNET_FILE)
+        write_atomically(self.state_dir / LOCALNET_FILE, json.dumps(state, indent=2).encode(), 0o644)
 
     def print_summary(self) -> None:
         table = Table(title="cocoon local network", title_justify="left")

@@ -12,19 +12,18 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import uvloop
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from cocoon.attest.backends import AttestationBackend, get_backend
+from cocoon.attest.backends import get_backend
 from cocoon.attest.collateral import CollateralCache
 from cocoon.attest.inspect import read_quote
-from cocoon.attest.policy import Policy, RolePolicy, load_policy
+from cocoon.attest.policy import load_policy
 from cocoon.attest.registry import RegistryImages
 from cocoon.config import CommonConfig
 from cocoon.ledger.base import Ledger
 from cocoon.ledger.local import LocalLedger
-from cocoon.ratls.cert import CertVerifier, IdentityIssuer, make_identity
-from cocoon.ratls.sealing import SealedKeyService, local_platform_secret
+from cocoon.nodekeys import NodeKeys
+from cocoon.ratls.cert import CertVerifier, IdentityIssuer
 
 log = logging.getLogger("cocoon")
 
@@ -81,31 +80,10 @@ def make_node_identity(role: str, cfg: CommonConfig, accept_roles: set[str], *, 
     # Intel's collateral for TDX peers: cached in the state dir, fetched from `pccs_url` when missing.
     collateral = CollateralCache(cfg.state_path / "collateral", cfg.pccs_url or None)
     backend = get_backend(cfg.attestation, image=cfg.image, collateral=collateral)
-    hpke_key = X25519PrivateKey.generate()
-    identity = IdentityIssuer(role, backend, lifetime_s=cfg.cert_lifetime_s, hpke_key=hpke_key,
-                              private_key=sealed_node_key(role, cfg, backend, hpke_key))
+    # the node's key is sealed to its role, image and name (nodekeys.py): the same after every restart
+    identity = IdentityIssuer(role, backend, lifetime_s=cfg.cert_lifetime_s, hpke_key=X25519PrivateKey.generate(),
+                              private_key=NodeKeys(role, cfg, backend).identity_key())
     return identity, CertVerifier(policy, accept_roles, registry=registry, collateral=collateral)
-
-
-def sealed_node_key(role: str, cfg: CommonConfig, backend: AttestationBackend, hpke_key: X25519PrivateKey
-                    ) -> Ed25519PrivateKey | None:
-    """The node's long-lived key, sealed to its image and name: the same after every restart, so that its
-    peers (the proxy's reputation book, payment channels) keep recognising it.
-
-    Only the `fake` platform has a key service here (its secret is a file in the state dir); a TDX node gets a
-    fresh key per start until a key service for its platform is configured, and a `none` node has no image to
-    bind a key to.
-    """
-    if backend.kind != "fake":
-        return None
-    bootstrap = make_identity(role, backend, lifetime_s=300, hpke_key=hpke_key)
-    # The key service serves any genuine quote of its platform: the key it derives is bound to the verified
-    # image hash, so each image can only ever obtain its own keys.
-    any_image = Policy(name="key-service", roles={role: RolePolicy(kinds=frozenset({backend.kind}))},
-                       production_safe=False)
-    service = SealedKeyService(local_platform_secret(cfg.state_path), CertVerifier(any_image, {role}))
-    seed = service.request(bootstrap, f"{role}/{cfg.name}/identity")
-    return Ed25519PrivateKey.from_private_bytes(seed)
 
 
 def own_image_hash(cfg: CommonConfig) -> str | None:

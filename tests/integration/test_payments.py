@@ -22,12 +22,12 @@ import pytest
 from cocoon.core.usage import Usage
 from cocoon.ledger.base import LedgerRefused
 from cocoon.ledger.contracts import NOTIFY_VALUE
-from cocoon.ledger.devnet import ledger_path, vouchers_path, wallet_path
+from cocoon.ledger.devnet import ledger_path, vouchers_path
 from cocoon.ledger.local import LocalLedger
 from cocoon.ledger.pricing import price_request
 from cocoon.ledger.purse import ClientPurse, WorkerPurse
 from cocoon.ledger.vouchers import VoucherBook
-from cocoon.ledger.wallet import Wallet
+from cocoon.nodekeys import operator_keys
 from tests.netutil import Net, get_json, localnet, pid_alive, stop_process
 
 
@@ -60,7 +60,7 @@ def open_ledger(net: Net) -> tuple[LocalLedger, str]:
 
 
 def client_purse(net: Net, ledger: LocalLedger, proxy: str) -> ClientPurse:
-    return ClientPurse(ledger, Wallet.load_or_create(wallet_path(net.state_dir, "client-1")), proxy,
+    return ClientPurse(ledger, operator_keys(net.state_dir, "client-1").wallet(), proxy,
                        VoucherBook(vouchers_path(net.state_dir, "client-1")))
 
 
@@ -89,7 +89,7 @@ def test_charges_are_the_registry_price_to_the_nanoton_and_workers_redeem_their_
         earned = {name: net.stats(name)["earned_nanoton"] for name in ("worker-1", "worker-2")}
         assert sum(earned.values()) == fees
         for name, amount in earned.items():
-            wallet = Wallet.load_or_create(wallet_path(net.state_dir, name))
+            wallet = operator_keys(net.state_dir, name).wallet()
             worker = WorkerPurse(ledger, wallet, proxy, VoucherBook(vouchers_path(net.state_dir, name)))
             assert worker.earned == amount
             before = ledger.balance(wallet.address)

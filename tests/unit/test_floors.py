@@ -23,9 +23,9 @@ FLOORS: list[set[str]] = [
     {"wire"},
     {"openai"},
     {"inference"},
-    {"runtime"},
+    {"runtime", "nodekeys"},
     {"client", "proxy", "worker"},
-    {"cli", "localnet", "bench", "__main__"},
+    {"cli", "ledger_cli", "localnet", "bench", "__main__"},
 ]
 FLOOR = {unit: level for level, units in enumerate(FLOORS) for unit in units}
 

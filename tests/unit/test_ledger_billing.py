@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from cocoon.config import Prices, ProxyConfig
+from cocoon.config import ClientConfig, Prices, ProxyConfig
 from cocoon.core.errors import ApiError
 from cocoon.ledger.base import TON, Terms
-from cocoon.ledger.devnet import ProxySpec, prepare, wallet_path
+from cocoon.ledger.devnet import ProxySpec, prepare
 from cocoon.ledger.purse import ChannelPolicy, ClientPurse
 from cocoon.ledger.vouchers import VoucherBook
-from cocoon.ledger.wallet import Wallet
+from cocoon.nodekeys import NodeKeys
 from cocoon.proxy.billing import Billing, open_ledger
 from cocoon.wire.messages import ClientParams, Request
 
@@ -24,9 +24,11 @@ MALLORY_TLS_KEY = b"\x66" * 32
 
 @pytest.fixture
 async def billing(tmp_path: Path) -> AsyncIterator[Billing]:
-    prepare(tmp_path, proxies=[ProxySpec("proxy-1", ENDPOINT)], parties=["alice", "mallory"], prices=Prices(),
-            terms=Terms()).close()
     cfg = ProxyConfig(name="proxy-1", state_dir=str(tmp_path), payments=True, port=10100)
+    keys = NodeKeys("proxy", cfg)
+    prepare(tmp_path, proxies=[ProxySpec(ENDPOINT, keys.wallet(), keys.voucher_key())],
+            parties=[client_keys(tmp_path, name).wallet() for name in ("alice", "mallory")], prices=Prices(),
+            terms=Terms()).close()
     b = Billing(cfg, open_ledger(cfg))
     await b.start(ENDPOINT)
     yield b
@@ -34,10 +36,14 @@ async def billing(tmp_path: Path) -> AsyncIterator[Billing]:
     b.ledger.close()
 
 
+def client_keys(state: Path, name: str) -> NodeKeys:
+    return NodeKeys("client", ClientConfig(name=name, state_dir=str(state)))
+
+
 def open_purse(billing: Billing, name: str) -> ClientPurse:
     state = billing.cfg.state_path
     assert billing.settlement is not None
-    p = ClientPurse(billing.ledger, Wallet.load_or_create(wallet_path(state, name)), billing.settlement.proxy,
+    p = ClientPurse(billing.ledger, client_keys(state, name).wallet(), billing.settlement.proxy,
                     VoucherBook(state / f"{name}.vouchers.sqlite"), ChannelPolicy(deposit=3 * TON, stake=2 * TON))
     p.ensure_open()
     return p

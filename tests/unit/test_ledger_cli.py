@@ -10,10 +10,11 @@ import typer
 from typer.testing import CliRunner
 
 from cocoon.cli import app
-from cocoon.config import ClientConfig, Prices, WorkerConfig, dump_config
+from cocoon.config import ClientConfig, CommonConfig, Prices, ProxyConfig, WorkerConfig, dump_config
 from cocoon.ledger.base import TON, Terms
-from cocoon.ledger.cli import parse_ton
 from cocoon.ledger.devnet import ProxySpec, prepare
+from cocoon.ledger_cli import parse_ton
+from cocoon.nodekeys import NodeKeys
 
 ENDPOINT = "127.0.0.1:10100"
 
@@ -29,10 +30,15 @@ def seconds_in(pattern: str, text: str) -> int:
 
 @pytest.fixture
 def state(tmp_path: Path) -> Path:
-    prepare(tmp_path, proxies=[ProxySpec("proxy-1", ENDPOINT)], parties=["client-1", "worker-1"], prices=Prices(),
-            terms=Terms()).close()
-    (tmp_path / "client-1.toml").write_text(dump_config(ClientConfig(name="client-1", proxy=ENDPOINT)))
-    (tmp_path / "worker-1.toml").write_text(dump_config(WorkerConfig(name="worker-1", proxy=ENDPOINT)))
+    configs: dict[str, CommonConfig] = {
+        "proxy": ProxyConfig(name="proxy-1", state_dir=str(tmp_path), image="proxy-image"),
+        "client": ClientConfig(name="client-1", proxy=ENDPOINT, state_dir=str(tmp_path)),
+        "worker": WorkerConfig(name="worker-1", proxy=ENDPOINT, state_dir=str(tmp_path), image="worker-image")}
+    for cfg in configs.values():
+        (tmp_path / f"{cfg.name}.toml").write_text(dump_config(cfg))
+    keys = {role: NodeKeys(role, cfg) for role, cfg in configs.items()}
+    prepare(tmp_path, proxies=[ProxySpec(ENDPOINT, keys["proxy"].wallet(), keys["proxy"].voucher_key())],
+            parties=[keys["client"].wallet(), keys["worker"].wallet()], prices=Prices(), terms=Terms()).close()
     return tmp_path
 
 

@@ -10,7 +10,7 @@ import pytest
 from cocoon.config import Prices
 from cocoon.ledger.base import TON, LedgerError, LedgerRefused, Terms
 from cocoon.ledger.contracts import DEPOSIT_FEE, MIN_OP_VALUE, NOTIFY_VALUE, Tag
-from cocoon.ledger.devnet import FUNDING, ProxySpec, prepare, wallet_path
+from cocoon.ledger.devnet import FUNDING, ProxySpec, prepare
 from cocoon.ledger.local import LocalLedger
 from cocoon.ledger.tvm import Tvm, TvmError, shared_tvm
 from cocoon.ledger.vouchers import sign_voucher
@@ -218,12 +218,12 @@ def test_errors_name_the_problem(net: Net) -> None:
 
 
 def test_a_local_network_is_prepared_once(tmp_path: Path) -> None:
-    spec = [ProxySpec("proxy-1", "127.0.0.1:1")]
-    first = prepare(tmp_path, proxies=spec, parties=["client-1"], prices=Prices(), terms=Terms())
-    client = Wallet.load_or_create(wallet_path(tmp_path, "client-1"))
+    spec = [ProxySpec("127.0.0.1:1", Wallet(b"\x01" * 32), Wallet(b"\x02" * 32))]
+    client = Wallet(b"\x03" * 32)
+    first = prepare(tmp_path, proxies=spec, parties=[client], prices=Prices(), terms=Terms())
     first.fund(client, TON)  # above the funding now
     first.close()
-    again = prepare(tmp_path, proxies=spec, parties=["client-1"], prices=Prices(price_per_token=1), terms=Terms())
+    again = prepare(tmp_path, proxies=spec, parties=[client], prices=Prices(price_per_token=1), terms=Terms())
     assert len(again.proxies()) == 1 and again.root_params().prices == Prices()  # the chain was kept
     assert again.balance(client.address) == FUNDING + TON  # prepare only tops up, never takes back
     assert again.proxy_state(again.proxies()[0].address).stake == Terms().min_proxy_stake

@@ -31,7 +31,7 @@ import dcap_qvl
 from cryptography import x509
 
 from cocoon.attest.types import AttestationError
-from cocoon.fsutil import write_atomically
+from cocoon.fsutil import private_dir, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ class CollateralCache:
                                        f"{utc_iso(fetched.not_after)}, not at {utc_iso(now)}")
             path = self._path(*key)
             if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                private_dir(path.parent)
                 write_atomically(path, fetched.to_json(key[0], time.time()).encode(), 0o644)
         except Exception as e:  # every failure of a fetch is recorded the same way
             reason = str(e) or type(e).__name__

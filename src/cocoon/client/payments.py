@@ -12,11 +12,11 @@ import logging
 
 from cocoon.config import ClientConfig
 from cocoon.ledger.base import LedgerError
-from cocoon.ledger.devnet import ledger_path, vouchers_path, wallet_path
+from cocoon.ledger.devnet import ledger_path, vouchers_path
 from cocoon.ledger.local import LocalLedger
 from cocoon.ledger.purse import ChannelPolicy, ClientPurse
 from cocoon.ledger.vouchers import Voucher, VoucherBook, VoucherError
-from cocoon.ledger.wallet import Wallet
+from cocoon.nodekeys import NodeKeys
 from cocoon.wire.messages import ClientParams
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ class ClientPayments:
         self.cfg = cfg
         self.tls_key = tls_key
         self.ledger = LocalLedger(ledger_path(state))
-        self.wallet = Wallet.load_or_create(wallet_path(state, cfg.name))
+        self.wallet = NodeKeys("client", cfg).wallet()  # sealed to this client's role (and image) and name
         self.vouchers = VoucherBook(vouchers_path(state, cfg.name))
         self.policy = ChannelPolicy(deposit=cfg.deposit_nanoton, stake=cfg.stake_nanoton,
                                     top_up_below=cfg.top_up_below_nanoton, top_up_to=cfg.top_up_to_nanoton)

@@ -170,6 +170,15 @@ class LocalChain:
         with self.transaction():
             self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
+    def forget_meta(self, key: str) -> None:
+        """Delete a meta entry so that its bytes do not linger in the file: the freed space is zeroed
+        (secure_delete) and the write-ahead log, which held the old page, is checkpointed and truncated."""
+        self._db.execute("PRAGMA secure_delete=ON")
+        with self.transaction():
+            self._db.execute("DELETE FROM meta WHERE key = ?", (key,))
+        if not self._depth:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     def _add_meta(self, key: str, delta: int) -> None:
         self._db.execute("UPDATE meta SET value = value + ? WHERE key = ?", (delta, key))
 

@@ -1,13 +1,15 @@
 """The `local` ledger: cocoon's contracts deployed on a LocalChain (one SQLite file, TVM-executed).
 
-Opening a file that holds no chain yet creates one (genesis): an owner wallet whose key stays in the file (a
-local test network has no secret owner) and the root registry, deployed with the given prices and terms. Every
-process that opens the same file sees the same chain. Owner operations (prices, image hashes, proxy
-registration) and minting are open to whoever can write the file.
+Opening a file that holds no chain yet creates one (genesis): an owner wallet and the root registry, deployed with
+the given prices and terms. The owner's key is kept out of the chain file, in `<chain>.owner-key` next to it (0600):
+whoever only reads the chain (a copy, a backup) cannot act as the owner. Every process that opens the same file
+sees the same chain. Minting, like any change to the file itself, is open to whoever can write it: it is a test
+network.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -17,6 +19,7 @@ from typing import Any
 from pytoniq_core import Address
 
 from cocoon.config import Prices
+from cocoon.fsutil import SECRET_MODE, create_once
 from cocoon.ledger import layouts
 from cocoon.ledger.base import (
     REGISTRY_ROLES,
@@ -45,19 +48,28 @@ class LocalLedger(OnChainLedger):
                  clock: Callable[[], float] = time.time, tvm: Tvm | None = None) -> None:
         """Open the chain in `path`; create it (genesis) with `default_prices` and `terms` if there is none."""
         self.path = Path(path)
+        self.owner_key_path = owner_key_path(self.path)
         self.chain = LocalChain(self.path, clock=clock, tvm=tvm)
         with self.chain.transaction():
             if self.chain.get_meta("root") is None:
                 self._genesis(default_prices or Prices(), terms or Terms())
         super().__init__(str(self.chain.get_meta("root")))
-        self.owner = Wallet(bytes.fromhex(str(self.chain.get_meta("owner_seed"))))
+        self._move_owner_key_out()
         self._seen_lt = -1
         self._cached = self.refresh()
 
+    @functools.cached_property
+    def owner(self) -> Wallet:
+        """The root owner's wallet (read only by whoever performs owner operations)."""
+        try:
+            return Wallet(self.owner_key_path.read_bytes())
+        except FileNotFoundError:
+            raise LedgerError(f"the local chain's owner key {self.owner_key_path} is missing: owner operations "
+                              f"(prices, image hashes, proxy registration) are impossible on this chain") from None
+
     def _genesis(self, prices: Prices, terms: Terms) -> None:
-        seed = os.urandom(32)
-        self.chain.set_meta("owner_seed", seed.hex())
-        owner = Wallet(seed)
+        # a leftover key from a genesis that did not commit is reused: the chain's owner is whatever the file holds
+        owner = Wallet(create_once(self.owner_key_path, os.urandom(32), SECRET_MODE))
         self.chain.open_wallet(owner)
         self.chain.mint(owner.address, GENESIS_SUPPLY)
         init = layouts.state_init("root", layouts.root_data(Address(owner.address), prices, terms))
@@ -67,6 +79,17 @@ class LocalLedger(OnChainLedger):
             Address(owner.address), Address(root), ROOT_GAS, layouts.set_params(prices, terms), init))
         _check("deploy root", root, receipt)
         self.chain.set_meta("root", root)
+
+    def _move_owner_key_out(self) -> None:
+        """Chains written by older versions kept the owner's seed in the file: move it to its own file, then
+        erase it from the chain's."""
+        legacy = self.chain.get_meta("owner_seed")
+        if legacy is None:
+            return
+        seed = bytes.fromhex(str(legacy))
+        if create_once(self.owner_key_path, seed, SECRET_MODE) != seed:
+            raise LedgerError(f"{self.path} holds an owner seed that differs from {self.owner_key_path}")
+        self.chain.forget_meta("owner_seed")
 
     # ---- the registry: re-read only when the root contract ran a transaction ----
     def root_params(self) -> RootParams:
@@ -148,6 +171,11 @@ class LocalLedger(OnChainLedger):
 
     def close(self) -> None:
         self.chain.close()
+
+
+def owner_key_path(chain: Path) -> Path:
+    """`ledger.sqlite` -> `ledger.owner-key`."""
+    return chain.with_suffix(".owner-key")
 
 
 def _check(what: str, dest: str, receipt: Receipt) -> None:

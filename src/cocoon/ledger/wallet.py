@@ -2,19 +2,15 @@
 
 On the local chain the address is derived from the public key (`local_wallet_address`) and the chain itself keeps
 the balance; on TON it is the operator's deployed wallet contract (v4r2), whose address comes from configuration.
+A node's seed is kept sealed to it (`cocoon.nodekeys`); this module only signs with it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
-from pathlib import Path
 
 from nacl.signing import SigningKey
 from pytoniq_core import Address
-
-from cocoon.fsutil import write_atomically
 
 _LOCAL_WALLET_DOMAIN = b"cocoon-local-wallet:"
 
@@ -33,20 +29,6 @@ class Wallet:
 
     def sign(self, data: bytes) -> bytes:
         return self._key.sign(data).signature
-
-    @classmethod
-    def load_or_create(cls, path: str | Path, address: str | None = None) -> Wallet:
-        """The wallet whose seed is in `path` (32 raw bytes, mode 0600), created on first use. Processes racing to
-        create it all end up with the same key: the first link wins and everyone reads it back."""
-        path = Path(path)
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.new")
-            write_atomically(tmp, os.urandom(32), 0o600)
-            with contextlib.suppress(FileExistsError):
-                os.link(tmp, path)
-            tmp.unlink()
-        return cls(path.read_bytes(), address)
 
     def __repr__(self) -> str:
         return f"Wallet({self.address})"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -20,13 +21,14 @@ from cocoon.core.errors import ApiError, ErrorCode
 from cocoon.core.usage import Usage
 from cocoon.ledger.base import Ledger, LedgerError
 from cocoon.ledger.books import PaymentRequired, ProxyBooks, Settled
-from cocoon.ledger.devnet import ledger_path, voucher_key_path, wallet_path
+from cocoon.ledger.devnet import ledger_path
 from cocoon.ledger.local import LocalLedger
 from cocoon.ledger.pricing import max_cost
 from cocoon.ledger.purse import verify_channel_proof
 from cocoon.ledger.settlement import ProxySettlement, SettlementPolicy
 from cocoon.ledger.vouchers import VoucherError
 from cocoon.ledger.wallet import Wallet
+from cocoon.nodekeys import KeysUnavailable, NodeKeys
 from cocoon.wire.messages import ClientParams, Request
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,14 @@ class Billing:
         self.cfg = cfg
         self.ledger = ledger
         state = cfg.state_path
-        self.key = Wallet.load_or_create(voucher_key_path(state, cfg.name))
+        # the voucher key and operator wallet are sealed to this proxy's role, image and name
+        self.keys = NodeKeys("proxy", cfg)
+        try:
+            self.key = self.keys.voucher_key()
+        except KeysUnavailable:
+            if cfg.payments:
+                raise
+            self.key = Wallet(os.urandom(32))  # payments off: no voucher leaves the books, a per-start key does
         self.books = ProxyBooks(state / "proxy-books.sqlite", self.key)
         self.settlement: ProxySettlement | None = None
         self.accounts: set[Account] = set()
@@ -66,7 +75,7 @@ class Billing:
         if entry is None:
             raise LedgerError(f"no proxy contract registered in root {self.ledger.root} for this proxy's voucher key "
                               f"at {endpoint} (cocoon up registers it: ledger/devnet.py)")
-        operator = Wallet.load_or_create(wallet_path(self.cfg.state_path, self.cfg.name))
+        operator = self.keys.wallet()
         policy = SettlementPolicy(client_claim_nanoton=self.cfg.claim_threshold_nanoton)
         settlement = ProxySettlement(self.ledger, self.books, operator, entry.address, policy)
         settlement.check_rollback()

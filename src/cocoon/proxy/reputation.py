@@ -11,7 +11,7 @@ from pathlib import Path
 import msgspec
 
 from cocoon.config import SelectionConfig
-from cocoon.fsutil import write_atomically
+from cocoon.fsutil import SECRET_MODE, write_atomically
 
 _LATENCY_ALPHA = 0.2  # weight of the newest sample in the moving latency estimates
 _SUCCESS_ALPHA = 0.1  # ...and in the moving success rate
@@ -145,7 +145,7 @@ class ReputationBook:
 
     def save(self, path: Path) -> None:
         """Write what was learned, so that a restarted proxy routes as well as the one that stopped."""
-        write_atomically(path, msgspec.json.encode(list(self._by_key.values())), 0o600)
+        write_atomically(path, msgspec.json.encode(list(self._by_key.values())), SECRET_MODE)
 
     def load(self, path: Path, now: float) -> int:
         """Take back what a previous run saved (an unreadable file is ignored); returns the keys restored.

@@ -30,7 +30,7 @@ from cocoon.attest.collateral import CollateralSource
 from cocoon.attest.policy import Policy
 from cocoon.attest.registry import RegistryImages
 from cocoon.attest.types import KINDS, ROLES, AttestationError, PeerIdentity
-from cocoon.fsutil import write_atomically
+from cocoon.fsutil import SECRET_MODE, private_dir, write_atomically
 from cocoon.ledger.base import RootParams
 
 # A private arc for cocoon; both extensions are critical so that generic X.509 code refuses to treat an
@@ -198,9 +198,8 @@ def make_identity(
 
 def save_identity(identity: Identity, directory: str | os.PathLike[str]) -> None:
     """Writes cert.pem and key.pem (mode 0600) into `directory`, replacing any previous identity."""
-    path = Path(directory)
-    path.mkdir(parents=True, exist_ok=True)
-    write_atomically(path / "key.pem", identity.key_pem, 0o600)
+    path = private_dir(directory)
+    write_atomically(path / "key.pem", identity.key_pem, SECRET_MODE)
     write_atomically(path / "cert.pem", identity.cert_pem, 0o644)
 
 

@@ -1,23 +1,28 @@
-"""Sealed keys: long-lived keys (wallet, voucher signing) that survive restarts and are bound to the image.
+"""Sealed keys: long-lived keys (node identity, wallet, voucher signing) that survive restarts and are bound to
+the image and role.
 
 A key service holds a platform secret and derives
 
-    key = HKDF-SHA256(ikm=platform_secret, salt="cocoon sealed key v1", info=image_hash || key_name)
+    key = HKDF-SHA256(ikm=platform_secret, salt="cocoon sealed key v2",
+                      info=len(role) || role || len(image) || image_hash || key_name)
 
-where image_hash is the requester's *verified* image hash (32 bytes), never a value it merely claims. So
-the same code on the same platform gets the same key after every restart, and other code gets another key.
+where role and image_hash are the requester's *verified* role and image hash (from its RA-TLS certificate), never
+values it merely asks for. So the same code in the same role on the same platform gets the same key after every
+restart, while other code, or the same image started in another role, gets another key: one image that can serve
+as worker and as proxy never obtains the proxy's keys while it runs as a worker.
 The key travels HPKE-encrypted (RFC 9180 base mode, DHKEM(X25519, HKDF-SHA256), HKDF-SHA256,
 ChaCha20-Poly1305) to the X25519 key in the requester's attested claims, with the requester's certificate
 hash and the key name in the HPKE info: only the attested process can open it, and only as that key.
 
 For `fake` attestation the platform secret is a local file (mode 0600) in the state directory: it proves
-nothing (as fake attestation proves nothing) but exercises the same path.
+nothing (as fake attestation proves nothing) but exercises the same path. A node without attestation (`none`: a
+client on an ordinary server) has no image: `derive_key` binds its keys to the role and name alone under that
+local secret (a machine-bound key, no key service involved).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import secrets
 from pathlib import Path
 
@@ -26,37 +31,36 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pyhpke import AEADId, CipherSuite, KDFId, KEMId, KEMKey, OpenError
 
 from cocoon.attest.types import AttestationError
+from cocoon.fsutil import SECRET_MODE, create_once, private_dir
 from cocoon.ratls.cert import CertVerifier, Identity
 
 SEALED_KEY_LEN = 32
 PLATFORM_SECRET_FILE = "platform-secret"
-_SALT = b"cocoon sealed key v1"
+_SALT = b"cocoon sealed key v2"  # v2: the role is bound too
 _HPKE_INFO = b"cocoon sealed key delivery v1\0"
 _SUITE = CipherSuite.new(KEMId.DHKEM_X25519_HKDF_SHA256, KDFId.HKDF_SHA256, AEADId.CHACHA20_POLY1305)
 _ENC_LEN = 32  # X25519 encapsulated key
 
 
 def local_platform_secret(state_dir: Path) -> bytes:
-    """The fake platform's secret: created once (32 random bytes, mode 0600), then read back."""
-    path = state_dir / PLATFORM_SECRET_FILE
-    if not path.exists():
-        state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(secrets.token_bytes(SEALED_KEY_LEN))
-        # link() creates the name only if it is absent, with complete contents: when two first starts race,
-        # both end up with the one secret that won.
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
-    secret = path.read_bytes()
+    """The fake platform's secret: created once (32 random bytes, mode 0600), then read back. When two first
+    starts race, both end up with the one secret that won."""
+    path = private_dir(state_dir) / PLATFORM_SECRET_FILE
+    secret = create_once(path, secrets.token_bytes(SEALED_KEY_LEN), SECRET_MODE)
     if len(secret) < SEALED_KEY_LEN:
         raise ValueError(f"platform secret {path} has {len(secret)} bytes, expected {SEALED_KEY_LEN}")
     return secret
+
+
+def derive_key(platform_secret: bytes, role: str, image_hash: bytes | None, key_name: str) -> bytes:
+    """The sealed key `key_name` of `role` running `image_hash` (None: a node without an image). Only a key
+    service calls this with values it verified; every part is length-prefixed, so no two requests share an
+    input."""
+    name = _check_key_name(key_name)
+    image = image_hash or b""
+    info = bytes([len(role)]) + role.encode() + bytes([len(image)]) + image + name
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=SEALED_KEY_LEN, salt=_SALT, info=info)
+    return hkdf.derive(platform_secret)
 
 
 def _check_key_name(key_name: str) -> bytes:
@@ -71,7 +75,7 @@ def _hpke_info(cert_sha256: bytes, name: bytes) -> bytes:
 
 
 class SealedKeyService:
-    """Hands image-bound keys to requesters whose RA-TLS certificate `verifier` accepts."""
+    """Hands role- and image-bound keys to requesters whose RA-TLS certificate `verifier` accepts."""
 
     def __init__(self, platform_secret: bytes, verifier: CertVerifier) -> None:
         if len(platform_secret) < SEALED_KEY_LEN:
@@ -79,13 +83,9 @@ class SealedKeyService:
         self._secret = platform_secret
         self.verifier = verifier
 
-    def _derive(self, image_hash: bytes, name: bytes) -> bytes:
-        hkdf = HKDF(algorithm=hashes.SHA256(), length=SEALED_KEY_LEN, salt=_SALT, info=image_hash + name)
-        return hkdf.derive(self._secret)
-
     def seal_for(self, cert_der: bytes, key_name: str, now: float | None = None) -> bytes:
-        """The key `key_name` of the certificate's image, encrypted to the certificate's HPKE key: what the
-        service sends back. AttestationError if the requester is refused."""
+        """The key `key_name` of the certificate's role and image, encrypted to the certificate's HPKE key: what
+        the service sends back. AttestationError if the requester is refused."""
         name = _check_key_name(key_name)
         peer = self.verifier.verify(cert_der, now)
         if peer.image_hash is None:
@@ -94,10 +94,10 @@ class SealedKeyService:
             raise AttestationError("requester's claims carry no HPKE public key to encrypt the sealed key to")
         recipient = _SUITE.kem.deserialize_public_key(peer.hpke_public_key)
         enc, sender = _SUITE.create_sender_context(recipient, info=_hpke_info(peer.cert_sha256, name))
-        return enc + sender.seal(self._derive(peer.image_hash, name))
+        return enc + sender.seal(derive_key(self._secret, peer.role, peer.image_hash, key_name))
 
     def request(self, identity: Identity, key_name: str, now: float | None = None) -> bytes:
-        """In-process request: the sealed key for `identity`'s image, as the requester recovers it."""
+        """In-process request: the sealed key for `identity`'s role and image, as the requester recovers it."""
         return open_sealed_key(self.seal_for(identity.cert_der, key_name, now), identity, key_name)
 
 

@@ -8,11 +8,11 @@ import asyncio
 import logging
 
 from cocoon.config import WorkerConfig
-from cocoon.ledger.devnet import ledger_path, vouchers_path, wallet_path
+from cocoon.ledger.devnet import ledger_path, vouchers_path
 from cocoon.ledger.local import LocalLedger
 from cocoon.ledger.purse import WorkerPurse
 from cocoon.ledger.vouchers import VoucherBook, VoucherError
-from cocoon.ledger.wallet import Wallet
+from cocoon.nodekeys import NodeKeys
 from cocoon.wire.messages import Payout
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ class WorkerPayments:
         state = cfg.state_path
         self.cfg = cfg
         self.ledger = LocalLedger(ledger_path(state))
-        self.wallet = Wallet.load_or_create(wallet_path(state, cfg.name))
+        self.wallet = NodeKeys("worker", cfg).wallet()  # sealed to this worker's role, image and name
         self.vouchers = VoucherBook(vouchers_path(state, cfg.name))
         self.purse: WorkerPurse | None = None
         self.redeemed_nanoton = 0

@@ -1,7 +1,9 @@
 """`cocoon ledger`: the money of a local network, from the command line (amounts in TON, 9 decimals).
 
 Every command works on the state directory `cocoon up` wrote (its chain, each party's wallet and vouchers, and
-each node's config for the proxy it talks to).
+each node's config for the proxy it talks to). A wallet is sealed to its node: the command opens it through the
+same key service as the node itself (`cocoon.nodekeys`), so it works for the operator on the same platform and
+with the node's config, and nowhere else.
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ from typing import Annotated
 
 import typer
 
+from cocoon.attest.types import AttestationError
 from cocoon.ledger.base import TON, LedgerError
 from cocoon.ledger.contracts import Tag
-from cocoon.ledger.devnet import ledger_path, vouchers_path, wallet_path
+from cocoon.ledger.devnet import ledger_path, vouchers_path
 from cocoon.ledger.local import LocalLedger
 from cocoon.ledger.onchain import RegisteredProxy
 from cocoon.ledger.purse import ClientPurse, WorkerPurse
 from cocoon.ledger.vouchers import VoucherBook, ton
 from cocoon.ledger.wallet import Wallet
+from cocoon.nodekeys import WALLET, operator_keys
 
 app = typer.Typer(help="Money on the local ledger: status, deposits, withdrawals, closes, redeems.",
                   no_args_is_help=True)
@@ -61,12 +65,18 @@ def _proxy_of(ledger: LocalLedger, state_dir: Path, name: str) -> RegisteredProx
     return ledger.find_proxy(endpoint)
 
 
+def _open_wallet(state_dir: Path, name: str) -> Wallet:
+    """Node `name`'s wallet, unsealed; ValueError (KeysUnavailable, SealedFileError, AttestationError...) saying
+    why it cannot be."""
+    return operator_keys(state_dir, name).wallet()
+
+
 def _wallet(state_dir: Path, name: str) -> Wallet:
-    path = wallet_path(state_dir, name)
-    if not path.exists():
-        typer.echo(f"error: no wallet {path}", err=True)
-        raise typer.Exit(2)
-    return Wallet.load_or_create(path)
+    try:
+        return _open_wallet(state_dir, name)
+    except (ValueError, AttestationError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _client(state_dir: Path, name: str) -> tuple[LocalLedger, ClientPurse]:
@@ -105,9 +115,13 @@ def status(state_dir: StateDir = Path(".cocoon")) -> None:
         typer.echo(f"proxy {entry.address} at {entry.endpoint}: {s.status}, stake {ton(s.stake)} TON, earned "
                    f"{ton(s.earned)} TON, paid out {ton(s.paid_out)} TON, {s.open_clients} open channel(s), "
                    f"commit #{s.commit_seqno}")
-    for path in sorted(state_dir.glob("*.wallet")):
-        name = path.name.removesuffix(".wallet")
-        wallet = Wallet.load_or_create(path)
+    for path in sorted(state_dir.glob(f"*.{WALLET}")):
+        name = path.name.removesuffix(f".{WALLET}")
+        try:
+            wallet = _open_wallet(state_dir, name)
+        except (ValueError, AttestationError) as exc:
+            typer.echo(f"{name}: wallet not opened: {exc}")
+            continue
         typer.echo(f"{name}: wallet {wallet.address} {ton(ledger.balance(wallet.address))} TON")
         if not (state_dir / f"{name}.toml").exists() or not vouchers_path(state_dir, name).exists():
             continue

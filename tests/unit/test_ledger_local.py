@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -227,3 +229,28 @@ def test_a_local_network_is_prepared_once(tmp_path: Path) -> None:
     assert len(again.proxies()) == 1 and again.root_params().prices == Prices()  # the chain was kept
     assert again.balance(client.address) == FUNDING + TON  # prepare only tops up, never takes back
     assert again.proxy_state(again.proxies()[0].address).stake == Terms().min_proxy_stake
+
+
+def test_the_owner_key_is_kept_out_of_the_chain_file_and_moved_out_of_an_older_one(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    ledger = LocalLedger(path)
+    owner_file = tmp_path / "ledger.owner-key"
+    seed = owner_file.read_bytes()
+    assert stat.S_IMODE(owner_file.stat().st_mode) == 0o600 and ledger.owner.address == Wallet(seed).address
+    ledger.close()
+    # a chain written by an older version: the owner's seed in its meta table, no key file
+    db = sqlite3.connect(path)
+    db.execute("INSERT INTO meta VALUES ('owner_seed', ?)", (seed.hex(),))
+    db.commit()
+    db.close()
+    owner_file.unlink()
+    reopened = LocalLedger(path)
+    assert owner_file.read_bytes() == seed and reopened.chain.get_meta("owner_seed") is None
+    assert reopened.set_allowed_images("worker", ["ab" * 32]).version == 2  # the owner still acts
+    reopened.close()
+    for chain_file in tmp_path.glob("ledger.sqlite*"):
+        data = chain_file.read_bytes()
+        assert seed not in data and seed.hex().encode() not in data, chain_file
+    owner_file.unlink()
+    with pytest.raises(LedgerError, match=r"owner key .* is missing"):
+        LocalLedger(path).set_prices(Prices(price_per_token=3))

@@ -13,7 +13,7 @@ from cocoon.ledger.base import TON, Terms
 from cocoon.ledger.devnet import ProxySpec, prepare
 from cocoon.ledger.purse import ChannelPolicy, ClientPurse
 from cocoon.ledger.vouchers import VoucherBook
-from cocoon.nodekeys import NodeKeys
+from cocoon.nodekeys import KeysUnavailable, NodeKeys
 from cocoon.proxy.billing import Billing, open_ledger
 from cocoon.wire.messages import ClientParams, Request
 
@@ -97,3 +97,20 @@ async def test_a_client_cannot_pay_with_a_channel_it_does_not_own(billing: Billi
     assert (refused.value.status, refused.value.code) == (402, "no_payment_channel")
     assert refused.value.message.startswith("this client has no usable payment channel with the proxy: ")
     assert billing.books.available(alice.channel) == 2 * TON  # alice's credit is untouched
+
+
+def test_a_proxy_without_a_key_service_signs_with_a_per_start_key_only_while_payments_are_off(tmp_path: Path) -> None:
+    off = ProxyConfig(name="proxy-1", state_dir=str(tmp_path), attestation="tdx", payments=False)
+    first, second = Billing(off, open_ledger(off)), Billing(off, open_ledger(off))
+    try:
+        assert first.key.public_key != second.key.public_key  # nothing stored: no voucher leaves the books
+        assert not (tmp_path / "proxy-1.voucher-key").exists()
+    finally:
+        for b in (first, second):
+            b.books.close()
+            b.ledger.close()
+    on = ProxyConfig(name="proxy-1", state_dir=str(tmp_path), attestation="tdx", payments=True)
+    ledger = open_ledger(on)
+    with pytest.raises(KeysUnavailable, match="no key service configured on this platform"):
+        Billing(on, ledger)
+    ledger.close()

@@ -77,3 +77,12 @@ def test_amounts_and_missing_things_are_explained(state: Path, tmp_path_factory:
     assert code == 2 and "names no proxy" in out
     code, out = ledger(tmp_path_factory.mktemp("empty"), "status")
     assert code == 2 and "no local ledger" in out
+
+
+def test_a_wallet_opens_only_on_the_nodes_platform(state: Path) -> None:
+    assert ledger(state, "deposit", "2.5", "--stake", "1")[0] == 0  # the operator, on the node's platform
+    (state / "platform-secret").rename(state / "platform-secret.away")  # as on another machine
+    code, out = ledger(state, "deposit", "1")
+    assert code == 2 and "client-1.wallet does not open with the key this node gets" in out
+    code, out = ledger(state, "status")
+    assert code == 0 and "client-1: wallet not opened: " in out and "proxy 0:" in out  # the rest still shows

@@ -70,7 +70,7 @@ class ProxyConfig(CommonConfig, kw_only=True, forbid_unknown_fields=True):
     claim_threshold_nanoton: int = 1_000_000_000
     commit_interval_s: float = 600.0
     chain_poll_s: float = 5.0  # how often clients' channels are re-read (top-ups, withdrawals) and claims made
-    max_completion_tokens: int = 4096  # the completion reserved for a request that sets no max_tokens
+    default_max_tokens: int = 4096  # with payments, the output cap of a request that sets no max_tokens
     # Timeouts, each answered with its own error code. Streamed requests wait `first_token_timeout_s` for a
     # worker's first token (then move to another worker) and `idle_timeout_s` between tokens; a non-streamed
     # answer arrives whole, so only the total applies to it. The total covers queueing and retries, and the
@@ -110,7 +110,7 @@ class ClientConfig(CommonConfig, kw_only=True, forbid_unknown_fields=True):
     api_port: int = 10000
     api_key: str | None = None  # required when api_host is not a loopback address
     max_body_bytes: int = 1024 * 1024
-    max_tokens_limit: int = 4096
+    max_tokens_limit: int = 4096  # a limit, not a cap: a request asking for more `max_tokens` gets 400
     max_prompt_chars: int = 200_000
     default_max_coefficient: int | None = None
     request_timeout_s: float = 600.0

@@ -20,6 +20,7 @@ from cocoon.attest.inspect import read_quote
 from cocoon.attest.policy import load_policy
 from cocoon.attest.registry import RegistryImages
 from cocoon.config import CommonConfig
+from cocoon.core.ids import current_request_id
 from cocoon.ledger.base import Ledger
 from cocoon.ledger.local import LocalLedger
 from cocoon.nodekeys import NodeKeys
@@ -45,6 +46,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        request_id = current_request_id()
+        if request_id is not None:
+            entry["request_id"] = request_id
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             entry.update(fields)

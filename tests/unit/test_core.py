@@ -49,8 +49,8 @@ def test_negative_wire_counts_are_refused() -> None:
     bad = msgspec.msgpack.encode({"t": "end", "id": 1, "usage": {"completion_tokens": -3}})
     with pytest.raises(frames.FrameError, match=">= 0"):
         frames.FrameReader().feed(len(bad).to_bytes(4, "big") + bad)
-    good = frames.encode(ResponseEnd(id=1, usage=Usage(completion_tokens=3)))
-    assert frames.FrameReader().feed(good) == [ResponseEnd(id=1, usage=Usage(completion_tokens=3))]
+    good = frames.encode(ResponseEnd(call_id=1, usage=Usage(completion_tokens=3)))
+    assert frames.FrameReader().feed(good) == [ResponseEnd(call_id=1, usage=Usage(completion_tokens=3))]
 
 
 def test_error_codes() -> None:
@@ -69,7 +69,7 @@ def test_wire_error_round_trip_keeps_every_field() -> None:
                    param="max_tokens", retry_after=7)
     msg = ResponseError.from_api(err, 5)
     (decoded,) = frames.FrameReader().feed(frames.encode(msg))
-    assert isinstance(decoded, ResponseError) and decoded.id == 5
+    assert isinstance(decoded, ResponseError) and decoded.call_id == 5
     back = decoded.to_api()
     assert (back.status, back.message, back.type, back.code, back.param, back.retry_after) == (
         429, "slow down", "rate_limit_error", ErrorCode.TOKENS_PER_MINUTE_EXCEEDED, "max_tokens", 7)
@@ -77,7 +77,7 @@ def test_wire_error_round_trip_keeps_every_field() -> None:
 
 def test_unknown_wire_code_becomes_upstream_error() -> None:
     """A newer peer's code does not break the frame nor the conversion: it is a failure upstream of us."""
-    back = ResponseError(id=1, status=503, message="new", code="some_future_code").to_api()
+    back = ResponseError(call_id=1, status=503, message="new", code="some_future_code").to_api()
     assert back.code is ErrorCode.UPSTREAM_ERROR and back.status == 503 and back.message == "new"
 
 

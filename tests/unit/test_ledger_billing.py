@@ -54,8 +54,8 @@ def claim(p: ClientPurse, tls_key: bytes) -> ClientParams:
                         proof=p.proof(tls_key))
 
 
-def request(max_tokens: int = 0, body: bytes = b"{}") -> Request:
-    return Request(id=1, endpoint="chat", model="m", body=body, stream=False, include_usage=False, deadline=0,
+def request(max_tokens: int | None = None, body: bytes = b"{}") -> Request:
+    return Request(call_id=1, endpoint="chat", model="m", body=body, stream=False, include_usage=False, deadline=0,
                    max_tokens=max_tokens)
 
 
@@ -65,8 +65,10 @@ async def test_a_client_pays_through_the_channel_its_wallet_signed_for(billing: 
     assert (account.id, account.channel, account.refusal) == (alice.channel, alice.channel, None)
     assert billing.books.available(alice.channel) == 2 * TON  # the stake, not the 3 TON balance
     req = request()
-    billing.reserve("r1", account, req, 1000)
-    assert req.max_tokens == billing.cfg.max_completion_tokens  # the worker holds the engine to what was reserved
+    # the cap reserved for is returned, for the worker to hold the engine to; the request is left as it was
+    assert billing.reserve("r1", account, req, 1000) == billing.cfg.default_max_tokens
+    assert req.max_tokens is None
+    assert billing.reserve("r3", account, request(max_tokens=7), 1000) == 7
     with pytest.raises(ApiError) as refused:
         billing.reserve("r2", account, request(max_tokens=10**9), 1000)
     assert (refused.value.status, refused.value.code) == (402, "insufficient_funds")

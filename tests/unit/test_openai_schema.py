@@ -230,17 +230,17 @@ def test_every_completion_prompt_shape_is_accepted(prompt: Any) -> None:
     (completion, completion_body, "max_tokens"),
 ])
 def test_token_limits(parse: Parser, make: Callable[..., dict[str, Any]], field: str) -> None:
-    assert parse(encode(make(**{field: LIMIT}))).requested_max_tokens == LIMIT
+    assert parse(encode(make(**{field: LIMIT}))).max_tokens == LIMIT
     message = refused(parse, encode(make(**{field: LIMIT + 1})), "max_tokens_exceeded", field)
     assert f"`{field}`" in message and str(LIMIT) in message
     assert f"`{field}`" in refused(parse, encode(make(**{field: 0})), "invalid_value", field)
     assert f"`{field}`" in refused(parse, encode(make(**{field: -5})), "invalid_value", field)
 
 
-def test_requested_max_tokens_prefers_max_completion_tokens() -> None:
-    assert chat(encode(chat_body(max_tokens=10, max_completion_tokens=20))).requested_max_tokens == 20
-    assert chat(encode(chat_body(max_tokens=None))).requested_max_tokens is None
-    assert completion(encode(completion_body())).requested_max_tokens is None
+def test_max_tokens_prefers_max_completion_tokens() -> None:
+    assert chat(encode(chat_body(max_tokens=10, max_completion_tokens=20))).max_tokens == 20
+    assert chat(encode(chat_body(max_tokens=None))).max_tokens is None
+    assert completion(encode(completion_body())).max_tokens is None
 
 
 # --- prompt length ---

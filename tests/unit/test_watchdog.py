@@ -43,7 +43,7 @@ async def test_silence_mid_answer_is_an_idle_timeout_and_frames_keep_it_alive() 
     dog.answer_started()
     for _ in range(4):  # 0.2 s of steady frames: longer than the idle limit, never silent for it
         await asyncio.sleep(0.05)
-        call.queue.put_nowait(ResponseChunk(id=7, data=b"x"))
+        call.queue.put_nowait(ResponseChunk(call_id=7, data=b"x"))
         await call.next()
         dog.touch()
     msg = await asyncio.wait_for(call.next(), 1)

@@ -13,7 +13,7 @@ from cocoon.core.usage import Usage
 from cocoon.ratls import tls
 from cocoon.ratls.cert import CertVerifier, make_identity
 from cocoon.wire import frames
-from cocoon.wire.connection import Connection, ProtocolError, accept_hello, dial_hello, hello
+from cocoon.wire.connection import Connection, LinkLost, ProtocolError, accept_hello, dial_hello, hello
 from cocoon.wire.messages import (
     Cancel,
     Hello,
@@ -23,12 +23,11 @@ from cocoon.wire.messages import (
     Request,
     ResponseChunk,
     ResponseEnd,
-    ResponseError,
 )
 
 
 def test_frames_round_trip_across_arbitrary_splits() -> None:
-    msgs = [ResponseChunk(id=i, data=bytes([i]) * i * 100) for i in range(1, 30)]
+    msgs = [ResponseChunk(call_id=i, data=bytes([i]) * i * 100) for i in range(1, 30)]
     stream = b"".join(frames.encode(m) for m in msgs)
     for step in (1, 7, 4096, len(stream)):
         reader = frames.FrameReader()
@@ -71,23 +70,26 @@ async def test_streamed_answers_models_and_cancel_are_multiplexed() -> None:
 
     async def answer(conn: Connection, req: Request) -> None:
         for i in range(3):
-            await conn.send(ResponseChunk(id=req.id, data=b"%s-%d" % (req.body, i)))
-        await conn.send(ResponseEnd(id=req.id, usage=Usage(prompt_tokens=1, completion_tokens=3)))
+            await conn.send(ResponseChunk(call_id=req.call_id, data=b"%s-%d" % (req.body, i)))
+        await conn.send(ResponseEnd(call_id=req.call_id, usage=Usage(prompt_tokens=1, completion_tokens=3)))
 
     def on_inbound(conn: Connection, msg):
         if isinstance(msg, Request):
             return answer(conn, msg)
         if isinstance(msg, Cancel):
-            cancelled.append(msg.id)
+            cancelled.append(msg.call_id)
         elif isinstance(msg, ModelsQuery):
-            conn.send_nowait(ModelsReply(id=msg.id, models=[ModelInfo(id="m", workers=1, free_slots=2)]))
+            conn.send_nowait(ModelsReply(call_id=msg.call_id, models=[ModelInfo(id="m", workers=1, free_slots=2)]))
         return None
 
     conn, _accepted, server = await pair(hello("client", "c1"), on_inbound)
     runner = asyncio.create_task(conn.run(lambda c, m: None))
     try:
-        calls = [await conn.request(Request(id=0, endpoint="chat", model="m", body=b"r%d" % i, stream=True,
-                                            include_usage=False, deadline=0)) for i in range(5)]
+        sent = [Request(endpoint="chat", model="m", body=b"r%d" % i, stream=True, include_usage=False, deadline=0)
+                for i in range(5)]
+        calls = [await conn.request(req) for req in sent]
+        assert [c.call_id for c in calls] == [1, 2, 3, 4, 5]
+        assert all(req.call_id == 0 for req in sent)  # the link numbers what it sends, not what it was handed
         for i, call in enumerate(calls):
             got = [await call.next(5) for _ in range(4)]
             assert [m.data for m in got[:3]] == [b"r%d-%d" % (i, k) for k in range(3)]
@@ -97,7 +99,7 @@ async def test_streamed_answers_models_and_cancel_are_multiplexed() -> None:
         extra = conn.open_call()
         extra.cancel()
         await asyncio.sleep(0.1)
-        assert cancelled == [extra.id]
+        assert cancelled == [extra.call_id]
     finally:
         await conn.close()
         runner.cancel()
@@ -107,12 +109,15 @@ async def test_streamed_answers_models_and_cancel_are_multiplexed() -> None:
 async def test_lost_link_fails_open_calls_with_a_clear_error() -> None:
     conn, accepted, server = await pair(hello("client", "c1"), lambda c, m: None)
     runner = asyncio.create_task(conn.run(lambda c, m: None))
-    call = await conn.request(Request(id=0, endpoint="chat", model="m", body=b"{}", stream=False,
+    call = await conn.request(Request(endpoint="chat", model="m", body=b"{}", stream=False,
                                       include_usage=False, deadline=0))
     server_conn, _ = await accepted
     await server_conn.close("test kills the link")
-    err = await call.next(5)
-    assert isinstance(err, ResponseError) and err.status == 502 and err.code == "link_lost"
+    with pytest.raises(LinkLost, match=r"link to .* lost: peer closed the connection"):
+        await call.next(5)
+    assert call.done
+    with pytest.raises(LinkLost):  # and so does every later look
+        await call.next(5)
     await runner
     server.close()
 

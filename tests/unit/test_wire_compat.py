@@ -46,9 +46,26 @@ def test_old_messages_decode_with_defaults() -> None:
 
 def test_new_messages_decode_on_an_old_peer() -> None:
     old_decoder = msgspec.msgpack.Decoder(OldRequest | OldChunk | OldError)
-    new = [Request(id=1, endpoint="chat", model="m", body=b"{}", stream=True, include_usage=False, deadline=1.0,
-                   region="eu"),
-           ResponseChunk(id=1, data=b"x", tokens=1),
-           ResponseError(id=1, status=502, message="broke", usage=Usage(completion_tokens=3), cost_nanoton=9)]
+    new = [Request(call_id=1, endpoint="chat", model="m", body=b"{}", stream=True, include_usage=False,
+                   deadline=1.0, region="eu", request_id="r-1", max_tokens=5),
+           ResponseChunk(call_id=1, data=b"x", tokens=1),
+           ResponseError(call_id=1, status=502, message="broke", usage=Usage(completion_tokens=3), cost_nanoton=9,
+                         param="n")]
     decoded = [old_decoder.decode(msgspec.msgpack.encode(m)) for m in new]
     assert [type(m) for m in decoded] == [OldRequest, OldChunk, OldError]
+    # call_id and request_id keep the names earlier peers read
+    assert (decoded[0].id, decoded[0].uid, decoded[1].id, decoded[2].id) == (1, "r-1", 1, 1)
+
+
+def test_zero_max_tokens_from_an_earlier_peer_means_unset() -> None:
+    class Capped(OldRequest, tag="req", tag_field="t"):
+        max_tokens: int = 0
+
+    for sent, read in ((0, None), (9, 9)):
+        (req,) = frames.FrameReader().feed(frames.encode(Capped(  # type: ignore[arg-type]
+            id=1, endpoint="chat", model="m", body=b"{}", stream=False, include_usage=False, deadline=1.0,
+            uid="r-2", max_tokens=sent)))
+        assert isinstance(req, Request) and (req.call_id, req.request_id, req.max_tokens) == (1, "r-2", read)
+    # and an unset cap is left out, so that such a peer reads its own default
+    unset = Request(call_id=1, endpoint="chat", model="m", body=b"{}", stream=False, include_usage=False, deadline=1)
+    assert "max_tokens" not in msgspec.msgpack.decode(msgspec.msgpack.encode(unset))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,17 +14,19 @@ from aiohttp import web
 from cocoon.client.proxy_link import ProxyLink
 from cocoon.config import ClientConfig
 from cocoon.core.errors import ApiError, ErrorCode
+from cocoon.core.ids import REQUEST_ID_HEADER, request_id_from, request_scope
 from cocoon.core.usage import KINDS, Usage
 from cocoon.ledger.vouchers import Voucher
 from cocoon.openai import schema
-from cocoon.wire.connection import Call
-from cocoon.wire.messages import Request, ResponseChunk, ResponseEnd, ResponseError, ResponseHead
+from cocoon.wire.connection import Call, LinkLost
+from cocoon.wire.messages import Answer, Request, ResponseChunk, ResponseEnd, ResponseError, ResponseHead
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 REGION_HEADER = "cocoon-region"
+_REQUEST_ID = web.RequestKey("request_id", str)
 
 
 class ClientStats:
@@ -62,13 +63,31 @@ class ClientApi:
         self.on_paid = on_paid
 
     def build_app(self) -> web.Application:
-        app = web.Application(client_max_size=self.cfg.max_body_bytes, middlewares=[self._errors])
+        app = web.Application(client_max_size=self.cfg.max_body_bytes, middlewares=[self._request_ids, self._errors])
+        app.on_response_prepare.append(_answer_request_id)
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
         return app
 
     # -- plumbing ----------------------------------------------------------------------------------------------
+    @web.middleware
+    async def _request_ids(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Names the request: the caller's `x-request-id` when well-formed, a new id otherwise. It is answered as
+        the `x-request-id` header, sent on to the proxy and the worker, and logged on every line about it."""
+        request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
+        request[_REQUEST_ID] = request_id
+        started = time.monotonic()
+        status: int | None = None  # None: the caller went away first
+        with request_scope(request_id):
+            try:
+                resp = await handler(request)
+                status = resp.status
+                return resp
+            finally:
+                log.info("request done", extra={"fields": {
+                    "path": request.path, "status": status, "ms": round((time.monotonic() - started) * 1000, 1)}})
+
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
@@ -121,19 +140,19 @@ class ClientApi:
     async def _forward(self, request: web.Request, endpoint: str, parsed: Any) -> web.StreamResponse:
         started = time.monotonic()
         req = Request(
-            id=0, endpoint=endpoint, model=parsed.model, body=msgspec.json.encode(parsed.to_body()),
+            endpoint=endpoint, model=parsed.model, body=msgspec.json.encode(parsed.to_body()),
             stream=parsed.stream, include_usage=parsed.include_usage,
-            deadline=time.time() + self.cfg.request_timeout_s, uid=uuid.uuid4().hex,
+            deadline=time.time() + self.cfg.request_timeout_s, request_id=request[_REQUEST_ID],
             max_coefficient=self.cfg.default_max_coefficient, features=parsed.engine_features(),
-            region=requested_region(request), max_tokens=parsed.requested_max_tokens or 0,
+            region=requested_region(request), max_tokens=parsed.max_tokens,
         )
         call = await self.link.call(req)
         self.stats.active += 1
         try:
-            first = await call.next(self.cfg.request_timeout_s)
+            first = await self._next(call)
             if isinstance(first, ResponseError):
                 self.stats.record(first.code or "error")
-                raise _api_error(first)
+                raise first.to_api()
             if not isinstance(first, ResponseHead):
                 raise ApiError(502, f"proxy sent {type(first).__name__} before the answer head",
                                code=ErrorCode.UPSTREAM_ERROR)
@@ -150,10 +169,20 @@ class ClientApi:
                 call.cancel("API client disconnected")
                 self.stats.record("cancelled")
 
+    async def _next(self, call: Call) -> Answer:
+        """The proxy's next answer; ApiError (502) if our link to it broke meanwhile."""
+        try:
+            return await call.next(self.cfg.request_timeout_s)
+        except LinkLost as lost:
+            self.stats.record(ErrorCode.PROXY_LINK_LOST)
+            raise ApiError(502, f"the connection to the proxy broke while this request was in flight ({lost}); "
+                                "it was not retried, since the proxy may have started it", type="api_error",
+                           code=ErrorCode.PROXY_LINK_LOST, retry_after=1) from None
+
     async def _whole(self, call: Call, timing: dict[str, str]) -> web.Response:
         parts: list[bytes] = []
         while True:
-            msg = await call.next(self.cfg.request_timeout_s)
+            msg = await self._next(call)
             if isinstance(msg, ResponseChunk):
                 parts.append(msg.data)
             elif isinstance(msg, ResponseEnd):
@@ -162,7 +191,7 @@ class ClientApi:
                 return web.Response(body=body, content_type="application/json", headers=timing)
             elif isinstance(msg, ResponseError):
                 self.stats.record(msg.code or "error")
-                raise _api_error(msg)
+                raise msg.to_api()
 
     async def _stream(self, request: web.Request, call: Call, timing: dict[str, str]) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
@@ -170,7 +199,11 @@ class ClientApi:
         await resp.prepare(request)
         usage_chunk: bytes | None = None  # held back until the End says what the answer cost
         while True:
-            msg = await call.next(self.cfg.request_timeout_s)
+            try:
+                msg = await self._next(call)
+            except ApiError as exc:  # headers are gone already: the error is the stream's last event
+                await resp.write(b"data: " + exc.to_json() + b"\n\n")
+                break
             if isinstance(msg, ResponseChunk):
                 if msg.has_usage:
                     usage_chunk = msg.data
@@ -185,7 +218,7 @@ class ClientApi:
             elif isinstance(msg, ResponseError):
                 # Headers are gone already: the error travels as a final SSE event, the way OpenAI does.
                 self._paid(msg.code or "error", msg)
-                await resp.write(b"data: " + _api_error(msg).to_json() + b"\n\n")
+                await resp.write(b"data: " + msg.to_api().to_json() + b"\n\n")
                 break
         await resp.write_eof()
         return resp
@@ -210,12 +243,11 @@ def with_cost(payload: bytes, cost_nanoton: int) -> bytes:
     return msgspec.json.encode(answer)
 
 
-def _api_error(msg: ResponseError) -> ApiError:
-    if msg.code == ErrorCode.LINK_LOST:  # our own link to the proxy broke, not a worker's
-        return ApiError(502, f"the connection to the proxy broke while this request was in flight ({msg.message}); "
-                             "it was not retried, since the proxy may have started it", type="api_error",
-                        code=ErrorCode.PROXY_LINK_LOST, retry_after=1)
-    return msg.to_api()
+async def _answer_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer, errors and streams included, names its request."""
+    request_id = request.get(_REQUEST_ID)
+    if request_id is not None:
+        response.headers[REQUEST_ID_HEADER] = request_id
 
 
 def requested_region(request: web.Request) -> str:

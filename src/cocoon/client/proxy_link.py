@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from cocoon.core.errors import ApiError, ErrorCode
-from cocoon.wire.connection import Call, Connection
+from cocoon.wire.connection import Call, Connection, LinkLost
 from cocoon.wire.dialer import Dialer
 from cocoon.wire.messages import Inbound, ModelsReply, Request
 
@@ -43,7 +43,7 @@ class ProxyLink:
         conn = await self._connection()
         try:
             reply = await conn.query_models()
-        except (TimeoutError, ConnectionError) as exc:
+        except (TimeoutError, ConnectionError, LinkLost) as exc:
             raise ApiError(503, f"proxy did not list its models: {exc!r}", type="service_unavailable",
                            code=ErrorCode.PROXY_UNAVAILABLE, retry_after=2) from None
         if not isinstance(reply, ModelsReply):

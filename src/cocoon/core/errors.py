@@ -45,7 +45,6 @@ class ErrorCode(StrEnum):
     IDLE_TIMEOUT = "idle_timeout"
     REQUEST_TIMEOUT = "request_timeout"
     # failures past the client (5xx)
-    LINK_LOST = "link_lost"
     PROXY_LINK_LOST = "proxy_link_lost"
     WORKER_FAILED = "worker_failed"
     UPSTREAM_ERROR = "upstream_error"

@@ -52,9 +52,9 @@ def price_request(usage: Usage, prices: Prices, coefficient: int) -> Charge:
     )
 
 
-def max_cost(prompt_tokens: int, max_completion_tokens: int, prices: Prices, coefficient: int) -> int:
+def max_cost(prompt_tokens: int, max_tokens: int, prices: Prices, coefficient: int) -> int:
     """The most a request can cost: every prompt token uncached, every completion token at the dearer of the
     completion and reasoning rates; rounded up."""
     weighted = (prompt_tokens * max(prices.prompt_multiplier, prices.cached_multiplier)
-                + max_completion_tokens * max(prices.completion_multiplier, prices.reasoning_multiplier))
+                + max_tokens * max(prices.completion_multiplier, prices.reasoning_multiplier))
     return -(-weighted * coefficient * prices.price_per_token // _PER_MILLE_SQUARED)

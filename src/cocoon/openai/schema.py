@@ -204,7 +204,8 @@ class ChatCompletionRequest(_Request):
     logit_bias: LogitBias | UnsetType | None = UNSET
     logprobs: bool | UnsetType | None = UNSET
     max_completion_tokens: TokenLimit | UnsetType | None = UNSET
-    max_tokens: TokenLimit | UnsetType | None = UNSET
+    # Renamed so that the `max_tokens` property can answer the output cap (see there).
+    max_tokens_value: TokenLimit | UnsetType | None = msgspec.field(default=UNSET, name="max_tokens")
     metadata: dict[str, str] | UnsetType | None = UNSET
     modalities: list[Literal["text", "audio"]] | UnsetType | None = UNSET
     n: Choices | UnsetType | None = UNSET
@@ -230,9 +231,9 @@ class ChatCompletionRequest(_Request):
     web_search_options: JsonObject | UnsetType = UNSET
 
     @property
-    def requested_max_tokens(self) -> int | None:
-        """The output cap the user asked for, or None; `max_completion_tokens` supersedes `max_tokens`."""
-        for value in (self.max_completion_tokens, self.max_tokens):
+    def max_tokens(self) -> int | None:
+        """The output cap the user asked for, None when unset; `max_completion_tokens` supersedes `max_tokens`."""
+        for value in (self.max_completion_tokens, self.max_tokens_value):
             if isinstance(value, int):
                 return value
         return None
@@ -248,7 +249,7 @@ class CompletionRequest(_Request):
     frequency_penalty: Penalty | UnsetType | None = UNSET
     logit_bias: LogitBias | UnsetType | None = UNSET
     logprobs: Annotated[int, Meta(ge=0, le=5)] | UnsetType | None = UNSET
-    max_tokens: TokenLimit | UnsetType | None = UNSET
+    max_tokens_value: TokenLimit | UnsetType | None = msgspec.field(default=UNSET, name="max_tokens")
     n: Choices | UnsetType | None = UNSET
     presence_penalty: Penalty | UnsetType | None = UNSET
     seed: int | UnsetType | None = UNSET
@@ -259,8 +260,9 @@ class CompletionRequest(_Request):
     user: str | UnsetType = UNSET
 
     @property
-    def requested_max_tokens(self) -> int | None:
-        return self.max_tokens if isinstance(self.max_tokens, int) else None
+    def max_tokens(self) -> int | None:
+        """The output cap the user asked for, None when unset."""
+        return self.max_tokens_value if isinstance(self.max_tokens_value, int) else None
 
 
 R = TypeVar("R", ChatCompletionRequest, CompletionRequest)
@@ -272,7 +274,7 @@ _COMPLETION_DECODER = msgspec.json.Decoder(CompletionRequest)
 def parse_chat_request(raw: bytes, *, max_tokens_limit: int, max_prompt_chars: int) -> ChatCompletionRequest:
     """Decode and validate a `/v1/chat/completions` body; raise `ApiError` (400) naming the bad field."""
     request = _decode(raw, _CHAT_DECODER)
-    _check_token_limit("max_tokens", request.max_tokens, max_tokens_limit)
+    _check_token_limit("max_tokens", request.max_tokens_value, max_tokens_limit)
     _check_token_limit("max_completion_tokens", request.max_completion_tokens, max_tokens_limit)
     # A JSON text never holds more characters of string than it has bytes, so short bodies skip the count.
     if len(raw) > max_prompt_chars:
@@ -294,7 +296,7 @@ def parse_completion_request(
             code=ErrorCode.INVALID_TYPE,
             param="prompt",
         )
-    _check_token_limit("max_tokens", request.max_tokens, max_tokens_limit)
+    _check_token_limit("max_tokens", request.max_tokens_value, max_tokens_limit)
     if len(raw) > max_prompt_chars:
         chars = _prompt_chars(prompt) + (len(request.suffix) if isinstance(request.suffix, str) else 0)
         _check_prompt_length("prompt", chars, max_prompt_chars)

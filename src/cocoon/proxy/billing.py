@@ -122,22 +122,23 @@ class Billing:
             log.warning("worker without a payout channel", extra={"fields": {"owner": owner, "reason": str(exc)}})
 
     # ---- the request path ----
-    def reserve(self, request_id: str, account: Account, req: Request, coefficient: int) -> None:
-        """Hold the request's maximum cost, or raise a 402 saying why it cannot be served."""
+    def reserve(self, request_id: str, account: Account, req: Request, coefficient: int) -> int | None:
+        """Hold the request's maximum cost, or raise a 402 saying why it cannot be served. Returns the output cap
+        the money was held for (the request's own, or `default_max_tokens` when it set none): the worker must hold
+        the engine to it. Without payments nothing is held and the request's own cap is returned."""
         if self.settlement is None:
-            return
+            return req.max_tokens
         if account.refusal is not None:
-            raise ApiError(402, f"this client has no usable payment channel with the proxy: "
-                                       f"{account.refusal}", type="payment_required", code=ErrorCode.NO_PAYMENT_CHANNEL)
-        if not req.max_tokens:  # the worker holds the engine to what was reserved
-            req.max_tokens = self.cfg.max_completion_tokens
-        completion = req.max_tokens
+            raise ApiError(402, f"this client has no usable payment channel with the proxy: {account.refusal}",
+                           type="payment_required", code=ErrorCode.NO_PAYMENT_CHANNEL)
+        cap = req.max_tokens if req.max_tokens is not None else self.cfg.default_max_tokens
         # a token is at least one byte of the prompt's JSON: the body's length bounds the prompt's tokens
-        cost = max_cost(len(req.body), completion, self.ledger.root_params().prices, coefficient)
+        cost = max_cost(len(req.body), cap, self.ledger.root_params().prices, coefficient)
         try:
             self.books.reserve(request_id, account.id, cost)
         except PaymentRequired as exc:
             raise ApiError(402, str(exc), type="payment_required", code=ErrorCode.INSUFFICIENT_FUNDS) from None
+        return cap
 
     def release(self, request_id: str) -> None:
         self.books.release(request_id)

@@ -6,18 +6,24 @@ client, a failure ends the stream with an error event, and the client is charged
 it received, as the worker counted them per relayed chunk (`ResponseChunk.tokens`): a worker that died
 cannot report usage any more, and the proxy never parses answers. The prompt of a broken answer is not
 charged. A non-streamed answer reaches the client only whole, so it is held here until its end and can
-always be retried. Each request settles at most once (the books are idempotent by request uid).
+always be retried. Each request settles at most once (the books are idempotent by a key the proxy makes per
+request: the client's `request_id` names the request in logs but cannot make two requests one).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
+
+import msgspec
 
 from cocoon.config import ProxyConfig
 from cocoon.core.errors import ApiError, ErrorCode, model_not_found, upstream_failed
+from cocoon.core.ids import request_scope
 from cocoon.core.usage import Usage
 from cocoon.ledger.books import Settled
 from cocoon.ledger.pricing import Charge
@@ -28,8 +34,8 @@ from cocoon.proxy.metrics import ProxyMetrics
 from cocoon.proxy.registry import WorkerLink, WorkerRegistry
 from cocoon.proxy.selection import Selector
 from cocoon.proxy.watchdog import Watchdog
-from cocoon.wire.connection import Call, Connection
-from cocoon.wire.messages import Payout, Request, ResponseChunk, ResponseEnd, ResponseError, ResponseHead
+from cocoon.wire.connection import Call, Connection, LinkLost
+from cocoon.wire.messages import Answer, Payout, Request, ResponseChunk, ResponseEnd, ResponseError, ResponseHead
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +45,13 @@ class ClientLink:
     conn: Connection
     key: str
     account: Account
-    inflight: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    inflight: dict[int, asyncio.Task[None]] = field(default_factory=dict)  # by the client's call_id
+    # the books' key of each request on this link: `link:serial`, never reused, whatever the client sends
+    link: str = field(default_factory=lambda: uuid.uuid4().hex)
+    serials: itertools.count[int] = field(default_factory=itertools.count)
+
+    def books_id(self) -> str:
+        return f"{self.key}:{self.link}:{next(self.serials)}"
 
 
 class _Retry(Exception):
@@ -52,8 +64,17 @@ class _Retry(Exception):
 
 def _worker_fault(msg: ResponseError) -> bool:
     """Errors that say something about the worker rather than the request (4xx) or its deadline."""
-    return msg.code != ErrorCode.REQUEST_TIMEOUT and (
-        msg.status >= 500 or msg.code in (ErrorCode.LINK_LOST, ErrorCode.FIRST_TOKEN_TIMEOUT))
+    return msg.code != ErrorCode.REQUEST_TIMEOUT and (msg.status >= 500 or msg.code == ErrorCode.FIRST_TOKEN_TIMEOUT)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One request as the proxy serves it: what the client asked (with the output cap the proxy reserved) and
+    where its answer goes."""
+
+    client: ClientLink
+    req: Request  # `call_id` is the client's; `max_tokens` the cap reserved for it
+    books_id: str
 
 
 class Forwarder:
@@ -70,22 +91,29 @@ class Forwarder:
         self.outcomes: dict[str, int] = {}
 
     async def serve(self, client: ClientLink, req: Request) -> None:
-        client_id = req.id  # `req.id` is rewritten to each worker call's id
+        """Answer `req`, the client's call `req.call_id`; every line logged meanwhile carries its request_id."""
+        with request_scope(req.request_id):
+            await self._serve(client, req)
+
+    async def _serve(self, client: ClientLink, req: Request) -> None:
+        started = time.monotonic()
         outcome = "error"
         self.metrics.active.inc()
         admitted = False
-        books_id = _books_id(client, client_id, req)
+        books_id = client.books_id()
         try:
             self.limiter.admit(client.key)
             admitted = True
             if not self.registry.knows(req.model):
                 raise model_not_found(req.model)
-            self.billing.reserve(books_id, client.account, req, req.max_coefficient or
-                                 self.registry.max_coefficient(req.model))
-            outcome = await self._route(client, client_id, req)
+            cap = self.billing.reserve(books_id, client.account, req, req.max_coefficient or
+                                       self.registry.max_coefficient(req.model))
+            job = _Job(client, req if cap == req.max_tokens else msgspec.structs.replace(req, max_tokens=cap),
+                       books_id)
+            outcome = await self._route(job)
         except ApiError as exc:
             outcome = exc.code or "error"
-            await _send_error(client.conn, client_id, exc)
+            await _send_error(client.conn, req.call_id, exc)
         except asyncio.CancelledError:
             outcome = "cancelled"
             raise
@@ -95,12 +123,15 @@ class Forwarder:
             self.billing.release(books_id)
             if admitted:
                 self.limiter.release(client.key)
-            client.inflight.pop(client_id, None)
+            client.inflight.pop(req.call_id, None)
             self.metrics.active.dec()
             self.metrics.requests.labels(outcome).inc()
             self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+            log.info("request done", extra={"fields": {
+                "outcome": outcome, "model": req.model, "ms": round((time.monotonic() - started) * 1000, 1)}})
 
-    async def _route(self, client: ClientLink, client_id: int, req: Request) -> str:
+    async def _route(self, job: _Job) -> str:
+        req = job.req
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + min(max(req.deadline - time.time(), 0.0), self.cfg.total_timeout_s)
@@ -111,7 +142,7 @@ class Forwarder:
             wait_s = min(self.cfg.queue_timeout_s, deadline - loop.time())
             worker = await self.backlog.acquire(want, tuple(tried), wait_s)
             try:
-                return await self._attempt(client, client_id, req, worker, started, deadline)
+                return await self._attempt(job, worker, started, deadline)
             except _Retry as retry:
                 failure = retry.error
                 tried.append(worker)
@@ -127,133 +158,140 @@ class Forwarder:
                        type=failure.type, code=failure.code, param=failure.param,
                        retry_after=failure.retry_after or 1)
 
-    async def _attempt(self, client: ClientLink, client_id: int, req: Request, worker: WorkerLink, started: float,
-                       deadline: float) -> str:
+    async def _attempt(self, job: _Job, worker: WorkerLink, started: float, deadline: float) -> str:
         try:
-            call = await worker.conn.request(req)
+            call = await worker.conn.request(job.req)
         except ConnectionError as exc:
             self.selector.record_failure(worker)
             raise _Retry(upstream_failed(f"worker {worker.name} link failed: {exc}")) from None
         watchdog = Watchdog(call, worker.name, idle_s=self.cfg.idle_timeout_s, deadline=deadline,
-                            first_token_s=self.cfg.first_token_timeout_s if req.stream else None)
+                            first_token_s=self.cfg.first_token_timeout_s if job.req.stream else None)
         try:
-            if req.stream:
-                return await self._relay_stream(client, client_id, req, worker, call, watchdog, started)
-            return await self._relay_whole(client, client_id, req, worker, call, started)
+            if job.req.stream:
+                return await self._relay_stream(job, worker, call, watchdog, started)
+            return await self._relay_whole(job, worker, call, started)
         finally:
             watchdog.stop()
             call.cancel("proxy stopped relaying")
 
-    def _before_first_token(self, worker: WorkerLink, msg: ResponseError) -> ApiError:
-        """An error while nothing reached the client: raises _Retry, or returns the error the client gets."""
+    async def _before_first_token(self, worker: WorkerLink, call: Call) -> Answer:
+        """The worker's next answer while nothing reached the client; raises _Retry when another worker may do
+        better (it failed, or it is overloaded), the ApiError the client gets when none would (the request's own
+        fault, or its deadline)."""
+        try:
+            msg = await call.next()
+        except LinkLost as lost:
+            self.selector.record_failure(worker)
+            raise _Retry(upstream_failed(f"worker {worker.name} disconnected before answering ({lost})")) from None
+        if not isinstance(msg, ResponseError):
+            return msg
         fault = _worker_fault(msg)
         if fault:
             self.selector.record_failure(worker)
-        error = msg.to_api()
-        if msg.code == ErrorCode.LINK_LOST:
-            error = upstream_failed(f"worker {worker.name} disconnected before answering ({msg.message})")
         if fault or msg.status == 429:  # 429: this worker is overloaded, another one may not be
-            raise _Retry(error)
-        return error  # the request's own fault (4xx) or its deadline: no other worker would do better
+            raise _Retry(msg.to_api())
+        raise msg.to_api()
 
-    async def _relay_whole(self, client: ClientLink, client_id: int, req: Request, worker: WorkerLink, call: Call,
-                           started: float) -> str:
+    async def _relay_whole(self, job: _Job, worker: WorkerLink, call: Call, started: float) -> str:
         loop = asyncio.get_running_loop()
         sent_at = loop.time()
         held: list[ResponseHead | ResponseChunk] = []
+        call_id = job.req.call_id
         while True:
-            msg = await call.next()
+            msg = await self._before_first_token(worker, call)
             if isinstance(msg, ResponseHead | ResponseChunk):
                 held.append(msg)
             elif isinstance(msg, ResponseEnd):
                 now = loop.time()
+                proxy_ms = (now - started) * 1000
                 self.metrics.first_byte.observe(now - started)
-                settled = self._settle(client, client_id, req, worker, msg.usage)
+                settled = self._settle(job, worker, call, msg.usage)
                 for part in held:
-                    part.id = client_id
                     if isinstance(part, ResponseHead):
-                        part.proxy_ms = (now - started) * 1000
-                    await client.conn.send(part)
-                msg.id, msg.proxy_ms = client_id, (now - started) * 1000
-                msg.cost_nanoton, msg.voucher = settled.charge.client_cost, settled.client_voucher
-                await client.conn.send(msg)
+                        await job.client.conn.send(msgspec.structs.replace(part, call_id=call_id, proxy_ms=proxy_ms))
+                    else:
+                        await job.client.conn.send(msgspec.structs.replace(part, call_id=call_id))
+                await job.client.conn.send(msgspec.structs.replace(
+                    msg, call_id=call_id, proxy_ms=proxy_ms, cost_nanoton=settled.charge.client_cost,
+                    voucher=settled.client_voucher))
                 self.selector.record_whole(worker, (now - sent_at) * 1000, msg.usage.completion_tokens)
                 return "ok"
-            elif isinstance(msg, ResponseError):
-                raise self._before_first_token(worker, msg)
 
-    async def _relay_stream(self, client: ClientLink, client_id: int, req: Request, worker: WorkerLink, call: Call,
-                            watchdog: Watchdog, started: float) -> str:
+    async def _relay_stream(self, job: _Job, worker: WorkerLink, call: Call, watchdog: Watchdog,
+                            started: float) -> str:
         loop = asyncio.get_running_loop()
         sent_at = loop.time()
-        out = client.conn
-        msg = await call.next()
-        if isinstance(msg, ResponseError):
-            raise self._before_first_token(worker, msg)
+        out = job.client.conn
+        call_id = job.req.call_id
+        msg = await self._before_first_token(worker, call)
         if not isinstance(msg, ResponseHead):
             self.selector.record_failure(worker)
             raise _Retry(upstream_failed(f"worker {worker.name} sent {type(msg).__name__} before its head"))
         head_at = loop.time()
         watchdog.answer_started()
         self.metrics.first_byte.observe(head_at - started)
-        msg.id, msg.proxy_ms = client_id, (head_at - started) * 1000
-        await out.send(msg)
+        await out.send(msgspec.structs.replace(msg, call_id=call_id, proxy_ms=(head_at - started) * 1000))
         delivered = 0  # completion tokens the client has received
         settled = False
         try:
             while True:
-                msg = await call.next()
+                try:
+                    msg = await call.next()
+                except LinkLost as lost:
+                    self.selector.record_failure(worker)
+                    settled = True
+                    broken = self._broken_stream(job, worker, call, ApiError(
+                        502, f"worker {worker.name} disconnected ({lost})", type="api_error",
+                        code=ErrorCode.WORKER_FAILED), delivered)
+                    await out.send(broken)
+                    return broken.code or "error"
                 watchdog.touch()
                 if isinstance(msg, ResponseChunk):
-                    msg.id = client_id
-                    await out.send(msg)
+                    await out.send(msgspec.structs.replace(msg, call_id=call_id))
                     delivered += msg.tokens
                 elif isinstance(msg, ResponseEnd):
                     settled = True
-                    done = self._settle(client, client_id, req, worker, msg.usage)
+                    done = self._settle(job, worker, call, msg.usage)
                     now = loop.time()
-                    msg.id, msg.proxy_ms = client_id, (now - started) * 1000
-                    msg.cost_nanoton, msg.voucher = done.charge.client_cost, done.client_voucher
-                    await out.send(msg)
+                    await out.send(msgspec.structs.replace(
+                        msg, call_id=call_id, proxy_ms=(now - started) * 1000,
+                        cost_nanoton=done.charge.client_cost, voucher=done.client_voucher))
                     self.selector.record_stream(worker, (head_at - sent_at) * 1000, (now - head_at) * 1000,
                                                 msg.usage.completion_tokens)
                     return "ok"
                 elif isinstance(msg, ResponseError):
+                    if _worker_fault(msg) or msg.code == ErrorCode.IDLE_TIMEOUT:
+                        self.selector.record_failure(worker)
                     settled = True
-                    broken = self._broken_stream(client, client_id, req, worker, msg, delivered)
+                    broken = self._broken_stream(job, worker, call, msg.to_api(), delivered)
                     await out.send(broken)
                     return broken.code or "error"
         finally:
             if not settled and delivered:  # the client hung up or its link broke: it pays for what it got
-                self._settle(client, client_id, req, worker, Usage(completion_tokens=delivered))
+                self._settle(job, worker, call, Usage(completion_tokens=delivered))
 
-    def _broken_stream(self, client: ClientLink, client_id: int, req: Request, worker: WorkerLink,
-                       msg: ResponseError, delivered: int) -> ResponseError:
-        if _worker_fault(msg) or msg.code == ErrorCode.IDLE_TIMEOUT:
-            self.selector.record_failure(worker)
+    def _broken_stream(self, job: _Job, worker: WorkerLink, call: Call, error: ApiError,
+                       delivered: int) -> ResponseError:
+        """The client's last frame of a stream that broke after its first token: charged what was delivered."""
         usage = Usage(completion_tokens=delivered)
-        settled = (self._settle(client, client_id, req, worker, usage) if delivered
+        settled = (self._settle(job, worker, call, usage) if delivered
                    else Settled(Charge(0, 0), None, None))
-        if msg.code == ErrorCode.LINK_LOST:
-            reason, code = f"worker {worker.name} disconnected ({msg.message})", ErrorCode.WORKER_FAILED
-        else:
-            reason, code = msg.message, msg.code
         log.info("stream broke after its first token", extra={"fields": {
-            "worker": worker.name, "code": code, "delivered_tokens": delivered}})
-        return ResponseError(id=client_id, status=msg.status, type=msg.type, code=code, param=msg.param, usage=usage,
-                             cost_nanoton=settled.charge.client_cost, voucher=settled.client_voucher,
-                             message=f"the answer broke off after {delivered} tokens: {reason}; "
-                                     f"only the delivered tokens are charged")
+            "worker": worker.name, "code": error.code, "delivered_tokens": delivered}})
+        told = ApiError(error.status, f"the answer broke off after {delivered} tokens: {error.message}; "
+                                      f"only the delivered tokens are charged",
+                        type=error.type, code=error.code, param=error.param)
+        return ResponseError.from_api(told, job.req.call_id, usage=usage, cost_nanoton=settled.charge.client_cost,
+                                      voucher=settled.client_voucher)
 
-    def _settle(self, client: ClientLink, client_id: int, req: Request, worker: WorkerLink, usage: Usage
-                ) -> Settled:
-        settled = self.billing.settle(_books_id(client, client_id, req), client.account, worker.key, req.model,
-                                      usage, worker.params.coefficient)
+    def _settle(self, job: _Job, worker: WorkerLink, call: Call, usage: Usage) -> Settled:
+        settled = self.billing.settle(job.books_id, job.client.account, worker.key, job.req.model, usage,
+                                      worker.params.coefficient)
         if settled.worker_voucher is not None and not settled.duplicate and worker.conn.version >= 2:
-            worker.conn.send_nowait(Payout(id=req.id, fee_nanoton=settled.charge.worker_fee,
+            worker.conn.send_nowait(Payout(call_id=call.call_id, fee_nanoton=settled.charge.worker_fee,
                                            voucher=settled.worker_voucher))
         charge = settled.charge
-        self.limiter.charge(client.key, usage.total_tokens)
+        self.limiter.charge(job.client.key, usage.total_tokens)
         for kind, n in usage.by_kind():
             if n:
                 self.metrics.tokens.labels(kind).inc(n)
@@ -261,13 +299,8 @@ class Forwarder:
         return settled
 
 
-def _books_id(client: ClientLink, client_id: int, req: Request) -> str:
-    """The books' idempotency key: the client's own request uid (a retry of it is never charged twice)."""
-    return f"{client.key}:{req.uid or client_id}"
-
-
-async def _send_error(conn: Connection, request_id: int, exc: ApiError) -> None:
+async def _send_error(conn: Connection, call_id: int, exc: ApiError) -> None:
     try:
-        await conn.send(ResponseError.from_api(exc, request_id))
+        await conn.send(ResponseError.from_api(exc, call_id))
     except ConnectionError:
         pass

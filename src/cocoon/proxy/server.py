@@ -129,13 +129,14 @@ class ProxyServer:
 
     def _on_client_message(self, client: ClientLink, msg: Inbound) -> None:
         if isinstance(msg, Request):
-            client.inflight[msg.id] = client.conn.spawn(self.forwarder.serve(client, msg))
+            client.inflight[msg.call_id] = client.conn.spawn(self.forwarder.serve(client, msg))
         elif isinstance(msg, Cancel):
-            task = client.inflight.pop(msg.id, None)
+            task = client.inflight.pop(msg.call_id, None)
             if task is not None:
                 task.cancel(msg.reason or "cancelled by the client")
         elif isinstance(msg, ModelsQuery):
-            client.conn.send_nowait(ModelsReply(id=msg.id, models=self.registry.models(self.selector.active)))
+            models = self.registry.models(self.selector.active)
+            client.conn.send_nowait(ModelsReply(call_id=msg.call_id, models=models))
 
     def jsonstats(self) -> dict[str, Any]:
         now = time.monotonic()

@@ -57,7 +57,7 @@ class Watchdog:
             self._handle = self._loop.call_at(due, self._check)
             return
         self._call.cancel(f"proxy timeout: {code}")
-        self._call.queue.put_nowait(ResponseError(id=self._call.id, status=504, message=self._message(code),
+        self._call.queue.put_nowait(ResponseError(call_id=self._call.call_id, status=504, message=self._message(code),
                                                   type="timeout_error", code=code))
 
     def _message(self, code: ErrorCode) -> str:

@@ -1,9 +1,10 @@
-"""A multiplexed, attested link: framing, request ids, streamed answers, cancellation, ping/pong.
+"""A multiplexed, attested link: framing, call ids, streamed answers, cancellation, ping/pong.
 
-Each side numbers the requests it originates; answers (head/chunk/end/error/models_reply) refer to the
-receiver's own ids, requests and cancels to the peer's. At every ping the peer's certificate is verified
-again against the current policy and root registry: a peer whose image was removed, or whose certificate
-expired, loses the link within one ping interval, and is sent the reason first.
+Each side numbers the calls it originates (`call_id`); answers (head/chunk/end/error/models_reply) refer to the
+receiver's own call ids, requests and cancels to the peer's. A call whose link breaks raises `LinkLost`. At
+every ping the peer's certificate is verified again against the current policy and root registry: a peer whose
+image was removed, or whose certificate expired, loses the link within one ping interval, and is sent the
+reason first.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+import msgspec
+
 from cocoon.attest.types import AttestationError, PeerIdentity
-from cocoon.core.errors import CocoonError, ErrorCode
+from cocoon.core.errors import CocoonError
 from cocoon.ratls.tls import TlsStream
 from cocoon.wire import frames
 from cocoon.wire.messages import (
@@ -50,22 +53,32 @@ class ConnectionLost(ConnectionError, CocoonError):
     pass
 
 
-class Call:
-    """An outgoing request: its answers arrive on `queue` in order, ending with an end or error."""
+class LinkLost(CocoonError):
+    """The link broke while a call was open: no answer will come. Not a ConnectionError, so that a caller relaying
+    between two links never mistakes the peer's link for its own."""
 
-    __slots__ = ("_conn", "done", "id", "queue")
+
+class Call:
+    """An outgoing request: its answers arrive on `queue` in order, ending with an end or error; `next()` raises
+    LinkLost instead if the link breaks first."""
+
+    __slots__ = ("_conn", "call_id", "done", "queue")
 
     def __init__(self, conn: Connection, call_id: int) -> None:
         self._conn = conn
-        self.id = call_id
-        self.queue: asyncio.Queue[Answer] = asyncio.Queue()
+        self.call_id = call_id
+        self.queue: asyncio.Queue[Answer | None] = asyncio.Queue()  # None: the link broke
         self.done = False
 
     async def next(self, timeout: float | None = None) -> Answer:
         msg = await asyncio.wait_for(self.queue.get(), timeout) if timeout else await self.queue.get()
+        if msg is None:
+            self.done = True
+            self.queue.put_nowait(None)  # every later next() says so too
+            raise LinkLost(f"link to {self._conn.peer_name} lost: {self._conn.close_reason}")
         if isinstance(msg, ResponseEnd | ResponseError):
             self.done = True
-            self._conn._calls.pop(self.id, None)
+            self._conn._calls.pop(self.call_id, None)
         return msg
 
     def cancel(self, reason: str = "cancelled by the requester") -> None:
@@ -73,8 +86,8 @@ class Call:
         if self.done:
             return
         self.done = True
-        if self._conn._calls.pop(self.id, None) is not None:
-            self._conn.send_nowait(Cancel(id=self.id, reason=reason))
+        if self._conn._calls.pop(self.call_id, None) is not None:
+            self._conn.send_nowait(Cancel(call_id=self.call_id, reason=reason))
 
 
 class Connection:
@@ -118,22 +131,22 @@ class Connection:
         if self._closed.is_set():
             raise ConnectionLost(self._close_reason or "connection closed")
         call = Call(self, next(self._ids))
-        self._calls[call.id] = call
+        self._calls[call.call_id] = call
         return call
 
     async def request(self, req: Request) -> Call:
+        """Send `req` as a new call on this link; `req` itself is left as it was (its call_id is ignored)."""
         call = self.open_call()
-        req.id = call.id
-        await self.send(req)
+        await self.send(msgspec.structs.replace(req, call_id=call.call_id))
         return call
 
     async def query_models(self, timeout: float = 5.0) -> Answer:
         call = self.open_call()
-        await self.send(ModelsQuery(id=call.id))
+        await self.send(ModelsQuery(call_id=call.call_id))
         try:
             return await call.next(timeout)
         finally:
-            self._calls.pop(call.id, None)
+            self._calls.pop(call.call_id, None)
 
     # -- receiving -----------------------------------------------------------------------------------------
     async def read_message(self, timeout: float) -> Message:
@@ -150,7 +163,7 @@ class Connection:
         return await asyncio.wait_for(next_message(), timeout)
 
     async def run(self, on_inbound: InboundHandler, *, ping_interval: float = 10.0, dead_after: float = 35.0) -> str:
-        """Dispatch messages until the link ends; returns why it ended. Open calls get a 502 error."""
+        """Dispatch messages until the link ends; returns why it ended. Open calls raise LinkLost."""
         pinger = asyncio.create_task(self._ping_loop(ping_interval, dead_after))
         try:
             for msg in self._pending:
@@ -193,7 +206,7 @@ class Connection:
         elif isinstance(msg, Hello | HelloAck):
             self._mark_closed(f"unexpected {type(msg).__name__} after the handshake")
         else:
-            call = self._calls.get(msg.id)
+            call = self._calls.get(msg.call_id)
             if call is not None:  # answers to cancelled calls are dropped
                 call.queue.put_nowait(msg)
 
@@ -233,10 +246,7 @@ class Connection:
     def _fail_calls(self) -> None:
         calls, self._calls = self._calls, {}
         for call in calls.values():
-            call.queue.put_nowait(
-                ResponseError(id=call.id, status=502, message=f"link to {self.peer_name} lost: {self._close_reason}",
-                              code=ErrorCode.LINK_LOST)
-            )
+            call.queue.put_nowait(None)
 
     def _mark_closed(self, reason: str) -> None:
         if not self._closed.is_set():

@@ -2,6 +2,10 @@
 
 Request and answer bodies stay opaque bytes (the OpenAI JSON as the engine produced it): proxies relay them
 without re-parsing.
+
+Each frame of a call carries `call_id`, the integer that multiplexes calls on one link (numbered by the side that
+opened the call); the request itself is named by `Request.request_id`, the same on every hop. On the wire
+`call_id` is spelled `id` and `request_id` `uid`, the names peers of earlier versions read.
 """
 
 from __future__ import annotations
@@ -70,34 +74,39 @@ class Pong(Frame, tag="pong"):
     peer_time: float  # lets the pinger estimate clock skew
 
 
-class Request(Frame, tag="req"):
-    id: int
+class Request(Frame, tag="req", omit_defaults=True):
     endpoint: str  # "chat" | "completions"
     model: str
     body: bytes  # validated OpenAI JSON
     stream: bool
     include_usage: bool
     deadline: float  # unix time after which the answer is useless
-    uid: str = ""  # globally unique, chosen by the client: the books' idempotency key
+    request_id: str = msgspec.field(default="", name="uid")  # chosen by the client API (core/ids.py)
+    call_id: int = msgspec.field(default=0, name="id")  # set by Connection.request on the copy it sends
     max_coefficient: int | None = None
     features: list[str] = []  # engine features the body uses (tools, response_format, ...)
     region: str = ""  # only workers announcing this region may serve it; "" lets the proxy choose
-    # the most completion tokens the answer may have (0: the engine's default); the proxy reserves the client's
-    # money for that many, and the worker holds the engine to it
-    max_tokens: int = 0
+    # the most completion tokens the answer may have (None: the engine's default); the proxy reserves the client's
+    # money for that many, and the worker holds the engine to it. Omitted when None (omit_defaults), so that
+    # peers that read 0 as "unset" see their default.
+    max_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_tokens == 0:  # what peers before `None` sent for "unset": never a cap of zero tokens
+            self.max_tokens = None
 
 
 class ResponseHead(Frame, tag="head"):
     """The answer begins: sent with the first bytes, carrying the time each hop spent until then."""
 
-    id: int
+    call_id: int = msgspec.field(name="id")
     status: int
     worker_ms: float = 0.0
     proxy_ms: float = 0.0
 
 
 class ResponseChunk(Frame, tag="chunk"):
-    id: int
+    call_id: int = msgspec.field(name="id")
     data: bytes  # one SSE payload (stream) or the whole JSON answer (non-stream)
     # generated tokens this streamed payload carries, as the worker counts them (one per choice with content):
     # what the proxy charges for a stream that breaks before its usage arrives. Never more than the truth.
@@ -106,7 +115,7 @@ class ResponseChunk(Frame, tag="chunk"):
 
 
 class ResponseEnd(Frame, tag="end"):
-    id: int
+    call_id: int = msgspec.field(name="id")
     usage: Usage
     worker_ms: float = 0.0
     proxy_ms: float = 0.0
@@ -117,7 +126,7 @@ class ResponseEnd(Frame, tag="end"):
 class ResponseError(Frame, tag="error"):
     """An ApiError on the wire: `from_api` and `to_api` are the only conversions between the two."""
 
-    id: int
+    call_id: int = msgspec.field(name="id")
     status: int
     message: str
     type: str = "api_error"
@@ -130,9 +139,11 @@ class ResponseError(Frame, tag="error"):
     param: str | None = None  # the request field the error is about, as the API reports it
 
     @classmethod
-    def from_api(cls, exc: ApiError, call_id: int) -> ResponseError:
-        return cls(id=call_id, status=exc.status, message=exc.message, type=exc.type, code=exc.code,
-                   param=exc.param, retry_after=exc.retry_after)
+    def from_api(cls, exc: ApiError, call_id: int, *, usage: Usage | None = None, cost_nanoton: int = 0,
+                 voucher: Voucher | None = None) -> ResponseError:
+        return cls(call_id=call_id, status=exc.status, message=exc.message, type=exc.type, code=exc.code,
+                   param=exc.param, retry_after=exc.retry_after, usage=usage, cost_nanoton=cost_nanoton,
+                   voucher=voucher)
 
     def to_api(self) -> ApiError:
         code = ErrorCode.known(self.code) if self.code is not None else None
@@ -145,18 +156,18 @@ class ResponseError(Frame, tag="error"):
 class Payout(Frame, tag="payout"):
     """Proxy -> worker after settling one of its requests: what it earned and the new cumulative voucher."""
 
-    id: int  # the request's call id on this link
+    call_id: int = msgspec.field(name="id")
     fee_nanoton: int
     voucher: Voucher
 
 
 class Cancel(Frame, tag="cancel"):
-    id: int
+    call_id: int = msgspec.field(name="id")
     reason: str = ""
 
 
 class ModelsQuery(Frame, tag="models"):
-    id: int
+    call_id: int = msgspec.field(name="id")
 
 
 class ModelInfo(msgspec.Struct, frozen=True):
@@ -166,7 +177,7 @@ class ModelInfo(msgspec.Struct, frozen=True):
 
 
 class ModelsReply(Frame, tag="models_reply"):
-    id: int
+    call_id: int = msgspec.field(name="id")
     models: list[ModelInfo]
 
 

@@ -38,7 +38,7 @@ class Execution:
     async def _head(self) -> None:
         if not self._head_sent:
             self._head_sent = True
-            await self.send(ResponseHead(id=self.req.id, status=200, worker_ms=self._ms()))
+            await self.send(ResponseHead(call_id=self.req.call_id, status=200, worker_ms=self._ms()))
 
     async def run(self) -> None:
         try:
@@ -49,12 +49,13 @@ class Execution:
             else:
                 await self._complete(endpoint, body)
         except ApiError as exc:
-            await self.send(ResponseError.from_api(exc, self.req.id))
+            await self.send(ResponseError.from_api(exc, self.req.call_id))
             return
         except MeteringError as exc:
-            await self.send(ResponseError(id=self.req.id, status=502, message=str(exc), code=ErrorCode.ENGINE_ERROR))
+            await self.send(ResponseError(call_id=self.req.call_id, status=502, message=str(exc),
+                                          code=ErrorCode.ENGINE_ERROR))
             return
-        await self.send(ResponseEnd(id=self.req.id, usage=self.usage or Usage(), worker_ms=self._ms()))
+        await self.send(ResponseEnd(call_id=self.req.call_id, usage=self.usage or Usage(), worker_ms=self._ms()))
 
     def _engine_body(self) -> dict[str, Any]:
         # `features` lists the tool-calling and structured-output fields the request uses (openai/schema.py).
@@ -63,7 +64,7 @@ class Execution:
             raise ApiError(400, f"the `{self.engine.name}` engine serving `{self.req.model}` does not support "
                                 f"`{feature}`", code=ErrorCode.UNSUPPORTED_PARAMETER, param=feature)
         body: dict[str, Any] = msgspec.json.decode(self.req.body)
-        if self.req.max_tokens:
+        if self.req.max_tokens is not None:
             # the proxy reserved the client's money for this many completion tokens: never generate more
             capped = [k for k in ("max_tokens", "max_completion_tokens") if isinstance(body.get(k), int)]
             for key in capped:
@@ -89,7 +90,7 @@ class Execution:
                 if answer.usage_only and not self.req.include_usage:
                     continue
                 await self._head()
-                await self.send(ResponseChunk(id=self.req.id, data=payload, tokens=int(answer.generated),
+                await self.send(ResponseChunk(call_id=self.req.call_id, data=payload, tokens=int(answer.generated),
                                               has_usage=answer.usage is not None))
         await self._head()
         if self.usage is None:
@@ -99,7 +100,8 @@ class Execution:
             log.warning("engine streamed without usage: metered %d completion tokens by chunk count", generated,
                         extra={"fields": {"engine": self.engine.name}})
             if self.req.include_usage and first is not None:
-                await self.send(ResponseChunk(id=self.req.id, data=usage_chunk(first, self.usage), has_usage=True))
+                await self.send(ResponseChunk(call_id=self.req.call_id, data=usage_chunk(first, self.usage),
+                                              has_usage=True))
 
     async def _complete(self, endpoint: Endpoint, body: dict[str, Any]) -> None:
         data = await self.engine.complete(endpoint, body)
@@ -107,4 +109,4 @@ class Execution:
         if self.usage is None:
             raise MeteringError("engine answered without reporting usage; refusing to serve unmetered")
         await self._head()
-        await self.send(ResponseChunk(id=self.req.id, data=data))
+        await self.send(ResponseChunk(call_id=self.req.call_id, data=data))

@@ -10,7 +10,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from cocoon.config import WorkerConfig
-from cocoon.core.usage import KINDS
+from cocoon.core.ids import request_scope
+from cocoon.core.usage import KINDS, Usage
 from cocoon.inference.base import Engine
 from cocoon.inference.factory import make_engine
 from cocoon.observe.stats import StatsServer
@@ -89,28 +90,37 @@ class WorkerNode:
                 self.payments.accept(msg)
         elif isinstance(msg, Request):
             task = conn.spawn(self._execute(conn, msg))
-            self.running[msg.id] = task
+            self.running[msg.call_id] = task
         elif isinstance(msg, Cancel):
-            task = self.running.get(msg.id)
+            task = self.running.get(msg.call_id)
             if task is not None:
-                log.info("request cancelled", extra={"fields": {"request": msg.id, "reason": msg.reason}})
-                task.cancel()
+                task.cancel(msg.reason or "cancelled by the proxy")
 
     async def _execute(self, conn: Connection, req: Request) -> None:
+        with request_scope(req.request_id):
+            await self._run(conn, req)
+
+    async def _run(self, conn: Connection, req: Request) -> None:
         execution = Execution(self.engine, req, conn.send)
+        started = time.monotonic()
         self.metrics.active.inc()
         outcome = "error"
         try:
             await execution.run()
             outcome = "ok"
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             outcome = "cancelled"
+            log.info("request cancelled", extra={"fields": {"reason": str(exc.args[0]) if exc.args else ""}})
         except ConnectionError:
             outcome = "link_lost"
         finally:
-            self.running.pop(req.id, None)
+            self.running.pop(req.call_id, None)
             self.metrics.active.dec()
             self.metrics.requests.labels(outcome).inc()
+            usage = execution.usage or Usage()
+            log.info("request done", extra={"fields": {
+                "outcome": outcome, "model": req.model, "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens, "ms": round((time.monotonic() - started) * 1000, 1)}})
             if execution.usage is not None:
                 self._count(execution)
 

@@ -17,7 +17,7 @@ class ConfigError(ValueError, CocoonError):
 
 
 class Prices(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """nanoTON per token; multipliers in per-mille of the base price (DESIGN §3)."""
+    """nanoTON per token; multipliers in per-mille of the base price."""
 
     price_per_token: int = 20
     worker_fee_per_token: int = 16

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
+import time
 import urllib.error
 import urllib.request
+import uuid
 
 import openai
 import pytest
@@ -155,3 +158,71 @@ def test_logs_never_carry_prompts_or_answers(fake_net: Net) -> None:
         text = log.read_text()
         assert marker not in text, log.name
         assert spoken not in text, log.name
+
+
+def _log_lines(net: Net, name: str) -> list[dict[str, object]]:
+    lines = []
+    for raw in (net.state_dir / "logs" / f"{name}.log").read_text().splitlines():
+        if raw.startswith("{"):
+            lines.append(json.loads(raw))
+    return lines
+
+
+def _about(net: Net, name: str, request_id: str) -> list[dict[str, object]]:
+    return [line for line in _log_lines(net, name) if line.get("request_id") == request_id]
+
+
+def test_one_request_id_names_the_request_in_every_process_log(fake_net: Net) -> None:
+    request_id = f"trace-{uuid.uuid4().hex}"
+    status, headers, _ = post(fake_net.api_url + "/chat/completions", chat_body(max_tokens=3),
+                              {"x-request-id": request_id})
+    assert status == 200 and headers["x-request-id"] == request_id
+    client = fake_net.by_role("client")[0]["name"]
+    proxy = fake_net.by_role("proxy")[0]["name"]
+    workers = [w["name"] for w in fake_net.by_role("worker")]
+    deadline = time.monotonic() + 10  # the worker may log its last line just after the answer left
+    while True:
+        seen = {name: _about(fake_net, name, request_id) for name in (client, proxy, *workers)}
+        if all(seen[n] for n in (client, proxy)) and any(seen[w] for w in workers):
+            break
+        assert time.monotonic() < deadline, {name: len(lines) for name, lines in seen.items()}
+        time.sleep(0.1)
+    def done(name: str) -> list[dict[str, object]]:
+        return [line for line in seen[name] if line["msg"] == "request done"]
+
+    assert [(line["role"], line["status"]) for line in done(client)] == [("client", 200)]
+    assert [(line["role"], line["outcome"]) for line in done(proxy)] == [("proxy", "ok")]
+    served = [line for w in workers for line in done(w)]
+    assert [(line["role"], line["outcome"], line["completion_tokens"]) for line in served] == [("worker", "ok", 3)]
+
+
+def test_request_ids_are_made_kept_or_replaced_and_answered_on_errors_and_streams(fake_net: Net) -> None:
+    url = fake_net.api_url + "/chat/completions"
+    _, made, _ = post(url, chat_body(max_tokens=1))
+    assert re.fullmatch(r"[0-9a-f]{32}", made["x-request-id"])
+    for bad in ("has space", "x" * 65, "semi;colon"):
+        _, replaced, _ = post(url, chat_body(max_tokens=1), {"x-request-id": bad})
+        assert replaced["x-request-id"] != bad and re.fullmatch(r"[0-9a-f]{32}", replaced["x-request-id"])
+    # errors raised by the client (bad JSON), by the proxy (unknown model) and streamed answers carry it too
+    for body, status in ((b"{", 400), (chat_body(model="no-such-model"), 404), (chat_body(stream=True), 200)):
+        got, headers, _ = post(url, body, {"x-request-id": "caller:1.2_3-4"})
+        assert got == status and headers["x-request-id"] == "caller:1.2_3-4"
+    assert _about(fake_net, fake_net.by_role("proxy")[0]["name"], made["x-request-id"])
+
+
+def test_a_reused_request_id_is_charged_each_time(fake_net: Net) -> None:
+    """The caller's id names requests in logs; it never makes a second answer free (the books key each request
+    themselves)."""
+    proxy = fake_net.by_role("proxy")[0]["name"]
+    before = fake_net.stats(proxy)["books"]
+    costs = []
+    for _ in range(2):
+        status, _, raw = post(fake_net.api_url + "/chat/completions", chat_body(max_tokens=2),
+                              {"x-request-id": "same-id-twice"})
+        assert status == 200
+        costs.append(json.loads(raw)["usage"]["cost_nanoton"])
+    after = fake_net.stats(proxy)["books"]
+    assert costs[0] == costs[1] > 0
+    assert after["charged_nanoton"] - before["charged_nanoton"] == sum(costs)
+    served = [sum(c["requests"] for c in books["clients"].values()) for books in (before, after)]
+    assert served[1] - served[0] == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import openai
 import pytest
 
 from tests.netutil import Net, localnet
@@ -50,3 +51,16 @@ def test_max_tokens_and_legacy_completions(embedded_net: Net) -> None:
     done = embedded_net.sdk().completions.create(model=MODEL, prompt="The sky is", max_tokens=4, temperature=0)
     assert done.usage.completion_tokens <= 4
     assert done.choices[0].finish_reason in ("length", "stop")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_error_raised_by_the_worker_reaches_the_sdk_with_its_param(embedded_net: Net, stream: bool) -> None:
+    """The client's schema accepts `n=2`; the embedded engine on the worker refuses it, naming the field."""
+    with pytest.raises(openai.BadRequestError) as refused:
+        embedded_net.sdk().chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], n=2, max_tokens=4, stream=stream,
+            extra_headers={"x-request-id": f"n2-{stream}"})
+    error = refused.value
+    assert (error.status_code, error.code, error.param) == (400, "unsupported_parameter", "n")
+    assert "does not support `n`" in error.message
+    assert error.response.headers["x-request-id"] == f"n2-{stream}"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import msgspec
 import pytest
 from hypothesis import given, settings
@@ -89,3 +92,15 @@ def test_request_ids() -> None:
     for bad in (None, "", "x" * 65, "has space", "new\nline", "quote\"", "é"):
         kept = request_id_from(bad)
         assert kept != bad and is_request_id(kept)
+
+
+def _readme_error_codes() -> list[str]:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Error codes", 1)[1].split("\n#", 1)[0]
+    return re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.M)
+
+
+def test_the_readme_lists_every_error_code_and_only_those() -> None:
+    listed = _readme_error_codes()
+    assert len(listed) == len(set(listed)), "a code is listed twice"
+    assert set(listed) == {code.value for code in ErrorCode}

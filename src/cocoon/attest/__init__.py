@@ -1,1 +1,1 @@
-"""Attestation: quotes, backends (tdx, fake, none), policy, image hash (DESIGN §2)."""
+"""Attestation: quotes, backends (tdx, fake, none), policy, image hash."""

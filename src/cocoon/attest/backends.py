@@ -1,4 +1,4 @@
-"""The attestation backend interface and the choice of backend by kind (DESIGN §2)."""
+"""The attestation backend interface and the choice of backend by kind."""
 
 from __future__ import annotations
 

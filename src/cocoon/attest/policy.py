@@ -1,4 +1,4 @@
-"""Which peers to trust, per peer role: attestation kinds, measurements, TCB statuses, certificate ages (DESIGN §2).
+"""Which peers to trust, per peer role: attestation kinds, measurements, TCB statuses, certificate ages.
 
 A policy file is TOML with the fields of `Policy`:
 

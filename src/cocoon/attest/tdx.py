@@ -1,4 +1,4 @@
-"""Intel TDX attestation: quotes from the Linux TSM interface, parsed and verified with dcap-qvl (DESIGN §2).
+"""Intel TDX attestation: quotes from the Linux TSM interface, parsed and verified with dcap-qvl.
 
 A TDX quote (version 4 or 5) is a signed TD report: MRTD, MRCONFIGID, MROWNER, MROWNERCONFIG, RTMR0-3 and
 the guest's 64-byte report_data, plus the Quoting Enclave's signature and the PCK certificate chain up to

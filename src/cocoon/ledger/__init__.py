@@ -1,1 +1,1 @@
-"""Money: prices, the ledger interface and its backends (DESIGN §3)."""
+"""Money: prices, the ledger interface and its backends."""

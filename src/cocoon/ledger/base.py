@@ -1,4 +1,4 @@
-"""The ledger interface the proxy, workers and clients use (DESIGN §3); backends: `local` (ledger/local.py, a
+"""The ledger interface the proxy, workers and clients use; backends: `local` (ledger/local.py, a
 chain in one SQLite file executing the compiled contracts) and `ton` (ledger/ton.py, real TON).
 
 Every method blocks (file, emulator or network): call them from a thread (`asyncio.to_thread`) on an event loop,
@@ -51,7 +51,7 @@ class RootParams(msgspec.Struct, frozen=True):
     version: int
     prices: Prices
     terms: Terms = Terms()
-    proxy_image_hashes: frozenset[str] = frozenset()  # lowercase hex SHA-256 image hashes (DESIGN §2)
+    proxy_image_hashes: frozenset[str] = frozenset()  # lowercase hex SHA-256 image hashes
     worker_image_hashes: frozenset[str] = frozenset()
     model_hashes: frozenset[str] = frozenset()
 

@@ -1,1 +1,1 @@
-"""RA-TLS: self-signed Ed25519 certificates that carry an attestation quote bound to their key (DESIGN §2)."""
+"""RA-TLS: self-signed Ed25519 certificates that carry an attestation quote bound to their key."""

@@ -1,1 +1,1 @@
-"""Wire protocol between client, proxy and worker: framed, typed, versioned messages (DESIGN §4)."""
+"""Wire protocol between client, proxy and worker: framed, typed, versioned messages."""

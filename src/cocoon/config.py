@@ -39,6 +39,21 @@ class SelectionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     reference_tokens: int = 128  # answer length at which time to first token and token rate are weighed
 
 
+class AdmissionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Connections an RA-TLS listener takes before they are authenticated (ratls/admission.py)."""
+
+    max_handshakes: int = 512  # TLS handshakes in progress on the listener
+    max_handshakes_per_address: int = 32  # of them from one source address (IPv6: one /64)
+    max_links_per_address: int = 256  # established links from one source address
+    handshake_timeout_s: float = 10.0  # a TLS handshake not finished by then is dropped
+
+    def __post_init__(self) -> None:
+        if min(self.max_handshakes, self.max_handshakes_per_address, self.max_links_per_address) < 1:
+            raise ValueError("admission limits must be at least 1")
+        if not self.handshake_timeout_s > 0:
+            raise ValueError("handshake_timeout_s must be positive")
+
+
 class CommonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     name: str
     state_dir: str = ".cocoon"
@@ -87,6 +102,7 @@ class ProxyConfig(CommonConfig, kw_only=True, forbid_unknown_fields=True):
     client_tokens_per_minute: int = 0  # prompt + completion tokens, as charged
     reputation_keep_s: float = 86400.0  # how long a disconnected worker key's reputation is remembered
     selection: SelectionConfig = SelectionConfig()
+    admission: AdmissionConfig = AdmissionConfig()  # per source address, before authentication
 
 
 class WorkerConfig(CommonConfig, kw_only=True, forbid_unknown_fields=True):

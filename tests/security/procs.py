@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import resource
 import signal
 import subprocess
 import sys
@@ -15,11 +16,19 @@ from tests.netutil import get_json, stop_process
 
 
 @contextlib.contextmanager
-def role_process(role: str, config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`cocoon ROLE --config CONFIG`, its output in `log`; stopped (then killed) on exit."""
+def role_process(role: str, config: Path, log: Path, *, max_open_files: int | None = None
+                 ) -> Iterator[subprocess.Popen[bytes]]:
+    """`cocoon ROLE --config CONFIG`, its output in `log`; stopped (then killed) on exit. `max_open_files` lowers
+    the process's file descriptor limit (RLIMIT_NOFILE), to reach resource exhaustion with few connections."""
+
+    def limit() -> None:
+        if max_open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max_open_files, max_open_files))
+
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "cocoon", role, "--config", str(config)],
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                preexec_fn=limit if max_open_files is not None else None)
     try:
         yield proc
     finally:

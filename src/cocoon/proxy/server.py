@@ -20,6 +20,7 @@ from cocoon.proxy.registry import WorkerLink, WorkerRegistry
 from cocoon.proxy.reputation import ReputationBook
 from cocoon.proxy.selection import Selector
 from cocoon.ratls import tls
+from cocoon.ratls.admission import Admission
 from cocoon.runtime import make_node_identity, serve_until
 from cocoon.wire.connection import Connection, ProtocolError, accept_hello
 from cocoon.wire.messages import Cancel, Inbound, ModelsQuery, ModelsReply, Request
@@ -45,6 +46,7 @@ class ProxyServer:
         self.forwarder = Forwarder(cfg, self.registry, self.selector, self.backlog, self.billing, self.limiter,
                                    self.metrics)
         self.identity, self.verifier = make_node_identity("proxy", cfg, {"worker", "client"})
+        self.admission = Admission(cfg.admission)
         self.stats = StatsServer("proxy", cfg.name, self.metrics.registry, self.jsonstats)
         self.port = 0
         self._server: asyncio.Server | None = None
@@ -56,7 +58,8 @@ class ProxyServer:
         restored = self.reputations.load(self._reputation_file, self.selector.clock())
         if restored:
             log.info("worker reputations restored", extra={"fields": {"workers": restored}})
-        self._server = await tls.serve(self._on_peer, self.cfg.host, self.cfg.port, self.identity, self.verifier)
+        self._server = await tls.serve(self._on_peer, self.cfg.host, self.cfg.port, self.identity, self.verifier,
+                                       admission=self.admission)
         self.port = self._server.sockets[0].getsockname()[1]
         self._settling = asyncio.create_task(self.billing.run())
         await self.stats.start(self.cfg.stats_host, self.cfg.stats_port)
@@ -82,7 +85,8 @@ class ProxyServer:
     # -- links -----------------------------------------------------------------------------------------------
     async def _on_peer(self, stream: tls.TlsStream) -> None:
         try:
-            conn, hello = await accept_hello(stream, name=self.cfg.name, allowed_roles={"worker", "client"})
+            conn, hello = await accept_hello(stream, name=self.cfg.name, allowed_roles={"worker", "client"},
+                                             timeout=self.cfg.admission.handshake_timeout_s)
         except (ProtocolError, ConnectionError, TimeoutError) as exc:
             log.warning("refused peer at hello", extra={"fields": {"peer": stream.peername, "reason": str(exc)}})
             return
@@ -157,6 +161,8 @@ class ProxyServer:
             "waiting_requests": len(self.backlog),
             "limits": {"client_max_concurrent": self.cfg.client_max_concurrent,
                        "client_tokens_per_minute": self.cfg.client_tokens_per_minute},
+            # connections before authentication: in progress, and refused or dropped per reason
+            "admission": self.admission.stats(),
             "books": self.billing.summary(),
             "proxy_contract": self.billing.settlement.proxy if self.billing.settlement else None,
             "prices": msgspec.to_builtins(self.ledger.root_params().prices),

@@ -16,7 +16,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL, crypto
 
 from cocoon.attest.types import AttestationError, PeerIdentity
+from cocoon.config import AdmissionConfig
 from cocoon.core.errors import CocoonError
+from cocoon.ratls.admission import Admission, source_key
 from cocoon.ratls.cert import CertVerifier, Identity, IdentitySource
 
 log = logging.getLogger(__name__)
@@ -249,12 +251,15 @@ async def serve(
     identity: IdentitySource,
     verifier: CertVerifier,
     *,
-    handshake_timeout: float = 10.0,
+    admission: Admission | None = None,
 ) -> asyncio.Server:
     """Listen for attested peers; `handler` runs for each one that passes the handshake.
 
     Each handshake presents the identity's current certificate (a context is built once per certificate).
+    Connections are admitted per source address and each handshake is bounded in time (`admission`).
     """
+    admission = admission or Admission(AdmissionConfig())
+    timeout = admission.limits.handshake_timeout_s
     presented: list[tuple[Identity, SSL.Context]] = []  # the certificate in use and its context
 
     def context() -> SSL.Context:
@@ -265,16 +270,30 @@ async def serve(
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
+        address = source_key(peer)
+        entry = admission.begin(address, writer.transport.abort)
+        if entry is None:
+            writer.transport.abort()
+            return
+        established = False
         try:
-            stream = await asyncio.wait_for(_handshake(reader, writer, context(), verifier, server=True),
-                                            handshake_timeout)
-        except (HandshakeError, OSError, TimeoutError) as exc:
-            log.warning("refused connection from %s: %s", peer, exc)
+            stream = await asyncio.wait_for(_handshake(reader, writer, context(), verifier, server=True), timeout)
+            established = True
+        except TimeoutError:
+            admission.timed_out(entry)
+            writer.transport.abort()
+            return
+        except (HandshakeError, OSError) as exc:
+            if not entry.evicted:  # an eviction was counted and logged as such
+                log.warning("refused connection from %s: %s", peer, exc)
             writer.close()
             return
+        finally:
+            admission.end(entry, established=established)
         try:
             await handler(stream)
         finally:
+            admission.link_closed(address)
             await stream.close()
 
     return await asyncio.start_server(on_connect, host, port, limit=_READ_SIZE)

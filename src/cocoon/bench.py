@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cocoon.localnet import LocalNet, free_port
+from cocoon.openai import sse
 
 console = Console(stderr=True)
 
@@ -69,11 +70,11 @@ async def run_load(base_url: str, model: str, requests: int, concurrency: int) -
                     await resp.read()
                     return
                 done = False
-                async for line in resp.content:
-                    if first is None and line.startswith(b"data: "):
-                        first = time.perf_counter()
-                    if line.startswith(b"data: [DONE]"):
-                        done = True
+                decoder = sse.SSEDecoder()
+                async for chunk in resp.content.iter_any():
+                    for payload in decoder.feed(chunk):
+                        first = first or time.perf_counter()
+                        done = payload == sse.DONE_PAYLOAD
                 if not done:
                     errors += 1
                     return

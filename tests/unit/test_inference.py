@@ -13,11 +13,13 @@ import pytest
 from aiohttp import web
 
 from cocoon.core.errors import ApiError
-from cocoon.inference.base import Endpoint, Engine
+from cocoon.inference.base import Engine
 from cocoon.inference.factory import make_engine
 from cocoon.inference.fake import FakeEngine
-from cocoon.inference.openai_upstream import OpenAIUpstreamEngine, SSEDecoder
+from cocoon.inference.openai_upstream import OpenAIUpstreamEngine
 from cocoon.inference.server import serve
+from cocoon.openai import schema, sse
+from cocoon.openai.schema import Endpoint, OpenAIRequest
 
 MODEL = "fake-model"
 
@@ -30,8 +32,21 @@ def streamed(**extra: Any) -> dict[str, Any]:
     return {"stream": True, "stream_options": {"include_usage": True}, **extra}
 
 
+def typed(endpoint: Endpoint, body: dict[str, Any]) -> OpenAIRequest:
+    """The body as engines get it: decoded by the schema (which refuses what is malformed)."""
+    return schema.decode_request(endpoint, msgspec.json.encode(body))
+
+
+async def complete(engine: Engine, endpoint: Endpoint, body: dict[str, Any]) -> bytes:
+    return await engine.complete(typed(endpoint, body))
+
+
+def stream(engine: Engine, endpoint: Endpoint, body: dict[str, Any]) -> AsyncIterator[bytes]:
+    return engine.stream(typed(endpoint, body))
+
+
 async def collect(engine: Engine, endpoint: Endpoint, body: dict[str, Any]) -> list[dict[str, Any]]:
-    return [msgspec.json.decode(p) async for p in engine.stream(endpoint, body)]
+    return [msgspec.json.decode(p) async for p in stream(engine, endpoint, body)]
 
 
 def text_of(chunks: list[dict[str, Any]]) -> str:
@@ -64,9 +79,9 @@ async def wait_until_still(counter: Any, settle_s: float = 0.2) -> int:
 
 async def test_fake_is_deterministic_and_depends_on_the_prompt() -> None:
     engine = FakeEngine()
-    first = msgspec.json.decode(await engine.complete("chat", chat("one prompt")))
-    again = msgspec.json.decode(await engine.complete("chat", chat("one prompt")))
-    other = msgspec.json.decode(await engine.complete("chat", chat("another prompt")))
+    first = msgspec.json.decode(await complete(engine, "chat", chat("one prompt")))
+    again = msgspec.json.decode(await complete(engine, "chat", chat("one prompt")))
+    other = msgspec.json.decode(await complete(engine, "chat", chat("another prompt")))
     text = first["choices"][0]["message"]["content"]
     assert text == again["choices"][0]["message"]["content"]
     assert text != other["choices"][0]["message"]["content"]
@@ -87,7 +102,7 @@ async def test_fake_is_deterministic_and_depends_on_the_prompt() -> None:
 async def test_fake_stream_and_complete_agree(endpoint: Endpoint) -> None:
     engine = FakeEngine()
     body = chat() if endpoint == "chat" else {"model": MODEL, "prompt": "tell me something"}
-    whole = msgspec.json.decode(await engine.complete(endpoint, body))
+    whole = msgspec.json.decode(await complete(engine, endpoint, body))
     chunks = await collect(engine, endpoint, {**body, **streamed()})
     choice = whole["choices"][0]
     assert text_of(chunks) == (choice["message"]["content"] if endpoint == "chat" else choice["text"])
@@ -108,7 +123,7 @@ async def test_usage_chunk_only_when_asked() -> None:
 async def test_fake_respects_max_tokens() -> None:
     engine = FakeEngine(reply_tokens=16)
     for field in ("max_tokens", "max_completion_tokens"):
-        answer = msgspec.json.decode(await engine.complete("chat", chat(**{field: 5})))
+        answer = msgspec.json.decode(await complete(engine, "chat", chat(**{field: 5})))
         assert answer["usage"]["completion_tokens"] == 5
         assert answer["choices"][0]["finish_reason"] == "length"
         assert len(answer["choices"][0]["message"]["content"].split()) == 5
@@ -126,27 +141,27 @@ async def test_fake_paces_tokens() -> None:
     engine = FakeEngine(reply_tokens=10, tokens_per_s=200)
     loop = asyncio.get_running_loop()
     start = loop.time()
-    await engine.complete("chat", chat())
+    await complete(engine, "chat", chat())
     assert 10 / 200 <= loop.time() - start < 1.0
 
 
 async def test_closing_the_stream_stops_the_fake() -> None:
     engine = FakeEngine(reply_tokens=1000, tokens_per_s=200)
-    stream = engine.stream("chat", chat(**streamed()))
+    answer = stream(engine, "chat", chat(**streamed()))
     for _ in range(4):  # role chunk and three pieces
-        await anext(stream)
-    await stream.aclose()
+        await anext(answer)
+    await answer.aclose()
     stopped = await wait_until_still(lambda: engine.generated_tokens)
     assert stopped <= 4
 
 
 async def test_stop_strings_cut_the_answer_everywhere() -> None:
     engine = FakeEngine()
-    full = msgspec.json.decode(await engine.complete("chat", chat()))["choices"][0]["message"]["content"]
+    full = msgspec.json.decode(await complete(engine, "chat", chat()))["choices"][0]["message"]["content"]
     words = full.split()
     stop = words[2][-2:] + " " + words[3][:2]  # spans two pieces
     expected = full[: full.index(stop)]
-    whole = msgspec.json.decode(await engine.complete("chat", chat(stop=[stop, "never-there"])))
+    whole = msgspec.json.decode(await complete(engine, "chat", chat(stop=[stop, "never-there"])))
     assert whole["choices"][0]["message"]["content"] == expected
     assert whole["choices"][0]["finish_reason"] == "stop"
     chunks = await collect(engine, "chat", chat(stop=stop, **streamed()))
@@ -168,17 +183,17 @@ async def test_stop_strings_cut_the_answer_everywhere() -> None:
 async def test_unsupported_features_are_refused(extra: dict[str, Any], param: str) -> None:
     engine = FakeEngine()
     with pytest.raises(ApiError) as info:
-        await engine.complete("chat", chat(**extra))
+        await complete(engine, "chat", chat(**extra))
     assert info.value.status == 400
     assert info.value.code == "unsupported_parameter" and info.value.param == param
     assert f"does not support `{param}`" in info.value.message
     with pytest.raises(ApiError):
-        await anext(engine.stream("chat", chat(**extra, **streamed())))
+        await anext(stream(engine, "chat", chat(**extra, **streamed())))
 
 
 async def test_harmless_values_of_unsupported_fields_pass() -> None:
     body = chat(response_format={"type": "text"}, tool_choice="none", n=1, logprobs=False)
-    assert msgspec.json.decode(await FakeEngine().complete("chat", body))["choices"]
+    assert msgspec.json.decode(await complete(FakeEngine(), "chat", body))["choices"]
 
 
 @pytest.mark.parametrize(
@@ -196,17 +211,17 @@ async def test_harmless_values_of_unsupported_fields_pass() -> None:
 )
 async def test_bad_requests_name_the_field(body: dict[str, Any], status: int, param: str) -> None:
     with pytest.raises(ApiError) as info:
-        await FakeEngine().complete("chat", body)
+        await complete(FakeEngine(), "chat", body)
     assert (info.value.status, info.value.param) == (status, param)
 
 
 async def test_text_parts_and_prompt_lists_are_accepted() -> None:
     engine = FakeEngine()
     parts = {"role": "user", "content": [{"type": "text", "text": "tell me "}, {"type": "text", "text": "something"}]}
-    as_parts = msgspec.json.decode(await engine.complete("chat", chat() | {"messages": [parts]}))
-    as_text = msgspec.json.decode(await engine.complete("chat", chat()))
+    as_parts = msgspec.json.decode(await complete(engine, "chat", chat() | {"messages": [parts]}))
+    as_text = msgspec.json.decode(await complete(engine, "chat", chat()))
     assert as_parts["choices"][0]["message"] == as_text["choices"][0]["message"]
-    listed = msgspec.json.decode(await engine.complete("completions", {"model": MODEL, "prompt": ["a b"]}))
+    listed = msgspec.json.decode(await complete(engine, "completions", {"model": MODEL, "prompt": ["a b"]}))
     assert listed["usage"]["prompt_tokens"] == 2
 
 
@@ -232,7 +247,7 @@ def test_sse_decoder_survives_any_chunking() -> None:
     )
     expected = [b'{"a": 1}', b'{"b": 2}', b"line one\nline two", b"[DONE]"]
     for size in range(1, len(stream) + 1):
-        decoder = SSEDecoder()
+        decoder = sse.SSEDecoder()
         events = []
         for i in range(0, len(stream), size):
             events += decoder.feed(stream[i : i + size])
@@ -260,8 +275,8 @@ async def test_upstream_relays_the_served_engine(served: tuple[FakeEngine, OpenA
     fake, upstream, _ = served
     assert await upstream.models() == [MODEL]
     for endpoint, body in (("chat", chat()), ("completions", {"model": MODEL, "prompt": "tell me something"})):
-        direct = msgspec.json.decode(await fake.complete(endpoint, body))
-        relayed = msgspec.json.decode(await upstream.complete(endpoint, body))
+        direct = msgspec.json.decode(await complete(fake, endpoint, body))
+        relayed = msgspec.json.decode(await complete(upstream, endpoint, body))
         assert relayed["choices"] == direct["choices"] and relayed["usage"] == direct["usage"]
         chunks = await collect(upstream, endpoint, {**body, **streamed()})
         assert text_of(chunks) == text_of(await collect(fake, endpoint, {**body, **streamed()}))
@@ -271,12 +286,12 @@ async def test_upstream_relays_the_served_engine(served: tuple[FakeEngine, OpenA
 async def test_upstream_maps_http_errors(served: tuple[FakeEngine, OpenAIUpstreamEngine, str]) -> None:
     _, upstream, _ = served
     with pytest.raises(ApiError) as info:
-        await upstream.complete("chat", chat() | {"model": "missing"})
+        await complete(upstream, "chat", chat() | {"model": "missing"})
     assert info.value.status == 404 and info.value.code == "model_not_found"
     assert "`missing` does not exist" in info.value.message
     # refused before the first event: a real HTTP error, not a broken stream
     with pytest.raises(ApiError) as info:
-        await anext(upstream.stream("chat", chat(tools=[{"type": "function"}], **streamed())))
+        await anext(stream(upstream, "chat", chat(tools=[{"type": "function"}], **streamed())))
     assert info.value.status == 400 and info.value.param == "tools"
 
 
@@ -296,29 +311,37 @@ async def test_closing_the_upstream_stream_stops_the_engine(
 ) -> None:
     fake, upstream, _ = served
     fake.reply_tokens, fake.tokens_per_s = 1000, 200
-    stream = upstream.stream("chat", chat(**streamed()))
+    answer = stream(upstream, "chat", chat(**streamed()))
     for _ in range(4):
-        await anext(stream)
-    await stream.aclose()
+        await anext(answer)
+    await answer.aclose()
     stopped = await wait_until_still(lambda: fake.generated_tokens)
     assert stopped < 50
 
 
-async def test_upstream_unreachable_is_502() -> None:
-    upstream = OpenAIUpstreamEngine(f"http://127.0.0.1:{free_port()}/v1")
+async def test_upstream_unreachable_is_502_without_its_address(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 15 item 17: where the engine runs is the operator's to know, not the client's."""
+    port = free_port()
+    upstream = OpenAIUpstreamEngine(f"http://127.0.0.1:{port}/v1")
     try:
         with pytest.raises(ApiError) as info:
             await upstream.models()
         assert info.value.status == 502 and info.value.code == "engine_unavailable"
         with pytest.raises(ApiError) as info:
-            await anext(upstream.stream("chat", chat(**streamed())))
+            await anext(stream(upstream, "chat", chat(**streamed())))
         assert info.value.code == "engine_unavailable"
+        assert str(port) not in info.value.message and "127.0.0.1" not in info.value.message
+        assert "Error" not in info.value.message  # no exception repr either
     finally:
         await upstream.close()
+    logged = [r for r in caplog.records if r.name == "cocoon.inference.openai_upstream"]
+    assert any(f"127.0.0.1:{port}" in r.fields["engine_url"] for r in logged)  # type: ignore[attr-defined]
 
 
 async def test_upstream_reads_awkward_streams_and_plain_errors() -> None:
-    """A hand-written engine: lines split across writes, comments, CRLF, a mid-stream error, text errors."""
+    """A hand-written engine: lines split across writes, comments, CRLF, a mid-stream error, text errors.
+
+    Its 4xx answers reach the client with their own words (they are about the request); its failures do not."""
 
     async def events(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -329,7 +352,10 @@ async def test_upstream_reads_awkward_streams_and_plain_errors() -> None:
             await asyncio.sleep(0.01)
         return resp
 
-    async def plain_error(_request: web.Request) -> web.Response:
+    async def plain_error(request: web.Request) -> web.Response:
+        body = await request.json()
+        if body["prompt"] == "refuse":
+            return web.Response(status=400, text="your prompt is refused " * 50)
         return web.Response(status=503, text="overloaded " * 100)
 
     app = web.Application()
@@ -340,13 +366,19 @@ async def test_upstream_reads_awkward_streams_and_plain_errors() -> None:
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     upstream = OpenAIUpstreamEngine(f"http://127.0.0.1:{runner.addresses[0][1]}/v1")
     try:
-        stream = upstream.stream("chat", chat(**streamed()))
-        assert await anext(stream) == b'{"x": 1}'
-        with pytest.raises(ApiError, match="boom"):
-            await anext(stream)
+        answer = stream(upstream, "chat", chat(**streamed()))
+        assert await anext(answer) == b'{"x": 1}'
+        # the engine failing speaks of itself: the client gets a generic message (issue 15 item 17)
         with pytest.raises(ApiError) as info:
-            await upstream.complete("completions", {"model": MODEL, "prompt": "x"})
-        assert info.value.status == 503 and info.value.message.startswith("overloaded")
+            await anext(answer)
+        assert info.value.status == 502 and info.value.code == "engine_error" and "boom" not in info.value.message
+        with pytest.raises(ApiError) as info:
+            await complete(upstream, "completions", {"model": MODEL, "prompt": "x"})
+        assert info.value.status == 503 and info.value.code == "engine_error"
+        assert "overloaded" not in info.value.message
+        with pytest.raises(ApiError) as info:
+            await complete(upstream, "completions", {"model": MODEL, "prompt": "refuse"})
+        assert info.value.status == 400 and info.value.message.startswith("your prompt is refused")
         assert len(info.value.message) <= 501
     finally:
         await upstream.close()

@@ -10,12 +10,17 @@ import msgspec
 import pytest
 
 from cocoon.core.errors import ApiError
-from cocoon.inference.base import Endpoint
 from cocoon.inference.embedded import MODEL_ID, EmbeddedEngine, default_model_path
 from cocoon.inference.openai_upstream import OpenAIUpstreamEngine
+from cocoon.openai import schema
+from cocoon.openai.schema import Endpoint, OpenAIRequest
 from tests.netutil import llama_cpp_server
 
 QUESTION = "What is the capital of France? Answer in one sentence."
+
+
+def typed(endpoint: Endpoint, body: dict[str, Any]) -> OpenAIRequest:
+    return schema.decode_request(endpoint, msgspec.json.encode(body))
 
 
 def chat(content: str = QUESTION, **extra: Any) -> dict[str, Any]:
@@ -28,7 +33,7 @@ def streamed(body: dict[str, Any]) -> dict[str, Any]:
 
 async def run_stream(engine: Any, endpoint: Endpoint, body: dict[str, Any]) -> tuple[str, Any, list[Any]]:
     """(text, usage, chunks) of a streamed answer."""
-    chunks = [msgspec.json.decode(p) async for p in engine.stream(endpoint, streamed(body))]
+    chunks = [msgspec.json.decode(p) async for p in engine.stream(typed(endpoint, streamed(body)))]
     text = "".join(
         (c["delta"].get("content") or "") if endpoint == "chat" else c["text"] for ch in chunks for c in ch["choices"]
     )
@@ -37,7 +42,7 @@ async def run_stream(engine: Any, endpoint: Endpoint, body: dict[str, Any]) -> t
 
 async def run_complete(engine: Any, endpoint: Endpoint, body: dict[str, Any]) -> tuple[str, Any, str]:
     """(text, usage, finish_reason) of a whole answer."""
-    answer = msgspec.json.decode(await engine.complete(endpoint, body))
+    answer = msgspec.json.decode(await engine.complete(typed(endpoint, body)))
     choice = answer["choices"][0]
     text = choice["message"]["content"] if endpoint == "chat" else choice["text"]
     return text, answer["usage"], choice["finish_reason"]
@@ -129,19 +134,19 @@ async def test_stop_strings_and_seeds(engine: EmbeddedEngine) -> None:
 
 async def test_refusals(engine: EmbeddedEngine) -> None:
     with pytest.raises(ApiError) as info:
-        await engine.complete("chat", chat(tools=[{"type": "function", "function": {"name": "f"}}]))
+        await engine.complete(typed("chat", chat(tools=[{"type": "function", "function": {"name": "f"}}])))
     assert info.value.status == 400 and info.value.code == "unsupported_parameter"
     with pytest.raises(ApiError) as info:
-        await anext(engine.stream("chat", streamed(chat() | {"model": "gpt-4o"})))
+        await anext(engine.stream(typed("chat", streamed(chat() | {"model": "gpt-4o"}))))
     assert info.value.status == 404 and info.value.code == "model_not_found"
     with pytest.raises(ApiError) as info:
-        await engine.complete("completions", {"model": MODEL_ID, "prompt": "word " * 3000})
+        await engine.complete(typed("completions", {"model": MODEL_ID, "prompt": "word " * 3000}))
     assert info.value.status == 400 and info.value.code == "context_length_exceeded"
 
 
 async def test_closing_the_stream_stops_generation(engine: EmbeddedEngine) -> None:
     body = streamed({"model": MODEL_ID, "prompt": "Once upon a time", "max_tokens": 1000, "temperature": 0})
-    stream = engine.stream("completions", body)
+    stream = engine.stream(typed("completions", body))
     for _ in range(5):
         await anext(stream)
     loop = asyncio.get_running_loop()
@@ -186,8 +191,12 @@ async def test_llama_cpp_server_as_upstream(llama_upstream: OpenAIUpstreamEngine
     assert whole_usage["prompt_tokens"] > 5 and 0 < whole_usage["completion_tokens"] <= 12
 
 
-async def test_llama_cpp_server_errors_keep_status_and_message(llama_upstream: OpenAIUpstreamEngine) -> None:
+async def test_llama_cpp_server_errors_keep_their_status(llama_upstream: OpenAIUpstreamEngine) -> None:
+    # a body that skipped the schema (replace() does not validate), as only a bug could send
+    broken = msgspec.structs.replace(typed("chat", chat()), messages="not a list")
     with pytest.raises(ApiError) as info:
-        await llama_upstream.complete("chat", {"model": MODEL_ID, "messages": "not a list"})
-    # it reports request validation failures as 500s, in OpenAI's error shape
-    assert info.value.status == 500 and "validation error" in info.value.message
+        await llama_upstream.complete(broken)
+    # it reports request validation failures as 500s: the status is kept, its words (which may quote the
+    # request) stay in its own log (issue 15 item 17)
+    assert info.value.status == 500 and info.value.code == "engine_error"
+    assert "validation error" not in info.value.message

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -17,13 +17,11 @@ from cocoon.core.errors import ApiError, ErrorCode
 from cocoon.core.ids import REQUEST_ID_HEADER, request_id_from, request_scope
 from cocoon.core.usage import KINDS, Usage
 from cocoon.ledger.vouchers import Voucher
-from cocoon.openai import schema
+from cocoon.openai import http, schema, sse
 from cocoon.wire.connection import Call, LinkLost
 from cocoon.wire.messages import Answer, Request, ResponseChunk, ResponseEnd, ResponseError, ResponseHead
 
 log = logging.getLogger(__name__)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 REGION_HEADER = "cocoon-region"
 _REQUEST_ID = web.RequestKey("request_id", str)
@@ -47,11 +45,6 @@ class ClientStats:
         self.charged_nanoton += last.cost_nanoton
 
 
-def error_response(exc: ApiError) -> web.Response:
-    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
-    return web.Response(status=exc.status, body=exc.to_json(), content_type="application/json", headers=headers)
-
-
 Paid = Callable[[Voucher | None, int], None]  # an answer's voucher and cost, for the client's payments
 
 
@@ -63,7 +56,8 @@ class ClientApi:
         self.on_paid = on_paid
 
     def build_app(self) -> web.Application:
-        app = web.Application(client_max_size=self.cfg.max_body_bytes, middlewares=[self._request_ids, self._errors])
+        app = web.Application(client_max_size=self.cfg.max_body_bytes, middlewares=[
+            self._request_ids, http.error_middleware(self.cfg.max_body_bytes), self._admit])
         app.on_response_prepare.append(_answer_request_id)
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/chat/completions", self.chat)
@@ -72,7 +66,7 @@ class ClientApi:
 
     # -- plumbing ----------------------------------------------------------------------------------------------
     @web.middleware
-    async def _request_ids(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def _request_ids(self, request: web.Request, handler: http.Handler) -> web.StreamResponse:
         """Names the request: the caller's `x-request-id` when well-formed, a new id otherwise. It is answered as
         the `x-request-id` header, sent on to the proxy and the worker, and logged on every line about it."""
         request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
@@ -89,21 +83,10 @@ class ClientApi:
                     "path": request.path, "status": status, "ms": round((time.monotonic() - started) * 1000, 1)}})
 
     @web.middleware
-    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            if self.cfg.api_key is not None:
-                self._authorize(request)
-            return await handler(request)
-        except ApiError as exc:
-            return error_response(exc)
-        except web.HTTPRequestEntityTooLarge:
-            return error_response(ApiError(413, f"request body exceeds the {self.cfg.max_body_bytes}-byte limit",
-                                           code=ErrorCode.REQUEST_TOO_LARGE))
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            code = ErrorCode.NOT_FOUND if exc.status == 404 else ErrorCode.INVALID_REQUEST
-            return error_response(ApiError(exc.status, f"{exc.reason}: {request.method} {request.path}", code=code))
+    async def _admit(self, request: web.Request, handler: http.Handler) -> web.StreamResponse:
+        if self.cfg.api_key is not None:
+            self._authorize(request)
+        return await handler(request)
 
     def _authorize(self, request: web.Request) -> None:
         header = request.headers.get("Authorization", "")
@@ -114,10 +97,7 @@ class ClientApi:
                            type="authentication_error", code=ErrorCode.INVALID_API_KEY)
 
     async def _body(self, request: web.Request) -> bytes:
-        if request.content_length is not None and request.content_length > self.cfg.max_body_bytes:
-            raise web.HTTPRequestEntityTooLarge(max_size=self.cfg.max_body_bytes,
-                                                actual_size=request.content_length)
-        return await request.read()
+        return await http.read_body(request, self.cfg.max_body_bytes)
 
     # -- endpoints ---------------------------------------------------------------------------------------------
     async def models(self, request: web.Request) -> web.Response:
@@ -194,31 +174,29 @@ class ClientApi:
                 raise msg.to_api()
 
     async def _stream(self, request: web.Request, call: Call, timing: dict[str, str]) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                           **timing})
-        await resp.prepare(request)
+        resp = await http.open_stream(request, timing)
         usage_chunk: bytes | None = None  # held back until the End says what the answer cost
         while True:
             try:
                 msg = await self._next(call)
             except ApiError as exc:  # headers are gone already: the error is the stream's last event
-                await resp.write(b"data: " + exc.to_json() + b"\n\n")
+                await resp.write(sse.event(exc.to_json()))
                 break
             if isinstance(msg, ResponseChunk):
                 if msg.has_usage:
                     usage_chunk = msg.data
                 else:
-                    await resp.write(b"data: " + msg.data + b"\n\n")
+                    await resp.write(sse.event(msg.data))
             elif isinstance(msg, ResponseEnd):
                 self._paid("ok", msg)
                 if usage_chunk is not None:
-                    await resp.write(b"data: " + with_cost(usage_chunk, msg.cost_nanoton) + b"\n\n")
-                await resp.write(b"data: [DONE]\n\n")
+                    await resp.write(sse.event(with_cost(usage_chunk, msg.cost_nanoton)))
+                await resp.write(sse.DONE)
                 break
             elif isinstance(msg, ResponseError):
                 # Headers are gone already: the error travels as a final SSE event, the way OpenAI does.
                 self._paid(msg.code or "error", msg)
-                await resp.write(b"data: " + msg.to_api().to_json() + b"\n\n")
+                await resp.write(sse.event(msg.to_api().to_json()))
                 break
         await resp.write_eof()
         return resp

@@ -4,23 +4,22 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
-from typing import Any, Literal
 
-Endpoint = Literal["chat", "completions"]
+from cocoon.openai.schema import OpenAIRequest
 
 
 class Engine(ABC):
-    """An OpenAI-compatible generator.
+    """An OpenAI-compatible generator, handed requests already decoded and validated (`cocoon.openai.schema`).
 
     `stream` yields the JSON payload of each SSE `data:` event, exactly as the engine produced it (never the
-    final `[DONE]`). The caller sets `stream=True` and `stream_options={"include_usage": true}` in `body`, so
-    the last payload carries `usage`. Closing the iterator early (client gone) must stop the generation.
+    final `[DONE]`). The caller asks for `stream` with `stream_options.include_usage`, so the last payload
+    carries `usage`. Closing the iterator early (client gone) must stop the generation.
     `complete` returns the whole non-streamed JSON response, `usage` included.
-    Engine failures raise `cocoon.core.errors.ApiError` with the engine's status and a precise message.
+    Engine failures raise `cocoon.core.errors.ApiError` with the engine's status and a message fit for the client.
     """
 
     name: str
-    supports_tools: bool = False  # tools, tool_choice, response_format
+    supports_tools: bool = False  # the fields of `cocoon.openai.schema.TOOL_FIELDS`
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Load models or open connections."""
@@ -32,7 +31,7 @@ class Engine(ABC):
     async def models(self) -> list[str]: ...
 
     @abstractmethod
-    def stream(self, endpoint: Endpoint, body: dict[str, Any]) -> AsyncIterator[bytes]: ...
+    def stream(self, req: OpenAIRequest) -> AsyncIterator[bytes]: ...
 
     @abstractmethod
-    async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> bytes: ...
+    async def complete(self, req: OpenAIRequest) -> bytes: ...

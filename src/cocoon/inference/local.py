@@ -1,6 +1,6 @@
-"""In-process engines (fake, embedded): request parsing and OpenAI response formatting, written once.
+"""In-process engines (fake, embedded): what they take of a decoded request, and OpenAI answers, written once.
 
-A subclass only produces text pieces for a parsed request and fills in the token accounting; everything the
+A subclass only produces text pieces for a `GenRequest` and fills in the token accounting; everything the
 client sees (chunks, whole responses, usage, errors) is built here, so a streamed and a non-streamed answer
 to the same request go through the same generation path and cannot disagree.
 """
@@ -16,33 +16,37 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+from msgspec import UNSET
 
-from cocoon.core.errors import ApiError, ErrorCode, bad_request
+from cocoon.core.errors import ApiError, ErrorCode
 from cocoon.core.usage import Usage
-from cocoon.inference.base import Endpoint, Engine
+from cocoon.inference.base import Engine
+from cocoon.openai.schema import (
+    AssistantMessage,
+    CompletionRequest,
+    DeveloperMessage,
+    Endpoint,
+    Message,
+    OpenAIRequest,
+    SystemMessage,
+    TextPart,
+    UserMessage,
+)
 
 _json = msgspec.json.Encoder()
 
-# Request fields these engines cannot honour: refusing beats silently answering something else.
-_UNSUPPORTED = (
-    "tools",
-    "tool_choice",
-    "functions",
-    "function_call",
-    "response_format",
-    "logprobs",
-    "top_logprobs",
-    "logit_bias",
-    "echo",
-    "suffix",
-)
-_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+# Beyond the tool fields (`OpenAIRequest.engine_features`), what these engines cannot honour: refusing beats
+# silently answering something else. An unset, null or false value asks for nothing.
+_UNSUPPORTED = ("logprobs", "top_logprobs", "logit_bias", "echo", "suffix")
+_SINGLE = ("n", "best_of")  # one answer per request
+_ROLES: dict[type[Message], str] = {SystemMessage: "system", DeveloperMessage: "system", UserMessage: "user",
+                                    AssistantMessage: "assistant"}
 _MAX_STOPS = 4
 
 
 @dataclass(slots=True)
 class GenRequest:
-    """A validated generation request, the same for both endpoints."""
+    """What a local engine needs of either request kind (`OpenAIRequest`), already checked."""
 
     endpoint: Endpoint
     messages: list[dict[str, str]]  # chat: role and plain-text content
@@ -93,10 +97,9 @@ class LocalEngine(Engine):
     async def models(self) -> list[str]:
         return [self.model_id]
 
-    async def stream(self, endpoint: Endpoint, body: dict[str, Any]) -> AsyncIterator[bytes]:
-        req = self._parse(endpoint, body)
-        options = body.get("stream_options")
-        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    async def stream(self, request: OpenAIRequest) -> AsyncIterator[bytes]:
+        req = self._gen_request(request)
+        endpoint = request.endpoint
         usage = Tally()
         out = _Chunks(endpoint, self.model_id)
         # The role chunk waits for the first piece so that failures before generation (prompt too long)
@@ -111,11 +114,12 @@ class LocalEngine(Engine):
         if not started and endpoint == "chat":
             yield out.role()
         yield out.finish(usage.finish_reason)
-        if include_usage:
+        if request.include_usage:
             yield out.usage(usage)
 
-    async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> bytes:
-        req = self._parse(endpoint, body)
+    async def complete(self, request: OpenAIRequest) -> bytes:
+        req = self._gen_request(request)
+        endpoint = request.endpoint
         usage = Tally()
         async with aclosing(self._pieces(req, usage)) as pieces:
             text = "".join([piece async for piece in pieces])
@@ -161,117 +165,73 @@ class LocalEngine(Engine):
             if held:
                 yield held
 
-    def _parse(self, endpoint: Endpoint, body: dict[str, Any]) -> GenRequest:
+    def _gen_request(self, req: OpenAIRequest) -> GenRequest:
+        """What this engine needs of a decoded request, refusing what it cannot honour."""
+        features = req.engine_features()
+        if features:
+            raise self._unsupported(features[0])
         for name in _UNSUPPORTED:
-            value = body.get(name)
-            if value is None or value is False or _harmless(name, value):
-                continue
-            raise self._unsupported(name)
-        for name in ("n", "best_of"):
-            if body.get(name) not in (None, 1):
+            value = getattr(req, name, UNSET)
+            if not (value is UNSET or value is None or value is False):
                 raise self._unsupported(name)
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise bad_request("you must provide a `model`", code=ErrorCode.MISSING_PARAMETER, param="model")
-        if model != self.model_id:
-            raise ApiError(404, f"The model `{model}` does not exist; this engine serves `{self.model_id}`",
+        for name in _SINGLE:
+            if getattr(req, name, UNSET) not in (UNSET, None, 1):
+                raise self._unsupported(name)
+        if req.model != self.model_id:
+            raise ApiError(404, f"The model `{req.model}` does not exist; this engine serves `{self.model_id}`",
                            code=ErrorCode.MODEL_NOT_FOUND, param="model")
-        messages: list[dict[str, str]] = []
-        prompt = ""
-        if endpoint == "chat":
-            messages = self._messages(body.get("messages"))
+        if isinstance(req, CompletionRequest):
+            messages, prompt = [], self._prompt(req.prompt)
         else:
-            prompt = self._prompt(body.get("prompt"))
-        max_name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+            messages, prompt = [self._message(m, i) for i, m in enumerate(req.messages)], ""
         return GenRequest(
-            endpoint=endpoint,
+            endpoint=req.endpoint,
             messages=messages,
             prompt=prompt,
-            max_tokens=_int(body, max_name, 1, 1 << 31),
-            temperature=_float(body, "temperature", 0.0, 2.0, 1.0),
-            top_p=_float(body, "top_p", 0.0, 1.0, 1.0),
-            frequency_penalty=_float(body, "frequency_penalty", -2.0, 2.0, 0.0),
-            presence_penalty=_float(body, "presence_penalty", -2.0, 2.0, 0.0),
-            seed=_int(body, "seed", -(1 << 63), (1 << 64) - 1),
-            stop=_stops(body.get("stop")),
+            max_tokens=req.max_tokens,
+            temperature=_number(req.temperature, 1.0),
+            top_p=_number(req.top_p, 1.0),
+            frequency_penalty=_number(req.frequency_penalty, 0.0),
+            presence_penalty=_number(req.presence_penalty, 0.0),
+            seed=req.seed if isinstance(req.seed, int) else None,
+            stop=self._stops(req.stop),
         )
 
-    def _messages(self, raw: object) -> list[dict[str, str]]:
-        if not isinstance(raw, list) or not raw:
-            raise bad_request("`messages` must be a non-empty array", param="messages")
-        messages = []
-        for i, message in enumerate(raw):
-            role = _ROLES.get(message.get("role")) if isinstance(message, dict) else None
-            if role is None:
-                raise bad_request(f"`messages[{i}].role` must be one of {', '.join(_ROLES)}",
-                                  param=f"messages[{i}].role")
-            messages.append({"role": role, "content": self._content(message.get("content"), i)})
-        return messages
-
-    def _content(self, content: object, i: int) -> str:
-        if content is None or isinstance(content, str):
-            return content or ""
+    def _message(self, message: Message, i: int) -> dict[str, str]:
+        role = _ROLES.get(type(message))
+        if role is None:
+            raise self._unsupported(f"messages[{i}].role", f"`{type(message).__struct_config__.tag}` messages")
+        content = message.content
         if isinstance(content, list):
-            texts = []
-            for part in content:
-                if not isinstance(part, dict) or part.get("type") != "text":
-                    raise self._unsupported(f"messages[{i}].content", "non-text content parts")
-                text = part.get("text")
-                if not isinstance(text, str):
-                    raise bad_request(f"`messages[{i}].content` text parts need a string `text`",
-                                      param=f"messages[{i}].content")
-                texts.append(text)
-            return "".join(texts)
-        raise bad_request(f"`messages[{i}].content` must be a string or an array of text parts",
-                          param=f"messages[{i}].content")
+            if not all(isinstance(part, TextPart) for part in content):
+                raise self._unsupported(f"messages[{i}].content", "non-text content parts")
+            content = "".join(part.text for part in content if isinstance(part, TextPart))
+        return {"role": role, "content": content if isinstance(content, str) else ""}
 
-    def _prompt(self, raw: object) -> str:
-        if isinstance(raw, list) and len(raw) == 1 and isinstance(raw[0], str):
-            return raw[0]
-        if isinstance(raw, str):
-            return raw
-        if isinstance(raw, list) and len(raw) > 1:
+    def _prompt(self, prompt: str | list[Any]) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        if len(prompt) > 1:
             raise self._unsupported("prompt", "several prompts in one request")
-        raise bad_request("`prompt` must be a string", param="prompt")
+        if not isinstance(prompt[0], str):
+            raise self._unsupported("prompt", "prompts given as token ids")
+        return prompt[0]
+
+    def _stops(self, stop: object) -> tuple[str, ...]:
+        stops = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []
+        if len(stops) > _MAX_STOPS:
+            raise self._unsupported("stop", f"more than {_MAX_STOPS} stop strings")
+        # an empty stop string would end every answer before it began: it asks for nothing
+        return tuple(s for s in stops if s)
 
     def _unsupported(self, param: str, what: str | None = None) -> ApiError:
         return ApiError(400, f"The {self.name} engine does not support {what or f'`{param}`'}",
                         code=ErrorCode.UNSUPPORTED_PARAMETER, param=param)
 
 
-def _harmless(name: str, value: object) -> bool:
-    """Values of unsupported fields that ask for nothing beyond plain text."""
-    if name == "response_format":
-        return isinstance(value, dict) and value.get("type") == "text"
-    return name == "tool_choice" and value == "none"
-
-
-def _int(body: dict[str, Any], name: str, lo: int, hi: int) -> int | None:
-    value = body.get(name)
-    # bool is an int subclass, and `true` is never a meaningful count
-    if value is None or (isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi):
-        return value
-    raise bad_request(f"`{name}` must be an integer between {lo} and {hi}", param=name)
-
-
-def _float(body: dict[str, Any], name: str, lo: float, hi: float, default: float) -> float:
-    value = body.get(name)
-    if value is None:
-        return default
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and lo <= value <= hi:
-        return float(value)
-    raise bad_request(f"`{name}` must be a number between {lo:g} and {hi:g}", param=name)
-
-
-def _stops(raw: object) -> tuple[str, ...]:
-    stops = [raw] if isinstance(raw, str) else raw
-    if stops is None:
-        return ()
-    if (not isinstance(stops, list) or len(stops) > _MAX_STOPS
-            or not all(isinstance(s, str) and s for s in stops)):
-        raise bad_request(f"`stop` must be a non-empty string or an array of at most {_MAX_STOPS} of them",
-                          param="stop")
-    return tuple(stops)
+def _number(value: object, default: float) -> float:
+    # the schema has checked the range; unset and null mean the OpenAI default
+    return float(value) if isinstance(value, int | float) else default
 
 
 def _stop_prefix_len(text: str, stops: tuple[str, ...]) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -10,7 +11,11 @@ import aiohttp
 import msgspec
 
 from cocoon.core.errors import ApiError, ErrorCode
-from cocoon.inference.base import Endpoint, Engine
+from cocoon.inference.base import Engine
+from cocoon.openai import sse
+from cocoon.openai.schema import Endpoint, OpenAIRequest
+
+log = logging.getLogger(__name__)
 
 _PATHS: dict[Endpoint, str] = {"chat": "/chat/completions", "completions": "/completions"}
 _CONNECT_TIMEOUT_S = 10.0
@@ -18,39 +23,13 @@ _ERROR_BODY_LIMIT = 64 * 1024
 _ERROR_TEXT_LIMIT = 500
 
 
-class SSEDecoder:
-    """Turns a byte stream into the `data` of each server-sent event, however the stream was chunked.
-
-    Lines end with LF or CRLF (every OpenAI-compatible server uses one of them); fields other than `data`
-    and comment lines carry nothing an OpenAI stream needs.
-    """
-
-    def __init__(self) -> None:
-        self._partial: list[bytes] = []  # the unfinished last line, kept in pieces to stay linear
-        self._data: list[bytes] = []
-
-    def feed(self, chunk: bytes) -> list[bytes]:
-        self._partial.append(chunk)
-        if b"\n" not in chunk:
-            return []
-        *lines, rest = b"".join(self._partial).split(b"\n")
-        self._partial = [rest] if rest else []
-        events = []
-        for line in lines:
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if not line:
-                if self._data:
-                    events.append(b"\n".join(self._data))
-                    self._data = []
-            elif line.startswith(b"data:"):
-                value = line[5:]
-                self._data.append(value[1:] if value.startswith(b" ") else value)
-        return events
-
-
 class OpenAIUpstreamEngine(Engine):
-    """Forwards request bodies unchanged to `base_url` (e.g. http://127.0.0.1:8000/v1)."""
+    """Forwards each request to `base_url` (e.g. http://127.0.0.1:8000/v1) as the JSON of exactly the fields it
+    was sent with (`OpenAIRequest` keeps unset fields out).
+
+    What the engine says about the request (its 4xx answers) reaches the client; what it says about itself
+    (where it runs, 5xx answers, broken connections) stays in this worker's log behind a generic message.
+    """
 
     name = "openai"
     supports_tools = True
@@ -81,29 +60,30 @@ class OpenAIUpstreamEngine(Engine):
             raise ApiError(502, f"the engine's model list is not OpenAI-shaped: {_snippet(raw)}",
                            type="api_error", code=ErrorCode.ENGINE_BAD_RESPONSE) from exc
 
-    async def stream(self, endpoint: Endpoint, body: dict[str, Any]) -> AsyncIterator[bytes]:
-        async with self._request("POST", _PATHS[endpoint], body, streaming=True) as resp:
+    async def stream(self, req: OpenAIRequest) -> AsyncIterator[bytes]:
+        async with self._request("POST", _PATHS[req.endpoint], msgspec.json.encode(req), streaming=True) as resp:
             if resp.content_type != "text/event-stream":
                 raise ApiError(502, f"the engine answered a streaming request with {resp.content_type}",
                                type="api_error", code=ErrorCode.ENGINE_BAD_RESPONSE)
-            decoder = SSEDecoder()
+            decoder = sse.SSEDecoder()
             try:
                 async for chunk in resp.content.iter_any():
                     for payload in decoder.feed(chunk):
-                        if payload == b"[DONE]":
+                        if payload == sse.DONE_PAYLOAD:
                             return
                         if payload.startswith(b'{"error"'):
+                            # the headers said 200: an error event is the engine failing midway
                             raise _error_from_body(502, payload)
                         yield payload
             except (aiohttp.ClientError, TimeoutError) as exc:
-                raise _unavailable(f"the engine's stream broke off: {exc!r}") from exc
+                raise _unavailable("the engine's stream broke off", exc) from exc
 
-    async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> bytes:
-        async with self._request("POST", _PATHS[endpoint], body) as resp:
+    async def complete(self, req: OpenAIRequest) -> bytes:
+        async with self._request("POST", _PATHS[req.endpoint], msgspec.json.encode(req)) as resp:
             try:
                 return await resp.read()
             except (aiohttp.ClientError, TimeoutError) as exc:
-                raise _unavailable(f"the engine's answer broke off: {exc!r}") from exc
+                raise _unavailable("the engine's answer broke off", exc) from exc
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -112,7 +92,7 @@ class OpenAIUpstreamEngine(Engine):
         return self._session
 
     @asynccontextmanager
-    async def _request(self, method: str, path: str, body: dict[str, Any] | None = None, *,
+    async def _request(self, method: str, path: str, body: bytes | None = None, *,
                        streaming: bool = False) -> AsyncIterator[aiohttp.ClientResponse]:
         # a stream may legitimately last longer than any total limit; only silence is suspicious
         timeout = (aiohttp.ClientTimeout(sock_connect=_CONNECT_TIMEOUT_S, sock_read=self.timeout_s)
@@ -120,11 +100,10 @@ class OpenAIUpstreamEngine(Engine):
         url = self.base_url + path
         try:
             resp = await self._http().request(
-                method, url, data=None if body is None else msgspec.json.encode(body), headers=self._headers,
-                timeout=timeout,
+                method, url, data=body, headers=self._headers, timeout=timeout,
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _unavailable(f"cannot reach the engine at {url}: {exc!r}") from exc
+            raise _unavailable("cannot reach the engine", exc, url) from exc
         try:
             if resp.status >= 400:
                 raise _error_from_body(resp.status, await resp.content.read(_ERROR_BODY_LIMIT))
@@ -138,12 +117,19 @@ class OpenAIUpstreamEngine(Engine):
                 resp.close()
 
 
-def _unavailable(message: str) -> ApiError:
-    return ApiError(502, message, type="api_error", code=ErrorCode.ENGINE_UNAVAILABLE)
+def _unavailable(what: str, exc: BaseException, url: str = "") -> ApiError:
+    # the URL and the exception name where the engine runs: the operator's to read, not the client's
+    log.warning(what, extra={"fields": {"engine_url": url, "error": repr(exc)}})
+    return ApiError(502, f"{what}; see the worker's log", type="api_error", code=ErrorCode.ENGINE_UNAVAILABLE)
 
 
 def _error_from_body(status: int, raw: bytes) -> ApiError:
-    """The engine's own error, from OpenAI's `{"error": {...}}`, its variants, or plain text."""
+    """The engine's own error, from OpenAI's `{"error": {...}}`, its variants, or plain text.
+
+    A 4xx is about the request, so its message and fields reach the client. A failure of the engine itself may
+    describe its internals (or quote the prompt), so the client gets a generic message, and the operator finds
+    the engine's own words in the engine's log.
+    """
     try:
         doc = msgspec.json.decode(raw)
     except msgspec.DecodeError:
@@ -160,7 +146,11 @@ def _error_from_body(status: int, raw: bytes) -> ApiError:
     message = fields.get("message")
     if not isinstance(message, str) or not message:
         message = _snippet(raw) or f"the engine answered HTTP {status}"
-    default_type = "invalid_request_error" if status < 500 else "api_error"
+    if status >= 500:
+        log.warning("the engine failed", extra={"fields": {
+            "status": status, "type": _text(fields.get("type")), "code": _text(fields.get("code"))}})
+        return ApiError(status, f"the engine failed (HTTP {status}); see the engine's log", type="api_error",
+                        code=ErrorCode.ENGINE_ERROR)
     text = _text(fields.get("code"))
     code = ErrorCode.known(text) if text is not None else None
     if text is not None and code is None:
@@ -169,7 +159,7 @@ def _error_from_body(status: int, raw: bytes) -> ApiError:
     return ApiError(
         status,
         message,
-        type=_text(fields.get("type")) or default_type,
+        type=_text(fields.get("type")) or "invalid_request_error",
         code=code,
         param=_text(fields.get("param")),
     )

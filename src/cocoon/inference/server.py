@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import logging
 from contextlib import aclosing
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
-from cocoon.core.errors import ApiError, ErrorCode, bad_request
-from cocoon.inference.base import Endpoint, Engine
-
-log = logging.getLogger(__name__)
+from cocoon.core.errors import ApiError
+from cocoon.inference.base import Engine
+from cocoon.openai import http, schema, sse
+from cocoon.openai.schema import Endpoint
 
 _MAX_BODY = 32 * 1024 * 1024  # long prompts are legitimate
-_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
 
 def build_app(engine: Engine) -> web.Application:
@@ -31,7 +29,7 @@ def build_app(engine: Engine) -> web.Application:
     async def completions(request: web.Request) -> web.StreamResponse:
         return await _generate(engine, "completions", request)
 
-    app = web.Application(client_max_size=_MAX_BODY, middlewares=[_errors])
+    app = web.Application(client_max_size=_MAX_BODY, middlewares=[http.error_middleware(_MAX_BODY)])
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/v1/completions", completions)
@@ -48,57 +46,28 @@ async def serve(engine: Engine, host: str = "127.0.0.1", port: int = 0) -> tuple
 
 
 async def _generate(engine: Engine, endpoint: Endpoint, request: web.Request) -> web.StreamResponse:
-    try:
-        body = msgspec.json.decode(await request.read())
-    except msgspec.DecodeError as exc:
-        raise bad_request(f"the request body is not valid JSON: {exc}", code=ErrorCode.INVALID_JSON) from exc
-    if not isinstance(body, dict):
-        raise bad_request("the request body must be a JSON object", code=ErrorCode.INVALID_JSON)
-    if not body.get("stream"):
-        return web.Response(body=await engine.complete(endpoint, body), content_type="application/json")
-    async with aclosing(engine.stream(endpoint, body)) as payloads:
+    req = schema.decode_request(endpoint, await http.read_body(request, _MAX_BODY))
+    if not req.stream:
+        return web.Response(body=await engine.complete(req), content_type="application/json")
+    async with aclosing(engine.stream(req)) as payloads:
         # Wait for the first payload before answering 200, so a refused request gets a real HTTP error.
         first = await anext(payloads, None)
-        resp = web.StreamResponse(headers=_SSE_HEADERS)
-        await resp.prepare(request)
+        resp = await http.open_stream(request)
         try:
             if first is not None:
-                await resp.write(b"data: " + first + b"\n\n")
+                await resp.write(sse.event(first))
             async for payload in payloads:
-                await resp.write(b"data: " + payload + b"\n\n")
+                await resp.write(sse.event(payload))
         except ApiError as exc:
-            await resp.write(b"data: " + exc.to_json() + b"\n\n")
+            await resp.write(sse.event(exc.to_json()))
             return resp
         except ConnectionResetError:  # the client left; leaving the block closes the engine's stream
             return resp
-        except Exception:
-            log.exception("engine failed mid-stream")
-            await resp.write(b"data: " + _internal_error().to_json() + b"\n\n")
+        except Exception as exc:
+            await resp.write(sse.event(http.internal_error(exc, "engine failed mid-stream").to_json()))
             return resp
-        await resp.write(b"data: [DONE]\n\n")
+        await resp.write(sse.DONE)
         return resp
-
-
-@web.middleware
-async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Every failure answers in OpenAI's error shape."""
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
-        return web.Response(status=exc.status, body=exc.to_json(), content_type="application/json",
-                            headers=headers)
-    except web.HTTPException as exc:
-        error = ApiError(exc.status, f"{exc.reason}: {request.method} {request.path}",
-                         code=ErrorCode.NOT_FOUND if exc.status == 404 else None)
-        return web.Response(status=exc.status, body=error.to_json(), content_type="application/json")
-    except Exception:
-        log.exception("engine failed on %s", request.path)
-        return web.Response(status=500, body=_internal_error().to_json(), content_type="application/json")
-
-
-def _internal_error() -> ApiError:
-    return ApiError(500, "the engine failed; see the server log", type="api_error", code=ErrorCode.INTERNAL_ERROR)
 
 
 def _json(doc: Any) -> web.Response:

@@ -1,24 +1,34 @@
-"""Field-by-field validation of OpenAI request bodies, done once at the client's HTTP API.
+"""Field-by-field validation of OpenAI request bodies, as msgspec structs.
 
-Everything downstream (proxy, worker, engine) trusts what passes here, so a request is refused with an
-OpenAI-style 400 that names the offending field rather than failing later in an engine with a vaguer error.
-Optional fields default to `msgspec.UNSET`, so `to_body()` gives back exactly the fields the user sent.
+The client's HTTP API decodes each body here with its own limits and refuses what fails with an OpenAI-style
+400 that names the offending field. The worker decodes the body it is handed once more with the same structs
+(a peer may skip the client's checks) and gives its engine the typed request, never a dict. Optional fields
+default to `msgspec.UNSET`, so encoding a request gives back exactly the fields the user sent.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from cocoon.core.errors import ApiError, ErrorCode
 
+Endpoint = Literal["chat", "completions"]
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 # Fields an engine without tool support must refuse (`functions`/`function_call` are their legacy names).
 TOOL_FIELDS = ("tools", "tool_choice", "response_format", "functions", "function_call")
+
+
+def _asks_for_tools(name: str, value: Any) -> bool:
+    """Whether a tool field's value asks for more than plain text (`tool_choice: "none"` and a `text`
+    response format do not, so any engine may answer them)."""
+    if name == "response_format":
+        return not (isinstance(value, dict) and value.get("type") == "text")
+    return not (name == "tool_choice" and value == "none")
 
 
 def _number(ge: int, le: int) -> Any:
@@ -163,7 +173,9 @@ class StreamOptions(_Strict):
 
 
 class _Request(_Strict, kw_only=True):
-    """What the client, proxy and worker ask of either request kind."""
+    """What the client, proxy, worker and engines ask of either request kind."""
+
+    endpoint: ClassVar[Endpoint]
 
     # Renamed so that the `stream` property can answer a plain bool; keyword-only so that subclasses may
     # still declare required fields.
@@ -184,9 +196,14 @@ class _Request(_Strict, kw_only=True):
         return bool(self.engine_features())
 
     def engine_features(self) -> list[str]:
-        """The tool-related fields present in the request (in `TOOL_FIELDS` order), for the worker to refuse
-        on engines without tool support."""
-        return [name for name in TOOL_FIELDS if getattr(self, name, UNSET) is not UNSET]
+        """The tool-related fields the request uses (in `TOOL_FIELDS` order): the proxy routes it to engines
+        that support them, and engines without that support refuse it."""
+        features = []
+        for name in TOOL_FIELDS:
+            value = getattr(self, name, UNSET)
+            if value is not UNSET and _asks_for_tools(name, value):
+                features.append(name)
+        return features
 
     def to_body(self) -> dict[str, Any]:
         """A plain JSON-ready dict of exactly the fields the user sent, for forwarding."""
@@ -195,6 +212,8 @@ class _Request(_Strict, kw_only=True):
 
 
 class ChatCompletionRequest(_Request):
+    endpoint: ClassVar[Endpoint] = "chat"
+
     model: str
     messages: Annotated[list[Message], Meta(min_length=1)]
     audio: JsonObject | UnsetType | None = UNSET
@@ -240,6 +259,8 @@ class ChatCompletionRequest(_Request):
 
 
 class CompletionRequest(_Request):
+    endpoint: ClassVar[Endpoint] = "completions"
+
     model: str
     # msgspec allows one array type per union, so the four prompt shapes are typed as one array of mixed
     # items here and checked for uniformity after decoding.
@@ -265,10 +286,22 @@ class CompletionRequest(_Request):
         return self.max_tokens_value if isinstance(self.max_tokens_value, int) else None
 
 
+OpenAIRequest = ChatCompletionRequest | CompletionRequest
 R = TypeVar("R", ChatCompletionRequest, CompletionRequest)
 
 _CHAT_DECODER = msgspec.json.Decoder(ChatCompletionRequest)
 _COMPLETION_DECODER = msgspec.json.Decoder(CompletionRequest)
+
+
+def decode_request(endpoint: str, raw: bytes) -> OpenAIRequest:
+    """Decode a body for `endpoint` with every check that does not depend on a client's configuration; raise
+    `ApiError` (400) naming the bad field."""
+    if endpoint == "chat":
+        return _decode(raw, _CHAT_DECODER)
+    if endpoint == "completions":
+        return _decode_completion(raw)
+    raise ApiError(400, f"unknown endpoint `{endpoint}`: expected chat or completions", code=ErrorCode.INVALID_VALUE,
+                   param="endpoint")
 
 
 def parse_chat_request(raw: bytes, *, max_tokens_limit: int, max_prompt_chars: int) -> ChatCompletionRequest:
@@ -286,6 +319,15 @@ def parse_completion_request(
     raw: bytes, *, max_tokens_limit: int, max_prompt_chars: int
 ) -> CompletionRequest:
     """Decode and validate a `/v1/completions` body; raise `ApiError` (400) naming the bad field."""
+    request = _decode_completion(raw)
+    _check_token_limit("max_tokens", request.max_tokens_value, max_tokens_limit)
+    if len(raw) > max_prompt_chars:
+        chars = _prompt_chars(request.prompt) + (len(request.suffix) if isinstance(request.suffix, str) else 0)
+        _check_prompt_length("prompt", chars, max_prompt_chars)
+    return request
+
+
+def _decode_completion(raw: bytes) -> CompletionRequest:
     request = _decode(raw, _COMPLETION_DECODER)
     prompt = request.prompt
     if isinstance(prompt, list) and len(set(map(type, prompt))) > 1:
@@ -296,10 +338,6 @@ def parse_completion_request(
             code=ErrorCode.INVALID_TYPE,
             param="prompt",
         )
-    _check_token_limit("max_tokens", request.max_tokens_value, max_tokens_limit)
-    if len(raw) > max_prompt_chars:
-        chars = _prompt_chars(prompt) + (len(request.suffix) if isinstance(request.suffix, str) else 0)
-        _check_prompt_length("prompt", chars, max_prompt_chars)
     return request
 
 

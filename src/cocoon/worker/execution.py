@@ -12,7 +12,10 @@ import msgspec
 
 from cocoon.core.errors import ApiError, ErrorCode
 from cocoon.core.usage import Usage
-from cocoon.inference.base import Endpoint, Engine
+from cocoon.inference.base import Engine
+from cocoon.openai import schema
+from cocoon.openai.http import internal_error
+from cocoon.openai.schema import OpenAIRequest, StreamOptions
 from cocoon.wire.messages import Message, Request, ResponseChunk, ResponseEnd, ResponseError, ResponseHead
 from cocoon.worker.metering import MeteringError, read_answer, usage_chunk
 
@@ -41,46 +44,66 @@ class Execution:
             await self.send(ResponseHead(call_id=self.req.call_id, status=200, worker_ms=self._ms()))
 
     async def run(self) -> None:
+        """Run the request and send its answer; every failure but a lost link becomes an error answer at once."""
         try:
-            body = self._engine_body()
-            endpoint: Endpoint = "chat" if self.req.endpoint == "chat" else "completions"
+            request = self._engine_request()
             if self.req.stream:
-                await self._stream(endpoint, body)
+                await self._stream(request)
             else:
-                await self._complete(endpoint, body)
+                await self._complete(request)
         except ApiError as exc:
-            await self.send(ResponseError.from_api(exc, self.req.call_id))
+            await self._fail(exc)
             return
         except MeteringError as exc:
-            await self.send(ResponseError(call_id=self.req.call_id, status=502, message=str(exc),
-                                          code=ErrorCode.ENGINE_ERROR))
+            log.warning("the engine's answer cannot be metered", extra={"fields": self._fields(reason=str(exc))})
+            await self._fail(ApiError(502, "the engine's answer could not be metered; see the worker's log",
+                                      type="api_error", code=ErrorCode.ENGINE_ERROR))
+            return
+        except ConnectionError:
+            raise  # the link is gone: nobody is left to answer
+        except Exception as exc:
+            await self._fail(internal_error(exc, "request failed", self._fields()))
             return
         await self.send(ResponseEnd(call_id=self.req.call_id, usage=self.usage or Usage(), worker_ms=self._ms()))
 
-    def _engine_body(self) -> dict[str, Any]:
-        # `features` lists the tool-calling and structured-output fields the request uses (openai/schema.py).
-        if self.req.features and not self.engine.supports_tools:
-            feature = self.req.features[0]
+    def _fields(self, **more: Any) -> dict[str, Any]:
+        return {"engine": self.engine.name, **more}  # request_id: added by the request's log scope
+
+    async def _fail(self, exc: ApiError) -> None:
+        log.info("request refused or failed", extra={"fields": self._fields(status=exc.status, code=exc.code)})
+        await self.send(ResponseError.from_api(exc, self.req.call_id))
+
+    def _engine_request(self) -> OpenAIRequest:
+        """The body decoded once, the way the engine gets it: a peer may have skipped its client's checks, so
+        what fails the schema is refused here (400) rather than failing in the engine."""
+        request = schema.decode_request(self.req.endpoint, self.req.body)
+        features = request.engine_features()
+        if features and not self.engine.supports_tools:
             raise ApiError(400, f"the `{self.engine.name}` engine serving `{self.req.model}` does not support "
-                                f"`{feature}`", code=ErrorCode.UNSUPPORTED_PARAMETER, param=feature)
-        body: dict[str, Any] = msgspec.json.decode(self.req.body)
+                                f"`{features[0]}`", code=ErrorCode.UNSUPPORTED_PARAMETER, param=features[0])
+        changes: dict[str, Any] = {}
         if self.req.max_tokens is not None:
             # the proxy reserved the client's money for this many completion tokens: never generate more
-            capped = [k for k in ("max_tokens", "max_completion_tokens") if isinstance(body.get(k), int)]
-            for key in capped:
-                body[key] = min(body[key], self.req.max_tokens)
-            if not capped:
-                body["max_tokens"] = self.req.max_tokens
+            for name in ("max_tokens_value", "max_completion_tokens"):
+                value = getattr(request, name, None)
+                if isinstance(value, int):
+                    changes[name] = min(value, self.req.max_tokens)
+            if not changes:
+                changes["max_tokens_value"] = self.req.max_tokens
         if self.req.stream:
             # Usage is always requested from the engine: it is what the worker is paid by.
-            body["stream"] = True
-            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        return body
+            options = request.stream_options
+            options = options if isinstance(options, StreamOptions) else StreamOptions()
+            changes["stream_value"] = True
+            changes["stream_options"] = msgspec.structs.replace(options, include_usage=True)
+        elif request.stream:  # the wire says whole: the proxy relays it so
+            changes["stream_value"], changes["stream_options"] = False, msgspec.UNSET
+        return msgspec.structs.replace(request, **changes)
 
-    async def _stream(self, endpoint: Endpoint, body: dict[str, Any]) -> None:
+    async def _stream(self, request: OpenAIRequest) -> None:
         generated = 0
         first: bytes | None = None
-        async with contextlib.aclosing(self.engine.stream(endpoint, body)) as chunks:
+        async with contextlib.aclosing(self.engine.stream(request)) as chunks:
             async for payload in chunks:
                 answer = read_answer(payload)
                 first = first or payload
@@ -103,8 +126,8 @@ class Execution:
                 await self.send(ResponseChunk(call_id=self.req.call_id, data=usage_chunk(first, self.usage),
                                               has_usage=True))
 
-    async def _complete(self, endpoint: Endpoint, body: dict[str, Any]) -> None:
-        data = await self.engine.complete(endpoint, body)
+    async def _complete(self, request: OpenAIRequest) -> None:
+        data = await self.engine.complete(request)
         self.usage = read_answer(data).usage
         if self.usage is None:
             raise MeteringError("engine answered without reporting usage; refusing to serve unmetered")

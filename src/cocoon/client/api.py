@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from cocoon.client.crosssite import CrossSiteGuard
 from cocoon.client.proxy_link import ProxyLink
 from cocoon.config import ClientConfig
 from cocoon.core.errors import ApiError, ErrorCode
@@ -54,6 +55,7 @@ class ClientApi:
         self.link = link
         self.stats = ClientStats()
         self.on_paid = on_paid
+        self.guard = CrossSiteGuard(cfg.api_host, check_host=cfg.api_key is None)
 
     def build_app(self) -> web.Application:
         app = web.Application(client_max_size=self.cfg.max_body_bytes, middlewares=[
@@ -84,6 +86,7 @@ class ClientApi:
 
     @web.middleware
     async def _admit(self, request: web.Request, handler: http.Handler) -> web.StreamResponse:
+        self.guard.check(request)
         if self.cfg.api_key is not None:
             self._authorize(request)
         return await handler(request)

@@ -28,11 +28,14 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_PARAMETER = "unsupported_parameter"
     INVALID_REGION = "invalid_region"
     INVALID_API_KEY = "invalid_api_key"  # 401
+    HOST_NOT_ALLOWED = "host_not_allowed"  # 403: a keyless API asked under a foreign `Host` (DNS rebinding)
+    CROSS_ORIGIN_REQUEST = "cross_origin_request"  # 403: a web page of another origin
     NO_PAYMENT_CHANNEL = "no_payment_channel"  # 402
     INSUFFICIENT_FUNDS = "insufficient_funds"  # 402
     NOT_FOUND = "not_found"  # 404: no such path
     MODEL_NOT_FOUND = "model_not_found"  # 404
     REQUEST_TOO_LARGE = "request_too_large"  # 413
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"  # 415: a body not sent as application/json
     # limits and capacity
     CONCURRENCY_LIMIT_EXCEEDED = "concurrency_limit_exceeded"  # 429
     TOKENS_PER_MINUTE_EXCEEDED = "tokens_per_minute_exceeded"  # 429

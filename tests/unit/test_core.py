@@ -104,3 +104,11 @@ def test_the_readme_lists_every_error_code_and_only_those() -> None:
     listed = _readme_error_codes()
     assert len(listed) == len(set(listed)), "a code is listed twice"
     assert set(listed) == {code.value for code in ErrorCode}
+
+
+def test_codes_a_peer_makes_up_share_one_label() -> None:
+    """Issue 15 item 17: metric and stats labels stay bounded whatever codes peers send."""
+    assert ErrorCode.label("queue_full") == "queue_full"
+    assert ErrorCode.label(ErrorCode.ENGINE_ERROR) == "engine_error"
+    assert {ErrorCode.label(f"made_up_{i}") for i in range(100)} == {"other"}
+    assert ErrorCode.label(None) == "error"

@@ -134,7 +134,7 @@ class ClientApi:
         try:
             first = await self._next(call)
             if isinstance(first, ResponseError):
-                self.stats.record(first.code or "error")
+                self.stats.record(ErrorCode.label(first.code))
                 raise first.to_api()
             if not isinstance(first, ResponseHead):
                 raise ApiError(502, f"proxy sent {type(first).__name__} before the answer head",
@@ -173,7 +173,7 @@ class ClientApi:
                 body = with_cost(b"".join(parts), msg.cost_nanoton)
                 return web.Response(body=body, content_type="application/json", headers=timing)
             elif isinstance(msg, ResponseError):
-                self.stats.record(msg.code or "error")
+                self.stats.record(ErrorCode.label(msg.code))
                 raise msg.to_api()
 
     async def _stream(self, request: web.Request, call: Call, timing: dict[str, str]) -> web.StreamResponse:
@@ -198,7 +198,7 @@ class ClientApi:
                 break
             elif isinstance(msg, ResponseError):
                 # Headers are gone already: the error travels as a final SSE event, the way OpenAI does.
-                self._paid(msg.code or "error", msg)
+                self._paid(ErrorCode.label(msg.code), msg)
                 await resp.write(sse.event(msg.to_api().to_json()))
                 break
         await resp.write_eof()

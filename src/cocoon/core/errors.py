@@ -19,7 +19,6 @@ class ErrorCode(StrEnum):
     INVALID_TYPE = "invalid_type"
     INVALID_VALUE = "invalid_value"
     MISSING_FIELD = "missing_field"
-    MISSING_PARAMETER = "missing_parameter"
     UNKNOWN_FIELD = "unknown_field"
     DUPLICATE_KEY = "duplicate_key"
     MAX_TOKENS_EXCEEDED = "max_tokens_exceeded"
@@ -63,6 +62,14 @@ class ErrorCode(StrEnum):
             return cls(value)
         except ValueError:
             return None
+
+    @classmethod
+    def label(cls, value: str | None) -> str:
+        """`value` as a metric or stats label: the code itself when it is one of ours, else `other` (and `error`
+        when there is none), so that the codes a peer makes up cannot mint label values without bound."""
+        if value is None:
+            return "error"
+        return value if cls.known(value) is not None else "other"
 
 
 class CocoonError(Exception):

@@ -112,7 +112,7 @@ class Forwarder:
                        books_id)
             outcome = await self._route(job)
         except ApiError as exc:
-            outcome = exc.code or "error"
+            outcome = ErrorCode.label(exc.code)
             await _send_error(client.conn, req.call_id, exc)
         except asyncio.CancelledError:
             outcome = "cancelled"
@@ -146,7 +146,7 @@ class Forwarder:
             except _Retry as retry:
                 failure = retry.error
                 tried.append(worker)
-                self.metrics.retries.labels(failure.code or "error").inc()
+                self.metrics.retries.labels(ErrorCode.label(failure.code)).inc()
                 log.info("moving a request to another worker", extra={"fields": {
                     "worker": worker.name, "reason": failure.message, "attempt": len(tried)}})
             finally:
@@ -265,7 +265,7 @@ class Forwarder:
                     settled = True
                     broken = self._broken_stream(job, worker, call, msg.to_api(), delivered)
                     await out.send(broken)
-                    return broken.code or "error"
+                    return ErrorCode.label(broken.code)  # the worker chose it: a bounded label
         finally:
             if not settled and delivered:  # the client hung up or its link broke: it pays for what it got
                 self._settle(job, worker, call, Usage(completion_tokens=delivered))

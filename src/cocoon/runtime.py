@@ -19,6 +19,7 @@ from cocoon.attest.collateral import CollateralCache
 from cocoon.attest.inspect import read_quote
 from cocoon.attest.policy import load_policy
 from cocoon.attest.registry import RegistryImages
+from cocoon.attest.trustconfig import trust_config
 from cocoon.config import CommonConfig
 from cocoon.core.ids import current_request_id
 from cocoon.ledger.base import Ledger
@@ -66,15 +67,17 @@ def setup_logging(role: str, cfg: CommonConfig) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-def make_node_identity(role: str, cfg: CommonConfig, accept_roles: set[str], *, ledger: Ledger | None = None
-                       ) -> tuple[IdentityIssuer, CertVerifier]:
+def make_node_identity(role: str, cfg: CommonConfig, accept_roles: set[str], *, ledger: Ledger | None = None,
+                       voucher_key: bytes = b"") -> tuple[IdentityIssuer, CertVerifier]:
     """This process's attested identity (its certificate renewed as it ages), and the verifier for the peers
     it accepts.
 
-    A policy that takes image hashes from the root registry reads `ledger`, by default the local ledger
-    in the state directory.
+    The claims carry the hash of the configuration that decides trust, the policy and a worker's engine
+    (`cocoon.attest.trustconfig`), and a proxy's `voucher_key`. A policy that takes image hashes or engines from
+    the root registry reads `ledger`, by default the local ledger in the state directory.
     """
     policy = load_policy(cfg.policy)
+    config = trust_config(role, cfg, policy)
     if not policy.production_safe:
         log.warning("policy %r is NOT safe for production: it accepts fake attestation or any image",
                     policy.name, extra={"fields": {"policy": policy.name}})
@@ -86,7 +89,10 @@ def make_node_identity(role: str, cfg: CommonConfig, accept_roles: set[str], *, 
     backend = get_backend(cfg.attestation, image=cfg.image, collateral=collateral)
     # the node's key is sealed to its role, image and name (nodekeys.py): the same after every restart
     identity = IdentityIssuer(role, backend, lifetime_s=cfg.cert_lifetime_s, hpke_key=X25519PrivateKey.generate(),
-                              private_key=NodeKeys(role, cfg, backend).identity_key())
+                              private_key=NodeKeys(role, cfg, backend).identity_key(), config=config,
+                              voucher_key=voucher_key)
+    log.info("attested identity", extra={"fields": {"policy": policy.name, "config_hash": config.digest().hex(),
+                                                    "engine_origin": config.engine_origin or None}})
     return identity, CertVerifier(policy, accept_roles, registry=registry, collateral=collateral)
 
 

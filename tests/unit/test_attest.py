@@ -153,11 +153,14 @@ def test_policy_loads_from_toml(tmp_path: Path) -> None:
         f"""
 name = "prod"
 production_safe = true
+refuse_weaker_peers = true
 
 [roles.worker]
 kinds = ["tdx"]
 image_hashes = ["{good}"]
 max_cert_age_s = 3600
+config_hashes = ["{"12" * 32}"]
+remote_engines = "refuse"
 
 [roles.client]
 kinds = ["none"]
@@ -176,8 +179,10 @@ rtmr1 = ["{"ef" * 48}"]
     assert policy.name == "prod"
     assert policy.production_safe
     assert policy.rules_for("worker") == RolePolicy(
-        kinds=frozenset({"tdx"}), image_hashes=frozenset({good}), max_cert_age_s=3600.0
+        kinds=frozenset({"tdx"}), image_hashes=frozenset({good}), max_cert_age_s=3600.0,
+        config_hashes=frozenset({"12" * 32}), remote_engines="refuse",
     )
+    assert policy.refuse_weaker_peers
     assert policy.rules_for("client").max_skew_s == 300
     assert policy.rules_for("proxy") == RolePolicy(
         kinds=frozenset({"tdx"}), image_hashes="registry", mrtds=frozenset({"cd" * 48}),

@@ -1,15 +1,19 @@
-"""Which peers to trust, per peer role: attestation kinds, measurements, TCB statuses, certificate ages.
+"""Which peers to trust, per peer role: attestation kinds, measurements, TCB statuses, certificate ages, and the
+configuration the peer runs with.
 
 A policy file is TOML with the fields of `Policy`:
 
     name = "prod"
     production_safe = true
+    refuse_weaker_peers = true              # proxies and workers must run a policy at least as strict
 
     [roles.worker]
     kinds = ["tdx"]
     image_hashes = ["<64 lowercase hex>"]   # or "registry": the root registry's list for this role
     mrtds = ["<96 lowercase hex>"]          # optional
     tcb_statuses = ["UpToDate"]             # optional; default UpToDate and SWHardeningNeeded
+    config_hashes = ["<64 lowercase hex>"]  # optional: `cocoon attest config-hash` of the allowed configurations
+    remote_engines = "registry"             # engines outside the image: "any" (default), "registry", "refuse"
     max_cert_age_s = 86400
     max_skew_s = 300
 
@@ -20,6 +24,10 @@ A policy file is TOML with the fields of `Policy`:
     kinds = ["none"]
 
 A role without a table is refused. Built-in names for `--policy`: "dev", "tdx-any", "production".
+
+What a peer runs with is in its claims (`cocoon.attest.trustconfig`): the hash of its trust-deciding
+configuration, its engine's origin and its own policy. A genuine image states them truthfully, so the image hash
+vouches for them as it does for the code.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from typing import Literal, Protocol
 
 import msgspec
 
+from cocoon.attest.engines import runs_outside
 from cocoon.attest.types import (
     DEFAULT_TCB_STATUSES,
     KINDS,
@@ -44,6 +53,7 @@ from cocoon.core.errors import CocoonError
 from cocoon.ledger.base import REGISTRY_ROLES, image_hash_hex
 
 _HEX_REGISTER = re.compile(r"[0-9a-f]{96}")
+_HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
 _RTMR_NAMES = ("rtmr0", "rtmr1", "rtmr2", "rtmr3")
 
 
@@ -51,13 +61,19 @@ class PolicyError(ValueError, CocoonError):
     """A policy that cannot be loaded or is inconsistent; the message names the file and the field."""
 
 
-class ImageRegistry(Protocol):
-    """The root registry's image allow-lists at one version (`cocoon.ledger.base.RootParams` is one)."""
+class RegistryView(Protocol):
+    """The root registry's allow-lists at one version (`cocoon.ledger.base.RootParams` is one)."""
 
     @property
     def version(self) -> int: ...
 
     def allowed_images(self, role: str) -> frozenset[str]: ...
+
+    def allows_engine(self, model: str, origin: str) -> bool: ...
+
+
+RemoteEngines = Literal["any", "registry", "refuse"]
+_ENGINE_STRICTNESS: dict[str, int] = {"any": 0, "registry": 1, "refuse": 2}
 
 
 class RolePolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -67,6 +83,11 @@ class RolePolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     mrtds: frozenset[str] | None = None  # lowercase hex; None accepts any MRTD
     rtmrs: dict[str, frozenset[str]] = {}  # "rtmr0".."rtmr3" -> accepted lowercase hex values
     tcb_statuses: frozenset[str] = DEFAULT_TCB_STATUSES  # judged for tdx only: fake and none have no TCB
+    # Lowercase hex SHA-256s of the configurations peers may run with (their claims' config_hash); None: any.
+    config_hashes: frozenset[str] | None = None
+    # Engines outside the measured image (an `openai:` engine off the worker's machine see every prompt in the
+    # clear): "any"; "registry": only for the models the root registry lists with that origin; "refuse".
+    remote_engines: RemoteEngines = "any"
     max_cert_age_s: float = 86400 * 2
     max_skew_s: float = 300
 
@@ -77,6 +98,9 @@ class RolePolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         if self.image_hashes != "registry":
             for h in self.image_hashes or ():
                 image_hash_hex(h)
+        for h in self.config_hashes or ():
+            if not _HEX_SHA256.fullmatch(h):
+                raise ValueError(f"config hash {h!r} is not 64 lowercase hex characters (a SHA-256)")
         unknown = sorted(set(self.rtmrs) - set(_RTMR_NAMES))
         if unknown:
             raise ValueError(f"unknown registers {unknown} in rtmrs; expected some of {list(_RTMR_NAMES)}")
@@ -99,6 +123,9 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
     roles: dict[str, RolePolicy]
     production_safe: bool
+    # Refuse proxies and workers whose own policy would admit a proxy or worker this one refuses (`weakness`):
+    # prompts pass through them to whomever they admit.
+    refuse_weaker_peers: bool = False
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.roles) - set(ROLES))
@@ -110,10 +137,13 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                                  f"{list(REGISTRY_ROLES)}")
             if self.production_safe:
                 _check_production_safe(role, rules)
+        if self.production_safe and not self.refuse_weaker_peers:
+            raise ValueError("a production_safe policy must refuse weaker peers (refuse_weaker_peers = true)")
 
     @property
     def needs_registry(self) -> bool:
-        return any(rules.image_hashes == "registry" for rules in self.roles.values())
+        return any(rules.image_hashes == "registry" or rules.remote_engines == "registry"
+                   for rules in self.roles.values())
 
     def rules_for(self, role: str) -> RolePolicy:
         rules = self.roles.get(role)
@@ -131,7 +161,7 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             )
         return rules
 
-    def check_quote(self, role: str, verified: VerifiedQuote, registry: ImageRegistry | None = None) -> None:
+    def check_quote(self, role: str, verified: VerifiedQuote, registry: RegistryView | None = None) -> None:
         """Refuses a verified quote whose kind, TCB status or measurements this policy does not accept."""
         rules = self.check_kind(role, verified.kind)
         if verified.tcb_status is not None and verified.tcb_status not in rules.tcb_statuses:
@@ -172,6 +202,107 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             )
 
 
+    def check_configuration(self, role: str, *, config_hash: bytes, engine_origin: str, peer_policy: Policy | None,
+                            registry: RegistryView | None = None) -> None:
+        """Refuses a peer (already attested) whose claimed configuration this policy does not accept: a config hash
+        not pinned, an engine outside its image where remote engines are refused, or its own policy being weaker.
+
+        Engines the registry must allow per model are judged once the models are known (`check_engine_models`)."""
+        rules = self.rules_for(role)
+        if rules.config_hashes is not None and config_hash.hex() not in rules.config_hashes:
+            raise AttestationError(f"configuration hash {config_hash.hex() or '(none claimed)'} is not allowed for "
+                                   f"role {role!r} by policy {self.name!r}")
+        if rules.remote_engines == "refuse" and runs_outside(engine_origin):
+            raise AttestationError(f"engine at {engine_origin} runs outside the measured image: refused for role "
+                                   f"{role!r} by policy {self.name!r}")
+        if self.refuse_weaker_peers and role in REGISTRY_ROLES:
+            if peer_policy is None:
+                raise AttestationError(f"the peer states no policy of its own; policy {self.name!r} refuses "
+                                       f"{role}s whose policy is weaker")
+            reason = self.weakness(peer_policy, registry)
+            if reason is not None:
+                raise AttestationError(f"the {role}'s policy {peer_policy.name!r} is weaker than {self.name!r}: "
+                                       f"{reason}")
+
+    def check_engine_models(self, role: str, engine_origin: str, models: Iterable[str],
+                            registry: RegistryView | None) -> None:
+        """Refuses a peer that serves `models` from an engine at `engine_origin` outside its image, unless this
+        policy allows remote engines for the role, or the root registry lists that origin for every model."""
+        rules = self.rules_for(role)
+        if not runs_outside(engine_origin) or rules.remote_engines == "any":
+            return
+        if rules.remote_engines == "refuse":
+            raise AttestationError(f"engine at {engine_origin} runs outside the measured image: refused for role "
+                                   f"{role!r} by policy {self.name!r}")
+        if registry is None:
+            raise AttestationError(f"policy {self.name!r} takes the remote engines of role {role!r} from the root "
+                                   "registry, but no registry is connected")
+        refused = sorted(m for m in set(models) if not registry.allows_engine(m, engine_origin))
+        if refused:
+            raise AttestationError(
+                f"engine at {engine_origin} runs outside the measured image, and the root registry (version "
+                f"{registry.version}) does not list it for model(s) {refused}: refused for role {role!r} by policy "
+                f"{self.name!r}")
+
+    def weakness(self, peer: Policy, registry: RegistryView | None) -> str | None:
+        """Why `peer` (another node's own policy) would admit a proxy or worker that this policy refuses; None
+        when it admits none.
+
+        Compared: the rules for proxies and workers (who handle others' prompts) that this policy has, rule by
+        rule (kinds, images, MRTD and RTMRs, TCB statuses, configurations, remote engines), and whether the peer
+        refuses weaker peers in turn. Where equality cannot be shown (an image list against a registry not
+        connected here), the peer counts as weaker. Certificate age and clock skew tolerances are not compared."""
+        if self.refuse_weaker_peers and not peer.refuse_weaker_peers:
+            return "it does not refuse weaker peers"
+        for role in REGISTRY_ROLES:
+            mine, theirs = self.roles.get(role), peer.roles.get(role)
+            if mine is None or theirs is None:  # we meet no such peers, or it admits none
+                continue
+            reason = _admits_more(theirs, mine, role, registry)
+            if reason is not None:
+                return f"for {role}s it {reason}"
+        return None
+
+
+def _admits_more(theirs: RolePolicy, mine: RolePolicy, role: str, registry: RegistryView | None) -> str | None:
+    """What `theirs` admits that `mine` refuses (for peers of `role`), or None."""
+    extra = sorted(theirs.kinds - mine.kinds)
+    if extra:
+        return f"admits kinds {extra}"
+    if not _images_within(theirs.image_hashes, mine.image_hashes, role, registry):
+        return "admits images this policy refuses"
+    if mine.mrtds is not None and (theirs.mrtds is None or not theirs.mrtds <= mine.mrtds):
+        return "admits MRTDs this policy refuses"
+    for name, accepted in sorted(mine.rtmrs.items()):
+        values = theirs.rtmrs.get(name)
+        if values is None or not values <= accepted:
+            return f"admits {name.upper()} values this policy refuses"
+    if "tdx" in theirs.kinds and not theirs.tcb_statuses <= mine.tcb_statuses:
+        return f"admits TCB statuses {sorted(theirs.tcb_statuses - mine.tcb_statuses)}"
+    if mine.config_hashes is not None and (theirs.config_hashes is None
+                                           or not theirs.config_hashes <= mine.config_hashes):
+        return "admits configurations this policy refuses"
+    if _ENGINE_STRICTNESS[theirs.remote_engines] < _ENGINE_STRICTNESS[mine.remote_engines]:
+        return f"admits remote engines {theirs.remote_engines!r} (this policy: {mine.remote_engines!r})"
+    return None
+
+
+def _images_within(theirs: frozenset[str] | Literal["registry"] | None,
+                   mine: frozenset[str] | Literal["registry"] | None, role: str, registry: RegistryView | None) -> bool:
+    if mine is None or theirs == mine:
+        return True
+    if theirs is None:
+        return False
+
+    def resolve(images: frozenset[str] | Literal["registry"]) -> frozenset[str] | None:
+        if images != "registry":
+            return images
+        return registry.allowed_images(role) if registry is not None else None
+
+    theirs_now, mine_now = resolve(theirs), resolve(mine)
+    return theirs_now is not None and mine_now is not None and theirs_now <= mine_now
+
+
 def _check_production_safe(role: str, rules: RolePolicy) -> None:
     # Fake quotes are forgeable by anyone and only clients (outside any TEE, known by their key) may go
     # unattested; and since a TD can run any code, the TEE roles need a restricted image as well.
@@ -179,6 +310,9 @@ def _check_production_safe(role: str, rules: RolePolicy) -> None:
         raise ValueError(f"a production_safe policy cannot allow kinds {sorted(rules.kinds)} for role {role!r}")
     if role != "client" and rules.image_hashes is None:
         raise ValueError(f"a production_safe policy must restrict the image hashes of role {role!r}")
+    if role == "worker" and rules.remote_engines == "any":
+        raise ValueError("a production_safe policy must restrict the remote engines of workers "
+                         '(remote_engines = "registry" or "refuse")')
 
 
 _TDX = frozenset({"tdx"})
@@ -203,10 +337,11 @@ PRODUCTION_POLICY = Policy(
     name="production",
     roles={
         "proxy": RolePolicy(kinds=_TDX, image_hashes="registry"),
-        "worker": RolePolicy(kinds=_TDX, image_hashes="registry"),
+        "worker": RolePolicy(kinds=_TDX, image_hashes="registry", remote_engines="registry"),
         "client": _CLIENTS,
     },
     production_safe=True,
+    refuse_weaker_peers=True,
 )
 BUILTIN_POLICIES = {p.name: p for p in (DEV_POLICY, TDX_ANY_POLICY, PRODUCTION_POLICY)}
 

@@ -76,6 +76,11 @@ class PeerIdentity(msgspec.Struct, frozen=True):
     cert_sha256: bytes
     not_after: float
     hpke_public_key: bytes = b""  # raw X25519 key from the claims, when the peer can receive sealed keys
+    config_hash: bytes = b""  # SHA-256 of its trust-deciding configuration (cocoon.attest.trustconfig)
+    policy_name: str = ""  # the name of its own policy
+    engine: str = ""  # a worker's engine kind, and its origin when it runs outside the worker's process
+    engine_origin: str = ""
+    voucher_key: bytes = b""  # a proxy's voucher key
 
     @property
     def key_id(self) -> str:

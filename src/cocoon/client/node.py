@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
 
+from cocoon.attest.registry import check_registered_proxy
 from cocoon.client.api import ClientApi
 from cocoon.client.payments import ClientPayments
 from cocoon.client.proxy_link import ProxyLink, refuse_inbound
@@ -46,8 +48,10 @@ class ClientNode:
         self.cfg = cfg
         self.identity, self.verifier = make_node_identity("client", cfg, {"proxy"})
         self.payments = ClientPayments(cfg, self.identity.current().public_key) if cfg.payments else None
+        # paying through a proxy's contract: only the proxy registered at the address dialed may take the link
+        registered = functools.partial(check_registered_proxy, self.payments.ledger) if self.payments else None
         self.dialer = Dialer(lambda: proxy_addresses(cfg), self.identity, self.verifier, self._hello,
-                             refuse_inbound, connect_timeout_s=cfg.connect_timeout_s)
+                             refuse_inbound, connect_timeout_s=cfg.connect_timeout_s, check_peer=registered)
         self.api = ClientApi(cfg, ProxyLink(self.dialer, cfg.connect_timeout_s),
                              on_paid=self.payments.accept if self.payments else None)
         registry = CollectorRegistry()

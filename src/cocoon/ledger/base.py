@@ -8,6 +8,7 @@ Amounts are integer nanoTON; addresses are raw strings (`0:<64 hex>`).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -36,6 +37,16 @@ def image_hash_hex(value: bytes | str) -> str:
     return text
 
 
+def engine_entry(model: str, origin: str) -> str:
+    """The registry entry (hex SHA-256) that lets workers serve `model` from an engine outside their image at
+    `origin` (`scheme://host:port`, as their claims name it, `cocoon.attest.trustconfig`).
+
+    The root contract keeps 256-bit hashes in three lists (proxy images, worker images, models); engine entries
+    live in the model list, apart from model hashes by their domain prefix, until the contract has a list of
+    their own."""
+    return hashlib.sha256(b"cocoon-engine-v1\0" + model.encode() + b"\0" + origin.encode()).hexdigest()
+
+
 class Terms(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The root's rules for channels beyond the prices: close delays (seconds) and minimum stakes (nanoTON)."""
 
@@ -62,6 +73,10 @@ class RootParams(msgspec.Struct, frozen=True):
         if role == "worker":
             return self.worker_image_hashes
         return frozenset()
+
+    def allows_engine(self, model: str, origin: str) -> bool:
+        """Whether workers may serve `model` from an engine outside their image at `origin`."""
+        return engine_entry(model, origin) in self.model_hashes
 
 
 class LedgerError(CocoonError):

@@ -29,6 +29,7 @@ from cocoon.ledger.base import (
     Outcome,
     RootParams,
     Terms,
+    engine_entry,
     image_hash_hex,
 )
 from cocoon.ledger.chain import LocalChain, Receipt
@@ -120,6 +121,13 @@ class LocalLedger(OnChainLedger):
         with self.chain.transaction():
             for h, present in changes:
                 self._owner_send("set_hash", layouts.set_hash(_IMAGE_KINDS[role], bytes.fromhex(h), present))
+        return self.refresh()
+
+    def allow_engine(self, model: str, origin: str, allowed: bool = True) -> RootParams:
+        """Let workers serve `model` from an engine outside their image at `origin` (`scheme://host:port`), or
+        stop letting them."""
+        entry = bytes.fromhex(engine_entry(model, origin))
+        self._owner_send("set_hash", layouts.set_hash(HashKind.MODEL, entry, allowed))
         return self.refresh()
 
     def register_proxy(self, owner: str, pubkey: bytes, endpoint: str) -> str:

@@ -23,7 +23,7 @@ from cocoon.ratls import tls
 from cocoon.ratls.admission import Admission
 from cocoon.runtime import make_node_identity, serve_until
 from cocoon.wire.connection import Connection, ProtocolError, accept_hello
-from cocoon.wire.messages import Cancel, Inbound, ModelsQuery, ModelsReply, Request
+from cocoon.wire.messages import Cancel, Hello, Inbound, ModelsQuery, ModelsReply, Request
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ class ProxyServer:
         self.billing = Billing(cfg, self.ledger)
         self.forwarder = Forwarder(cfg, self.registry, self.selector, self.backlog, self.billing, self.limiter,
                                    self.metrics)
-        self.identity, self.verifier = make_node_identity("proxy", cfg, {"worker", "client"})
+        self.identity, self.verifier = make_node_identity("proxy", cfg, {"worker", "client"},
+                                                          voucher_key=self.billing.key.public_key)
         self.admission = Admission(cfg.admission)
         self.stats = StatsServer("proxy", cfg.name, self.metrics.registry, self.jsonstats)
         self.port = 0
@@ -84,9 +85,15 @@ class ProxyServer:
 
     # -- links -----------------------------------------------------------------------------------------------
     async def _on_peer(self, stream: tls.TlsStream) -> None:
+        def engine_allowed(hello: Hello) -> None:
+            # known only now: the models a worker serves, which the registry may allow its remote engine for
+            if hello.role == "worker" and hello.worker is not None:
+                self.verifier.check_engine_models(stream.peer, hello.worker.models)
+
         try:
             conn, hello = await accept_hello(stream, name=self.cfg.name, allowed_roles={"worker", "client"},
-                                             timeout=self.cfg.admission.handshake_timeout_s)
+                                             timeout=self.cfg.admission.handshake_timeout_s,
+                                             admit=engine_allowed)
         except (ProtocolError, ConnectionError, TimeoutError) as exc:
             log.warning("refused peer at hello", extra={"fields": {"peer": stream.peername, "reason": str(exc)}})
             return
@@ -95,6 +102,8 @@ class ProxyServer:
             if hello.worker is None or not hello.worker.models or hello.worker.max_active_requests < 1:
                 log.warning("worker hello without usable params", extra={"fields": {"worker": hello.name}})
                 return
+            models = hello.worker.models
+            conn.admission = lambda peer: self.verifier.check_engine_models(peer, models)
             link = WorkerLink(conn=conn, params=hello.worker, key=key, name=hello.name)
             await self.billing.open_worker(key, hello.worker.owner)
             self.registry.add(link)
@@ -103,7 +112,10 @@ class ProxyServer:
             self.metrics.workers.set(len(self.registry))
             log.info("worker connected", extra={"fields": {"worker": hello.name, "key": key[:16],
                                                            "models": hello.worker.models,
-                                                           "image_hash": _hex(stream.peer.image_hash)}})
+                                                           "image_hash": _hex(stream.peer.image_hash),
+                                                           "config_hash": _hex(stream.peer.config_hash),
+                                                           "policy": stream.peer.policy_name,
+                                                           "engine_origin": stream.peer.engine_origin or None}})
             try:
                 reason = await conn.run(self._on_worker_message)
             finally:

@@ -29,6 +29,7 @@ from cocoon.attest.backends import AttestationBackend, verifier_for
 from cocoon.attest.collateral import CollateralSource
 from cocoon.attest.policy import Policy
 from cocoon.attest.registry import RegistryImages
+from cocoon.attest.trustconfig import TrustConfig
 from cocoon.attest.types import KINDS, ROLES, AttestationError, PeerIdentity
 from cocoon.fsutil import SECRET_MODE, private_dir, write_atomically
 from cocoon.ledger.base import RootParams
@@ -53,12 +54,21 @@ class Claims(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defau
     issued_at: int  # unix seconds
     gpu_evidence: bytes = b""
     hpke_public_key: bytes = b""  # raw X25519 key that sealed keys are encrypted to (cocoon.ratls.sealing)
+    # What the node runs with (cocoon.attest.trustconfig): the hash of its trust-deciding configuration, and in
+    # clear what peers' policies read: its own policy, a worker's engine kind and origin.
+    config_hash: bytes = b""
+    policy: Policy | None = None
+    engine: str = ""
+    engine_origin: str = ""
+    voucher_key: bytes = b""  # a proxy's raw Ed25519 voucher key, as the root registry lists it with its endpoint
 
     def __post_init__(self) -> None:
         if len(self.public_key) != 32:
             raise ValueError(f"claims public_key has {len(self.public_key)} bytes, expected 32 (Ed25519)")
-        if self.hpke_public_key and len(self.hpke_public_key) != 32:
-            raise ValueError(f"claims hpke_public_key has {len(self.hpke_public_key)} bytes, expected 32 (X25519)")
+        for name in ("hpke_public_key", "config_hash", "voucher_key"):
+            value = getattr(self, name)
+            if value and len(value) != 32:
+                raise ValueError(f"claims {name} has {len(value)} bytes, expected 32")
         if self.role not in ROLES:
             raise ValueError(f"claims role {self.role!r} is not one of {', '.join(ROLES)}")
         if self.kind not in KINDS:
@@ -127,19 +137,23 @@ class IdentityIssuer:
 
     def __init__(self, role: str, backend: AttestationBackend, *, lifetime_s: int = 86400,
                  reissue_fraction: float = 1 / 24, private_key: Ed25519PrivateKey | None = None,
-                 hpke_key: X25519PrivateKey | None = None, clock: Callable[[], float] = time.time) -> None:
+                 hpke_key: X25519PrivateKey | None = None, config: TrustConfig | None = None,
+                 voucher_key: bytes = b"", clock: Callable[[], float] = time.time) -> None:
         self.role = role
         self.backend = backend
         self.lifetime_s = lifetime_s
         self.reissue_after_s = lifetime_s * reissue_fraction
         self.private_key = private_key or Ed25519PrivateKey.generate()
         self.hpke_key = hpke_key
+        self.config = config
+        self.voucher_key = voucher_key
         self.clock = clock
         self._identity = self._issue()
 
     def _issue(self) -> Identity:
         return make_identity(self.role, self.backend, lifetime_s=self.lifetime_s, now=self.clock(),
-                             private_key=self.private_key, hpke_key=self.hpke_key)
+                             private_key=self.private_key, hpke_key=self.hpke_key, config=self.config,
+                             voucher_key=self.voucher_key)
 
     def current(self) -> Identity:
         if self.clock() - self._identity.claims.issued_at >= self.reissue_after_s:
@@ -163,10 +177,13 @@ def make_identity(
     private_key: Ed25519PrivateKey | None = None,
     gpu_evidence: bytes = b"",
     hpke_key: X25519PrivateKey | None = None,
+    config: TrustConfig | None = None,
+    voucher_key: bytes = b"",
 ) -> Identity:
     """A fresh RA-TLS certificate for `role`, quoted by `backend` (a new key unless one is given).
 
-    With `hpke_key`, the claims carry its public half, so that a key service can seal keys to this node.
+    With `hpke_key`, the claims carry its public half, so that a key service can seal keys to this node. With
+    `config`, they carry its hash and what peers read in clear (policy, engine); a proxy names its `voucher_key`.
     """
     now = time.time() if now is None else now
     key = private_key or Ed25519PrivateKey.generate()
@@ -177,6 +194,11 @@ def make_identity(
         issued_at=int(now),
         gpu_evidence=gpu_evidence,
         hpke_public_key=hpke_key.public_key().public_bytes_raw() if hpke_key else b"",
+        config_hash=config.digest() if config else b"",
+        policy=config.policy if config else None,
+        engine=config.engine if config else "",
+        engine_origin=config.engine_origin if config else "",
+        voucher_key=voucher_key,
     )
     encoded = claims.encode()
     quote = backend.quote(Claims.report_data_for(encoded))
@@ -319,6 +341,9 @@ class CertVerifier:
                 "quote report_data does not match SHA-512 of the claims: the quote was made for other claims"
             )
         self.policy.check_quote(claims.role, verified, registry)
+        self.policy.check_configuration(claims.role, config_hash=claims.config_hash,
+                                        engine_origin=claims.engine_origin, peer_policy=claims.policy,
+                                        registry=registry)
 
         peer = PeerIdentity(
             role=claims.role,
@@ -328,12 +353,23 @@ class CertVerifier:
             cert_sha256=digest,
             not_after=not_after,
             hpke_public_key=claims.hpke_public_key,
+            config_hash=claims.config_hash,
+            policy_name=claims.policy.name if claims.policy else "",
+            engine=claims.engine,
+            engine_origin=claims.engine_origin,
+            voucher_key=claims.voucher_key,
         )
         valid_from = max(not_before, claims.issued_at) - skew
         valid_until = min(not_after + skew, claims.issued_at + rules.max_cert_age_s)
         if verified.valid_until is not None:
             valid_until = min(valid_until, verified.valid_until)
         return peer, valid_from, valid_until
+
+    def check_engine_models(self, peer: PeerIdentity, models: Iterable[str]) -> None:
+        """Refuses (AttestationError) a peer serving `models` from an engine outside its image that the policy
+        and the current root registry do not allow; run when the models are announced and at every re-check."""
+        registry = self.registry.current() if self.registry else None
+        self.policy.check_engine_models(peer.role, peer.engine_origin, models, registry)
 
     @staticmethod
     def _check_self_signed(cert: x509.Certificate, key: Ed25519PublicKey) -> None:

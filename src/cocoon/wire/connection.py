@@ -107,6 +107,9 @@ class Connection:
         self._close_reason = ""
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_seen = time.monotonic()
+        # What the application checks of the peer beyond its certificate (a worker's engine against the models it
+        # serves), again at every re-verification; AttestationError ends the link.
+        self.admission: Callable[[PeerIdentity], None] | None = None
 
     # -- sending -------------------------------------------------------------------------------------------
     def send_nowait(self, msg: Message) -> None:
@@ -230,7 +233,9 @@ class Connection:
                 await self.stream.close()
                 return
             try:
-                self.stream.recheck()
+                peer = self.stream.recheck()
+                if self.admission is not None:
+                    self.admission(peer)
             except AttestationError as exc:
                 await self._revoke(f"peer attestation no longer accepted: {exc}")
                 return
@@ -296,9 +301,10 @@ async def dial_hello(stream: TlsStream, hello: Hello, *, timeout: float = 10.0) 
     return conn
 
 
-async def accept_hello(stream: TlsStream, *, name: str, allowed_roles: set[str], timeout: float = 10.0
-                       ) -> tuple[Connection, Hello]:
-    """Listener side: read the peer's Hello, check version and role, ack or refuse (then raise)."""
+async def accept_hello(stream: TlsStream, *, name: str, allowed_roles: set[str], timeout: float = 10.0,
+                       admit: Callable[[Hello], None] | None = None) -> tuple[Connection, Hello]:
+    """Listener side: read the peer's Hello, check version and role (and `admit`, which raises AttestationError
+    to refuse what the hello announces), ack or refuse (then raise)."""
     conn = Connection(stream, name=name)
     msg = await conn.read_message(timeout)
     reason = None
@@ -311,6 +317,11 @@ async def accept_hello(stream: TlsStream, *, name: str, allowed_roles: set[str],
         reason = f"hello claims role {msg.role!r} but the attested certificate says {stream.peer.role!r}"
     elif msg.role not in allowed_roles:
         reason = f"role {msg.role!r} may not connect here"
+    elif admit is not None:
+        try:
+            admit(msg)
+        except AttestationError as exc:
+            reason = str(exc)
     if reason is not None:
         conn.send_nowait(Refuse(reason=reason))
         with contextlib.suppress(ConnectionError, OSError):

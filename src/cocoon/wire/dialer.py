@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+from cocoon.attest.types import AttestationError, PeerIdentity
 from cocoon.ratls import tls
 from cocoon.ratls.cert import CertVerifier, IdentitySource
 from cocoon.wire.connection import Connection, InboundHandler, ProtocolError, dial_hello
@@ -27,6 +28,9 @@ RENEWAL_REASON = "renewing the link's certificate"
 # Where the peer may be, most preferred first; asked again before every round of dialing, so that a source
 # that changes (the root registry's proxy list, later) is followed without restarting the dialer.
 AddressSource = Callable[[], Sequence[str]]
+# Checks an attested peer at the address it was dialed at, before the hello (run in a thread: it may read the
+# chain); AttestationError refuses it.
+PeerCheck = Callable[[str, PeerIdentity], None]
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -39,7 +43,7 @@ def split_address(address: str) -> tuple[str, int]:
 class Dialer:
     def __init__(self, addresses: AddressSource, identity: IdentitySource, verifier: CertVerifier,
                  make_hello: Callable[[], Hello], on_inbound: InboundHandler, *,
-                 connect_timeout_s: float = 10.0) -> None:
+                 connect_timeout_s: float = 10.0, check_peer: PeerCheck | None = None) -> None:
         for address in addresses():
             split_address(address)  # a malformed address is a configuration error: say so at start
         self.addresses = addresses
@@ -49,6 +53,7 @@ class Dialer:
         self.make_hello = make_hello
         self.on_inbound = on_inbound
         self.connect_timeout_s = connect_timeout_s
+        self.check_peer = check_peer
         self.conn: Connection | None = None
         self.last_error: str | None = "not connected yet"
         self.last_dial_timed_out = False
@@ -105,13 +110,15 @@ class Dialer:
             async with asyncio.timeout(self.connect_timeout_s):
                 identity = self.identity.current()
                 stream = await tls.connect(host, port, identity, self.verifier)
+                if self.check_peer is not None:
+                    await asyncio.to_thread(self.check_peer, address, stream.peer)
                 conn = await dial_hello(stream, self.make_hello())
                 self._renew_at = identity.claims.issued_at + identity.lifetime_s / 2
                 return conn
         except TimeoutError:
             self.last_error = f"no link to {address} within the {self.connect_timeout_s:.1f}s connect timeout"
             self.last_dial_timed_out = True
-        except (OSError, ProtocolError) as exc:
+        except (OSError, ProtocolError, AttestationError) as exc:
             self.last_error = f"cannot link to {address}: {str(exc) or type(exc).__name__}"
             self.last_dial_timed_out = False
         if stream is not None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from cocoon.attest.registry import check_registered_proxy
 from cocoon.config import WorkerConfig
 from cocoon.core.ids import request_scope
 from cocoon.core.usage import KINDS, Usage
@@ -47,7 +49,10 @@ class WorkerNode:
         self.running: dict[int, asyncio.Task[None]] = {}
         self.payments = WorkerPayments(cfg) if cfg.payments else None
         self.models: list[str] = []
-        self.dialer = Dialer(lambda: [cfg.proxy], self.identity, self.verifier, self._hello, self._on_inbound)
+        # paid through the proxy's contract: only the proxy registered at the address dialed may take the link
+        registered = functools.partial(check_registered_proxy, self.payments.ledger) if self.payments else None
+        self.dialer = Dialer(lambda: [cfg.proxy], self.identity, self.verifier, self._hello, self._on_inbound,
+                             check_peer=registered)
         self.dialer.on_change = lambda up: self.metrics.connected.set(1 if up else 0)
         self._served = 0
         self._usage_totals = dict.fromkeys(KINDS, 0)

@@ -21,10 +21,13 @@ from cocoon.attest.fake import FakeBackend, fake_image_hash
 from cocoon.attest.none import NoneBackend
 from cocoon.attest.policy import DEV_POLICY, PRODUCTION_POLICY, Policy, RolePolicy, with_image_hashes
 from cocoon.attest.registry import RegistryImages
+from cocoon.attest.trustconfig import trust_config
+from cocoon.config import WorkerConfig
 from cocoon.ledger.local import LocalLedger
 from cocoon.ratls import tls
 from cocoon.ratls.cert import OID_CLAIMS, OID_QUOTE, CertVerifier, Claims, Identity, make_identity
 from cocoon.wire.connection import Connection, ProtocolError, accept_hello, dial_hello, hello
+from cocoon.wire.messages import Hello, WorkerParams
 
 WORKER_IMAGE = "worker-good"
 
@@ -375,6 +378,62 @@ async def test_image_removed_from_the_registry_loses_new_and_live_links(tmp_path
         await asyncio.sleep(0.05)
         assert len(proxy_ends) == 1 and proxy_ends[0].startswith("peer attestation no longer accepted: image hash")
         assert any(r.levelno == logging.WARNING and "closing link to w1" in r.getMessage() for r in caplog.records)
+    finally:
+        server.close()
+        await server.wait_closed()
+        owner.close()
+        ledger.close()
+
+
+async def test_a_remote_engine_the_registry_stops_listing_loses_its_hello_and_its_live_link(tmp_path: Path) -> None:
+    """Remote engines are judged per announced model at the hello, and again at every re-check: the owner
+    unlisting the engine for a model closes the live link within one re-check interval."""
+    interval, origin = 0.2, "https://operator-host:443"
+    ledger = LocalLedger(tmp_path / "ledger.sqlite")
+    ledger.allow_engine("m1", origin)
+    policy = Policy(name="registry-engines", production_safe=False,
+                    roles={"worker": RolePolicy(kinds=frozenset({"fake"}), remote_engines="registry")})
+    verifier = CertVerifier(policy, {"worker"}, registry=RegistryImages(ledger))
+    proxy_ends: list[str] = []
+    linked = asyncio.Event()
+
+    async def on_peer(stream: tls.TlsStream) -> None:
+        def admit(h: Hello) -> None:
+            verifier.check_engine_models(stream.peer, h.worker.models if h.worker else [])
+
+        try:
+            conn, _ = await accept_hello(stream, name="proxy", allowed_roles={"worker"}, admit=admit)
+        except ProtocolError:
+            return
+        conn.admission = lambda peer: verifier.check_engine_models(peer, ["m1"])
+        linked.set()
+        proxy_ends.append(await conn.run(lambda c, m: None, ping_interval=interval))
+
+    server = await tls.serve(on_peer, "127.0.0.1", 0, make_identity("proxy", FakeBackend("proxy-img")), verifier)
+    port = server.sockets[0].getsockname()[1]
+    config = trust_config("worker", WorkerConfig(name="w", engine="openai:https://operator-host/v1"), DEV_POLICY)
+
+    async def dial(models: list[str]) -> Connection:
+        worker = make_identity("worker", FakeBackend(WORKER_IMAGE), config=config)
+        stream = await tls.connect("127.0.0.1", port, worker, proxy_verifier(), timeout=5)
+        params = WorkerParams(models=models, coefficient=1000, max_active_requests=1)
+        return await dial_hello(stream, hello("worker", "w1", worker=params), timeout=5)
+
+    owner = LocalLedger(tmp_path / "ledger.sqlite")
+    try:
+        with pytest.raises(ProtocolError, match=rf"refused by peer: engine at {origin} runs outside the measured "
+                                                r"image, and the root registry \(version 2\) does not list it for "
+                                                r"model\(s\) \['m2'\]"):
+            await dial(["m1", "m2"])
+        live = await dial(["m1"])
+        worker_end = asyncio.create_task(live.run(lambda c, m: None, ping_interval=60))
+        await asyncio.wait_for(linked.wait(), 5)
+        await asyncio.sleep(3 * interval)
+        assert not live.closed and proxy_ends == []  # re-checks pass while the engine is listed
+
+        owner.allow_engine("m1", origin, allowed=False)
+        reason = await asyncio.wait_for(worker_end, 10 * interval)
+        assert reason.startswith(f"refused by peer: peer attestation no longer accepted: engine at {origin}")
     finally:
         server.close()
         await server.wait_closed()

@@ -73,6 +73,7 @@ class RegistryView(Protocol):
 
 
 RemoteEngines = Literal["any", "registry", "refuse"]
+_PLURAL = {"proxy": "proxies", "worker": "workers"}
 _ENGINE_STRICTNESS: dict[str, int] = {"any": 0, "registry": 1, "refuse": 2}
 
 
@@ -218,7 +219,7 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         if self.refuse_weaker_peers and role in REGISTRY_ROLES:
             if peer_policy is None:
                 raise AttestationError(f"the peer states no policy of its own; policy {self.name!r} refuses "
-                                       f"{role}s whose policy is weaker")
+                                       f"{_PLURAL[role]} whose policy is weaker")
             reason = self.weakness(peer_policy, registry)
             if reason is not None:
                 raise AttestationError(f"the {role}'s policy {peer_policy.name!r} is weaker than {self.name!r}: "
@@ -260,7 +261,7 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                 continue
             reason = _admits_more(theirs, mine, role, registry)
             if reason is not None:
-                return f"for {role}s it {reason}"
+                return f"for {_PLURAL[role]} it {reason}"
         return None
 
 

@@ -7,8 +7,9 @@ reads in clear (engine kind and origin, its own policy). Policies pin allowed ha
 (`RolePolicy.config_hashes`); `cocoon attest config-hash` prints a configuration's hash.
 
 Hashed (and nothing else: names, ports, limits and timeouts do not change whom a node trusts or what it does with
-prompts and money): the role, the node's policy (its content, wherever it was loaded from), whether it pays or
-gets paid, and per role the worker's engine kind and origin and its price coefficient, the proxy's prices.
+prompts and money): the role, the node's policy (its content, wherever it was loaded from, but for its pins), whether
+it pays or gets paid, and per role the worker's engine kind and origin and its price coefficient, the proxy's
+prices.
 """
 
 from __future__ import annotations
@@ -35,8 +36,14 @@ class TrustConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
     def digest(self) -> bytes:
         """SHA-256 of the canonical encoding: msgpack with fields in declaration order and every set and map
-        sorted, so equal configurations hash equally on every machine."""
-        return hashlib.sha256(_DOMAIN + msgspec.msgpack.encode(self, order="deterministic")).digest()
+        sorted, so equal configurations hash equally on every machine.
+
+        The policy's own pins (`config_hashes`) are left out: one policy file can then pin the hashes of the
+        configurations that run it. A node's pins still reach its peers, in clear with its policy, where a peer
+        refusing weaker policies compares them."""
+        roles = {role: msgspec.structs.replace(rules, config_hashes=None) for role, rules in self.policy.roles.items()}
+        hashed = msgspec.structs.replace(self, policy=msgspec.structs.replace(self.policy, roles=roles))
+        return hashlib.sha256(_DOMAIN + msgspec.msgpack.encode(hashed, order="deterministic")).digest()
 
 
 def trust_config(role: str, cfg: CommonConfig, policy: Policy) -> TrustConfig:

@@ -174,6 +174,25 @@ def attest_show(
         typer.echo(f"{label:<22} {value if value not in (None, '') else '-'}")
 
 
+@attest_app.command("config-hash")
+def attest_config_hash(
+    role: Annotated[Literal["worker", "proxy", "client"], typer.Option(help="The role the config file is for.")],
+    config: ConfigOption,
+) -> None:
+    """Print the hash of a node's trust-deciding configuration, as its claims will carry it (`config_hash`):
+    what a policy's `config_hashes` pins. Environment overrides (COCOON_*) apply, as when the node runs."""
+    from cocoon.attest.policy import PolicyError, load_policy
+    from cocoon.attest.trustconfig import trust_config
+
+    kinds: dict[str, type[CommonConfig]] = {"worker": WorkerConfig, "proxy": ProxyConfig, "client": ClientConfig}
+    try:
+        cfg = load_config(config, kinds[role])
+        typer.echo(trust_config(role, cfg, load_policy(cfg.policy)).digest().hex())
+    except (ConfigError, PolicyError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 @attest_app.command("verify")
 def attest_verify(
     file: EvidenceFile,

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +16,19 @@ from tests.netutil import get_json, stop_process
 
 
 @contextlib.contextmanager
-def role_process(role: str, config: Path, log: Path, *, max_open_files: int | None = None
+def role_process(role: str, config: Path, log: Path, *args: str, max_open_files: int | None = None
                  ) -> Iterator[subprocess.Popen[bytes]]:
-    """`cocoon ROLE --config CONFIG`, its output in `log`; stopped (then killed) on exit. `max_open_files` lowers
-    the process's file descriptor limit (RLIMIT_NOFILE), to reach resource exhaustion with few connections."""
+    """`cocoon ROLE --config CONFIG` (or, with `args`, `cocoon ROLE ARGS…`), its output in `log`; stopped (then
+    killed) on exit. `max_open_files` lowers the process's file descriptor limit (RLIMIT_NOFILE), to reach
+    resource exhaustion with few connections."""
 
     def limit() -> None:
         if max_open_files is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (max_open_files, max_open_files))
 
+    command = [*args] if args else ["--config", str(config)]
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "cocoon", role, "--config", str(config)],
+        proc = subprocess.Popen([sys.executable, "-m", "cocoon", role, *command],
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 preexec_fn=limit if max_open_files is not None else None)
     try:
@@ -35,14 +37,31 @@ def role_process(role: str, config: Path, log: Path, *, max_open_files: int | No
         stop_process(proc, signal.SIGTERM, timeout=15)
 
 
-def wait_stats(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> dict[str, Any]:
-    """The process's /jsonstats once it answers (bounded wait; the log's tail if it died)."""
+def stats(port: int) -> dict[str, Any] | None:
+    """A process's /jsonstats, or None while it does not answer."""
+    with contextlib.suppress(OSError, ValueError):
+        return get_json(f"http://127.0.0.1:{port}/jsonstats")
+    return None
+
+
+def wait_until(ready: Callable[[], Any], procs: Sequence[tuple[subprocess.Popen[bytes], Path]], what: str,
+               timeout: float = 60.0) -> Any:
+    """`ready()`'s first true value (polled; bounded), failing with the logs' tails if a process died first."""
     deadline = time.monotonic() + timeout
     while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
-        with contextlib.suppress(OSError, ValueError):
-            return get_json(f"http://127.0.0.1:{port}/jsonstats")
+        value = ready()
+        if value:
+            return value
+        for proc, log in procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{log.stem} exited ({proc.returncode}) while waiting for {what}:\n"
+                                   f"{log.read_text()[-3000:]}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"no stats within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+            tails = "\n".join(f"--- {log.stem}\n{log.read_text()[-2000:]}" for _, log in procs)
+            raise RuntimeError(f"no {what} within {timeout:.0f} s:\n{tails}")
         time.sleep(0.2)
+
+
+def wait_stats(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> dict[str, Any]:
+    """The process's /jsonstats once it answers (bounded wait; the log's tail if it died)."""
+    return wait_until(lambda: stats(port), [(proc, log)], f"stats on port {port}", timeout)

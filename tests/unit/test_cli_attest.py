@@ -31,7 +31,8 @@ def verify_sample(*extra: str | Path) -> tuple[int, str]:
     return cocoon("attest", "verify", SAMPLE_QUOTE, "--collateral", SAMPLE_COLLATERAL, *extra)
 
 
-@pytest.mark.parametrize("command", [[], ["attest"], ["attest", "show"], ["attest", "verify"], ["gen-cert"]])
+@pytest.mark.parametrize("command", [[], ["attest"], ["attest", "show"], ["attest", "verify"],
+                                     ["attest", "config-hash"], ["gen-cert"]])
 def test_every_command_has_help(command: list[str]) -> None:
     code, out = cocoon(*command, "--help")
     assert code == 0
@@ -155,3 +156,21 @@ def test_verify_certificate_against_policies(tmp_path: Path) -> None:
     assert code == 1 and "not valid before" in out
     code, out = cocoon("attest", "verify", cert, "--policy", tmp_path / "missing.toml")
     assert code == 2 and "cannot read policy file" in out
+
+
+def test_config_hash_is_what_the_node_claims_and_names_a_bad_config(tmp_path: Path) -> None:
+    from cocoon.attest.policy import DEV_POLICY
+    from cocoon.attest.trustconfig import trust_config
+    from cocoon.config import WorkerConfig
+
+    config = tmp_path / "worker.toml"
+    config.write_text('name = "w"\nengine = "openai:https://operator-host/v1"\ncoefficient = 1200\n')
+    code, out = cocoon("attest", "config-hash", "--role", "worker", "--config", config)
+    expected = trust_config("worker", WorkerConfig(name="w", engine="openai:https://operator-host/v1",
+                                                   coefficient=1200), DEV_POLICY).digest().hex()
+    assert (code, out.strip()) == (0, expected)
+    code, out = cocoon("attest", "config-hash", "--role", "proxy", "--config", config)
+    assert code == 2 and "unknown field `engine`" in out  # a worker's file is no proxy config
+    config.write_text('name = "w"\nengine = "vllm"\n')
+    code, out = cocoon("attest", "config-hash", "--role", "worker", "--config", config)
+    assert code == 2 and "unknown engine 'vllm'" in out

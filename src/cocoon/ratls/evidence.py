@@ -55,6 +55,11 @@ def evidence_dict(evidence: Evidence) -> dict[str, Any]:
             "issued_at": c.issued_at,
             "gpu_evidence": c.gpu_evidence.hex(),
             "hpke_public_key": c.hpke_public_key.hex(),
+            "config_hash": c.config_hash.hex(),
+            "policy": c.policy.name if c.policy else "",
+            "engine": c.engine,
+            "engine_origin": c.engine_origin,
+            "voucher_key": c.voucher_key.hex(),
         }
         out["not_before"] = int(evidence.certificate.not_valid_before_utc.timestamp())
         out["not_after"] = int(evidence.certificate.not_valid_after_utc.timestamp())

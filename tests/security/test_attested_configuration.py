@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from cocoon.config import Prices, WorkerConfig
+from cocoon.config import ClientConfig, Prices, ProxyConfig, WorkerConfig, load_config
 from cocoon.inference.fake import FakeEngine
 from cocoon.ledger import devnet
 from cocoon.ledger.base import Terms
 from cocoon.ledger.local import LocalLedger
+from cocoon.ledger.wallet import Wallet
+from cocoon.nodekeys import NodeKeys
 from cocoon.worker.runner import WorkerNode
 from tests.netutil import free_port, get_json
 from tests.security.procs import role_process, stats, wait_stats, wait_until
@@ -204,14 +207,17 @@ def test_a_client_refuses_a_proxy_whose_voucher_key_is_not_registered_at_the_add
     address the client dialed."""
     registered, elsewhere = free_port(), free_port()
     client_stats, impostor_stats = free_port(), free_port()
-    devnet.prepare(tmp_path, proxies=[devnet.ProxySpec("proxy-a", f"127.0.0.1:{registered}"),
-                                      devnet.ProxySpec("proxy-b", f"127.0.0.1:{elsewhere}")],
-                   parties=["client-1"], prices=Prices(), terms=Terms()).close()
     common = {"state_dir": str(tmp_path), "policy": "dev", "payments": True}
     impostor_cfg = config(tmp_path / "proxy-b.toml", name="proxy-b", port=registered,
                           endpoint=f"127.0.0.1:{elsewhere}", stats_port=impostor_stats, image=PROXY_IMAGE, **common)
     client_cfg = config(tmp_path / "client.toml", name="client-1", proxy=f"127.0.0.1:{registered}",
                         api_port=free_port(), stats_port=client_stats, **common)
+    impostor_keys = NodeKeys("proxy", load_config(impostor_cfg, ProxyConfig))
+    genuine = devnet.ProxySpec(f"127.0.0.1:{registered}", Wallet(os.urandom(32)), Wallet(os.urandom(32)))
+    devnet.prepare(tmp_path, proxies=[genuine, devnet.ProxySpec(f"127.0.0.1:{elsewhere}", impostor_keys.wallet(),
+                                                                impostor_keys.voucher_key())],
+                   parties=[NodeKeys("client", load_config(client_cfg, ClientConfig)).wallet()], prices=Prices(),
+                   terms=Terms()).close()
     impostor_log = log_of(tmp_path, "proxy-b")
     with role_process("proxy", impostor_cfg, impostor_log) as impostor:
         wait_stats(impostor_stats, impostor, impostor_log)

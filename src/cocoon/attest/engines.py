@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import urllib.parse
 
-ENGINE_KINDS = ("embedded", "fake", "openai")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 

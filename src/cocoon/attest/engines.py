@@ -1,4 +1,4 @@
-"""Where a worker's engine runs, as its claims and peers' policies name it (DESIGN §2).
+"""Where a worker's engine runs, as its claims and peers' policies name it.
 
 An engine in the measured image (`embedded`, `fake`) or an `openai:` engine on this machine's loopback sees
 prompts only inside the TEE. An `openai:` engine anywhere else receives every prompt from the worker in the

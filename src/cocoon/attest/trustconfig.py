@@ -1,4 +1,4 @@
-"""The configuration that decides whether a node can be trusted, and its hash in the node's claims (DESIGN §2).
+"""The configuration that decides whether a node can be trusted, and its hash in the node's claims.
 
 The image hash proves the code; the same genuine image configured with `engine = "openai:http://operator-host/…"`
 sends every prompt in the clear to that host, and started with a lax policy admits anyone. So each node hashes

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import threading
 import urllib.parse
 from collections.abc import Iterator
-from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -38,7 +38,7 @@ def quote_with_fmspc(raw: bytes, fmspc: str) -> bytes:
     return raw[:match.start(1)] + rebuilt + raw[match.end(1):]
 
 
-@contextmanager
+@contextlib.contextmanager
 def fake_pccs(collateral: dict[str, str] | None = None, *, hold: threading.Event | None = None
               ) -> Iterator[tuple[str, list[str]]]:
     """A PCCS on 127.0.0.1 answering the v4 API from a dcap-qvl collateral JSON; yields (url, request log).
@@ -77,7 +77,8 @@ def fake_pccs(collateral: dict[str, str] | None = None, *, hold: threading.Event
                 self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            with contextlib.suppress(ConnectionError):  # a fetch that timed out (a held PCCS) hung up already
+                self.wfile.write(body)
 
         def log_message(self, format: str, *args: object) -> None:
             pass

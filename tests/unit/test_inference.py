@@ -254,6 +254,12 @@ def test_sse_decoder_survives_any_chunking() -> None:
         assert events == expected, size
 
 
+def test_what_sse_writes_its_decoder_reads() -> None:
+    payloads = [b'{"a": 1}', b'{"b": "x\\ny"}']
+    written = b"".join(sse.event(p) for p in payloads) + sse.DONE
+    assert sse.SSEDecoder().feed(written) == [*payloads, sse.DONE_PAYLOAD]
+
+
 # ---------------------------------------------------------------- HTTP: server.py + OpenAIUpstreamEngine + SDK
 
 

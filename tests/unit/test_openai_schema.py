@@ -380,6 +380,22 @@ def test_engine_features_list_the_tool_fields_given() -> None:
     legacy = chat(encode(chat_body(functions=[{"name": "f"}], function_call="auto")))
     assert legacy.engine_features() == ["functions", "function_call"]
     assert completion(encode(completion_body())).engine_features() == []
+    # values that ask for plain text need no tool-capable engine
+    plain_text = chat(encode(chat_body(tool_choice="none", response_format={"type": "text"})))
+    assert plain_text.engine_features() == [] and plain_text.uses_tools is False
+
+
+def test_decode_request_checks_all_but_the_clients_limits() -> None:
+    """What the worker and the engines' server decode: the same schema, without one client's limits."""
+    big = schema.decode_request("chat", encode(chat_body(max_tokens=1_000_000)))
+    assert isinstance(big, ChatCompletionRequest) and big.max_tokens == 1_000_000 and big.endpoint == "chat"
+    assert isinstance(schema.decode_request("completions", encode(completion_body())), CompletionRequest)
+    for endpoint, raw, code in (("chat", b"[]", "invalid_type"), ("chat", b"nope", "invalid_json"),
+                                ("completions", encode(completion_body(prompt=["a", 1])), "invalid_type"),
+                                ("embeddings", encode(chat_body()), "invalid_value")):
+        with pytest.raises(ApiError) as info:
+            schema.decode_request(endpoint, raw)
+        assert info.value.status == 400 and info.value.code == code
 
 
 RICH_CHAT: dict[str, Any] = {

@@ -45,8 +45,3 @@ class SSEDecoder:
                 value = line[5:]
                 self._data.append(value[1:] if value.startswith(b" ") else value)
         return events
-
-
-def decode_all(raw: bytes) -> list[bytes]:
-    """The payloads of a whole SSE body, `[DONE]` included: for readers that have it all at once."""
-    return SSEDecoder().feed(raw + b"\n\n")

@@ -210,19 +210,22 @@ def test_request_ids_are_made_kept_or_replaced_and_answered_on_errors_and_stream
     assert _about(fake_net, fake_net.by_role("proxy")[0]["name"], made["x-request-id"])
 
 
-def test_a_reused_request_id_is_charged_each_time(fake_net: Net) -> None:
-    """The caller's id names requests in logs; it never makes a second answer free (the books key each request
-    themselves)."""
+def test_a_reused_request_id_gets_one_answer_charged_once(fake_net: Net) -> None:
+    """The caller's id is the request's idempotency key (issue 15 item 1): sent again after its answer, it is
+    refused before any work, so a second answer is never free and never charged twice."""
     proxy = fake_net.by_role("proxy")[0]["name"]
     before = fake_net.stats(proxy)["books"]
-    costs = []
-    for _ in range(2):
-        status, _, raw = post(fake_net.api_url + "/chat/completions", chat_body(max_tokens=2),
-                              {"x-request-id": "same-id-twice"})
-        assert status == 200
-        costs.append(json.loads(raw)["usage"]["cost_nanoton"])
+    request_id = f"once-{uuid.uuid4().hex}"
+    status, headers, raw = post(fake_net.api_url + "/chat/completions", chat_body(max_tokens=2),
+                                {"x-request-id": request_id})
+    assert status == 200 and headers["x-request-id"] == request_id
+    cost = json.loads(raw)["usage"]["cost_nanoton"]
+    status, headers, raw = post(fake_net.api_url + "/chat/completions", chat_body(max_tokens=2, stream=True),
+                                {"x-request-id": request_id})
+    error = json.loads(raw)["error"]
+    assert (status, error["code"], error["param"]) == (409, "duplicate_request_id", "request_id")
+    assert headers["x-request-id"] == request_id
     after = fake_net.stats(proxy)["books"]
-    assert costs[0] == costs[1] > 0
-    assert after["charged_nanoton"] - before["charged_nanoton"] == sum(costs)
+    assert after["charged_nanoton"] - before["charged_nanoton"] == cost > 0
     served = [sum(c["requests"] for c in books["clients"].values()) for books in (before, after)]
-    assert served[1] - served[0] == 2
+    assert served[1] - served[0] == 1

@@ -50,7 +50,9 @@ async def one(session: aiohttp.ClientSession, url: str, i: int) -> Outcome:
     if raw.rstrip().endswith(b"data: [DONE]"):
         return Outcome(True, True, events[-1]["usage"]["total_tokens"])
     delivered = sum(1 for e in events for c in e.get("choices", []) if c.get("delta", {}).get("content"))
-    return Outcome(False, openai_error(events[-1]) if events else False, delivered)
+    # broken after its first token: its prompt is charged too (the fake engine counts words)
+    prompt = len(body["messages"][0]["content"].split()) if delivered else 0
+    return Outcome(False, openai_error(events[-1]) if events else False, delivered + prompt)
 
 
 async def load_with_chaos(net: Net, state: Path) -> tuple[list[Outcome], subprocess.Popen[bytes]]:

@@ -23,8 +23,12 @@ def client_books(proxy: ProxyServer) -> dict:
     return next(iter(clients.values()), {"requests": 0, "tokens": 0, "charged_nanoton": 0})
 
 
-def completion_cost(proxy: ProxyServer, tokens: int) -> int:
-    return price_request(Usage(completion_tokens=tokens), proxy.ledger.root_params().prices, 1000).client_cost
+def completion_cost(proxy: ProxyServer, tokens: int, prompt_tokens: int = 0) -> int:
+    return price_request(Usage(prompt_tokens=prompt_tokens, completion_tokens=tokens),
+                         proxy.ledger.root_params().prices, 1000).client_cost
+
+
+PROMPT_TOKENS = len(chat()["messages"][0]["content"].split())  # as the fake engine counts them
 
 
 async def test_a_stalled_worker_is_skipped_invisibly_charged_once_and_benched(tmp_path: Path) -> None:
@@ -63,9 +67,9 @@ async def test_a_worker_dying_mid_stream_ends_it_with_an_error_and_charges_what_
         assert answer.content_chunks() == 3
         error = answer.events()[-1]["error"]
         assert error["code"] == "worker_failed" and "after 3 tokens" in error["message"]
-        books = client_books(proxy)
-        assert books["requests"] == 1 and books["tokens"] == 3
-        assert books["charged_nanoton"] == completion_cost(proxy, 3) == client.api.stats.charged_nanoton
+        books = client_books(proxy)  # the prompt was all processed: it is charged with the delivered tokens
+        assert books["requests"] == 1 and books["tokens"] == PROMPT_TOKENS + 3
+        assert books["charged_nanoton"] == completion_cost(proxy, 3, PROMPT_TOKENS) == client.api.stats.charged_nanoton
 
 
 async def test_a_non_streamed_request_survives_its_worker_dying_mid_generation(tmp_path: Path) -> None:
@@ -102,7 +106,7 @@ async def test_idle_and_total_timeouts_end_streams_with_their_own_codes(tmp_path
         assert 0.9 < time.monotonic() - started < 3
         assert late.events()[-1]["error"]["code"] == "request_timeout"
         delivered = idle.content_chunks() + late.content_chunks()
-        assert client_books(proxy)["tokens"] == delivered and client_books(proxy)["requests"] == 2
+        assert client_books(proxy)["tokens"] == delivered + 2 * PROMPT_TOKENS and client_books(proxy)["requests"] == 2
         bad = await net.post(chat(), {"cocoon-region": "x" * 65})
         assert bad.status == 400 and bad.json()["error"]["code"] == "invalid_region"
         gone = await net.post(chat(), {"cocoon-region": "mars"})

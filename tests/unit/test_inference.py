@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from cocoon.core.errors import ApiError
+from cocoon.core.usage import Usage
 from cocoon.inference.base import Engine
 from cocoon.inference.factory import make_engine
 from cocoon.inference.fake import FakeEngine
@@ -118,6 +119,18 @@ async def test_fake_stream_and_complete_agree(endpoint: Endpoint) -> None:
 async def test_usage_chunk_only_when_asked() -> None:
     chunks = await collect(FakeEngine(), "chat", chat(stream=True))
     assert all(c["choices"] and "usage" not in c for c in chunks)
+
+
+@pytest.mark.parametrize("endpoint", ["chat", "completions"])
+async def test_the_prompt_is_counted_before_the_first_token(endpoint: Endpoint) -> None:
+    """Issue 15 item 4: what a stream broken off after its first token is charged for its prompt."""
+    counted: list[Usage] = []
+    seen_before_first: list[bool] = []
+    body = {**(chat("four words of prompt") if endpoint == "chat" else
+               {"model": MODEL, "prompt": "four words of prompt"}), **streamed()}
+    async for _ in FakeEngine().stream(typed(endpoint, body), counted.append):
+        seen_before_first.append(bool(counted))
+    assert counted == [Usage(prompt_tokens=4)] and all(seen_before_first)
 
 
 async def test_fake_respects_max_tokens() -> None:

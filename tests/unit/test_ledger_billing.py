@@ -9,8 +9,10 @@ import pytest
 
 from cocoon.config import ClientConfig, Prices, ProxyConfig
 from cocoon.core.errors import ApiError
+from cocoon.core.usage import Usage
 from cocoon.ledger.base import TON, Terms
 from cocoon.ledger.devnet import ProxySpec, prepare
+from cocoon.ledger.pricing import Bounds, max_cost
 from cocoon.ledger.purse import ChannelPolicy, ClientPurse
 from cocoon.ledger.vouchers import VoucherBook
 from cocoon.nodekeys import KeysUnavailable, NodeKeys
@@ -54,9 +56,9 @@ def claim(p: ClientPurse, tls_key: bytes) -> ClientParams:
                         proof=p.proof(tls_key))
 
 
-def request(max_tokens: int | None = None, body: bytes = b"{}") -> Request:
+def request(max_tokens: int | None = None, body: bytes = b"{}", request_id: str = "r1", choices: int = 1) -> Request:
     return Request(call_id=1, endpoint="chat", model="m", body=body, stream=False, include_usage=False, deadline=0,
-                   max_tokens=max_tokens)
+                   max_tokens=max_tokens, request_id=request_id, choices=choices)
 
 
 async def test_a_client_pays_through_the_channel_its_wallet_signed_for(billing: Billing) -> None:
@@ -66,11 +68,13 @@ async def test_a_client_pays_through_the_channel_its_wallet_signed_for(billing: 
     assert billing.books.available(alice.channel) == 2 * TON  # the stake, not the 3 TON balance
     req = request()
     # the cap reserved for is returned, for the worker to hold the engine to; the request is left as it was
-    assert billing.reserve("r1", account, req, 1000) == billing.cfg.default_max_tokens
-    assert req.max_tokens is None
-    assert billing.reserve("r3", account, request(max_tokens=7), 1000) == 7
+    res = billing.admit(req, account, 1000)
+    assert res.max_tokens == billing.cfg.default_max_tokens and req.max_tokens is None
+    assert res.bounds == Bounds(prompt_tokens=2, completion_tokens=res.max_tokens)
+    assert billing.books.available(alice.channel) == 2 * TON - res.max_cost
+    assert billing.admit(request(max_tokens=7, request_id="r3"), account, 1000).max_tokens == 7
     with pytest.raises(ApiError) as refused:
-        billing.reserve("r2", account, request(max_tokens=10**9), 1000)
+        billing.admit(request(max_tokens=10**9, request_id="r2"), account, 1000)
     assert (refused.value.status, refused.value.code) == (402, "insufficient_funds")
     assert "the client's channel covers" in refused.value.message and "top up" in refused.value.message
 
@@ -95,7 +99,7 @@ async def test_a_client_cannot_pay_with_a_channel_it_does_not_own(billing: Billi
     account = await billing.open_account(MALLORY_TLS_KEY, forged)
     assert account.channel is None and account.refusal
     with pytest.raises(ApiError) as refused:
-        billing.reserve("r1", account, request(max_tokens=1), 1000)
+        billing.admit(request(max_tokens=1), account, 1000)
     assert (refused.value.status, refused.value.code) == (402, "no_payment_channel")
     assert refused.value.message.startswith("this client has no usable payment channel with the proxy: ")
     assert billing.books.available(alice.channel) == 2 * TON  # alice's credit is untouched
@@ -116,3 +120,32 @@ def test_a_proxy_without_a_key_service_signs_with_a_per_start_key_only_while_pay
     with pytest.raises(KeysUnavailable, match="no key service configured on this platform"):
         Billing(on, ledger)
     ledger.close()
+
+
+async def test_a_request_id_gets_one_answer_and_its_reservation_covers_every_choice(billing: Billing) -> None:
+    """Issue 15 items 1 and 5: an id in flight or settled is refused before anything is reserved; an id that ended
+    unanswered may be used again; a request generating 8 choices reserves 8 completions."""
+    alice = open_purse(billing, "alice")
+    account = await billing.open_account(TLS_KEY, claim(alice, TLS_KEY))
+    prices = billing.ledger.root_params().prices
+    res = billing.admit(request(max_tokens=10, choices=8), account, 1000)
+    assert res.bounds == Bounds(prompt_tokens=2, completion_tokens=80)
+    assert res.max_cost == max_cost(res.bounds, prices, 1000)
+    for refused_req, status, code, param in [(request(max_tokens=10), 409, "duplicate_request_id", "request_id"),
+                                             (request(request_id=""), 400, "invalid_request", "request_id"),
+                                             (request(request_id="x" * 65), 400, "invalid_request", "request_id"),
+                                             (request(request_id="r 1"), 400, "invalid_request", "request_id"),
+                                             (request(request_id="r9", choices=0), 400, "invalid_value", "choices")]:
+        with pytest.raises(ApiError) as refused:
+            billing.admit(refused_req, account, 1000)
+        assert (refused.value.status, refused.value.code, refused.value.param) == (status, code, param)
+    assert billing.books.available(alice.channel) == 2 * TON - res.max_cost  # nothing more reserved
+    billing.end(res)  # ended without an answer
+    again = billing.admit(request(max_tokens=10), account, 1000)
+    settled = billing.settle(again, "w", "worker-1", "m", Usage(prompt_tokens=2, completion_tokens=10), 1000)
+    assert settled.beyond == () and billing.summary()["usage_beyond_bounds"] == 0
+    billing.end(again)
+    with pytest.raises(ApiError) as refused:
+        billing.admit(request(max_tokens=10), account, 1000)
+    assert refused.value.status == 409
+    assert billing.books.available(alice.channel) == 2 * TON - settled.charge.client_cost

@@ -1,4 +1,5 @@
-"""The proxy's books: idempotent settlement with vouchers, reservations bounded by the stake, rollback checks."""
+"""The proxy's books: one answer per request id, settled once with vouchers, reservations bounded by the stake,
+charges bounded by the reservation, rollback checks."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import pytest
 from cocoon.config import Prices
 from cocoon.core.usage import Usage
 from cocoon.ledger.base import TON
-from cocoon.ledger.books import PaymentRequired, ProxyBooks, RolledBack
+from cocoon.ledger.books import DuplicateRequest, PaymentRequired, ProxyBooks, RolledBack
 from cocoon.ledger.contracts import Tag
-from cocoon.ledger.pricing import price_request
+from cocoon.ledger.pricing import Bounds, max_cost, price_request
 from cocoon.ledger.wallet import Wallet
 
 KEY = Wallet(b"\x21" * 32)
@@ -34,15 +35,15 @@ def books(path: Path, *, stake: int = TON, balance: int = 3 * TON, claimed: int 
 def test_a_request_is_settled_once_with_cumulative_vouchers(tmp_path: Path) -> None:
     b = books(tmp_path)
     first = b.settle("req-1", "alice", "w1", "m", USAGE, PRICES, 1000)
-    assert first.charge == COST and not first.duplicate
+    assert first.charge == COST and first.usage == USAGE and first.beyond == ()
     assert first.client_voucher is not None and first.worker_voucher is not None
     assert (first.client_voucher.tag, first.client_voucher.contract, first.client_voucher.seqno,
             first.client_voucher.amount) == (Tag.CHARGE, CHANNEL, 1, COST.client_cost)
     assert (first.worker_voucher.tag, first.worker_voucher.amount) == (Tag.PAYOUT, COST.worker_fee)
     first.client_voucher.verify(KEY.public_key)
     first.worker_voucher.verify(KEY.public_key)
-    again = b.settle("req-1", "alice", "w1", "m", Usage(completion_tokens=9999), PRICES, 1000)
-    assert again.duplicate and again.charge == COST and again.client_voucher == first.client_voucher
+    with pytest.raises(DuplicateRequest):
+        b.settle("req-1", "alice", "w1", "m", Usage(completion_tokens=9999), PRICES, 1000)
     second = b.settle("req-2", "alice", "w1", "m", USAGE, PRICES, 1000)
     assert second.client_voucher is not None and second.worker_voucher is not None
     assert (second.client_voucher.seqno, second.client_voucher.amount) == (2, 2 * COST.client_cost)
@@ -61,7 +62,7 @@ def test_reservations_are_bounded_by_the_stake_less_unclaimed_charges(tmp_path: 
     with pytest.raises(PaymentRequired, match=r"may cost up to 0\.500000000 TON; the client's channel covers "
                                               r"0\.400000000 TON more"):
         b.reserve("r2", "alice", 500_000_000)
-    b.release("r1")
+    b.end("r1", "alice")
     b.reserve("r2", "alice", 500_000_000)
     b.settle("r2", "alice", "w1", "m", USAGE, PRICES, 1000)  # settling releases the reservation
     assert b.available("alice") == TON - COST.client_cost
@@ -82,7 +83,9 @@ def test_reservations_do_not_survive_a_restart_but_settlements_do(tmp_path: Path
     b.close()
     b = books(tmp_path)
     assert b.available("alice") == TON - COST.client_cost
-    assert b.settle("r0", "alice", "w1", "m", USAGE, PRICES, 1000).duplicate
+    with pytest.raises(DuplicateRequest):
+        b.begin("r0", "alice")
+    b.begin("r1", "alice")  # in flight when the proxy stopped, never settled: its client may ask again
 
 
 def test_books_behind_or_beside_the_committed_state_refuse(tmp_path: Path) -> None:
@@ -115,3 +118,61 @@ def test_charges_without_a_channel_accrue_and_the_first_voucher_covers_them(tmp_
     later = b.settle("r2", "bob", "w2", "m", USAGE, PRICES, 1000)
     assert later.worker_voucher is not None and (later.worker_voucher.seqno, later.worker_voucher.amount) == \
         (1, 2 * COST.worker_fee)
+
+
+def test_a_request_id_is_taken_until_its_request_ends_and_for_good_once_settled(tmp_path: Path) -> None:
+    """Issue 15 item 1: one answer per (client, request id); ids are the client's own, so another client's equal
+    id is a different request."""
+    b = books(tmp_path)
+    b.begin("r1", "alice")
+    with pytest.raises(DuplicateRequest, match="request id `r1` was used before by this client"):
+        b.begin("r1", "alice")  # in flight
+    b.begin("r1", "bob")
+    b.end("r1", "alice")  # ended without an answer (an error before the first token): nothing was charged
+    b.begin("r1", "alice")
+    b.settle("r1", "alice", "w1", "m", USAGE, PRICES, 1000)
+    b.end("r1", "alice")
+    with pytest.raises(DuplicateRequest):
+        b.begin("r1", "alice")  # settled
+    b.settle("r1", "bob", "w1", "m", USAGE, PRICES, 1000)
+    assert b.summary()["clients"]["alice"]["requests"] == b.summary()["clients"]["bob"]["requests"] == 1
+
+
+def test_a_charge_is_held_to_the_bounds_and_never_above_the_reservation(tmp_path: Path) -> None:
+    """Issue 15 item 2: a report beyond the bounds is charged at the bound; even a dearer coefficient than the one
+    reserved for cannot charge more than the reservation."""
+    b = books(tmp_path)
+    bounds = Bounds(prompt_tokens=300, completion_tokens=20)
+    reserved = max_cost(bounds, PRICES, 1000)
+    b.begin("r1", "alice")
+    b.reserve("r1", "alice", reserved)
+    absurd = Usage(prompt_tokens=50_000_000, completion_tokens=7)
+    settled = b.settle("r1", "alice", "w1", "m", absurd, PRICES, 1000, bounds)
+    assert settled.usage == Usage(prompt_tokens=300, completion_tokens=7) and settled.beyond == ("prompt_tokens",)
+    assert settled.charge == price_request(settled.usage, PRICES, 1000)
+    assert b.summary()["clients"]["alice"]["tokens"] == 307
+    b.begin("r2", "alice")
+    b.reserve("r2", "alice", reserved)
+    dear = b.settle("r2", "alice", "w1", "m", Usage(prompt_tokens=300, completion_tokens=20), PRICES, 5000, bounds)
+    assert dear.charge.client_cost == reserved and dear.charge.worker_fee <= reserved
+    assert b.available("alice") == TON - settled.charge.client_cost - reserved
+
+
+def test_books_from_before_ids_were_kept_per_client_are_migrated(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "books.sqlite")
+    db.execute("CREATE TABLE requests (request_id TEXT PRIMARY KEY, seqno INTEGER NOT NULL UNIQUE, state_hash BLOB "
+               "NOT NULL, ts REAL NOT NULL, client TEXT NOT NULL, worker TEXT NOT NULL, model TEXT NOT NULL, "
+               "coefficient INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL, cached_tokens INTEGER NOT NULL, "
+               "completion_tokens INTEGER NOT NULL, reasoning_tokens INTEGER NOT NULL, client_cost INTEGER NOT NULL, "
+               "worker_fee INTEGER NOT NULL)")
+    db.execute("INSERT INTO requests VALUES ('k:r1', 1, x'00', 0, 'alice', 'w1', 'm', 1000, 1, 0, 1, 0, 5, 4)")
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value)")
+    db.execute("INSERT INTO meta VALUES ('seqno', 1), ('state_hash', x'00')")
+    db.commit()
+    db.close()
+    b = books(tmp_path)
+    with pytest.raises(DuplicateRequest):
+        b.begin("k:r1", "alice")
+    b.settle("k:r1", "bob", "w1", "m", USAGE, PRICES, 1000)  # the same id for another client is another request

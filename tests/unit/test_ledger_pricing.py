@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from cocoon.config import Prices
 from cocoon.core.usage import Usage
-from cocoon.ledger.pricing import max_cost, price_request, weighted_tokens
+from cocoon.ledger.pricing import Bounds, max_cost, price_request, weighted_tokens
 
 counts = st.integers(0, 100_000)
 
@@ -55,7 +55,7 @@ def test_each_amount_is_the_exact_price_rounded_down_once_and_the_commission_is_
 @given(usages(), price_lists(), st.integers(0, 5000), st.integers(0, 1000), st.integers(0, 1000))
 def test_the_reservation_covers_any_answer_within_its_bounds(usage: Usage, prices: Prices, coefficient: int,
                                                                more_prompt: int, more_completion: int) -> None:
-    reserved = max_cost(usage.prompt_tokens + more_prompt, usage.completion_tokens + more_completion, prices,
+    reserved = max_cost(Bounds(usage.prompt_tokens + more_prompt, usage.completion_tokens + more_completion), prices,
                         coefficient)
     assert price_request(usage, prices, coefficient).client_cost <= reserved
     exact = Fraction((usage.prompt_tokens + more_prompt) * max(prices.prompt_multiplier, prices.cached_multiplier)
@@ -63,3 +63,32 @@ def test_the_reservation_covers_any_answer_within_its_bounds(usage: Usage, price
                      * max(prices.completion_multiplier, prices.reasoning_multiplier),
                      10**6) * coefficient * prices.price_per_token
     assert 0 <= reserved - exact < 1  # rounded up, once
+
+
+any_count = st.integers(0, 10**12)
+
+
+@given(st.builds(Usage, prompt_tokens=any_count, cached_tokens=any_count, completion_tokens=any_count,
+                 reasoning_tokens=any_count),
+       st.builds(Bounds, counts, counts), price_lists(), st.integers(0, 5000))
+def test_any_report_held_to_the_bounds_costs_no_more_than_the_reservation(usage: Usage, bounds: Bounds,
+                                                                          prices: Prices, coefficient: int) -> None:
+    """Issue 15 item 2: whatever a worker reports (details beyond their wholes included), the held usage is priced
+    within what was reserved, and a report within the bounds is left exactly as it was."""
+    held, beyond = bounds.hold(usage)
+    assert price_request(held, prices, coefficient).client_cost <= max_cost(bounds, prices, coefficient)
+    assert held.prompt_tokens <= bounds.prompt_tokens and held.completion_tokens <= bounds.completion_tokens
+    assert held.cached_tokens <= held.prompt_tokens and held.reasoning_tokens <= held.completion_tokens
+    assert (held == usage) == (beyond == ())
+    assert all(getattr(held, name) < getattr(usage, name) for name in beyond)
+
+
+def test_a_report_beyond_its_bounds_names_what_went_beyond() -> None:
+    bounds = Bounds(prompt_tokens=300, completion_tokens=20)
+    assert bounds.hold(Usage(prompt_tokens=50_000_000, completion_tokens=20)) == \
+        (Usage(prompt_tokens=300, completion_tokens=20), ("prompt_tokens",))
+    assert bounds.hold(Usage(prompt_tokens=10, cached_tokens=11, completion_tokens=5, reasoning_tokens=6)) == \
+        (Usage(prompt_tokens=10, cached_tokens=10, completion_tokens=5, reasoning_tokens=5),
+         ("cached_tokens", "reasoning_tokens"))
+    within = Usage(prompt_tokens=300, cached_tokens=300, completion_tokens=20, reasoning_tokens=20)
+    assert bounds.hold(within) == (within, ())

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
@@ -22,9 +23,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from cocoon.config import Prices
 from cocoon.core.usage import Usage
 from cocoon.ledger.base import TON, LedgerRefused, Terms
-from cocoon.ledger.books import BooksError, PaymentRequired, ProxyBooks
+from cocoon.ledger.books import BooksError, DuplicateRequest, PaymentRequired, ProxyBooks
 from cocoon.ledger.local import LocalLedger
-from cocoon.ledger.pricing import max_cost, price_request
+from cocoon.ledger.pricing import Bounds, max_cost, price_request
 from cocoon.ledger.purse import ChannelPolicy, ClientPurse, WorkerPurse
 from cocoon.ledger.settlement import ProxySettlement, SettlementPolicy
 from cocoon.ledger.vouchers import VoucherBook
@@ -127,7 +128,7 @@ class Money(RuleBasedStateMachine):
         self.requests += 1
         rid = f"req-{self.requests}"
         coefficient = COEFFICIENTS[worker]
-        reserve = max_cost(prompt, completion, PRICES, coefficient)
+        reserve = max_cost(Bounds(prompt, completion), PRICES, coefficient)
         channel = self.purses[client].channel
         try:
             self.books.reserve(rid, channel, reserve)
@@ -146,7 +147,8 @@ class Money(RuleBasedStateMachine):
         self.settled += 1
         self.costs[channel] += settled.charge.client_cost
         self.fees[worker] += settled.charge.worker_fee
-        assert self.books.settle(rid, channel, worker, "m", usage, PRICES, coefficient).duplicate
+        with pytest.raises(DuplicateRequest):
+            self.books.settle(rid, channel, worker, "m", usage, PRICES, coefficient)
 
     @rule(client=st.sampled_from(CLIENTS), worker=st.sampled_from(WORKERS))
     def crash_while_settling(self, client: str, worker: str) -> None:

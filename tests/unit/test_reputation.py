@@ -46,6 +46,20 @@ def test_failures_lower_the_success_rate_and_bench_in_doubling_steps() -> None:
     assert rep.benches == 0 and rep.failure_streak == 0 and rep.success > 0.9**6
 
 
+def test_usage_beyond_bounds_benches_at_once_for_longer_each_time() -> None:
+    """Issue 15 item 2: a worker reporting more tokens than its request could produce loses reputation, and an
+    answer right after does not wash it out."""
+    cfg = SelectionConfig(bench_after_failures=3, bench_s=5, bench_max_s=12)
+    rep = Reputation(key="k", name="w")
+    assert rep.record_misreport(100, cfg) and rep.benched_until == 105 and rep.success == pytest.approx(0.9)
+    rep.record_stream(10, 10, 2)
+    assert rep.benched_until == 105
+    assert rep.record_misreport(200, cfg) and rep.benched_until == 210
+    rep.record_misreport(300, cfg)
+    assert rep.benched_until == 312 and rep.misreports == 3  # capped
+    assert rep.summary(now=300).misreports == 3
+
+
 def test_the_book_keeps_keys_across_reconnects_and_forgets_long_gone_ones() -> None:
     book = ReputationBook(keep_s=60)
     a = book.attach("a", "worker-a", now=0)

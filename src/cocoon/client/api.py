@@ -127,7 +127,7 @@ class ClientApi:
             stream=parsed.stream, include_usage=parsed.include_usage,
             deadline=time.time() + self.cfg.request_timeout_s, request_id=request[_REQUEST_ID],
             max_coefficient=self.cfg.default_max_coefficient, features=parsed.engine_features(),
-            region=requested_region(request), max_tokens=parsed.max_tokens,
+            region=requested_region(request), max_tokens=parsed.max_tokens, choices=parsed.choices()[0],
         )
         call = await self.link.call(req)
         self.stats.active += 1

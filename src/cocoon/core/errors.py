@@ -33,6 +33,7 @@ class ErrorCode(StrEnum):
     INSUFFICIENT_FUNDS = "insufficient_funds"  # 402
     NOT_FOUND = "not_found"  # 404: no such path
     MODEL_NOT_FOUND = "model_not_found"  # 404
+    DUPLICATE_REQUEST_ID = "duplicate_request_id"  # 409: one answer per request id, charged once
     REQUEST_TOO_LARGE = "request_too_large"  # 413
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"  # 415: a body not sent as application/json
     # limits and capacity

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
+from cocoon.core.usage import Usage
 from cocoon.openai.schema import OpenAIRequest
+
+PromptCounted = Callable[[Usage], None]
 
 
 class Engine(ABC):
@@ -15,6 +18,9 @@ class Engine(ABC):
     final `[DONE]`). The caller asks for `stream` with `stream_options.include_usage`, so the last payload
     carries `usage`. Closing the iterator early (client gone) must stop the generation.
     `complete` returns the whole non-streamed JSON response, `usage` included.
+    An engine that knows the prompt's tokens before it generates calls `on_prompt` once with them (completion 0)
+    before yielding its first generated payload: a stream broken off after its first token is charged for its
+    prompt by that count. One that learns them only with the final usage does not call it.
     Engine failures raise `cocoon.core.errors.ApiError` with the engine's status and a message fit for the client.
     """
 
@@ -31,7 +37,7 @@ class Engine(ABC):
     async def models(self) -> list[str]: ...
 
     @abstractmethod
-    def stream(self, req: OpenAIRequest) -> AsyncIterator[bytes]: ...
+    def stream(self, req: OpenAIRequest, on_prompt: PromptCounted | None = None) -> AsyncIterator[bytes]: ...
 
     @abstractmethod
     async def complete(self, req: OpenAIRequest) -> bytes: ...

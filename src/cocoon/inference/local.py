@@ -20,7 +20,7 @@ from msgspec import UNSET
 
 from cocoon.core.errors import ApiError, ErrorCode
 from cocoon.core.usage import Usage
-from cocoon.inference.base import Engine
+from cocoon.inference.base import Engine, PromptCounted
 from cocoon.openai.schema import (
     AssistantMessage,
     CompletionRequest,
@@ -97,7 +97,7 @@ class LocalEngine(Engine):
     async def models(self) -> list[str]:
         return [self.model_id]
 
-    async def stream(self, request: OpenAIRequest) -> AsyncIterator[bytes]:
+    async def stream(self, request: OpenAIRequest, on_prompt: PromptCounted | None = None) -> AsyncIterator[bytes]:
         req = self._gen_request(request)
         endpoint = request.endpoint
         usage = Tally()
@@ -107,8 +107,11 @@ class LocalEngine(Engine):
         started = False
         async with aclosing(self._pieces(req, usage)) as pieces:
             async for piece in pieces:
-                if not started and endpoint == "chat":
-                    yield out.role()
+                if not started:
+                    if on_prompt is not None:  # the prompt was counted before the first piece (generate's rule)
+                        on_prompt(Usage(prompt_tokens=usage.prompt_tokens, cached_tokens=usage.cached_tokens))
+                    if endpoint == "chat":
+                        yield out.role()
                 started = True
                 yield out.piece(piece)
         if not started and endpoint == "chat":

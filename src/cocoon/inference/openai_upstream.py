@@ -11,7 +11,7 @@ import aiohttp
 import msgspec
 
 from cocoon.core.errors import ApiError, ErrorCode
-from cocoon.inference.base import Engine
+from cocoon.inference.base import Engine, PromptCounted
 from cocoon.openai import sse
 from cocoon.openai.schema import Endpoint, OpenAIRequest
 
@@ -60,7 +60,9 @@ class OpenAIUpstreamEngine(Engine):
             raise ApiError(502, f"the engine's model list is not OpenAI-shaped: {_snippet(raw)}",
                            type="api_error", code=ErrorCode.ENGINE_BAD_RESPONSE) from exc
 
-    async def stream(self, req: OpenAIRequest) -> AsyncIterator[bytes]:
+    async def stream(self, req: OpenAIRequest, on_prompt: PromptCounted | None = None) -> AsyncIterator[bytes]:
+        # OpenAI-compatible servers report usage with their last payload only (the worker reads any earlier one):
+        # `on_prompt` is never called here
         async with self._request("POST", _PATHS[req.endpoint], msgspec.json.encode(req), streaming=True) as resp:
             if resp.content_type != "text/event-stream":
                 raise ApiError(502, f"the engine answered a streaming request with {resp.content_type}",

@@ -1,10 +1,15 @@
 """The proxy's books: what each client owes and each worker earned, and the vouchers that prove it.
 
-- Every answered request is settled in one SQLite transaction keyed by its id: its charge and payout, the client's
-  and the worker's new cumulative totals, and the vouchers for them (signed with the proxy's key). A request id
-  settled once is never charged again.
+- A request id belongs to the client (the paying party) that chose it, and gets one answer, charged once: `begin`
+  takes it before any work and refuses one in flight or settled already (`DuplicateRequest`), until `end`. In-flight
+  ids live in memory (a crash ends every request in flight); settled ones are rows of the `requests` table, so a
+  replay is refused across reconnects and restarts.
+- Every answered request is settled in one SQLite transaction keyed by (client, request id): its charge and payout,
+  the client's and the worker's new cumulative totals, and the vouchers for them (signed with the proxy's key).
 - Before a request starts, `reserve` holds its maximum cost against what the client can still be charged; the
   reservation lives in memory only (after a crash no answer of an unsettled request was accepted as billed).
+  Settling holds the reported usage to the request's bounds and the charge to its reservation: a worker cannot
+  charge more than the client reserved, however many tokens it claims.
 - What a client can be charged is bounded by its channel's stake, not its balance: a client may withdraw
   everything above its stake at any time without asking, so the proxy extends no more credit than the stake
   guarantees. `available = min(balance, stake) − (charged in the books − claimed on chain) − reserved`.
@@ -27,16 +32,17 @@ from cocoon.core.errors import CocoonError
 from cocoon.core.usage import Usage
 from cocoon.fsutil import open_sqlite
 from cocoon.ledger.contracts import Tag
-from cocoon.ledger.pricing import Charge, price_request
+from cocoon.ledger.pricing import Bounds, Charge, price_request
 from cocoon.ledger.vouchers import Voucher, sign_voucher, ton
 from cocoon.ledger.wallet import Wallet
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
-    request_id TEXT PRIMARY KEY, seqno INTEGER NOT NULL UNIQUE, state_hash BLOB NOT NULL, ts REAL NOT NULL,
+    request_id TEXT NOT NULL, seqno INTEGER NOT NULL UNIQUE, state_hash BLOB NOT NULL, ts REAL NOT NULL,
     client TEXT NOT NULL, worker TEXT NOT NULL, model TEXT NOT NULL, coefficient INTEGER NOT NULL,
     prompt_tokens INTEGER NOT NULL, cached_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
-    reasoning_tokens INTEGER NOT NULL, client_cost INTEGER NOT NULL, worker_fee INTEGER NOT NULL
+    reasoning_tokens INTEGER NOT NULL, client_cost INTEGER NOT NULL, worker_fee INTEGER NOT NULL,
+    PRIMARY KEY (client, request_id)
 );
 CREATE TABLE IF NOT EXISTS clients (
     client TEXT PRIMARY KEY, channel TEXT, requests INTEGER NOT NULL DEFAULT 0, tokens INTEGER NOT NULL DEFAULT 0,
@@ -63,6 +69,10 @@ class PaymentRequired(BooksError):
     """The client cannot cover a request's maximum cost (HTTP 402)."""
 
 
+class DuplicateRequest(BooksError):
+    """The client already has a request with this id in flight or settled (HTTP 409): one answer per id."""
+
+
 class RolledBack(BooksError):
     """The books are behind, or beside, the state the proxy committed on chain: serving would re-bill or forget."""
 
@@ -72,13 +82,18 @@ class Settled:
     charge: Charge
     client_voucher: Voucher | None  # None while the client has no channel
     worker_voucher: Voucher | None  # None while the worker has no channel
-    duplicate: bool = False  # the request id was settled before: nothing changed
+    usage: Usage = field(default_factory=Usage)  # what was charged: the worker's report held to the request's bounds
+    beyond: tuple[str, ...] = ()  # the counts the worker reported beyond those bounds (charged at the bound)
+
+
+_Key = tuple[str, str]  # (client, request id)
 
 
 @dataclass
-class _Reservations:
-    by_request: dict[str, tuple[str, int]] = field(default_factory=dict)
-    by_client: dict[str, int] = field(default_factory=dict)
+class _InFlight:
+    ids: set[_Key] = field(default_factory=set)
+    held: dict[_Key, int] = field(default_factory=dict)  # reservations
+    held_by_client: dict[str, int] = field(default_factory=dict)
 
 
 class ProxyBooks:
@@ -87,10 +102,11 @@ class ProxyBooks:
         # WAL + NORMAL: a commit survives a crash of the process without an fsync per request; `durable()`
         # syncs before the state is committed on chain.
         self._db = open_sqlite(path, synchronous="NORMAL")
+        _migrate(self._db)
         self._db.executescript(_SCHEMA)
         self._signer = signer
         self._lock = threading.Lock()
-        self._reserved = _Reservations()
+        self._flight = _InFlight()
 
     # ---- channels, as the chain last showed them ----
     def set_client_channel(self, client: str, channel: str, *, balance: int, stake: int, claimed: int,
@@ -111,6 +127,22 @@ class ProxyBooks:
                              (worker, channel, redeemed))
 
     # ---- before and after a request ----
+    def begin(self, request_id: str, client: str) -> None:
+        """Take `request_id` for `client` until `end`; DuplicateRequest if it is in flight or was settled."""
+        key = (client, request_id)
+        with self._lock:
+            if key in self._flight.ids or self._db.execute(
+                    "SELECT 1 FROM requests WHERE client = ? AND request_id = ?", key).fetchone() is not None:
+                raise DuplicateRequest(f"request id `{request_id}` was used before by this client: each request "
+                                       f"needs an id of its own (one answer per id, charged once)")
+            self._flight.ids.add(key)
+
+    def end(self, request_id: str, client: str) -> None:
+        """The request is over: its reservation, if any, is dropped and its id freed (a settled id stays taken)."""
+        with self._lock:
+            self._flight.ids.discard((client, request_id))
+            self._release((client, request_id))
+
     def available(self, client: str) -> int:
         """What the client can still be charged now (reservations included)."""
         with self._lock:
@@ -122,53 +154,55 @@ class ProxyBooks:
         if row is None or row[4] != "open":
             return 0
         balance, stake, charged, claimed, _ = row
-        return min(balance, stake) - (charged - claimed) - self._reserved.by_client.get(client, 0)
+        return min(balance, stake) - (charged - claimed) - self._flight.held_by_client.get(client, 0)
 
     def reserve(self, request_id: str, client: str, amount: int) -> None:
         """Hold `amount` (the request's maximum cost) for `request_id`, or raise PaymentRequired."""
+        key = (client, request_id)
         with self._lock:
-            if request_id in self._reserved.by_request:
-                return
+            if key in self._flight.held:
+                raise DuplicateRequest(f"request id `{request_id}` holds a reservation already")
             available = self._available(client)
             if amount > available:
                 raise PaymentRequired(
                     f"this request may cost up to {ton(amount)} TON; the client's channel covers "
                     f"{ton(max(available, 0))} TON more (its stake, less charges not yet settled on chain and "
                     f"requests in flight): top up the channel or raise its stake")
-            self._reserved.by_request[request_id] = (client, amount)
-            self._reserved.by_client[client] = self._reserved.by_client.get(client, 0) + amount
+            self._flight.held[key] = amount
+            self._flight.held_by_client[client] = self._flight.held_by_client.get(client, 0) + amount
 
-    def release(self, request_id: str) -> None:
-        """Drop a reservation (the request ended without a billable answer, or was settled)."""
-        with self._lock:
-            self._release(request_id)
-
-    def _release(self, request_id: str) -> None:
-        entry = self._reserved.by_request.pop(request_id, None)
-        if entry is not None:
-            client, amount = entry
-            left = self._reserved.by_client[client] - amount
+    def _release(self, key: _Key) -> None:
+        amount = self._flight.held.pop(key, None)
+        if amount is not None:
+            client = key[0]
+            left = self._flight.held_by_client[client] - amount
             if left:
-                self._reserved.by_client[client] = left
+                self._flight.held_by_client[client] = left
             else:
-                del self._reserved.by_client[client]
+                del self._flight.held_by_client[client]
 
     def settle(self, request_id: str, client: str, worker: str, model: str, usage: Usage, prices: Prices,
-               coefficient: int) -> Settled:
+               coefficient: int, bounds: Bounds | None = None) -> Settled:
         """Price and record one answered request, sign the client's and the worker's new cumulative vouchers, and
-        release its reservation: one transaction. A request id settled before changes nothing."""
+        release its reservation: one transaction. `usage` is held to `bounds` and the charge to the reservation;
+        a request id settled before raises DuplicateRequest and changes nothing."""
+        beyond: tuple[str, ...] = ()
+        if bounds is not None:
+            usage, beyond = bounds.hold(usage)
         charge = price_request(usage, prices, coefficient)
         tokens = usage.prompt_tokens + usage.completion_tokens
         with self._lock:
+            reserved = self._flight.held.get((client, request_id))
+            if reserved is not None and charge.client_cost > reserved:
+                # only a coefficient above the one reserved for gets here (the router never picks one): the
+                # reservation is what the client agreed to, and the worker's fee is never above the charge
+                charge = Charge(reserved, min(charge.worker_fee, reserved))
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
-                row = db.execute("SELECT client_cost, worker_fee FROM requests WHERE request_id = ?",
-                                 (request_id,)).fetchone()
-                if row is not None:
-                    db.execute("ROLLBACK")
-                    self._release(request_id)
-                    return Settled(Charge(*row), *self._latest_vouchers(client, worker), duplicate=True)
+                if db.execute("SELECT 1 FROM requests WHERE client = ? AND request_id = ?",
+                              (client, request_id)).fetchone() is not None:
+                    raise DuplicateRequest(f"request id `{request_id}` of this client was settled before")
                 (seqno,), (prev_hash,) = db.execute("SELECT value FROM meta WHERE key IN ('seqno', 'state_hash') "
                                                     "ORDER BY key").fetchall()
                 seqno += 1
@@ -187,8 +221,8 @@ class ProxyBooks:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-            self._release(request_id)
-        return Settled(charge, client_voucher, worker_voucher)
+            self._release((client, request_id))
+        return Settled(charge, client_voucher, worker_voucher, usage, beyond)
 
     def _bump(self, table: str, key: str, total: str, name: str, tokens: int, amount: int,
               tag: Tag) -> Voucher | None:
@@ -201,10 +235,6 @@ class ProxyBooks:
                    f"seqno = seqno + ?, signature = ? WHERE {key} = ?",
                    (tokens, cumulative, int(voucher is not None), voucher.signature if voucher else None, name))
         return voucher
-
-    def _latest_vouchers(self, client: str, worker: str) -> tuple[Voucher | None, Voucher | None]:
-        return (self._latest("clients", "client", "charged", client, Tag.CHARGE),
-                self._latest("workers", "worker", "earned", worker, Tag.PAYOUT))
 
     def _latest(self, table: str, key: str, total: str, name: str, tag: Tag) -> Voucher | None:
         row = self._db.execute(f"SELECT channel, seqno, {total}, signature FROM {table} WHERE {key} = ?",
@@ -263,7 +293,7 @@ class ProxyBooks:
         with self._lock:
             clients = {c: {"channel": ch, "requests": r, "tokens": t, "charged_nanoton": charged,
                            "claimed_nanoton": claimed, "balance_nanoton": bal, "stake_nanoton": stake,
-                           "reserved_nanoton": self._reserved.by_client.get(c, 0)}
+                           "reserved_nanoton": self._flight.held_by_client.get(c, 0)}
                        for c, ch, r, t, charged, claimed, bal, stake in self._db.execute(
                            "SELECT client, channel, requests, tokens, charged, claimed, balance, stake FROM clients")}
             workers = {w: {"channel": ch, "requests": r, "tokens": t, "earned_nanoton": e, "redeemed_nanoton": red}
@@ -276,6 +306,14 @@ class ProxyBooks:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _migrate(db: Any) -> None:
+    """Books from before request ids were kept per client (one id for everyone): the same rows, keyed anew."""
+    keys = [row[1] for row in db.execute("PRAGMA table_info(requests)") if row[5]]
+    if keys == ["request_id"]:
+        db.executescript("BEGIN; ALTER TABLE requests RENAME TO requests_old;" + _SCHEMA.split(";")[0] + ";"
+                         "INSERT INTO requests SELECT * FROM requests_old; DROP TABLE requests_old; COMMIT;")
 
 
 def _chain_hash(prev: bytes, seqno: int, fields: tuple[Any, ...]) -> bytes:

@@ -11,7 +11,9 @@ negative because worker_fee_per_token ≤ price_per_token (the root contract ref
 amounts are what the books add up: summing per request means at most one nanoTON per request stays with the
 client and one with the proxy.
 
-Reservations (`max_cost`) round up instead: they must cover any answer the request can produce.
+Reservations (`max_cost`) round up instead: they must cover any answer the request can produce. What a request
+can produce is its `Bounds`, and a worker's report is held to them (`Bounds.hold`) before it is priced, so that
+no report, however absurd, is charged beyond what was reserved.
 """
 
 from __future__ import annotations
@@ -52,9 +54,29 @@ def price_request(usage: Usage, prices: Prices, coefficient: int) -> Charge:
     )
 
 
-def max_cost(prompt_tokens: int, max_tokens: int, prices: Prices, coefficient: int) -> int:
+class Bounds(NamedTuple):
+    """The most tokens of each kind a request can make an honest worker count: what its reservation covers."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+    def hold(self, usage: Usage) -> tuple[Usage, tuple[str, ...]]:
+        """`usage` held to these bounds, and the names of the counts that went beyond them (cached tokens are part
+        of the prompt and reasoning tokens part of the completion, so neither may exceed its whole)."""
+        prompt = min(usage.prompt_tokens, self.prompt_tokens)
+        completion = min(usage.completion_tokens, self.completion_tokens)
+        held = Usage(prompt_tokens=prompt, cached_tokens=min(usage.cached_tokens, prompt),
+                     completion_tokens=completion, reasoning_tokens=min(usage.reasoning_tokens, completion))
+        if held == usage:
+            return usage, ()
+        beyond = tuple(name for name in ("prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens")
+                       if getattr(held, name) != getattr(usage, name))
+        return held, beyond
+
+
+def max_cost(bounds: Bounds, prices: Prices, coefficient: int) -> int:
     """The most a request can cost: every prompt token uncached, every completion token at the dearer of the
     completion and reasoning rates; rounded up."""
-    weighted = (prompt_tokens * max(prices.prompt_multiplier, prices.cached_multiplier)
-                + max_tokens * max(prices.completion_multiplier, prices.reasoning_multiplier))
+    weighted = (bounds.prompt_tokens * max(prices.prompt_multiplier, prices.cached_multiplier)
+                + bounds.completion_tokens * max(prices.completion_multiplier, prices.reasoning_multiplier))
     return -(-weighted * coefficient * prices.price_per_token // _PER_MILLE_SQUARED)

@@ -205,6 +205,18 @@ class _Request(_Strict, kw_only=True):
                 features.append(name)
         return features
 
+    def choices(self) -> tuple[int, str]:
+        """How many choices the engine generates for this request, and the field that asks for more than one (`n`
+        when none does): `n`, or `best_of` when larger (the engine generates that many and returns `n`), for each
+        prompt (a `prompt` array of strings or of token-id arrays holds several; one of token ids is one prompt).
+        Its completion is reserved for each of them."""
+        n, best_of = (getattr(self, name, None) for name in ("n", "best_of"))
+        n, best_of = max(n if isinstance(n, int) else 1, 1), max(best_of if isinstance(best_of, int) else 1, 1)
+        prompt = getattr(self, "prompt", None)
+        prompts = len(prompt) if isinstance(prompt, list) and any(isinstance(p, str | list) for p in prompt) else 1
+        param = "n" if n > 1 else "best_of" if best_of > 1 else "prompt" if prompts > 1 else "n"
+        return max(n, best_of) * prompts, param
+
     def to_body(self) -> dict[str, Any]:
         """A plain JSON-ready dict of exactly the fields the user sent, for forwarding."""
         body: dict[str, Any] = msgspec.to_builtins(self)

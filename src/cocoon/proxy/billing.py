@@ -1,10 +1,14 @@
 """The proxy's money: its books (ledger/books.py), its clients' channels and workers' payouts, and settlement.
 
-The request path touches only the books (an in-memory reservation before, one SQLite transaction and two
-signatures after); everything that reads or writes the chain runs in threads, off the event loop: verifying a
-client's channel when it connects, re-reading channels, claiming charges and committing the books' state.
-With `payments` off (tests, development) the books still record every charge, but no channel is needed and no
-voucher is signed.
+The request path touches only the books (the request id taken and an in-memory reservation before, one SQLite
+transaction and two signatures after); everything that reads or writes the chain runs in threads, off the event
+loop: verifying a client's channel when it connects, re-reading channels, claiming charges and committing the
+books' state. With `payments` off (tests, development) the books still record every charge and every request id,
+but no channel is needed, nothing is reserved and no voucher is signed.
+
+What a request can produce (`Bounds`) comes from its envelope, never from parsing its body (which the proxy only
+relays): the prompt's tokens from the body's length (each token is at least one byte of the JSON holding it), the
+completion's from the cap times the choices (the worker holds the engine to both).
 """
 
 from __future__ import annotations
@@ -16,14 +20,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from cocoon.config import ProxyConfig
 from cocoon.core.errors import ApiError, ErrorCode
+from cocoon.core.ids import is_request_id
 from cocoon.core.usage import Usage
 from cocoon.ledger.base import Ledger, LedgerError
-from cocoon.ledger.books import PaymentRequired, ProxyBooks, Settled
+from cocoon.ledger.books import DuplicateRequest, PaymentRequired, ProxyBooks, Settled
 from cocoon.ledger.devnet import ledger_path
 from cocoon.ledger.local import LocalLedger
-from cocoon.ledger.pricing import max_cost
+from cocoon.ledger.pricing import Bounds, max_cost
 from cocoon.ledger.purse import verify_channel_proof
 from cocoon.ledger.settlement import ProxySettlement, SettlementPolicy
 from cocoon.ledger.vouchers import VoucherError
@@ -43,6 +50,18 @@ class Account:
     refusal: str | None = None  # why this client cannot be served on credit (no or invalid channel)
 
 
+@dataclass(frozen=True)
+class Reservation:
+    """One request as admitted: its id for its paying party, what it can produce, and the most it can cost."""
+
+    request_id: str
+    account: Account
+    bounds: Bounds
+    max_tokens: int  # the output cap of each choice, which the worker holds the engine to
+    coefficient: int  # the dearest worker it may be routed to: what `max_cost` was computed at
+    max_cost: int  # held against the client's channel when payments are on
+
+
 class Billing:
     def __init__(self, cfg: ProxyConfig, ledger: LocalLedger) -> None:
         self.cfg = cfg
@@ -59,6 +78,7 @@ class Billing:
         self.books = ProxyBooks(state / "proxy-books.sqlite", self.key)
         self.settlement: ProxySettlement | None = None
         self.accounts: set[Account] = set()
+        self.beyond_bounds = 0  # answers whose reported usage went beyond their bounds
 
     async def start(self, endpoint: str) -> None:
         """With payments on: find this proxy's contract (registered in the root at `endpoint` with our voucher key)
@@ -122,31 +142,63 @@ class Billing:
             log.warning("worker without a payout channel", extra={"fields": {"owner": owner, "reason": str(exc)}})
 
     # ---- the request path ----
-    def reserve(self, request_id: str, account: Account, req: Request, coefficient: int) -> int | None:
-        """Hold the request's maximum cost, or raise a 402 saying why it cannot be served. Returns the output cap
-        the money was held for (the request's own, or `default_max_tokens` when it set none): the worker must hold
-        the engine to it. Without payments nothing is held and the request's own cap is returned."""
+    def admit(self, req: Request, account: Account, coefficient: int) -> Reservation:
+        """Before any work: take the request's id for its paying party, bound what it can produce, and hold its
+        maximum cost at `coefficient`. Raises a 400 (no usable id or choices), 409 (the id is in flight or was
+        answered before) or 402 (the channel cannot cover it)."""
+        request_id = req.request_id
+        if not is_request_id(request_id):
+            raise ApiError(400, "a request needs an id of 1 to 64 letters, digits and `._:-` (the client's API makes "
+                                "one per request)", code=ErrorCode.INVALID_REQUEST, param="request_id")
+        if req.choices < 1:
+            raise ApiError(400, f"a request generates at least one choice, not {req.choices}",
+                           code=ErrorCode.INVALID_VALUE, param="choices")
+        try:
+            self.books.begin(request_id, account.id)
+        except DuplicateRequest as exc:
+            raise ApiError(409, str(exc), code=ErrorCode.DUPLICATE_REQUEST_ID, param="request_id") from None
+        try:
+            return self._reserve(req, account, coefficient)
+        except BaseException:
+            self.books.end(request_id, account.id)
+            raise
+
+    def _reserve(self, req: Request, account: Account, coefficient: int) -> Reservation:
+        # the request's own cap, or `default_max_tokens` when it set none: the worker holds the engine to it, with
+        # payments off too (the books still record every charge, held to these bounds)
+        cap = req.max_tokens if req.max_tokens is not None else self.cfg.default_max_tokens
+        bounds = Bounds(prompt_tokens=len(req.body), completion_tokens=cap * req.choices)
+        cost = max_cost(bounds, self.ledger.root_params().prices, coefficient)
+        res = Reservation(req.request_id, account, bounds, cap, coefficient, cost)
         if self.settlement is None:
-            return req.max_tokens
+            return res
         if account.refusal is not None:
             raise ApiError(402, f"this client has no usable payment channel with the proxy: {account.refusal}",
                            type="payment_required", code=ErrorCode.NO_PAYMENT_CHANNEL)
-        cap = req.max_tokens if req.max_tokens is not None else self.cfg.default_max_tokens
-        # a token is at least one byte of the prompt's JSON: the body's length bounds the prompt's tokens
-        cost = max_cost(len(req.body), cap, self.ledger.root_params().prices, coefficient)
         try:
-            self.books.reserve(request_id, account.id, cost)
+            self.books.reserve(req.request_id, account.id, cost)
         except PaymentRequired as exc:
             raise ApiError(402, str(exc), type="payment_required", code=ErrorCode.INSUFFICIENT_FUNDS) from None
-        return cap
+        return res
 
-    def release(self, request_id: str) -> None:
-        self.books.release(request_id)
+    def end(self, res: Reservation) -> None:
+        """The request is over, answered or not: its reservation is released and its id freed unless settled."""
+        self.books.end(res.request_id, res.account.id)
 
-    def settle(self, request_id: str, account: Account, worker_key: str, model: str, usage: Usage,
+    def settle(self, res: Reservation, worker_key: str, worker_name: str, model: str, usage: Usage,
                coefficient: int) -> Settled:
-        return self.books.settle(request_id, account.id, worker_key, model, usage, self.ledger.root_params().prices,
-                                 coefficient)
+        """Charge one answer: the worker's report held to the request's bounds (anything beyond is logged and
+        counted, and `Settled.beyond` names it so the caller can hold it against the worker)."""
+        settled = self.books.settle(res.request_id, res.account.id, worker_key, model, usage,
+                                    self.ledger.root_params().prices, coefficient, res.bounds)
+        if settled.beyond:
+            self.beyond_bounds += 1
+            log.warning("a worker reported usage beyond what the request could produce; charged at the bound",
+                        extra={"fields": {"request_id": res.request_id, "worker": worker_name,
+                                          "reported": msgspec.structs.asdict(usage),
+                                          "bounds": res.bounds._asdict(), "beyond": list(settled.beyond),
+                                          "charged_nanoton": settled.charge.client_cost}})
+        return settled
 
     # ---- settlement, in the background ----
     async def run(self) -> None:
@@ -191,7 +243,7 @@ class Billing:
         settlement.commit_due()
 
     def summary(self) -> dict[str, Any]:
-        return self.books.summary()
+        return {**self.books.summary(), "usage_beyond_bounds": self.beyond_bounds}
 
 
 def open_ledger(cfg: ProxyConfig) -> LocalLedger:

@@ -1,22 +1,24 @@
 """One client request through the proxy: admission, a worker, relaying, retrying, and settling the books.
 
+Before any work, billing admits the request: its `request_id` is taken for its paying party (one answer per id:
+an id in flight or answered before is refused), and its maximum cost reserved at the dearest coefficient it may be
+routed to.
+
 Until the first token reaches the client, a failing worker (lost link, stall, server error) is invisible:
-the request moves to another worker, within its attempts and its deadline. Once tokens have reached the
-client, a failure ends the stream with an error event, and the client is charged for the completion tokens
-it received, as the worker counted them per relayed chunk (`ResponseChunk.tokens`): a worker that died
-cannot report usage any more, and the proxy never parses answers. The prompt of a broken answer is not
-charged. A non-streamed answer reaches the client only whole, so it is held here until its end and can
-always be retried. Each request settles at most once (the books are idempotent by a key the proxy makes per
-request: the client's `request_id` names the request in logs but cannot make two requests one).
+the request moves to another worker, within its attempts and its deadline: it is still the same request,
+charged once. Once tokens have reached the client, a failure (or the client hanging up) ends the stream, and
+the client is charged for the completion tokens it received, as the worker counted them per relayed chunk
+(`ResponseChunk.tokens`), and for the prompt the worker counted before its first token (`ResponseHead.usage`):
+the engine did all of the prefill. A worker that died cannot report usage any more, and the proxy never parses
+answers. A non-streamed answer reaches the client only whole, so it is held here until its end and can always
+be retried. Every report is held to the request's bounds when it is charged (proxy/billing.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 
 import msgspec
@@ -28,7 +30,7 @@ from cocoon.core.usage import Usage
 from cocoon.ledger.books import Settled
 from cocoon.ledger.pricing import Charge
 from cocoon.proxy.backlog import Backlog, Want
-from cocoon.proxy.billing import Account, Billing
+from cocoon.proxy.billing import Account, Billing, Reservation
 from cocoon.proxy.limits import ClientLimiter
 from cocoon.proxy.metrics import ProxyMetrics
 from cocoon.proxy.registry import WorkerLink, WorkerRegistry
@@ -46,12 +48,6 @@ class ClientLink:
     key: str
     account: Account
     inflight: dict[int, asyncio.Task[None]] = field(default_factory=dict)  # by the client's call_id
-    # the books' key of each request on this link: `link:serial`, never reused, whatever the client sends
-    link: str = field(default_factory=lambda: uuid.uuid4().hex)
-    serials: itertools.count[int] = field(default_factory=itertools.count)
-
-    def books_id(self) -> str:
-        return f"{self.key}:{self.link}:{next(self.serials)}"
 
 
 class _Retry(Exception):
@@ -69,12 +65,12 @@ def _worker_fault(msg: ResponseError) -> bool:
 
 @dataclass(frozen=True)
 class _Job:
-    """One request as the proxy serves it: what the client asked (with the output cap the proxy reserved) and
-    where its answer goes."""
+    """One request as the proxy serves it: what the client asked (with the output cap the proxy reserved), what
+    it was admitted with, and where its answer goes."""
 
     client: ClientLink
     req: Request  # `call_id` is the client's; `max_tokens` the cap reserved for it
-    books_id: str
+    res: Reservation
 
 
 class Forwarder:
@@ -100,16 +96,16 @@ class Forwarder:
         outcome = "error"
         self.metrics.active.inc()
         admitted = False
-        books_id = client.books_id()
+        res: Reservation | None = None
         try:
             self.limiter.admit(client.key)
             admitted = True
             if not self.registry.knows(req.model):
                 raise model_not_found(req.model)
-            cap = self.billing.reserve(books_id, client.account, req, req.max_coefficient or
-                                       self.registry.max_coefficient(req.model))
-            job = _Job(client, req if cap == req.max_tokens else msgspec.structs.replace(req, max_tokens=cap),
-                       books_id)
+            res = self.billing.admit(req, client.account, req.max_coefficient or
+                                     self.registry.max_coefficient(req.model))
+            cap = res.max_tokens
+            job = _Job(client, req if cap == req.max_tokens else msgspec.structs.replace(req, max_tokens=cap), res)
             outcome = await self._route(job)
         except ApiError as exc:
             outcome = ErrorCode.label(exc.code)
@@ -120,7 +116,8 @@ class Forwarder:
         except ConnectionError:
             outcome = "client_link_lost"
         finally:
-            self.billing.release(books_id)
+            if res is not None:
+                self.billing.end(res)
             if admitted:
                 self.limiter.release(client.key)
             client.inflight.pop(req.call_id, None)
@@ -135,7 +132,8 @@ class Forwarder:
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + min(max(req.deadline - time.time(), 0.0), self.cfg.total_timeout_s)
-        want = Want(req.model, req.region, req.max_coefficient, tuple(req.features))
+        # never a worker dearer than the coefficient reserved for: its charge could exceed the reservation
+        want = Want(req.model, req.region, job.res.coefficient, tuple(req.features))
         tried: list[WorkerLink] = []
         failure: ApiError | None = None
         while len(tried) < self.cfg.max_attempts and loop.time() < deadline:
@@ -212,9 +210,10 @@ class Forwarder:
                     else:
                         await job.client.conn.send(msgspec.structs.replace(part, call_id=call_id))
                 await job.client.conn.send(msgspec.structs.replace(
-                    msg, call_id=call_id, proxy_ms=proxy_ms, cost_nanoton=settled.charge.client_cost,
-                    voucher=settled.client_voucher))
-                self.selector.record_whole(worker, (now - sent_at) * 1000, msg.usage.completion_tokens)
+                    msg, call_id=call_id, proxy_ms=proxy_ms, usage=settled.usage,
+                    cost_nanoton=settled.charge.client_cost, voucher=settled.client_voucher))
+                if not settled.beyond:  # an answer charged at its bounds is no success of its worker
+                    self.selector.record_whole(worker, (now - sent_at) * 1000, settled.usage.completion_tokens)
                 return "ok"
 
     async def _relay_stream(self, job: _Job, worker: WorkerLink, call: Call, watchdog: Watchdog,
@@ -228,6 +227,7 @@ class Forwarder:
             self.selector.record_failure(worker)
             raise _Retry(upstream_failed(f"worker {worker.name} sent {type(msg).__name__} before its head"))
         head_at = loop.time()
+        prompt = msg.usage or Usage()  # what the engine counted before its first token
         watchdog.answer_started()
         self.metrics.first_byte.observe(head_at - started)
         await out.send(msgspec.structs.replace(msg, call_id=call_id, proxy_ms=(head_at - started) * 1000))
@@ -242,7 +242,7 @@ class Forwarder:
                     settled = True
                     broken = self._broken_stream(job, worker, call, ApiError(
                         502, f"worker {worker.name} disconnected ({lost})", type="api_error",
-                        code=ErrorCode.WORKER_FAILED), delivered)
+                        code=ErrorCode.WORKER_FAILED), _delivered(prompt, delivered))
                     await out.send(broken)
                     return broken.code or "error"
                 watchdog.touch()
@@ -254,42 +254,49 @@ class Forwarder:
                     done = self._settle(job, worker, call, msg.usage)
                     now = loop.time()
                     await out.send(msgspec.structs.replace(
-                        msg, call_id=call_id, proxy_ms=(now - started) * 1000,
+                        msg, call_id=call_id, proxy_ms=(now - started) * 1000, usage=done.usage,
                         cost_nanoton=done.charge.client_cost, voucher=done.client_voucher))
-                    self.selector.record_stream(worker, (head_at - sent_at) * 1000, (now - head_at) * 1000,
-                                                msg.usage.completion_tokens)
+                    if not done.beyond:
+                        self.selector.record_stream(worker, (head_at - sent_at) * 1000, (now - head_at) * 1000,
+                                                    done.usage.completion_tokens)
                     return "ok"
                 elif isinstance(msg, ResponseError):
                     if _worker_fault(msg) or msg.code == ErrorCode.IDLE_TIMEOUT:
                         self.selector.record_failure(worker)
                     settled = True
-                    broken = self._broken_stream(job, worker, call, msg.to_api(), delivered)
+                    broken = self._broken_stream(job, worker, call, msg.to_api(), _delivered(prompt, delivered))
                     await out.send(broken)
                     return ErrorCode.label(broken.code)  # the worker chose it: a bounded label
         finally:
             if not settled and delivered:  # the client hung up or its link broke: it pays for what it got
-                self._settle(job, worker, call, Usage(completion_tokens=delivered))
+                self._settle(job, worker, call, _delivered(prompt, delivered))
 
     def _broken_stream(self, job: _Job, worker: WorkerLink, call: Call, error: ApiError,
-                       delivered: int) -> ResponseError:
-        """The client's last frame of a stream that broke after its first token: charged what was delivered."""
-        usage = Usage(completion_tokens=delivered)
+                       usage: Usage) -> ResponseError:
+        """The client's last frame of a stream that broke after its first token: charged its prompt and what was
+        delivered."""
+        delivered = usage.completion_tokens
         settled = (self._settle(job, worker, call, usage) if delivered
                    else Settled(Charge(0, 0), None, None))
         log.info("stream broke after its first token", extra={"fields": {
             "worker": worker.name, "code": error.code, "delivered_tokens": delivered}})
         told = ApiError(error.status, f"the answer broke off after {delivered} tokens: {error.message}; "
-                                      f"only the delivered tokens are charged",
+                                      f"only its prompt and the delivered tokens are charged",
                         type=error.type, code=error.code, param=error.param)
-        return ResponseError.from_api(told, job.req.call_id, usage=usage, cost_nanoton=settled.charge.client_cost,
-                                      voucher=settled.client_voucher)
+        return ResponseError.from_api(told, job.req.call_id, usage=settled.usage if delivered else None,
+                                      cost_nanoton=settled.charge.client_cost, voucher=settled.client_voucher)
 
     def _settle(self, job: _Job, worker: WorkerLink, call: Call, usage: Usage) -> Settled:
-        settled = self.billing.settle(job.books_id, job.client.account, worker.key, job.req.model, usage,
+        settled = self.billing.settle(job.res, worker.key, worker.name, job.req.model, usage,
                                       worker.params.coefficient)
-        if settled.worker_voucher is not None and not settled.duplicate and worker.conn.version >= 2:
+        if settled.beyond:
+            self.selector.record_misreport(worker)
+            for kind in settled.beyond:
+                self.metrics.beyond_bounds.labels(kind.removesuffix("_tokens")).inc()
+        if settled.worker_voucher is not None and worker.conn.version >= 2:
             worker.conn.send_nowait(Payout(call_id=call.call_id, fee_nanoton=settled.charge.worker_fee,
                                            voucher=settled.worker_voucher))
+        usage = settled.usage
         charge = settled.charge
         self.limiter.charge(job.client.key, usage.total_tokens)
         for kind, n in usage.by_kind():
@@ -297,6 +304,13 @@ class Forwarder:
                 self.metrics.tokens.labels(kind).inc(n)
         self.metrics.charged.inc(charge.client_cost)
         return settled
+
+
+def _delivered(prompt: Usage, completion_tokens: int) -> Usage:
+    """What a stream broken off after its first token is charged for: its prompt, as the worker counted it before
+    that token (nothing when its engine could not tell then), and the completion tokens the client received."""
+    return Usage(prompt_tokens=prompt.prompt_tokens, cached_tokens=prompt.cached_tokens,
+                 completion_tokens=completion_tokens)
 
 
 async def _send_error(conn: Connection, call_id: int, exc: ApiError) -> None:

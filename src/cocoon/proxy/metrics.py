@@ -27,6 +27,8 @@ class ProxyMetrics:
         self.first_byte = Histogram("cocoon_proxy_first_byte_seconds", "Time to the answer's first byte",
                                     registry=r)
         self.charged = Counter("cocoon_proxy_charged_nanoton", "Charged to clients", registry=r)
+        self.beyond_bounds = Counter("cocoon_proxy_usage_beyond_bounds", "Token counts workers reported beyond what "
+                                     "the request could produce (charged at the bound)", ["kind"], registry=r)
 
     def watch_reputation(self, book: ReputationBook, clock: Callable[[], float] = time.monotonic) -> None:
         self.registry.register(_ReputationCollector(book, clock))
@@ -45,6 +47,8 @@ class _ReputationCollector(Collector):
         ttft = GaugeMetricFamily("cocoon_proxy_worker_ttft_seconds", "Moving time to first token", labels=labels)
         rate = GaugeMetricFamily("cocoon_proxy_worker_tokens_per_second", "Moving generation rate", labels=labels)
         benched = GaugeMetricFamily("cocoon_proxy_worker_benched_seconds", "Bench time left", labels=labels)
+        misreports = CounterMetricFamily("cocoon_proxy_worker_misreports", "Answers whose usage a worker key reported "
+                                         "beyond their bounds", labels=labels)
         for s in self.book.summaries(self.clock()):
             values = [s.name, s.key[:16]]
             answered.add_metric(values, s.answered)
@@ -55,4 +59,5 @@ class _ReputationCollector(Collector):
             if s.tokens_per_s is not None:
                 rate.add_metric(values, s.tokens_per_s)
             benched.add_metric(values, s.benched_s)
-        yield from (answered, failed, success, ttft, rate, benched)
+            misreports.add_metric(values, s.misreports)
+        yield from (answered, failed, success, ttft, rate, benched, misreports)

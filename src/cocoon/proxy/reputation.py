@@ -31,6 +31,7 @@ class Reputation:
     benches: int = 0  # benches in a row without a success in between: the next one lasts twice as long
     benched_until: float = 0.0
     links: int = 0  # live connections with this key
+    misreports: int = 0  # answers whose usage went beyond what their request could produce (charged at the bound)
 
     def on_probation(self, cfg: SelectionConfig) -> bool:
         return self.answered < cfg.probation_requests or self.ttft_ms is None
@@ -82,13 +83,22 @@ class Reputation:
         self.failure_streak = 0
         return True
 
+    def record_misreport(self, now: float, cfg: SelectionConfig) -> bool:
+        """The worker reported more tokens than its request could produce. No honest engine does: it costs the
+        success rate a failure's worth and benches the worker at once, twice as long as last time (always True)."""
+        self.misreports += 1
+        self.success -= _SUCCESS_ALPHA * self.success
+        self.benched_until = now + min(cfg.bench_s * 2.0 ** (self.misreports - 1), cfg.bench_max_s)
+        return True
+
     def summary(self, now: float) -> ReputationSummary:
         return ReputationSummary(
             key=self.key, name=self.name, answered=self.answered, failed=self.failed,
             success=round(self.success, 4),
             ttft_ms=round(self.ttft_ms, 2) if self.ttft_ms is not None else None,
             tokens_per_s=round(1000.0 / self.ms_per_token, 2) if self.ms_per_token else None,
-            benched_s=round(max(self.benched_until - now, 0.0), 3), connected=self.links > 0)
+            benched_s=round(max(self.benched_until - now, 0.0), 3), connected=self.links > 0,
+            misreports=self.misreports)
 
 
 class ReputationSummary(msgspec.Struct, frozen=True):
@@ -103,6 +113,7 @@ class ReputationSummary(msgspec.Struct, frozen=True):
     tokens_per_s: float | None
     benched_s: float
     connected: bool
+    misreports: int = 0
 
 
 def _moving(old: float | None, sample: float) -> float:

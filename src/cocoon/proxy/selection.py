@@ -195,6 +195,10 @@ class Selector(Generic[W]):
         """A failure the worker caused (lost link, stall, server error); repeated ones bench it."""
         self._learn(worker, lambda rep: rep.record_failure(self.clock(), self.cfg))
 
+    def record_misreport(self, worker: W) -> None:
+        """The worker reported usage beyond its request's bounds: benched at once (reputation.py)."""
+        self._learn(worker, lambda rep: rep.record_misreport(self.clock(), self.cfg))
+
     def _learn(self, worker: W, update: Callable[[Reputation], bool | None]) -> None:
         entry = self._entries.get(worker)
         # a worker whose link broke mid-request is gone from the groups, but its reputation is kept by key

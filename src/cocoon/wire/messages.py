@@ -86,10 +86,13 @@ class Request(Frame, tag="req", omit_defaults=True):
     max_coefficient: int | None = None
     features: list[str] = []  # engine features the body uses (tools, response_format, ...)
     region: str = ""  # only workers announcing this region may serve it; "" lets the proxy choose
-    # the most completion tokens the answer may have (None: the engine's default); the proxy reserves the client's
-    # money for that many, and the worker holds the engine to it. Omitted when None (omit_defaults), so that
-    # peers that read 0 as "unset" see their default.
+    # the most completion tokens each choice of the answer may have (None: the engine's default); the proxy
+    # reserves the client's money for that many, and the worker holds the engine to it. Omitted when None
+    # (omit_defaults), so that peers that read 0 as "unset" see their default.
     max_tokens: int | None = None
+    # how many choices the body makes the engine generate: `n` (or `best_of` when larger) for each of its prompts.
+    # The proxy reserves max_tokens for each; the worker refuses a body asking for more.
+    choices: int = 1
 
     def __post_init__(self) -> None:
         if self.max_tokens == 0:  # what peers before `None` sent for "unset": never a cap of zero tokens
@@ -103,6 +106,9 @@ class ResponseHead(Frame, tag="head"):
     status: int
     worker_ms: float = 0.0
     proxy_ms: float = 0.0
+    # the prompt as the engine counted it before the first token (completion tokens 0), when it did: what a stream
+    # broken off later is charged for its prompt
+    usage: Usage | None = None
 
 
 class ResponseChunk(Frame, tag="chunk"):

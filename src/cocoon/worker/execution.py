@@ -33,6 +33,7 @@ class Execution:
         self.send = send
         self.started = time.monotonic()
         self.usage: Usage | None = None
+        self.prompt: Usage | None = None  # the prompt as the engine counted it before the first token, if it did
         self._head_sent = False
 
     def _ms(self) -> float:
@@ -41,7 +42,8 @@ class Execution:
     async def _head(self) -> None:
         if not self._head_sent:
             self._head_sent = True
-            await self.send(ResponseHead(call_id=self.req.call_id, status=200, worker_ms=self._ms()))
+            await self.send(ResponseHead(call_id=self.req.call_id, status=200, worker_ms=self._ms(),
+                                         usage=self.prompt))
 
     async def run(self) -> None:
         """Run the request and send its answer; every failure but a lost link becomes an error answer at once."""
@@ -81,6 +83,11 @@ class Execution:
         if features and not self.engine.supports_tools:
             raise ApiError(400, f"the `{self.engine.name}` engine serving `{self.req.model}` does not support "
                                 f"`{features[0]}`", code=ErrorCode.UNSUPPORTED_PARAMETER, param=features[0])
+        # the proxy reserved the client's money for `choices` answers of `max_tokens` each: never generate more
+        choices, param = request.choices()
+        if choices > self.req.choices:
+            raise ApiError(400, f"`{param}` makes the body ask for {choices} choices, but the request was reserved "
+                                f"for {self.req.choices}", code=ErrorCode.INVALID_VALUE, param=param)
         changes: dict[str, Any] = {}
         if self.req.max_tokens is not None:
             # the proxy reserved the client's money for this many completion tokens: never generate more
@@ -103,13 +110,15 @@ class Execution:
     async def _stream(self, request: OpenAIRequest) -> None:
         generated = 0
         first: bytes | None = None
-        async with contextlib.aclosing(self.engine.stream(request)) as chunks:
+        async with contextlib.aclosing(self.engine.stream(request, self._prompt_counted)) as chunks:
             async for payload in chunks:
                 answer = read_answer(payload)
                 first = first or payload
                 generated += answer.generated
                 if answer.usage is not None:
                     self.usage = answer.usage
+                    if not self._head_sent:  # an engine that reports usage as it goes: the prompt is known now
+                        self._prompt_counted(answer.usage)
                 if answer.usage_only and not self.req.include_usage:
                     continue
                 await self._head()
@@ -125,6 +134,9 @@ class Execution:
             if self.req.include_usage and first is not None:
                 await self.send(ResponseChunk(call_id=self.req.call_id, data=usage_chunk(first, self.usage),
                                               has_usage=True))
+
+    def _prompt_counted(self, usage: Usage) -> None:
+        self.prompt = Usage(prompt_tokens=usage.prompt_tokens, cached_tokens=usage.cached_tokens)
 
     async def _complete(self, request: OpenAIRequest) -> None:
         data = await self.engine.complete(request)

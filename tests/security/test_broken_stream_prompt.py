@@ -1,0 +1,69 @@
+"""Issue 15, item 4: a stream broken off after its first token did not pay for its prompt.
+
+A 1,368-token prompt cost 28,000 nanoTON answered whole and 80 when the client closed the stream after the first
+token, though the worker had done all the prefill. Here a client of a real `cocoon up` network reads a streamed
+answer up to its first token and hangs up: the proxy's books charge the prompt, as the worker counted it before
+that token (`ResponseHead.usage`), with the delivered tokens, and the same prompt answered whole costs the same
+prompt tokens."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import sqlite3
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from tests.netutil import Net, localnet
+
+PROMPT = " ".join(f"word{i}" for i in range(1368))  # the fake engine counts words: 1,368 prompt tokens
+
+
+def books(net: Net) -> list[tuple[int, int, int]]:
+    with sqlite3.connect(net.state_dir / "proxy-books.sqlite") as db:
+        return db.execute("SELECT prompt_tokens, completion_tokens, client_cost FROM requests "
+                          "ORDER BY seqno").fetchall()
+
+
+def first_token_then_hang_up(net: Net, body: dict[str, Any]) -> None:
+    """Start a streamed chat, read it up to its first generated token, and hang up."""
+    url = urlsplit(net.api_url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    try:
+        conn.request("POST", url.path + "/chat/completions", body=json.dumps(body),
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        assert resp.status == 200
+        for _ in range(100):  # the role event, then the first token's
+            line = resp.readline()
+            assert line, "the stream ended before its first token"
+            if line.startswith(b"data: {") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                return
+        raise AssertionError("no token in the stream's first 100 lines")
+    finally:
+        conn.close()
+
+
+def test_a_stream_broken_off_after_its_first_token_pays_for_its_prompt(tmp_path: Path) -> None:
+    # 5 tokens a second: the client is long gone before the 100-token answer could end by itself
+    with localnet(tmp_path / "state", engine="fake", workers=1,
+                  options=("reply_tokens=100", "tokens_per_s=5")) as net:
+        body = {"model": "fake-model", "stream": True, "messages": [{"role": "user", "content": PROMPT}]}
+        first_token_then_hang_up(net, body)
+        deadline = time.monotonic() + 30
+        while not books(net):
+            assert time.monotonic() < deadline, "the broken stream was never settled"
+            time.sleep(0.1)
+        ((prompt, completion, cost),) = books(net)
+        assert prompt == 1368 and 1 <= completion < 100
+        whole = {**body, "stream": False, "max_tokens": 1}
+        req = urllib.request.Request(net.api_url + "/chat/completions", data=json.dumps(whole).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            usage = json.loads(resp.read())["usage"]
+        assert usage["prompt_tokens"] == prompt
+        # the prompt is most of what the answered-whole request cost: the broken one paid it too
+        assert cost >= usage["cost_nanoton"] > 0

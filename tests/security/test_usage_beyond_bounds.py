@@ -76,8 +76,9 @@ def test_usage_beyond_the_bounds_is_charged_at_the_bounds_and_held_against_the_w
         assert proxy["books"]["usage_beyond_bounds"] == 2
         misreports = {r["name"]: (r["misreports"], r["benched_s"] > 0) for r in proxy["reputation"]}
         assert misreports == {"worker-1": (1, True), "worker-2": (1, True)}  # each answered one, each benched
+        workers_log = "".join((net.state_dir / "logs" / f"worker-{i}.log").read_text() for i in (1, 2))
+        assert "unreadable answer: Expected `int` >= 0 - at `$.usage.completion_tokens`" in workers_log
         log = (net.state_dir / "logs" / "proxy-1.log").read_text()
-        assert "unreadable answer: Expected `int` >= 0 - at `$.usage.completion_tokens`" in log
         lines = [json.loads(line) for line in log.splitlines() if "beyond what the request could produce" in line]
         assert [sorted(line["beyond"]) for line in lines] == [["prompt_tokens"], ["completion_tokens"]]
         assert all(line["request_id"] and line["reported"] for line in lines)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, Literal
 
 import openai
 import pytest
+from pydantic import BaseModel, Field
 
 from tests.netutil import Net, localnet
 
@@ -64,3 +66,58 @@ def test_an_error_raised_by_the_worker_reaches_the_sdk_with_its_param(embedded_n
     assert (error.status_code, error.code, error.param) == (400, "unsupported_parameter", "n")
     assert "does not support `n`" in error.message
     assert error.response.headers["x-request-id"] == f"n2-{stream}"
+
+
+# ---------------------------------------------------------------- structured output and tools, through the SDK
+
+
+class City(BaseModel):
+    name: str = Field(max_length=24)
+    population: int
+
+
+class Weather(BaseModel):
+    city: str = Field(max_length=24)
+    unit: Literal["celsius", "fahrenheit"]
+
+
+def test_a_json_schema_answer_parses_and_validates(embedded_net: Net) -> None:
+    """`chat.completions.parse` sends a strict json_schema and validates the answer against the model class."""
+    done = embedded_net.sdk().chat.completions.parse(
+        model=MODEL, messages=[{"role": "user", "content": "Name a large city and its population."}],
+        response_format=City, max_tokens=60, temperature=0)
+    city = done.choices[0].message.parsed
+    assert isinstance(city, City) and city.name and done.choices[0].finish_reason == "stop"
+    assert City.model_validate_json(done.choices[0].message.content or "") == city
+
+
+def test_a_forced_tool_call_has_arguments_that_validate(embedded_net: Net) -> None:
+    done = embedded_net.sdk().chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        tools=[openai.pydantic_function_tool(Weather, name="get_weather")],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}}, max_tokens=60, temperature=0)
+    choice = done.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    [call] = choice.message.tool_calls or []
+    assert call.type == "function" and call.function.name == "get_weather" and call.id
+    Weather.model_validate_json(call.function.arguments)
+    assert done.usage is not None and done.usage.completion_tokens <= 60
+
+
+def test_streamed_tool_call_deltas_reassemble(embedded_net: Net) -> None:
+    client = embedded_net.sdk()
+    request: dict[str, Any] = dict(
+        model=MODEL, messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        tools=[openai.pydantic_function_tool(Weather, name="get_weather")], tool_choice="required",
+        max_tokens=60, temperature=0)
+    whole = client.chat.completions.create(**request)
+    chunks = list(client.chat.completions.create(**request, stream=True, stream_options={"include_usage": True}))
+    deltas = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or ()]
+    assert len(deltas) > 2 and {d.index for d in deltas} == {0}
+    assert deltas[0].id and deltas[0].function and deltas[0].function.name == "get_weather"
+    arguments = "".join(d.function.arguments or "" for d in deltas if d.function)
+    assert Weather.model_validate_json(arguments)
+    [call] = whole.choices[0].message.tool_calls or []
+    assert arguments == call.function.arguments  # the same generation, streamed or not
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens

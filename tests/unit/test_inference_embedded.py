@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -134,14 +135,96 @@ async def test_stop_strings_and_seeds(engine: EmbeddedEngine) -> None:
 
 async def test_refusals(engine: EmbeddedEngine) -> None:
     with pytest.raises(ApiError) as info:
-        await engine.complete(typed("chat", chat(tools=[{"type": "function", "function": {"name": "f"}}])))
-    assert info.value.status == 400 and info.value.code == "unsupported_parameter"
+        await engine.complete(typed("chat", chat(functions=[{"name": "f"}])))
+    assert info.value.status == 400 and info.value.code == "unsupported_parameter" and info.value.param == "functions"
     with pytest.raises(ApiError) as info:
         await anext(engine.stream(typed("chat", streamed(chat() | {"model": "gpt-4o"}))))
     assert info.value.status == 404 and info.value.code == "model_not_found"
     with pytest.raises(ApiError) as info:
         await engine.complete(typed("completions", {"model": MODEL_ID, "prompt": "word " * 3000}))
     assert info.value.status == 400 and info.value.code == "context_length_exceeded"
+
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 24},
+                                                    "unit": {"enum": ["celsius", "fahrenheit"]}},
+                   "required": ["city", "unit"], "additionalProperties": False}}}
+
+
+def tool_call_of(chunks: list[Any]) -> tuple[str, str, str]:
+    """(id, name, arguments) reassembled from streamed tool-call deltas, as an SDK does."""
+    ids, names, arguments = "", "", ""
+    for chunk in chunks:
+        for choice in chunk["choices"]:
+            for delta in choice["delta"].get("tool_calls") or ():
+                assert delta["index"] == 0
+                ids += delta.get("id") or ""
+                names += delta.get("function", {}).get("name") or ""
+                arguments += delta.get("function", {}).get("arguments") or ""
+    return ids, names, arguments
+
+
+async def test_json_schema_answers_follow_the_schema(engine: EmbeddedEngine) -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 24},
+                                               "population": {"type": "integer"}},
+              "required": ["city", "population"], "additionalProperties": False}
+    body = chat("Name a large city and its population.", max_tokens=60,
+                response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema,
+                                                                        "strict": True}})
+    text, usage, finish = await run_complete(engine, "chat", body)
+    answer = json.loads(text)
+    assert set(answer) == {"city", "population"} and isinstance(answer["population"], int)
+    assert isinstance(answer["city"], str) and len(answer["city"]) <= 24 and finish == "stop"
+    streamed_text, streamed_usage, _ = await run_stream(engine, "chat", body)
+    assert streamed_text == text and streamed_usage == usage
+    any_object, _, _ = await run_complete(engine, "chat", chat("Describe a cat.", max_tokens=60,
+                                                                response_format={"type": "json_object"}))
+    assert any_object.lstrip().startswith("{")
+
+
+async def test_a_forced_tool_call_streams_the_same_arguments(engine: EmbeddedEngine) -> None:
+    body = chat("What is the weather in Paris?", max_tokens=60, tools=[WEATHER],
+                tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    answer = msgspec.json.decode(await engine.complete(typed("chat", body)))
+    choice = answer["choices"][0]
+    assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
+    [call] = choice["message"]["tool_calls"]
+    assert call["type"] == "function" and call["id"].startswith("call_")
+    assert call["function"]["name"] == "get_weather"
+    arguments = json.loads(call["function"]["arguments"])
+    assert set(arguments) == {"city", "unit"} and arguments["unit"] in ("celsius", "fahrenheit")
+    _, usage, chunks = await run_stream(engine, "chat", body)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": None}
+    call_id, name, streamed_arguments = tool_call_of(chunks)
+    assert call_id.startswith("call_") and name == "get_weather"
+    assert streamed_arguments == call["function"]["arguments"]
+    assert chunks[-2]["choices"][0]["finish_reason"] == "tool_calls" and usage == answer["usage"]
+
+
+async def test_auto_tool_choice_may_answer_in_text_and_reads_tool_history(engine: EmbeddedEngine) -> None:
+    history = [
+        {"role": "user", "content": "What is the weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
+            "name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "21 degrees and sunny"},
+    ]
+    body = {**chat(max_tokens=30), "messages": history, "tools": [WEATHER]}
+    answer = msgspec.json.decode(await engine.complete(typed("chat", body)))
+    choice = answer["choices"][0]
+    # either a text answer or a call: never both, never neither
+    if choice["message"].get("tool_calls"):
+        assert choice["message"]["content"] is None and choice["finish_reason"] in ("tool_calls", "length")
+    else:
+        assert choice["message"]["content"] and choice["finish_reason"] in ("stop", "length")
+
+
+async def test_a_schema_too_large_to_constrain_is_refused(engine: EmbeddedEngine) -> None:
+    schema = {"type": "array", "items": {"type": "string"}, "minItems": 10**7}
+    with pytest.raises(ApiError) as info:
+        await engine.complete(typed("chat", chat(response_format={"type": "json_schema", "json_schema": {
+            "name": "n", "schema": schema}})))
+    assert (info.value.status, info.value.param) == (400, "response_format")
 
 
 async def test_closing_the_stream_stops_generation(engine: EmbeddedEngine) -> None:

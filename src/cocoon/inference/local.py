@@ -21,15 +21,27 @@ from msgspec import UNSET
 from cocoon.core.errors import ApiError, ErrorCode
 from cocoon.core.usage import Usage
 from cocoon.inference.base import Engine, PromptCounted
+from cocoon.inference.structured import (
+    CallDelta,
+    CallReader,
+    CallStart,
+    Structure,
+    call_text,
+    parse_structure,
+    with_instruction,
+)
 from cocoon.openai.schema import (
     AssistantMessage,
+    ChatCompletionRequest,
     CompletionRequest,
     DeveloperMessage,
     Endpoint,
+    FunctionToolCall,
     Message,
     OpenAIRequest,
     SystemMessage,
     TextPart,
+    ToolMessage,
     UserMessage,
 )
 
@@ -40,7 +52,10 @@ _json = msgspec.json.Encoder()
 _UNSUPPORTED = ("logprobs", "top_logprobs", "logit_bias", "echo", "suffix")
 _SINGLE = ("n", "best_of")  # one answer per request
 _ROLES: dict[type[Message], str] = {SystemMessage: "system", DeveloperMessage: "system", UserMessage: "user",
-                                    AssistantMessage: "assistant"}
+                                    AssistantMessage: "assistant", ToolMessage: "tool"}
+# What an engine with `supports_tools` reads itself (structured.py); `functions`/`function_call`, the legacy
+# names, stay refused.
+_STRUCTURE_FIELDS = ("tools", "tool_choice", "response_format")
 _MAX_STOPS = 4
 
 
@@ -58,6 +73,8 @@ class GenRequest:
     presence_penalty: float
     seed: int | None
     stop: tuple[str, ...]
+    structure: Structure | None = None  # chat: the JSON or tool call the answer must be
+    grammar: str | None = None  # the engine's own form of `structure` (llama.cpp: GBNF)
 
     def text(self) -> str:
         """All prompt text, for engines that only need the words."""
@@ -105,17 +122,17 @@ class LocalEngine(Engine):
         # The role chunk waits for the first piece so that failures before generation (prompt too long)
         # still reach the caller as an error instead of a half-started stream.
         started = False
-        async with aclosing(self._pieces(req, usage)) as pieces:
-            async for piece in pieces:
+        async with aclosing(self._answer(req, usage)) as events:
+            async for event in events:
                 if not started:
                     if on_prompt is not None:  # the prompt was counted before the first piece (generate's rule)
                         on_prompt(Usage(prompt_tokens=usage.prompt_tokens, cached_tokens=usage.cached_tokens))
                     if endpoint == "chat":
-                        yield out.role()
+                        yield out.role(calls=not isinstance(event, str))
                 started = True
-                yield out.piece(piece)
+                yield out.event(event)
         if not started and endpoint == "chat":
-            yield out.role()
+            yield out.role(calls=False)
         yield out.finish(usage.finish_reason)
         if request.include_usage:
             yield out.usage(usage)
@@ -124,14 +141,25 @@ class LocalEngine(Engine):
         req = self._gen_request(request)
         endpoint = request.endpoint
         usage = Tally()
-        async with aclosing(self._pieces(req, usage)) as pieces:
-            text = "".join([piece async for piece in pieces])
+        texts: list[str] = []
+        call: dict[str, Any] | None = None
+        async with aclosing(self._answer(req, usage)) as events:
+            async for event in events:
+                if isinstance(event, str):
+                    texts.append(event)
+                elif isinstance(event, CallStart):
+                    call = {"id": event.id, "type": "function", "function": {"name": event.name, "arguments": ""}}
+                elif call is not None:
+                    call["function"]["arguments"] += event.text
         choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": usage.finish_reason}
         if endpoint == "chat":
-            choice["message"] = {"role": "assistant", "content": text}
+            message: dict[str, Any] = {"role": "assistant", "content": "".join(texts)}
+            if call is not None:
+                message = {"role": "assistant", "content": None, "tool_calls": [call]}
+            choice["message"] = message
             object_, prefix = "chat.completion", "chatcmpl-"
         else:
-            choice["text"] = text
+            choice["text"] = "".join(texts)
             object_, prefix = "text_completion", "cmpl-"
         return _json.encode(
             {
@@ -144,33 +172,36 @@ class LocalEngine(Engine):
             }
         )
 
-    async def _pieces(self, req: GenRequest, usage: Tally) -> AsyncIterator[str]:
-        """The subclass's pieces with stop strings applied; a stop string and what follows are never sent."""
+    async def _answer(self, req: GenRequest, usage: Tally) -> AsyncIterator[str | CallDelta]:
+        """The answer's text pieces, or the deltas of its tool call when the model wrote one."""
+        structure = req.structure
         async with aclosing(self.generate(req, usage)) as pieces:
-            if not req.stop:
-                async for piece in pieces:
-                    if piece:
-                        yield piece
+            if structure is None or not structure.calls:
+                async for text in _stopped(pieces, req.stop, usage):
+                    yield text
                 return
-            held = ""  # text that may be the start of a stop string
+            reader: CallReader | None = None
             async for piece in pieces:
-                held += piece
-                cut = min((i for i in (held.find(s) for s in req.stop) if i >= 0), default=-1)
-                if cut >= 0:
-                    usage.finish_reason = "stop"
-                    if cut:
-                        yield held[:cut]
-                    return
-                keep = _stop_prefix_len(held, req.stop)
-                if len(held) > keep:
-                    yield held[: len(held) - keep]
-                    held = held[len(held) - keep :]
-            if held:
-                yield held
+                if not piece:
+                    continue
+                if reader is None:
+                    # the grammar makes a call start with `{` and a text answer with anything else
+                    if structure.text_allowed and not piece.startswith("{"):
+                        async for text in _stopped(_prepend(piece, pieces), req.stop, usage):
+                            yield text
+                        return
+                    reader = CallReader()
+                for delta in reader.feed(piece):
+                    yield delta
+            if reader is not None:
+                for delta in reader.finish():
+                    yield delta
+                if reader.complete:
+                    usage.finish_reason = "tool_calls"
 
     def _gen_request(self, req: OpenAIRequest) -> GenRequest:
         """What this engine needs of a decoded request, refusing what it cannot honour."""
-        features = req.engine_features()
+        features = [f for f in req.engine_features() if not (self.supports_tools and f in _STRUCTURE_FIELDS)]
         if features:
             raise self._unsupported(features[0])
         for name in _UNSUPPORTED:
@@ -183,10 +214,15 @@ class LocalEngine(Engine):
         if req.model != self.model_id:
             raise ApiError(404, f"The model `{req.model}` does not exist; this engine serves `{self.model_id}`",
                            code=ErrorCode.MODEL_NOT_FOUND, param="model")
+        structure = grammar = None
         if isinstance(req, CompletionRequest):
             messages, prompt = [], self._prompt(req.prompt)
         else:
             messages, prompt = [self._message(m, i) for i, m in enumerate(req.messages)], ""
+            structure = self._structure(req)
+            if structure is not None:
+                grammar = self.grammar(structure)
+                messages = with_instruction(messages, structure.instruction)
         return GenRequest(
             endpoint=req.endpoint,
             messages=messages,
@@ -198,7 +234,20 @@ class LocalEngine(Engine):
             presence_penalty=_number(req.presence_penalty, 0.0),
             seed=req.seed if isinstance(req.seed, int) else None,
             stop=self._stops(req.stop),
+            structure=structure,
+            grammar=grammar,
         )
+
+    def _structure(self, req: ChatCompletionRequest) -> Structure | None:
+        if not self.supports_tools:
+            return None
+        fields = {name: getattr(req, name) for name in _STRUCTURE_FIELDS}
+        return parse_structure({k: v for k, v in fields.items() if v is not UNSET})
+
+    def grammar(self, structure: Structure) -> str | None:
+        """This engine's constraint for `structure` (engines with `supports_tools` override it); ApiError (400)
+        when it cannot hold to it."""
+        raise self._unsupported(structure.param)
 
     def _message(self, message: Message, i: int) -> dict[str, str]:
         role = _ROLES.get(type(message))
@@ -209,7 +258,13 @@ class LocalEngine(Engine):
             if not all(isinstance(part, TextPart) for part in content):
                 raise self._unsupported(f"messages[{i}].content", "non-text content parts")
             content = "".join(part.text for part in content if isinstance(part, TextPart))
-        return {"role": role, "content": content if isinstance(content, str) else ""}
+        text = content if isinstance(content, str) else ""
+        if isinstance(message, AssistantMessage) and isinstance(message.tool_calls, list):
+            # earlier calls, written back the way the model writes one
+            calls = [call_text(c.function.name, c.function.arguments) for c in message.tool_calls
+                     if isinstance(c, FunctionToolCall)]
+            text = "\n".join([text, *calls]).strip()
+        return {"role": role, "content": text}
 
     def _prompt(self, prompt: str | list[Any]) -> str:
         if isinstance(prompt, str):
@@ -237,6 +292,36 @@ def _number(value: object, default: float) -> float:
     return float(value) if isinstance(value, int | float) else default
 
 
+async def _stopped(pieces: AsyncIterator[str], stops: tuple[str, ...], usage: Tally) -> AsyncIterator[str]:
+    """Non-empty pieces with stop strings applied: a stop string and what follows are never sent."""
+    if not stops:
+        async for piece in pieces:
+            if piece:
+                yield piece
+        return
+    held = ""  # text that may be the start of a stop string
+    async for piece in pieces:
+        held += piece
+        cut = min((i for i in (held.find(s) for s in stops) if i >= 0), default=-1)
+        if cut >= 0:
+            usage.finish_reason = "stop"
+            if cut:
+                yield held[:cut]
+            return
+        keep = _stop_prefix_len(held, stops)
+        if len(held) > keep:
+            yield held[: len(held) - keep]
+            held = held[len(held) - keep :]
+    if held:
+        yield held
+
+
+async def _prepend(first: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:
+    yield first
+    async for piece in rest:
+        yield piece
+
+
 def _stop_prefix_len(text: str, stops: tuple[str, ...]) -> int:
     """Length of the longest end of `text` that could grow into one of `stops`."""
     best = 0
@@ -260,11 +345,18 @@ class _Chunks:
             "model": model,
         }
 
-    def role(self) -> bytes:
-        return self._choice({"delta": {"role": "assistant", "content": ""}}, None)
+    def role(self, *, calls: bool) -> bytes:
+        return self._choice({"delta": {"role": "assistant", "content": None if calls else ""}}, None)
 
-    def piece(self, text: str) -> bytes:
-        return self._choice({"delta": {"content": text}} if self._chat else {"text": text}, None)
+    def event(self, event: str | CallDelta) -> bytes:
+        if isinstance(event, str):
+            return self._choice({"delta": {"content": event}} if self._chat else {"text": event}, None)
+        if isinstance(event, CallStart):
+            call: dict[str, Any] = {"index": 0, "id": event.id, "type": "function",
+                                    "function": {"name": event.name, "arguments": ""}}
+        else:
+            call = {"index": 0, "function": {"arguments": event.text}}
+        return self._choice({"delta": {"tool_calls": [call]}}, None)
 
     def finish(self, reason: str) -> bytes:
         return self._choice({"delta": {}} if self._chat else {"text": ""}, reason)

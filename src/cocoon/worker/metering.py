@@ -12,7 +12,7 @@ from cocoon.core.usage import OpenAIUsage, Usage
 
 class _DeltaView(msgspec.Struct):
     content: str | None = None
-    tool_calls: msgspec.Raw | None = None
+    tool_calls: list[msgspec.Raw] | None = None  # (a bare `Raw | None` only ever decodes null)
     reasoning_content: str | None = None
 
 

@@ -17,7 +17,9 @@ class ConfigError(ValueError, CocoonError):
 
 
 class Prices(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """nanoTON per token; multipliers in per-mille of the base price."""
+    """nanoTON per token; multipliers in per-mille of the base price. `max_coefficient` is the dearest
+    worker coefficient the registry admits (per-mille of these prices: 10,000 = ten times the list price); proxies
+    refuse a worker announcing more, or anything ≤ 0."""
 
     price_per_token: int = 20
     worker_fee_per_token: int = 16
@@ -25,6 +27,7 @@ class Prices(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     cached_multiplier: int = 100
     completion_multiplier: int = 4000
     reasoning_multiplier: int = 4000
+    max_coefficient: int = 10_000
 
 
 class SelectionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -2,9 +2,10 @@
 // and every attack on it. Amounts are asserted to the nanoTON, with fees taken from the transactions.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { internal } from '@ton/sandbox';
 import {
   world, body, txOn, feesOf, undelivered, ERR, FEE, TAG, OP, keyPair, voucher, channelState, proxyState,
-  contractAddress, toNano, CODE, clientInitData, beginCell,
+  contractAddress, toNano, CODE, clientInitData, beginCell, GLOBAL_ID,
   compileFixture,
 } from './helpers.mjs';
 
@@ -70,7 +71,8 @@ test('channel: withdraw only what is above the stake, exactly', async () => {
   const stranger = await w.bc.treasury('stranger');
   r = await stranger.send({ to: ch, value: toNano('0.05'), body: body.withdraw(toNano('1')) });
   assert.equal(txOn(r, ch).exitCode, ERR.unauthorized);
-  r = await client.send({ to: ch, value: toNano('0.001'), body: body.withdraw(toNano('1')) });
+  // below the minimum value (0.001 TON would buy too little gas even to reach the check: out of gas instead)
+  r = await client.send({ to: ch, value: toNano('0.01'), body: body.withdraw(toNano('1')) });
   assert.equal(txOn(r, ch).exitCode, ERR.low_value);
   const chBefore = await w.balance(ch);
   const before = await Promise.all([client.address, ch].map((a) => w.balance(a)));
@@ -308,4 +310,44 @@ test('channel: storage fees come out of the buffer, never out of the charges; cl
   const fin = await client.send({ to: ch, value: toNano('0.05'), body: body.closeFinal(voucher(w.proxyKey, TAG.final, ch, 2, toNano('1'))) });
   assert.ok(txOn(fin, ch).success);
   assert.equal(await w.balance(ch), 0n);
+});
+
+test('item 7: a voucher signed for another network (global id) is refused; the one for this network pays', async () => {
+  const w = await world();
+  const { client, ch } = await open(w);
+  const send = (b) => w.proxyOwner.send({ to: ch, value: toNano('0.05'), body: b });
+  // the same key, channel, seqno and amount, signed for the testnet (-3) and for a local network
+  for (const globalId of [-3, 0x636f636f]) {
+    let r = await send(body.charge(voucher(w.proxyKey, TAG.charge, ch, 1, toNano('1'), globalId)));
+    assert.equal(txOn(r, ch).exitCode, ERR.bad_signature);
+    r = await client.send({ to: ch, value: toNano('0.05'), body: body.closeFinal(voucher(w.proxyKey, TAG.final, ch, 1, toNano('1'), globalId)) });
+    assert.equal(txOn(r, ch).exitCode, ERR.bad_signature);
+  }
+  assert.deepEqual(await channelState(w, ch), { state: 1, balance: toNano('5'), stake: toNano('2'), charged: 0n, seqno: 0n, unlock_at: 0 });
+  const r = await send(body.charge(voucher(w.proxyKey, TAG.charge, ch, 1, toNano('1'), GLOBAL_ID)));
+  assert.ok(txOn(r, ch).success);
+  assert.equal((await channelState(w, ch)).charged, toNano('1'));
+});
+
+test('item 9: a forged bounce cannot hand a charge back to the client\'s balance', async () => {
+  const w = await world();
+  const { client, ch } = await open(w);
+  let r = await w.proxyOwner.send({ to: ch, value: toNano('0.05'), body: body.charge(voucher(w.proxyKey, TAG.charge, ch, 1, toNano('1'))) });
+  assert.ok(txOn(r, ch).success);
+  const charged = await channelState(w, ch);
+  // what the proxy's refusal of that charge would look like, sent by the client (where a chain lets anyone set the
+  // bounced flag, as a test chain might): the channel only believes bounces from its proxy
+  const forged = beginCell().storeUint(0xffffffff, 32).store((b) => b.storeBits(body.notice(OP.client_charged, toNano('1'), client.address, 0).beginParse().loadBits(256))).endCell();
+  r = await w.bc.sendMessage(internal({ from: client.address, to: ch, value: toNano('0.05'), bounce: false, bounced: true, body: forged }));
+  assert.ok(txOn(r, ch).tx.inMessage.info.bounced);
+  assert.deepEqual(await channelState(w, ch), charged, 'nothing changed');
+  // the forged "registration refused" does not close an open channel either
+  const opened = beginCell().storeUint(0xffffffff, 32).storeUint(OP.client_opened, 32).storeUint(0, 64).storeCoins(0).endCell();
+  r = await w.bc.sendMessage(internal({ from: client.address, to: ch, value: toNano('0.05'), bounce: false, bounced: true, body: opened }));
+  assert.equal((await channelState(w, ch)).state, 1);
+  // the genuine proxy's next claim is still exactly the difference
+  r = await w.proxyOwner.send({ to: ch, value: toNano('0.05'), body: body.charge(voucher(w.proxyKey, TAG.charge, ch, 2, toNano('1.5'))) });
+  assert.ok(txOn(r, ch).success);
+  assert.equal((await proxyState(w)).earned, toNano('1.5'));
+  assert.equal((await channelState(w, ch)).balance, toNano('3.5'));
 });

@@ -35,7 +35,11 @@ export const DEFAULT_PARAMS = {
   prompt: 1000, cached: 100, completion: 4000, reasoning: 4000,
   client_close_delay: 3600, proxy_close_delay: 86400,
   min_client_stake: toNano('1'), min_proxy_stake: toNano('10'),
+  max_coefficient: 10000,
 };
+
+// The global id (ConfigParam 19) of the sandbox's default config, a mainnet snapshot: what vouchers bind here.
+export const GLOBAL_ID = -239;
 
 export function keyPair(name) {
   return keyPairFromSeed(createHash('sha256').update(`cocoon-test-key:${name}`).digest());
@@ -46,7 +50,7 @@ export function paramsCell(p = DEFAULT_PARAMS) {
   return beginCell().storeCoins(p.price_per_token).storeCoins(p.worker_fee_per_token)
     .storeUint(p.prompt, 32).storeUint(p.cached, 32).storeUint(p.completion, 32).storeUint(p.reasoning, 32)
     .storeUint(p.client_close_delay, 32).storeUint(p.proxy_close_delay, 32)
-    .storeCoins(p.min_client_stake).storeCoins(p.min_proxy_stake).endCell();
+    .storeCoins(p.min_client_stake).storeCoins(p.min_proxy_stake).storeUint(p.max_coefficient, 32).endCell();
 }
 
 export function codesCell(codes = CODE) {
@@ -113,12 +117,14 @@ export const body = {
 };
 
 // ---- vouchers ----
-export function voucherCell(tag, contract, seqno, amount) {
-  return beginCell().storeUint(tag, 32).storeAddress(contract).storeUint(seqno, 64).storeCoins(amount).endCell();
+export function voucherCell(tag, contract, seqno, amount, globalId = GLOBAL_ID) {
+  return beginCell().storeUint(tag, 32).storeInt(globalId, 32).storeAddress(contract).storeUint(seqno, 64)
+    .storeCoins(amount).endCell();
 }
-export function voucher(kp, tag, contract, seqno, amount) {
+/** A voucher signed for the network `globalId` (the sandbox's by default). */
+export function voucher(kp, tag, contract, seqno, amount, globalId = GLOBAL_ID) {
   seqno = BigInt(seqno); amount = BigInt(amount);
-  return { seqno, amount, signature: sign(voucherCell(tag, contract, seqno, amount).hash(), kp.secretKey) };
+  return { seqno, amount, signature: sign(voucherCell(tag, contract, seqno, amount, globalId).hash(), kp.secretKey) };
 }
 
 // ---- transactions ----

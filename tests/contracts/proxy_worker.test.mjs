@@ -1,9 +1,10 @@
 // Proxy contract and worker channels: stake, commits, payouts, closing only once every client channel is settled.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { internal } from '@ton/sandbox';
 import {
   world, body, txOn, feesOf, undelivered, ERR, FEE, TAG, OP, keyPair, voucher, channelState, proxyState, workerState,
-  contractAddress, toNano, CODE, workerInitData, beginCell, compileFixture,
+  contractAddress, toNano, CODE, workerInitData, beginCell, compileFixture, GLOBAL_ID,
 } from './helpers.mjs';
 
 async function openClient(w, name = 'client', amount = toNano('5'), stake = toNano('2')) {
@@ -14,10 +15,11 @@ async function openClient(w, name = 'client', amount = toNano('5'), stake = toNa
   return { client, ch };
 }
 
-async function redeem(w, workerWallet, seqno, amount, { key = w.proxyKey, sender = workerWallet, value = toNano('0.05') } = {}) {
+async function redeem(w, workerWallet, seqno, amount,
+  { key = w.proxyKey, sender = workerWallet, value = toNano('0.05'), globalId = GLOBAL_ID } = {}) {
   const init = w.workerInit(workerWallet.address);
   const wc = contractAddress(0, init);
-  const v = voucher(key, TAG.payout, wc, seqno, amount);
+  const v = voucher(key, TAG.payout, wc, seqno, amount, globalId);
   const r = await sender.send({ to: wc, value, init, body: body.redeem(v) });
   return { wc, r };
 }
@@ -209,4 +211,44 @@ test('reference bug: a client closing while its proxy is gone gets everything ba
   assert.equal((await w.balance(w.proxy)) - proxyStart, FEE.notify - p.tx.totalFees.coins);
   assert.ok(clientEnd - clientStart > toNano('4.3'), 'balance and stake back, in full');
   assert.equal((await proxyState(w)).open_clients, 0);
+});
+
+test('item 7: a payout voucher signed for another network (global id) is refused', async () => {
+  const w = await world();
+  const worker = await w.bc.treasury('worker');
+  let { wc, r } = await redeem(w, worker, 1, toNano('1'), { globalId: -3 });
+  assert.equal(txOn(r, wc).exitCode, ERR.bad_signature);
+  assert.equal((await proxyState(w)).paid_out, 0n);
+  ({ r } = await redeem(w, worker, 1, toNano('1')));
+  assert.ok(txOn(r, wc).success && txOn(r, w.proxy).success);
+  assert.equal((await proxyState(w)).paid_out, toNano('1'));
+});
+
+test('item 9: a forged bounce cannot make one payout voucher pay twice', async () => {
+  const w = await world();
+  const { ch } = await openClient(w);
+  await w.proxyOwner.send({ to: ch, value: toNano('0.05'), body: body.charge(voucher(w.proxyKey, TAG.charge, ch, 1, toNano('3'))) });
+  const worker = await w.bc.treasury('worker');
+  let { wc, r } = await redeem(w, worker, 1, toNano('1'));
+  assert.ok(txOn(r, w.proxy).success);
+  // what the proxy's refusal of that payout would look like: 0xffffffff, then the payout_request's first 256 bits
+  const refusal = beginCell().storeUint(0xffffffff, 32).storeUint(OP.payout_request, 32).storeUint(0, 64)
+    .storeCoins(toNano('1')).endCell();
+  // 1. injected with the bounced flag from the worker's own wallet (a chain that lets a sender set the flag)
+  r = await w.bc.sendMessage(internal({ from: worker.address, to: wc, value: toNano('0.05'), bounce: false, bounced: true, body: refusal }));
+  assert.ok(txOn(r, wc).tx.inMessage.info.bounced);
+  assert.deepEqual(await workerState(w, wc), { seqno: 1n, paid: toNano('1') }, 'the channel believes bounces from its proxy only');
+  // 2. sent by a contract that sets the flag itself: the chain clears it, as real TON does
+  const forgerInit = { code: await compileFixture('forger'), data: beginCell().endCell() };
+  const forger = contractAddress(0, forgerInit);
+  r = await worker.send({ to: forger, value: toNano('0.1'), init: forgerInit,
+    body: beginCell().storeAddress(wc).storeRef(refusal).endCell() });
+  const seen = txOn(r, wc);
+  assert.equal(seen.tx.inMessage.info.bounced, false, 'only the chain marks a message bounced');
+  assert.equal(seen.exitCode, ERR.unknown_op);
+  assert.deepEqual(await workerState(w, wc), { seqno: 1n, paid: toNano('1') });
+  // the same voucher again pays nothing
+  ({ r } = await redeem(w, worker, 1, toNano('1')));
+  assert.equal(txOn(r, wc).exitCode, ERR.old_voucher);
+  assert.equal((await proxyState(w)).paid_out, toNano('1'));
 });

@@ -3,7 +3,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Address } from '@ton/core';
 import {
-  world, body, txOn, ERR, DEFAULT_PARAMS, CODE, keyPair, proxyInitData, contractAddress, toNano, beginCell, Cell,
+  world, body, txOn, ERR, DEFAULT_PARAMS, CODE, GLOBAL_ID, keyPair, proxyInitData, contractAddress, toNano, beginCell,
+  Cell,
 } from './helpers.mjs';
 
 const version = async (w) => (await w.get(w.root, 'get_version')).stackReader.readNumber();
@@ -15,10 +16,12 @@ test('root: get-methods return the deployed parameters, codes and registry', asy
   assert.ok(owner.equals(w.owner.address));
   const p = (await w.get(w.root, 'get_params')).stackReader;
   const got = [];
-  for (let i = 0; i < 10; i++) got.push(p.readBigNumber());
+  for (let i = 0; i < 11; i++) got.push(p.readBigNumber());
   const d = DEFAULT_PARAMS;
   assert.deepEqual(got, [d.price_per_token, d.worker_fee_per_token, d.prompt, d.cached, d.completion, d.reasoning,
-    d.client_close_delay, d.proxy_close_delay, d.min_client_stake, d.min_proxy_stake].map(BigInt));
+    d.client_close_delay, d.proxy_close_delay, d.min_client_stake, d.min_proxy_stake, d.max_coefficient].map(BigInt));
+  // the chain's own global id (ConfigParam 19), the one every voucher is bound to
+  assert.equal((await w.get(w.root, 'get_global_id')).stackReader.readNumber(), GLOBAL_ID);
   const c = (await w.get(w.root, 'get_codes')).stackReader;
   assert.ok(c.readCell().equals(CODE.proxy));
   assert.ok(c.readCell().equals(CODE.client));
@@ -83,6 +86,16 @@ test('root: every change bumps the version; only the owner may change anything',
   // a worker fee above the client price would make the proxy pay out more than it charges
   r = await w.owner.send({ to: w.root, value: toNano('0.05'), body: body.setParams({ ...p2, worker_fee_per_token: 31n }) });
   assert.equal(txOn(r, w.root).exitCode, ERR.bad_params);
+  // the highest worker coefficient must be positive: 0 would leave no worker a price
+  r = await w.owner.send({ to: w.root, value: toNano('0.05'), body: body.setParams({ ...p2, max_coefficient: 0 }) });
+  assert.equal(txOn(r, w.root).exitCode, ERR.bad_params);
+  r = await w.owner.send({ to: w.root, value: toNano('0.05'), body: body.setParams({ ...p2, max_coefficient: 3000 }) });
+  assert.ok(txOn(r, w.root).success);
+  const p3 = (await w.get(w.root, 'get_params')).stackReader;
+  for (let i = 0; i < 10; i++) p3.readBigNumber();
+  assert.equal(p3.readNumber(), 3000);
+  r = await w.owner.send({ to: w.root, value: toNano('0.05'), body: body.setParams(p2) });
+  assert.ok(txOn(r, w.root).success);
   // codes must be exactly three refs
   r = await w.owner.send({ to: w.root, value: toNano('0.05'),
     body: beginCell().storeUint(0x52000003, 32).storeUint(0, 64).storeRef(beginCell().storeRef(Cell.EMPTY).endCell()).endCell() });
@@ -96,5 +109,5 @@ test('root: every change bumps the version; only the owner may change anything',
   assert.equal(txOn(r, w.root).exitCode, ERR.unauthorized);
   r = await stranger.send({ to: w.root, value: toNano('0.05'), body: body.setHash(1, Buffer.alloc(32, 1), true) });
   assert.ok(txOn(r, w.root).success);
-  assert.equal(await version(w), v0 + 5);
+  assert.equal(await version(w), v0 + 7);
 });

@@ -54,11 +54,12 @@ def test_a_stolen_voucher_key_file_neither_charges_a_channel_nor_pays_a_thief(ne
         thief = Wallet(os.urandom(32))
         ledger.fund(thief, TON)  # for the fees
         forged = Wallet(stolen[:32])  # what the file held before: the raw seed
-        drain = sign_voucher(forged, Tag.CHARGE, channel, before.seqno + 1, before.charged + before.balance)
+        drain = sign_voucher(forged, Tag.CHARGE, channel, before.seqno + 1, before.charged + before.balance,
+                             global_id=ledger.global_id())
         with pytest.raises(LedgerRefused, match="bad_signature"):
             ledger.settle_charge(thief, drain)
         payout = sign_voucher(forged, Tag.PAYOUT, ledger.worker_channel_address(proxy.address, thief.address), 1,
-                              before.balance)
+                              before.balance, global_id=ledger.global_id())
         with pytest.raises(LedgerRefused, match="bad_signature"):
             ledger.redeem(thief, proxy.address, payout)
         after = ledger.channel_state(channel)

@@ -12,8 +12,11 @@ from typing import Any
 from pytoniq_core import Cell
 from pytoniq_core.tlb.transaction import MessageAny
 
-from cocoon.ledger.contracts import VECTORS_DIR
+from cocoon.ledger.contracts import VECTORS_DIR, config_boc, config_global_id
 from cocoon.ledger.wallet import Wallet
+
+# the sandbox's default config is a mainnet snapshot: its vouchers are signed for -239
+SANDBOX_GLOBAL_ID = config_global_id(config_boc())
 
 
 def cell(b64: str) -> Cell:

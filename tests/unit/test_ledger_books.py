@@ -12,7 +12,7 @@ from cocoon.config import Prices
 from cocoon.core.usage import Usage
 from cocoon.ledger.base import TON
 from cocoon.ledger.books import DuplicateRequest, PaymentRequired, ProxyBooks, RolledBack
-from cocoon.ledger.contracts import Tag
+from cocoon.ledger.contracts import LOCAL_GLOBAL_ID, Tag
 from cocoon.ledger.pricing import Bounds, max_cost, price_request
 from cocoon.ledger.wallet import Wallet
 
@@ -25,7 +25,7 @@ COST = price_request(USAGE, PRICES, 1000)
 
 
 def books(path: Path, *, stake: int = TON, balance: int = 3 * TON, claimed: int = 0) -> ProxyBooks:
-    b = ProxyBooks(path / "books.sqlite", KEY)
+    b = ProxyBooks(path / "books.sqlite", KEY, LOCAL_GLOBAL_ID)
     b.set_client_channel("alice", CHANNEL, balance=balance, stake=stake, claimed=claimed, chain_seqno=0,
                          state="open")
     b.set_worker_channel("w1", WORKER_CHANNEL, redeemed=0)
@@ -40,8 +40,8 @@ def test_a_request_is_settled_once_with_cumulative_vouchers(tmp_path: Path) -> N
     assert (first.client_voucher.tag, first.client_voucher.contract, first.client_voucher.seqno,
             first.client_voucher.amount) == (Tag.CHARGE, CHANNEL, 1, COST.client_cost)
     assert (first.worker_voucher.tag, first.worker_voucher.amount) == (Tag.PAYOUT, COST.worker_fee)
-    first.client_voucher.verify(KEY.public_key)
-    first.worker_voucher.verify(KEY.public_key)
+    first.client_voucher.verify(KEY.public_key, LOCAL_GLOBAL_ID)
+    first.worker_voucher.verify(KEY.public_key, LOCAL_GLOBAL_ID)
     with pytest.raises(DuplicateRequest):
         b.settle("req-1", "alice", "w1", "m", Usage(completion_tokens=9999), PRICES, 1000)
     second = b.settle("req-2", "alice", "w1", "m", USAGE, PRICES, 1000)
@@ -111,7 +111,7 @@ def test_books_behind_or_beside_the_committed_state_refuse(tmp_path: Path) -> No
 
 
 def test_charges_without_a_channel_accrue_and_the_first_voucher_covers_them(tmp_path: Path) -> None:
-    b = ProxyBooks(tmp_path / "books.sqlite", KEY)
+    b = ProxyBooks(tmp_path / "books.sqlite", KEY, LOCAL_GLOBAL_ID)
     early = b.settle("r1", "bob", "w2", "m", USAGE, PRICES, 1000)
     assert early.client_voucher is None and early.worker_voucher is None
     b.set_worker_channel("w2", WORKER_CHANNEL, redeemed=0)

@@ -14,7 +14,7 @@ from cocoon.ledger.base import TON, LedgerError
 from cocoon.ledger.chain import LocalChain
 from cocoon.ledger.contracts import Op
 from cocoon.ledger.wallet import Wallet
-from tests.unit.ledger_vectors import cell, message, steps, vectors
+from tests.unit.ledger_vectors import SANDBOX_GLOBAL_ID, cell, message, steps, vectors
 
 
 def test_lifecycle_replays_through_the_queue_with_the_same_states_exit_codes_and_logical_times(
@@ -23,7 +23,8 @@ def test_lifecycle_replays_through_the_queue_with_the_same_states_exit_codes_and
     (notifications, bounces, refunds to wallets), with the sandbox's logical times."""
     ours = {v["address"] for v in vectors()}
     now = [vectors()[0]["now"]]
-    chain = LocalChain(tmp_path / "chain.sqlite", clock=lambda: now[0], start_lt=int(vectors()[0]["lt"]))
+    chain = LocalChain(tmp_path / "chain.sqlite", global_id=SANDBOX_GLOBAL_ID, clock=lambda: now[0],
+                       start_lt=int(vectors()[0]["lt"]))
     for v in vectors():  # the sandbox's wallets: they only receive here
         for addr in [o["dest"] for o in v["out_msgs"]] + [message(v["in_msg"]).info.src.to_str(False)]:
             if addr not in ours:

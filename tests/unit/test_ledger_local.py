@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import stat
 from pathlib import Path
@@ -11,13 +12,16 @@ import pytest
 
 from cocoon.config import Prices
 from cocoon.ledger.base import TON, LedgerError, LedgerRefused, Terms
-from cocoon.ledger.contracts import DEPOSIT_FEE, MIN_OP_VALUE, NOTIFY_VALUE, Tag
+from cocoon.ledger.chain import LocalChain
+from cocoon.ledger.contracts import DEPOSIT_FEE, LOCAL_GLOBAL_ID, MAINNET_GLOBAL_ID, MIN_OP_VALUE, NOTIFY_VALUE, Tag
 from cocoon.ledger.devnet import FUNDING, ProxySpec, prepare
 from cocoon.ledger.local import LocalLedger
 from cocoon.ledger.tvm import Tvm, TvmError, shared_tvm
 from cocoon.ledger.vouchers import sign_voucher
 from cocoon.ledger.wallet import Wallet
 from tests.unit.ledger_vectors import fees
+
+sign = functools.partial(sign_voucher, global_id=LOCAL_GLOBAL_ID)  # a local chain's vouchers
 
 T0 = 1_800_000_000
 
@@ -52,13 +56,17 @@ def net(tmp_path: Path) -> Net:
 
 
 def test_genesis_deploys_the_root_with_its_params_and_the_proxy_with_its_stake(tmp_path: Path) -> None:
-    prices = Prices(price_per_token=30, worker_fee_per_token=25)
+    prices = Prices(price_per_token=30, worker_fee_per_token=25, max_coefficient=3000)
     terms = Terms(client_close_delay=60, proxy_close_delay=120, min_client_stake=TON, min_proxy_stake=2 * TON)
     ledger = LocalLedger(tmp_path / "l.sqlite", default_prices=prices, terms=terms)
     params = ledger.root_params()
     assert (params.version, params.prices, params.terms) == (1, prices, terms)
+    # the chain's global id, as its contracts see it (ConfigParam 19 of the config it runs)
+    assert ledger.global_id() == ledger.chain.global_id == LOCAL_GLOBAL_ID
     again = LocalLedger(tmp_path / "l.sqlite", default_prices=Prices())  # an existing chain keeps its root
     assert again.root == ledger.root and again.root_params() == params
+    with pytest.raises(LedgerError, match="is a chain with global id 1668244335, not -239"):
+        LocalChain(tmp_path / "l.sqlite", global_id=MAINNET_GLOBAL_ID)
     key, owner = Wallet(b"\x01" * 32), Wallet(b"\x02" * 32)
     ledger.fund(owner, 5 * TON)
     proxy = ledger.register_proxy(owner.address, key.public_key, "proxy.example:8443")
@@ -101,22 +109,22 @@ def test_a_channel_from_open_to_withdraw_with_exact_amounts_and_the_sandbox_fees
 def test_charges_and_payouts_with_vouchers(net: Net) -> None:
     L, F = net.ledger, fees()
     L.open_channel(net.client, net.proxy, 5 * TON, 2 * TON)
-    v1 = sign_voucher(net.key, Tag.CHARGE, net.channel, 1, TON)
+    v1 = sign(net.key, Tag.CHARGE, net.channel, 1, TON)
     assert L.settle_charge(net.operator, v1).fees == F["channel.charge"]
     s, p = L.channel_state(net.channel), L.proxy_state(net.proxy)
     assert (s.balance, s.charged, s.seqno, p.earned) == (4 * TON, TON, 1, TON)
     with pytest.raises(LedgerRefused, match=r"exit code 103 \(old_voucher"):
         L.settle_charge(net.operator, v1)
     with pytest.raises(LedgerRefused, match=r"exit code 102 \(bad_signature"):
-        L.settle_charge(net.operator, sign_voucher(net.worker, Tag.CHARGE, net.channel, 2, 2 * TON))
+        L.settle_charge(net.operator, sign(net.worker, Tag.CHARGE, net.channel, 2, 2 * TON))
     with pytest.raises(LedgerRefused, match=r"exit code 104 \(insufficient_balance"):
-        L.settle_charge(net.operator, sign_voucher(net.key, Tag.CHARGE, net.channel, 2, 6 * TON))
+        L.settle_charge(net.operator, sign(net.key, Tag.CHARGE, net.channel, 2, 6 * TON))
     # the worker channel is deployed by the first redeem; the proxy pays the worker's wallet
-    payout = sign_voucher(net.key, Tag.PAYOUT, net.worker_channel, 1, TON // 2)
+    payout = sign(net.key, Tag.PAYOUT, net.worker_channel, 1, TON // 2)
     change, outcome = net.wallet_change(net.worker, lambda: L.redeem(net.worker, net.proxy, payout))
     assert change == TON // 2 - outcome.fees
     change, outcome = net.wallet_change(net.worker, lambda: L.redeem(
-        net.worker, net.proxy, sign_voucher(net.key, Tag.PAYOUT, net.worker_channel, 2, 8 * TON // 10)))
+        net.worker, net.proxy, sign(net.key, Tag.PAYOUT, net.worker_channel, 2, 8 * TON // 10)))
     assert change == 3 * TON // 10 - outcome.fees  # only the difference to what was paid
     assert L.worker_channel_state(net.worker_channel).paid == 8 * TON // 10
     assert L.proxy_state(net.proxy).paid_out == 8 * TON // 10
@@ -140,7 +148,7 @@ def test_commits_only_move_forward(net: Net) -> None:
 def test_closing_without_the_proxy_returns_the_whole_balance_and_stake_after_the_delay(net: Net) -> None:
     L = net.ledger
     L.open_channel(net.client, net.proxy, 5 * TON, 2 * TON)
-    L.settle_charge(net.operator, sign_voucher(net.key, Tag.CHARGE, net.channel, 1, TON))
+    L.settle_charge(net.operator, sign(net.key, Tag.CHARGE, net.channel, 1, TON))
     L.request_close(net.client, net.channel)
     state = L.channel_state(net.channel)
     assert state.state == "closing" and state.unlock_at == L.chain.now() + 3600
@@ -166,7 +174,7 @@ def test_closing_without_the_proxy_returns_the_whole_balance_and_stake_after_the
 def test_a_final_voucher_closes_at_once(net: Net) -> None:
     L = net.ledger
     L.open_channel(net.client, net.proxy, 3 * TON, TON)
-    final = sign_voucher(net.key, Tag.FINAL, net.channel, 1, TON // 4)
+    final = sign(net.key, Tag.FINAL, net.channel, 1, TON // 4)
     change, _ = net.wallet_change(net.client, lambda: L.settle_charge(net.client, final))
     assert change > 3 * TON - TON // 4 - MIN_OP_VALUE
     assert L.channel_state(net.channel).state == "closed" and L.proxy_state(net.proxy).earned == TON // 4
@@ -177,6 +185,8 @@ def test_owner_changes_bump_the_version_and_inconsistent_prices_are_refused(net:
     v = L.refresh().version
     with pytest.raises(LedgerRefused, match=r"set_params refused .* exit code 113"):
         L.set_prices(Prices(price_per_token=10, worker_fee_per_token=11))
+    with pytest.raises(LedgerRefused, match=r"set_params refused .* exit code 113"):
+        L.set_prices(Prices(max_coefficient=0))
     assert L.refresh().version == v
     params = L.set_params(Prices(price_per_token=11, worker_fee_per_token=10), Terms(client_close_delay=5))
     assert params.version == v + 1 and params.terms.client_close_delay == 5
@@ -193,10 +203,10 @@ def test_an_operation_cut_short_leaves_no_trace(tmp_path: Path) -> None:
             self.calls += 1
             if self.calls == 2:  # after the channel's transaction, before the proxy's
                 raise TvmError("simulated crash")
-            return shared_tvm().run_transaction(*args, **kwargs)
+            return shared_tvm(LOCAL_GLOBAL_ID).run_transaction(*args, **kwargs)
 
         def run_get_method(self, *args: Any, **kwargs: Any) -> Any:
-            return shared_tvm().run_get_method(*args, **kwargs)
+            return shared_tvm(LOCAL_GLOBAL_ID).run_get_method(*args, **kwargs)
 
     net = Net(tmp_path / "ledger.sqlite").setup()
     crashing = Net(tmp_path / "ledger.sqlite", tvm=Crashing())
@@ -216,7 +226,7 @@ def test_errors_name_the_problem(net: Net) -> None:
     with pytest.raises(LedgerError, match="holds 0 nanoTON"):
         L.open_channel(poor, net.proxy, 5 * TON, 2 * TON)
     with pytest.raises(LedgerError, match="only a payout voucher"):
-        L.redeem(net.worker, net.proxy, sign_voucher(net.key, Tag.CHARGE, net.worker_channel, 1, 1))
+        L.redeem(net.worker, net.proxy, sign(net.key, Tag.CHARGE, net.worker_channel, 1, 1))
 
 
 def test_a_local_network_is_prepared_once(tmp_path: Path) -> None:
@@ -254,3 +264,11 @@ def test_the_owner_key_is_kept_out_of_the_chain_file_and_moved_out_of_an_older_o
     owner_file.unlink()
     with pytest.raises(LedgerError, match=r"owner key .* is missing"):
         LocalLedger(path).set_prices(Prices(price_per_token=3))
+
+
+def test_a_chain_made_by_another_version_of_the_contracts_is_refused_clearly(tmp_path: Path) -> None:
+    net = Net(tmp_path / "ledger.sqlite").setup()
+    net.ledger.chain.set_meta("root", net.proxy)  # a root whose code is not this version's
+    net.ledger.close()
+    with pytest.raises(LedgerError, match="runs other code than this version of cocoon's contracts"):
+        LocalLedger(tmp_path / "ledger.sqlite")

@@ -87,7 +87,7 @@ class Money(RuleBasedStateMachine):
     def open_all(self, ledger: LocalLedger | None = None) -> None:
         """(Re)open every party's files, as processes do when they start."""
         self.ledger = ledger or LocalLedger(self.dir / "chain.sqlite", clock=lambda: self.clock[0])
-        self.books = ProxyBooks(self.dir / "proxy-books.sqlite", self.key)
+        self.books = ProxyBooks(self.dir / "proxy-books.sqlite", self.key, self.ledger.global_id())
         self.settlement = ProxySettlement(self.ledger, self.books, self.operator, self.proxy, self.policy)
         self.settlement.check_rollback()
         self.purses = {c: self.purse(c) for c in CLIENTS}

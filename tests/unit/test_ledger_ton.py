@@ -4,6 +4,7 @@ wrapped in a signed wallet v4r2 transfer. The liteserver is replaced by the reco
 from __future__ import annotations
 
 import base64
+import functools
 import threading
 import time
 from collections.abc import Iterator
@@ -23,9 +24,10 @@ from cocoon.ledger.ton import DEFAULT_WALLET_ID, SEND_MODE, TonLedger
 from cocoon.ledger.tvm import shared_tvm
 from cocoon.ledger.vouchers import sign_voucher
 from cocoon.ledger.wallet import Wallet
-from tests.unit.ledger_vectors import contract_addresses, message, sandbox_key, steps
+from tests.unit.ledger_vectors import SANDBOX_GLOBAL_ID, contract_addresses, message, sandbox_key, steps
 
 NOW = 1_800_000_000
+sign = functools.partial(sign_voucher, global_id=SANDBOX_GLOBAL_ID)  # what the sandbox signed
 
 
 class RecordedChain:
@@ -101,11 +103,11 @@ def test_every_operation_sends_the_sandbox_tests_message(ton: tuple[TonLedger, R
         "channel.deposit": (client, lambda: ledger.deposit(client, channel, TON)),
         "channel.withdraw": (client, lambda: ledger.withdraw(client, channel, TON)),
         "channel.charge": (owner, lambda: ledger.settle_charge(
-            owner, sign_voucher(key, Tag.CHARGE, channel, 1, TON))),
+            owner, sign(key, Tag.CHARGE, channel, 1, TON))),
         "worker.redeem (deploy)": (worker, lambda: ledger.redeem(
-            worker, proxy, sign_voucher(key, Tag.PAYOUT, wchannel, 1, TON // 2))),
+            worker, proxy, sign(key, Tag.PAYOUT, wchannel, 1, TON // 2))),
         "worker.redeem": (worker, lambda: ledger.redeem(
-            worker, proxy, sign_voucher(key, Tag.PAYOUT, wchannel, 2, 8 * TON // 10))),
+            worker, proxy, sign(key, Tag.PAYOUT, wchannel, 2, 8 * TON // 10))),
         "channel.request_close": (client, lambda: ledger.request_close(client, channel)),
         "channel.finalize_close": (client, lambda: ledger.finalize_close(client, channel)),
     }

@@ -9,7 +9,7 @@ import msgspec
 
 from cocoon.client.api import with_cost
 from cocoon.core.usage import Usage
-from cocoon.ledger.contracts import Tag
+from cocoon.ledger.contracts import LOCAL_GLOBAL_ID, Tag
 from cocoon.ledger.vouchers import sign_voucher
 from cocoon.ledger.wallet import Wallet
 from cocoon.wire import frames
@@ -30,12 +30,13 @@ class OldEnd(msgspec.Struct, tag="end", tag_field="t"):
 
 
 def test_vouchers_travel_with_answers_and_payouts_and_still_verify() -> None:
-    voucher = sign_voucher(KEY, Tag.CHARGE, CHANNEL, 7, 123_456)
+    voucher = sign_voucher(KEY, Tag.CHARGE, CHANNEL, 7, 123_456, global_id=LOCAL_GLOBAL_ID)
     end = ResponseEnd(call_id=3, usage=Usage(prompt_tokens=2, completion_tokens=5), cost_nanoton=440, voucher=voucher)
     (decoded,) = frames.FrameReader().feed(frames.encode(end))
     assert decoded == end and isinstance(decoded, ResponseEnd) and decoded.voucher is not None
-    decoded.voucher.verify(KEY.public_key)
-    payout = Payout(call_id=3, fee_nanoton=352, voucher=sign_voucher(KEY, Tag.PAYOUT, CHANNEL, 1, 352))
+    decoded.voucher.verify(KEY.public_key, LOCAL_GLOBAL_ID)
+    payout = Payout(call_id=3, fee_nanoton=352, voucher=sign_voucher(KEY, Tag.PAYOUT, CHANNEL, 1, 352,
+                                                                             global_id=LOCAL_GLOBAL_ID))
     (decoded,) = frames.FrameReader().feed(frames.encode(payout))
     assert decoded == payout
     # a version-1 peer ignores the voucher it does not know

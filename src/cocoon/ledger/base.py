@@ -152,6 +152,11 @@ class Ledger(ABC):
         attestation check, so it must stay cheap: a backend behind a network returns the view its
         background sync last saw."""
 
+    @abstractmethod
+    def global_id(self) -> int:
+        """The network's global id (ConfigParam 19), which every voucher binds: the contracts verify vouchers
+        against their own chain's."""
+
     # ---- addresses (computed from the contracts' StateInit; a proxy's identity is read once) ----
     @abstractmethod
     def proxy_key(self, proxy: str) -> bytes:

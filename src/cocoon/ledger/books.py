@@ -97,14 +97,16 @@ class _InFlight:
 
 
 class ProxyBooks:
-    def __init__(self, path: str | Path, signer: Wallet) -> None:
-        """`signer` holds the proxy's voucher key (the one its proxy contract was registered with)."""
+    def __init__(self, path: str | Path, signer: Wallet, global_id: int) -> None:
+        """`signer` holds the proxy's voucher key (the one its proxy contract was registered with); `global_id` is
+        the network's, which every voucher binds."""
         # WAL + NORMAL: a commit survives a crash of the process without an fsync per request; `durable()`
         # syncs before the state is committed on chain.
         self._db = open_sqlite(path, synchronous="NORMAL")
         _migrate(self._db)
         self._db.executescript(_SCHEMA)
         self._signer = signer
+        self._global_id = global_id
         self._lock = threading.Lock()
         self._flight = _InFlight()
 
@@ -230,7 +232,8 @@ class ProxyBooks:
         db.execute(f"INSERT OR IGNORE INTO {table} ({key}) VALUES (?)", (name,))
         channel, cumulative, seqno = db.execute(f"SELECT channel, {total} + ?, seqno + 1 FROM {table} "
                                                 f"WHERE {key} = ?", (amount, name)).fetchone()
-        voucher = sign_voucher(self._signer, tag, channel, seqno, cumulative) if channel and amount else None
+        voucher = (sign_voucher(self._signer, tag, channel, seqno, cumulative, global_id=self._global_id)
+                   if channel and amount else None)
         db.execute(f"UPDATE {table} SET requests = requests + 1, tokens = tokens + ?, {total} = ?, "
                    f"seqno = seqno + ?, signature = ? WHERE {key} = ?",
                    (tokens, cumulative, int(voucher is not None), voucher.signature if voucher else None, name))
@@ -241,7 +244,7 @@ class ProxyBooks:
                                (name,)).fetchone()
         if row is None or row[0] is None or row[3] is None:
             return None
-        return Voucher(int(tag), row[0], row[1], row[2], row[3])
+        return Voucher(int(tag), self._global_id, row[0], row[1], row[2], row[3])
 
     # ---- settlement on chain ----
     def client_voucher(self, client: str) -> Voucher | None:

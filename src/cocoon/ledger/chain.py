@@ -4,6 +4,13 @@
 - Wallets: plain balances at addresses derived from an Ed25519 key (`cocoon.ledger.wallet`). A wallet sends an
   internal message with no fee of its own, as the sandbox's injected messages do, so an operation's fees here are
   exactly the contracts' (vectors/fees.json). The chain can mint coins into a wallet (a test network).
+- What a message's header says beyond its destination, value, bounce flag and source is the chain's to decide, as
+  on TON (whose action phase rewrites it): a wallet's message is refused unless those fields are the chain's own
+  (not bounced, no fees, no logical time). Only the chain marks a message bounced, when it returns one its
+  destination refused; its source is then that destination. (A sender-chosen `bounced` let a worker reset its
+  channel's `paid` and redeem one voucher twice; a sender-chosen IHR fee was added to the value it delivered.)
+- Global id: the chain's own (ConfigParam 19 of the config its emulator runs with), `LOCAL_GLOBAL_ID` unless the
+  creator chose another, fixed at creation for every process using the file. Vouchers bind it.
 - Messages: an operation is one message; every message it causes (internal messages, bounces) is then
   delivered in creation order until none is left, all at one `now`, each transaction `LT_STEP` after the last
   (the sandbox's spacing, so recorded vectors replay with their own logical times).
@@ -30,6 +37,7 @@ from pytoniq_core.tlb.transaction import InternalMsgInfo, MessageAny
 
 from cocoon.fsutil import open_sqlite
 from cocoon.ledger.base import LedgerError
+from cocoon.ledger.contracts import LOCAL_GLOBAL_ID
 from cocoon.ledger.tvm import Tvm, TxResult, shared_tvm
 from cocoon.ledger.wallet import Wallet, raw_address
 
@@ -111,11 +119,12 @@ class Audit:
 
 
 class LocalChain:
-    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time, tvm: Tvm | None = None,
-                 start_lt: int = LT_STEP) -> None:
+    def __init__(self, path: str | Path, *, global_id: int | None = None, clock: Callable[[], float] = time.time,
+                 tvm: Tvm | None = None, start_lt: int = LT_STEP) -> None:
+        """Open the chain in `path`, creating it with `global_id` (None: LOCAL_GLOBAL_ID) if the file holds none;
+        LedgerError when it is a chain with another global id. `tvm`: an emulator running this chain's config."""
         self.path = Path(path)
         self._clock = clock
-        self._tvm = tvm or shared_tvm()
         self._db = open_sqlite(self.path, busy_timeout_ms=30_000)
         self._db.executescript(_SCHEMA)
         # Reads outside an operation use their own connection: in WAL mode they never wait for a writer, so a
@@ -127,8 +136,13 @@ class LocalChain:
         self._writer: int | None = None  # the thread inside an operation
         with self.transaction():
             for key, value in (("lt", start_lt - LT_STEP), ("time_offset", 0), ("last_now", 0), ("minted", 0),
-                               ("fees", 0)):
+                               ("fees", 0), ("global_id", LOCAL_GLOBAL_ID if global_id is None else global_id)):
                 self._db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (key, value))
+        self.global_id = int(self.get_meta("global_id"))
+        if global_id is not None and global_id != self.global_id:
+            self.close()
+            raise LedgerError(f"{self.path} is a chain with global id {self.global_id}, not {global_id}")
+        self._tvm = tvm or shared_tvm(self.global_id)
 
     # ---- transactions of the file ----
     @contextlib.contextmanager
@@ -274,6 +288,12 @@ class LocalChain:
         info = msg.info
         if not isinstance(info, InternalMsgInfo) or raw_address(info.src) != wallet.address:
             raise LedgerError(f"a wallet sends internal messages from its own address ({wallet.address})")
+        if info.bounced:
+            raise LedgerError("a wallet cannot send a bounce: only the chain marks a message bounced, when it returns "
+                              "one that its destination refused")
+        if info.ihr_fee or info.fwd_fee or info.created_lt or info.created_at or not info.ihr_disabled:
+            raise LedgerError("a wallet's message leaves fees, logical time and creation time to the chain "
+                              "(zero, IHR disabled)")
         with self.transaction():
             row = self._db.execute("SELECT public_key, balance FROM wallets WHERE address = ?",
                                    (wallet.address,)).fetchone()
@@ -286,8 +306,10 @@ class LocalChain:
             return self.deliver(message)
 
     def deliver(self, message: Cell) -> Receipt:
-        """Deliver `message` as is, then every message it causes, to completion. The caller accounts for the
-        value it carries (`send` debits a wallet; replayed vectors bring their own)."""
+        """Deliver `message` as is, then every message it causes, to completion: a message the chain made itself
+        (`send`, after checking a wallet's) or a recorded one replayed; never a party's own, whose header could say
+        anything. The caller accounts for the value it carries (`send` debits a wallet; replayed vectors bring
+        their own)."""
         with self.transaction():
             now = self.now()
             self._db.execute("UPDATE meta SET value = ? WHERE key = 'last_now'", (now,))

@@ -8,7 +8,7 @@ from enum import IntEnum
 from functools import cache
 from pathlib import Path
 
-from pytoniq_core import Cell
+from pytoniq_core import Cell, HashMap, begin_cell
 
 CONTRACTS_DIR = Path(__file__).resolve().parent.parent / "contracts"
 BUILD_DIR = CONTRACTS_DIR / "build"
@@ -84,6 +84,13 @@ DEPOSIT_FEE = 50_000_000
 MIN_OP_VALUE = 20_000_000
 NOTIFY_VALUE = 10_000_000
 
+# The network's global id (ConfigParam 19), which every voucher binds (contracts README, "Vouchers"): TON's main and
+# test networks, and cocoon's local chains (ledger/chain.py), so that a voucher of one is worthless on the others.
+MAINNET_GLOBAL_ID = -239
+TESTNET_GLOBAL_ID = -3
+LOCAL_GLOBAL_ID = 0x636F636F  # "coco"
+_GLOBAL_ID_PARAM = 19
+
 # channel and proxy states (get_channel_state / get_proxy_state)
 CHANNEL_STATES = ("new", "open", "closing", "closed")
 PROXY_STATES = ("new", "active", "closing", "closed")
@@ -109,3 +116,24 @@ def code(name: str) -> Cell:
 def config_boc() -> bytes:
     """The blockchain config the sandbox tests ran with (basechain prices): the emulator needs a real one."""
     return (VECTORS_DIR / "config.boc").read_bytes()
+
+
+def _config_params(config: bytes) -> dict[int, Cell]:
+    """The blockchain config (a `Hashmap 32 ^Cell` root, as the emulator takes it) by parameter number."""
+    root = Cell.one_from_boc(config)
+    return HashMap.parse(root.begin_parse(), 32, key_deserializer=lambda bits: int(bits, 2),
+                         value_deserializer=lambda s: s.load_ref())
+
+
+def config_global_id(config: bytes) -> int:
+    """The global id a blockchain config gives its chain."""
+    return _config_params(config)[_GLOBAL_ID_PARAM].begin_parse().load_int(32)
+
+
+def config_with_global_id(config: bytes, global_id: int) -> bytes:
+    """The same blockchain config for a chain whose global id is `global_id`."""
+    params = HashMap(32, value_serializer=lambda cell, b: b.store_ref(cell))
+    for number, cell in _config_params(config).items():
+        params.set_int_key(number, cell)
+    params.set_int_key(_GLOBAL_ID_PARAM, begin_cell().store_int(global_id, 32).end_cell())
+    return params.serialize().to_boc()

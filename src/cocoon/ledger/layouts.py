@@ -23,7 +23,8 @@ def params_cell(prices: Prices, terms: Terms) -> Cell:
             .store_uint(prices.prompt_multiplier, 32).store_uint(prices.cached_multiplier, 32)
             .store_uint(prices.completion_multiplier, 32).store_uint(prices.reasoning_multiplier, 32)
             .store_uint(terms.client_close_delay, 32).store_uint(terms.proxy_close_delay, 32)
-            .store_coins(terms.min_client_stake).store_coins(terms.min_proxy_stake).end_cell())
+            .store_coins(terms.min_client_stake).store_coins(terms.min_proxy_stake)
+            .store_uint(prices.max_coefficient, 32).end_cell())
 
 
 def codes_cell() -> Cell:

@@ -33,7 +33,7 @@ from cocoon.ledger.base import (
     image_hash_hex,
 )
 from cocoon.ledger.chain import LocalChain, Receipt
-from cocoon.ledger.contracts import MIN_OP_VALUE, HashKind, describe_exit
+from cocoon.ledger.contracts import MIN_OP_VALUE, HashKind, code, describe_exit
 from cocoon.ledger.onchain import Message, OnChainLedger
 from cocoon.ledger.tvm import Tvm
 from cocoon.ledger.wallet import Wallet, raw_address
@@ -55,6 +55,12 @@ class LocalLedger(OnChainLedger):
             if self.chain.get_meta("root") is None:
                 self._genesis(default_prices or Prices(), terms or Terms())
         super().__init__(str(self.chain.get_meta("root")))
+        root = self.chain.account(self.root)
+        if root is None or root.code is None or root.code.hash != code("root").hash:
+            self.chain.close()
+            raise LedgerError(f"{self.path} holds a chain whose root runs other code than this version of cocoon's "
+                              f"contracts (build/hashes.json): it was created by another version; move it away to "
+                              f"start a new chain")
         self._move_owner_key_out()
         self._seen_lt = -1
         self._cached = self.refresh()

@@ -71,6 +71,7 @@ class OnChainLedger(Ledger):
     def __init__(self, root: str) -> None:
         self.root = raw_address(root)
         self._identities: dict[str, ProxyIdentity] = {}
+        self._global_id: int | None = None
 
     # ---- what a backend provides ----
     @abstractmethod
@@ -88,7 +89,8 @@ class OnChainLedger(Ledger):
         (version,) = self.run_get(self.root, "get_version")
         p = self.run_get(self.root, "get_params")
         prices = Prices(price_per_token=p[0], worker_fee_per_token=p[1], prompt_multiplier=p[2],
-                        cached_multiplier=p[3], completion_multiplier=p[4], reasoning_multiplier=p[5])
+                        cached_multiplier=p[3], completion_multiplier=p[4], reasoning_multiplier=p[5],
+                        max_coefficient=p[10])
         terms = Terms(client_close_delay=p[6], proxy_close_delay=p[7], min_client_stake=p[8], min_proxy_stake=p[9])
         return RootParams(version=version, prices=prices, terms=terms,
                           proxy_image_hashes=self._allowed(HashKind.PROXY_IMAGE),
@@ -101,6 +103,12 @@ class OnChainLedger(Ledger):
             return frozenset()
         keys = Slice.one_from_boc(cell.to_boc()).load_hashmap(256) or {}
         return frozenset(f"{k:064x}" for k in keys)
+
+    def global_id(self) -> int:
+        # asked of the root contract: what the chain tells its contracts (ConfigParam 19), read once
+        if self._global_id is None:
+            (self._global_id,) = self.run_get(self.root, "get_global_id")
+        return self._global_id
 
     def proxies(self) -> list[RegisteredProxy]:
         """Every proxy the root registry lists."""

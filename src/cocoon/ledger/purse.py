@@ -42,6 +42,7 @@ class ClientPurse:
         self.nonce = nonce
         self.channel = ledger.client_channel_address(proxy, wallet.address, nonce)
         self._proxy_key = ledger.proxy_key(proxy)
+        self._global_id = ledger.global_id()
 
     def proof(self, tls_key: bytes) -> bytes:
         """The wallet's signature binding this channel to the client's RA-TLS key (see `verify_channel_proof`)."""
@@ -88,7 +89,7 @@ class ClientPurse:
         if voucher.tag != Tag.CHARGE:
             raise VoucherError(f"{describe(voucher)}: expected a charge voucher")
         excess = voucher.amount - (self.charged + cost)
-        self.vouchers.accept(voucher, self._proxy_key, contract=self.channel)
+        self.vouchers.accept(voucher, self._proxy_key, global_id=self._global_id, contract=self.channel)
         return excess
 
 
@@ -103,6 +104,7 @@ class WorkerPurse:
         self.redeem_threshold = redeem_threshold
         self.channel = ledger.worker_channel_address(proxy, wallet.address)
         self._proxy_key = ledger.proxy_key(proxy)
+        self._global_id = ledger.global_id()
 
     @property
     def earned(self) -> int:
@@ -118,7 +120,7 @@ class WorkerPurse:
         if voucher.tag != Tag.PAYOUT:
             raise VoucherError(f"{describe(voucher)}: expected a payout voucher")
         difference = voucher.amount - (self.earned + fee)
-        self.vouchers.accept(voucher, self._proxy_key, contract=self.channel)
+        self.vouchers.accept(voucher, self._proxy_key, global_id=self._global_id, contract=self.channel)
         return difference
 
     def redeem_if_due(self, *, force: bool = False) -> Outcome | None:

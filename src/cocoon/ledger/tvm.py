@@ -23,7 +23,7 @@ from pytvm.engine import EmulatorEngineC
 from pytvm.utils import get_method_id
 
 from cocoon.core.errors import CocoonError
-from cocoon.ledger.contracts import config_boc
+from cocoon.ledger.contracts import config_boc, config_with_global_id
 
 _LIB = Path(pytvm.__file__).parent / "engine" / "libemulator-linux-x86_64.so"
 _ZERO_SEED = "00" * 32
@@ -144,7 +144,9 @@ def _out_messages(tx_cell: Cell) -> list[OutMessage]:
 
 
 @cache
-def shared_tvm() -> Tvm:
-    """The process's emulator (building one parses the 115 kB config: do it once)."""
-    return Tvm()
+def shared_tvm(global_id: int | None = None) -> Tvm:
+    """The process's emulator for a chain with this global id (None: the sandbox's recorded config as it is, a
+    mainnet snapshot). Building one parses the 115 kB config: once per global id."""
+    config = config_boc() if global_id is None else config_with_global_id(config_boc(), global_id)
+    return Tvm(config)
 

@@ -1,9 +1,13 @@
 """Vouchers: the proxy's Ed25519 signature over exactly the cell the contracts verify (contracts README):
 
-    voucher#_ tag:uint32 contract:MsgAddressInt seqno:uint64 amount:Coins = Voucher;   (signature over its hash)
+    voucher#_ tag:uint32 global_id:int32 contract:MsgAddressInt seqno:uint64 amount:Coins = Voucher;
+    (signature over its hash)
 
-`amount` is cumulative since the channel opened and `seqno` orders the proxy's vouchers, so the latest voucher is
-all a client or worker needs to keep. `VoucherBook` keeps it, in SQLite, and refuses anything that is not newer.
+`global_id` is the network's (ConfigParam 19): the contracts put their own chain's there when they verify, so a
+voucher signed for one network (a test network, a local chain) is worthless on another with the same keys and
+addresses. `amount` is cumulative since the channel opened and `seqno` orders the proxy's vouchers, so the latest
+voucher is all a client or worker needs to keep. `VoucherBook` keeps it, in SQLite, and refuses anything that is
+not newer, or not for its network.
 """
 
 from __future__ import annotations
@@ -28,32 +32,38 @@ class VoucherError(ValueError, CocoonError):
 
 class Voucher(msgspec.Struct, frozen=True):
     tag: int  # Tag: charge | final | payout
+    global_id: int  # the network it was signed for (ConfigParam 19)
     contract: str  # the channel it is for, raw address
     seqno: int
     amount: int  # cumulative nanoTON
     signature: bytes = b""
 
     def signed_hash(self) -> bytes:
-        return voucher_hash(Tag(self.tag), self.contract, self.seqno, self.amount)
+        return voucher_hash(Tag(self.tag), self.global_id, self.contract, self.seqno, self.amount)
 
-    def verify(self, public_key: bytes) -> None:
-        """Raise VoucherError unless `public_key` signed this voucher."""
+    def verify(self, public_key: bytes, global_id: int) -> None:
+        """Raise VoucherError unless `public_key` signed this voucher for the network whose id is `global_id` (what
+        the contracts on that network check)."""
+        if self.global_id != global_id:
+            raise VoucherError(f"{describe(self)}: signed for the network with global id {self.global_id}; this "
+                               f"network's is {global_id}")
         try:
             VerifyKey(public_key).verify(self.signed_hash(), self.signature)
         except (BadSignatureError, ValueError) as exc:
             raise VoucherError(f"{describe(self)}: the signature is not the proxy's") from exc
 
 
-def voucher_hash(tag: Tag, contract: str, seqno: int, amount: int) -> bytes:
-    cell = (begin_cell().store_uint(tag, 32).store_address(Address(contract)).store_uint(seqno, 64)
-            .store_coins(amount).end_cell())
+def voucher_hash(tag: Tag, global_id: int, contract: str, seqno: int, amount: int) -> bytes:
+    cell = (begin_cell().store_uint(tag, 32).store_int(global_id, 32).store_address(Address(contract))
+            .store_uint(seqno, 64).store_coins(amount).end_cell())
     return cell.hash
 
 
-def sign_voucher(key: Wallet, tag: Tag, contract: str, seqno: int, amount: int) -> Voucher:
-    """`key` is the proxy's voucher key (any Ed25519 seed holder)."""
+def sign_voucher(key: Wallet, tag: Tag, contract: str, seqno: int, amount: int, *, global_id: int) -> Voucher:
+    """`key` is the proxy's voucher key (any Ed25519 seed holder); `global_id` the network's (Ledger.global_id)."""
     contract = raw_address(contract)
-    return Voucher(int(tag), contract, seqno, amount, key.sign(voucher_hash(tag, contract, seqno, amount)))
+    return Voucher(int(tag), global_id, contract, seqno, amount,
+                   key.sign(voucher_hash(tag, global_id, contract, seqno, amount)))
 
 
 def describe(v: Voucher) -> str:
@@ -70,7 +80,7 @@ def ton(nanoton: int) -> str:
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vouchers (
     contract TEXT NOT NULL, tag INTEGER NOT NULL, seqno INTEGER NOT NULL, amount INTEGER NOT NULL,
-    signature BLOB NOT NULL, PRIMARY KEY (contract, tag)
+    signature BLOB NOT NULL, global_id INTEGER NOT NULL, PRIMARY KEY (contract, tag)
 );
 """
 
@@ -87,24 +97,30 @@ class VoucherBook:
         # the next one covers everything before it
         self._db = open_sqlite(path, synchronous="NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(vouchers)")}
+        if "global_id" not in columns:
+            self._db.close()
+            raise VoucherError(f"{path} holds vouchers from before vouchers named their network, which no contract "
+                               f"of this version accepts: move it away (with the chain they were for)")
         self._lock = threading.Lock()
 
-    def accept(self, voucher: Voucher, proxy_key: bytes, *, contract: str | None = None) -> Voucher:
-        """Store `voucher` if it is valid and newer, else raise VoucherError. `contract`: the channel it must be
-        for (a voucher for another channel is worthless here)."""
+    def accept(self, voucher: Voucher, proxy_key: bytes, *, global_id: int, contract: str | None = None) -> Voucher:
+        """Store `voucher` if it is valid for the network `global_id` and newer, else raise VoucherError.
+        `contract`: the channel it must be for (a voucher for another channel is worthless here)."""
         if contract is not None and raw_address(contract) != voucher.contract:
             raise VoucherError(f"{describe(voucher)}: expected a voucher for {raw_address(contract)}")
         if voucher.amount < 0 or voucher.seqno < 0:
             raise VoucherError(f"{describe(voucher)}: negative seqno or amount")
-        voucher.verify(proxy_key)
+        voucher.verify(proxy_key, global_id)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 last = self._latest(voucher.contract, voucher.tag)
                 if last is not None:
                     _check_newer(voucher, last)
-                self._db.execute("INSERT OR REPLACE INTO vouchers VALUES (?, ?, ?, ?, ?)",
-                                 (voucher.contract, voucher.tag, voucher.seqno, voucher.amount, voucher.signature))
+                self._db.execute("INSERT OR REPLACE INTO vouchers VALUES (?, ?, ?, ?, ?, ?)",
+                                 (voucher.contract, voucher.tag, voucher.seqno, voucher.amount, voucher.signature,
+                                  voucher.global_id))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -116,9 +132,9 @@ class VoucherBook:
             return self._latest(raw_address(contract), int(tag))
 
     def _latest(self, contract: str, tag: int) -> Voucher | None:
-        row = self._db.execute("SELECT seqno, amount, signature FROM vouchers WHERE contract = ? AND tag = ?",
-                               (contract, tag)).fetchone()
-        return Voucher(tag, contract, row[0], row[1], row[2]) if row else None
+        row = self._db.execute("SELECT global_id, seqno, amount, signature FROM vouchers WHERE contract = ? AND "
+                               "tag = ?", (contract, tag)).fetchone()
+        return Voucher(tag, row[0], contract, row[1], row[2], row[3]) if row else None
 
     def close(self) -> None:
         self._db.close()

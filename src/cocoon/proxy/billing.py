@@ -75,7 +75,7 @@ class Billing:
             if cfg.payments:
                 raise
             self.key = Wallet(os.urandom(32))  # payments off: no voucher leaves the books, a per-start key does
-        self.books = ProxyBooks(state / "proxy-books.sqlite", self.key)
+        self.books = ProxyBooks(state / "proxy-books.sqlite", self.key, ledger.global_id())
         self.settlement: ProxySettlement | None = None
         self.accounts: set[Account] = set()
         self.beyond_bounds = 0  # answers whose reported usage went beyond their bounds

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 
@@ -131,7 +131,9 @@ class ClientConfig(CommonConfig, kw_only=True, forbid_unknown_fields=True):
     max_body_bytes: int = 1024 * 1024
     max_tokens_limit: int = 4096  # a limit, not a cap: a request asking for more `max_tokens` gets 400
     max_prompt_chars: int = 200_000
-    default_max_coefficient: int | None = None
+    # the dearest worker price coefficient (per-mille of the list price) this client's requests may be served at;
+    # the proxy reserves each request's money at this coefficient (the registry allows up to its max_coefficient)
+    default_max_coefficient: Annotated[int, msgspec.Meta(gt=0)] = 2000
     request_timeout_s: float = 600.0
     # the payment channel with each proxy (nanoTON): the first deposit and the stake in it, then automatic
     # top-ups to `top_up_to_nanoton` whenever less than `top_up_below_nanoton` is left for new requests

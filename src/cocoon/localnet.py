@@ -90,12 +90,17 @@ class LocalNet:
         options = dict(engine_options)
         if engine == "embedded" and "threads" not in options:
             options["threads"] = max(1, (os.cpu_count() or 2) // max(workers, 1))
+        self._worker = {"proxy": proxy_addr, "engine": engine, "engine_options": options,
+                        "attestation": attestation, "image": "cocoon-worker-dev", "max_active_requests": max_active}
         for i in range(1, workers + 1):
-            self._add("worker", WorkerConfig(name=f"worker-{i}", proxy=proxy_addr, engine=engine,
-                                             engine_options=options, attestation=attestation,
-                                             image="cocoon-worker-dev", max_active_requests=max_active,
-                                             stats_port=free_port(), **common))
+            self.add_worker(f"worker-{i}")
         self.add_client("client-1", port)
+
+    def add_worker(self, name: str, **options: Any) -> NodeProcess:
+        """One more worker process like the others, with `options` (WorkerConfig fields) of its own; before
+        start(), or after it and then spawn()ed."""
+        return self._add("worker", WorkerConfig(name=name, stats_port=free_port(),
+                                                **{**self._worker, **options}, **self._common))
 
     def add_client(self, name: str, port: int) -> NodeProcess:
         """One more client process, before start(): its own key, so the proxy sees another client."""

@@ -1,8 +1,8 @@
 """One client request through the proxy: admission, a worker, relaying, retrying, and settling the books.
 
 Before any work, billing admits the request: its `request_id` is taken for its paying party (one answer per id:
-an id in flight or answered before is refused), and its maximum cost reserved at the dearest coefficient it may be
-routed to.
+an id in flight or answered before is refused), and its maximum cost reserved at its price cap (the client's,
+within the registry's maximum), the dearest coefficient it may be routed to.
 
 Until the first token reaches the client, a failing worker (lost link, stall, server error) is invisible:
 the request moves to another worker, within its attempts and its deadline: it is still the same request,
@@ -102,8 +102,7 @@ class Forwarder:
             admitted = True
             if not self.registry.knows(req.model):
                 raise model_not_found(req.model)
-            res = self.billing.admit(req, client.account, req.max_coefficient or
-                                     self.registry.max_coefficient(req.model))
+            res = self.billing.admit(req, client.account, self._price_cap(req))
             cap = res.max_tokens
             job = _Job(client, req if cap == req.max_tokens else msgspec.structs.replace(req, max_tokens=cap), res)
             outcome = await self._route(job)
@@ -126,6 +125,22 @@ class Forwarder:
             self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
             log.info("request done", extra={"fields": {
                 "outcome": outcome, "model": req.model, "ms": round((time.monotonic() - started) * 1000, 1)}})
+
+    def _price_cap(self, req: Request) -> int:
+        """The dearest worker coefficient this request may be served at: the client's cap, never above the root
+        registry's max_coefficient (which is the cap when the client sets none).
+
+        The request's money is reserved at this cap, not at the coefficient of some worker connected now: every
+        worker it can be routed to (a retry may move it to another) charges at most that, so the charge stays
+        within the reservation, and a dear worker linked to the proxy never makes a request fail that cheaper ones
+        could serve (it used to: a worker announcing 10**12 raised every uncapped reservation out of reach)."""
+        ceiling = self.billing.ledger.root_params().prices.max_coefficient
+        if req.max_coefficient is None:
+            return ceiling
+        if req.max_coefficient <= 0:
+            raise ApiError(400, f"max_coefficient must be positive, not {req.max_coefficient}",
+                           code=ErrorCode.INVALID_VALUE, param="max_coefficient")
+        return min(req.max_coefficient, ceiling)
 
     async def _route(self, job: _Job) -> str:
         req = job.req

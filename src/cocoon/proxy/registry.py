@@ -27,14 +27,12 @@ class WorkerRegistry:
         self._links: set[WorkerLink] = set()
         self._serving: dict[str, int] = {}  # model → connected workers
         self._last_seen: dict[str, float] = {}
-        self._dearest: dict[str, int] = {}  # model → the highest coefficient among its workers
 
     def add(self, link: WorkerLink) -> None:
         self._links.add(link)
         for model in link.params.models:
             self._serving[model] = self._serving.get(model, 0) + 1
             self._last_seen[model] = time.time()
-            self._dearest[model] = max(self._dearest.get(model, 0), link.params.coefficient)
 
     def remove(self, link: WorkerLink) -> None:
         if link not in self._links:
@@ -45,18 +43,12 @@ class WorkerRegistry:
             if not self._serving[model]:
                 del self._serving[model]
             self._last_seen[model] = time.time()
-            self._dearest[model] = max((w.params.coefficient for w in self._links if model in w.params.models),
-                                       default=0)
 
     def workers(self) -> list[WorkerLink]:
         return list(self._links)
 
     def __len__(self) -> int:
         return len(self._links)
-
-    def max_coefficient(self, model: str) -> int:
-        """The dearest coefficient a request for `model` may meet now (list price when no worker serves it)."""
-        return self._dearest.get(model) or 1000
 
     def knows(self, model: str) -> bool:
         seen = self._last_seen.get(model)

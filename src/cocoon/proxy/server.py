@@ -85,7 +85,8 @@ class ProxyServer:
 
     # -- links -----------------------------------------------------------------------------------------------
     async def _on_peer(self, stream: tls.TlsStream) -> None:
-        def engine_allowed(hello: Hello) -> None:
+        def admit(hello: Hello) -> None:
+            self._check_worker_params(hello)
             # known only now: the models a worker serves, which the registry may allow its remote engine for
             if hello.role == "worker" and hello.worker is not None:
                 self.verifier.check_engine_models(stream.peer, hello.worker.models)
@@ -93,15 +94,15 @@ class ProxyServer:
         try:
             conn, hello = await accept_hello(stream, name=self.cfg.name, allowed_roles={"worker", "client"},
                                              timeout=self.cfg.admission.handshake_timeout_s,
-                                             admit=engine_allowed)
+                                             admit=admit)
         except (ProtocolError, ConnectionError, TimeoutError) as exc:
-            log.warning("refused peer at hello", extra={"fields": {"peer": stream.peername, "reason": str(exc)}})
+            log.warning("refused peer at hello", extra={"fields": {"peer": stream.peername,
+                                                                   "key": stream.peer.public_key.hex()[:16],
+                                                                   "reason": str(exc)}})
             return
         key = stream.peer.public_key.hex()
         if hello.role == "worker":
-            if hello.worker is None or not hello.worker.models or hello.worker.max_active_requests < 1:
-                log.warning("worker hello without usable params", extra={"fields": {"worker": hello.name}})
-                return
+            assert hello.worker is not None  # admit() lets no worker in without its params
             models = hello.worker.models
             conn.admission = lambda peer: self.verifier.check_engine_models(peer, models)
             link = WorkerLink(conn=conn, params=hello.worker, key=key, name=hello.name)
@@ -138,6 +139,20 @@ class ProxyServer:
                 for task in list(client.inflight.values()):
                     task.cancel()  # its relay then cancels the call on the worker
             log.info("client disconnected", extra={"fields": {"client": key[:16], "reason": reason}})
+
+    def _check_worker_params(self, hello: Hello) -> None:
+        """Raise ProtocolError (the worker is told why; the log says it too) unless a worker's hello announces
+        usable params. Its price coefficient must lie in 1..the root registry's max_coefficient: a worker
+        announcing more would be a price no client agreed to, and one at or below zero no price at all."""
+        if hello.role != "worker":
+            return
+        params = hello.worker
+        if params is None or not params.models or params.max_active_requests < 1:
+            raise ProtocolError("a worker's hello must name its models and at least one concurrent request")
+        ceiling = self.ledger.refresh().prices.max_coefficient
+        if not 0 < params.coefficient <= ceiling:
+            raise ProtocolError(f"price coefficient {params.coefficient} is outside 1..{ceiling} (per-mille of the "
+                                f"list price; the root registry's max_coefficient)")
 
     def _on_worker_message(self, conn: Connection, msg: Inbound) -> None:
         # Workers only answer; a worker that sends requests is ignored rather than trusted.

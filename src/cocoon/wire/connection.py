@@ -303,8 +303,8 @@ async def dial_hello(stream: TlsStream, hello: Hello, *, timeout: float = 10.0) 
 
 async def accept_hello(stream: TlsStream, *, name: str, allowed_roles: set[str], timeout: float = 10.0,
                        admit: Callable[[Hello], None] | None = None) -> tuple[Connection, Hello]:
-    """Listener side: read the peer's Hello, check version and role (and `admit`, which raises AttestationError
-    to refuse what the hello announces), ack or refuse (then raise)."""
+    """Listener side: read the peer's Hello, check version and role (and `admit`, the listener's own rules, which
+    raises AttestationError or ProtocolError to refuse what the hello announces), ack or refuse (then raise)."""
     conn = Connection(stream, name=name)
     msg = await conn.read_message(timeout)
     reason = None
@@ -320,7 +320,7 @@ async def accept_hello(stream: TlsStream, *, name: str, allowed_roles: set[str],
     elif admit is not None:
         try:
             admit(msg)
-        except AttestationError as exc:
+        except (AttestationError, ProtocolError) as exc:
             reason = str(exc)
     if reason is not None:
         conn.send_nowait(Refuse(reason=reason))

@@ -232,13 +232,12 @@ async def test_closing_the_stream_stops_generation(engine: EmbeddedEngine) -> No
     stream = engine.stream(typed("completions", body))
     for _ in range(5):
         await anext(stream)
-    loop = asyncio.get_running_loop()
-    closed_at, count_at_close = loop.time(), engine.generated_tokens
+    count_at_close = engine.generated_tokens
     await stream.aclose()
     # the next request waits for the model thread: it starts only once the abandoned one has stopped
     _, usage, _ = await run_complete(engine, "completions", {**body, "stream": False, "max_tokens": 1})
     assert usage["completion_tokens"] == 1
-    assert loop.time() - closed_at < 2.0  # 1000 tokens would take several seconds
+    # counted, not timed (a loaded machine slows both): 1000 tokens would have been generated had it gone on
     assert engine.generated_tokens - count_at_close <= 3  # at most the token in flight, plus the new one
 
 

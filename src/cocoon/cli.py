@@ -10,6 +10,7 @@ from typing import Annotated, Literal, TypeVar
 
 import typer
 
+from cocoon.chain.cli import app as chain_app
 from cocoon.config import ClientConfig, CommonConfig, ConfigError, ProxyConfig, WorkerConfig, load_config
 from cocoon.ledger_cli import app as ledger_app
 
@@ -264,6 +265,7 @@ def gen_cert(
 
 
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(chain_app, name="chain")
 
 
 def main() -> None:

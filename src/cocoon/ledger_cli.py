@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import datetime
 import tomllib
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from cocoon.attest.types import AttestationError
-from cocoon.ledger.base import TON, LedgerError
+from cocoon.ledger.base import LedgerError
 from cocoon.ledger.contracts import Tag
 from cocoon.ledger.devnet import ledger_path, vouchers_path
 from cocoon.ledger.local import LocalLedger
 from cocoon.ledger.onchain import RegisteredProxy
 from cocoon.ledger.purse import ClientPurse, WorkerPurse
-from cocoon.ledger.vouchers import VoucherBook, ton
+from cocoon.ledger.vouchers import VoucherBook, nanoton, ton
 from cocoon.ledger.wallet import Wallet
 from cocoon.nodekeys import WALLET, operator_keys
 
@@ -37,13 +36,9 @@ Name = Annotated[str, typer.Option("--name", help="The node whose wallet acts (a
 def parse_ton(text: str) -> int:
     """'1.5' -> 1_500_000_000 nanoTON, exactly; at most 9 decimals."""
     try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise typer.BadParameter(f"{text!r} is not an amount in TON") from None
-    nano = value * TON
-    if nano != nano.to_integral_value() or nano < 0:
-        raise typer.BadParameter(f"{text} TON is not a whole number of nanoTON (at most 9 decimals, not negative)")
-    return int(nano)
+        return nanoton(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def _open(state_dir: Path) -> LocalLedger:

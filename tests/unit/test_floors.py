@@ -24,7 +24,7 @@ FLOORS: list[set[str]] = [
     {"openai"},
     {"inference"},
     {"runtime", "nodekeys"},
-    {"client", "proxy", "worker"},
+    {"client", "proxy", "worker", "chain"},
     {"cli", "ledger_cli", "localnet", "bench", "__main__"},
 ]
 FLOOR = {unit: level for level, units in enumerate(FLOORS) for unit in units}

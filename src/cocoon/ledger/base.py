@@ -134,8 +134,9 @@ class WorkerChannelState:
 @dataclass(frozen=True)
 class Outcome:
     """What an operation cost on chain: every transaction's fees plus the forward fees of the messages between
-    them (the sending wallet's own fees excluded: they depend on the wallet). None where the backend returns
-    before the chain executed the operation (ton)."""
+    them. On `local` the sending wallet is the chain's own and costs nothing; on `ton` it is a standard wallet
+    contract, whose transaction's fees are counted. None where the backend returns before the chain executed the
+    operation (`ton` over liteservers)."""
 
     fees: int | None
 

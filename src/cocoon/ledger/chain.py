@@ -16,6 +16,8 @@
   (the sandbox's spacing, so recorded vectors replay with their own logical times).
 - Every operation is one SQLite transaction (WAL): a crash leaves the chain before or after it, never between.
 - Conservation: minted = Σ wallet balances + Σ account balances + Σ fees (checked by `audit`).
+- Each transaction's cell (what the emulator made; none for a delivery to a wallet, which runs no code) and its
+  inbound message are kept, so that a message is found by its hash (`transactions_of`, the devnet's API).
 - Clock: real time by default (injectable); `advance` adds a persistent offset that every process using the
   file sees, so tests can let a close delay pass at once.
 """
@@ -23,6 +25,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 import time
 from collections import deque
@@ -59,6 +62,11 @@ CREATE TABLE IF NOT EXISTS transactions (
     bounced INTEGER NOT NULL, exit_code INTEGER, success INTEGER NOT NULL, total_fees INTEGER NOT NULL,
     forward_fee INTEGER NOT NULL, value INTEGER NOT NULL, storage_fee INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS transaction_cells (
+    lt INTEGER PRIMARY KEY, address TEXT NOT NULL, hash BLOB NOT NULL, in_msg_hash BLOB NOT NULL, boc BLOB,
+    in_msg BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS transaction_cells_by_address ON transaction_cells (address, lt);
 """
 
 
@@ -82,6 +90,23 @@ class ChainTx:
     @property
     def fees(self) -> int:
         return self.total_fees + self.forward_fee
+
+
+@dataclass(frozen=True)
+class StoredTx:
+    """A recorded transaction as an API serves it: its cell (None for a delivery to a wallet) and inbound message."""
+
+    address: str
+    lt: int
+    hash: bytes
+    in_msg_hash: bytes
+    boc: bytes | None
+    in_msg: bytes  # BOC of the inbound message
+    now: int
+    total_fees: int
+    storage_fee: int
+    value: int
+    forward_fee: int
 
 
 @dataclass(frozen=True)
@@ -240,6 +265,10 @@ class LocalChain:
                           "SELECT balance FROM accounts WHERE address = ?", (address, address))
         return rows[0][0] if rows else 0
 
+    def is_wallet(self, address: str) -> bool:
+        """Whether `address` is one of this chain's plain wallets (which run no code)."""
+        return bool(self._read("SELECT 1 FROM wallets WHERE address = ?", (raw_address(address),)))
+
     def wallet_key(self, address: str) -> bytes | None:
         rows = self._read("SELECT public_key FROM wallets WHERE address = ?", (raw_address(address),))
         return bytes(rows[0][0]) if rows and rows[0][0] is not None else None
@@ -275,6 +304,16 @@ class LocalChain:
             (wallets,), = self._read("SELECT COALESCE(SUM(balance), 0) FROM wallets")
             (accounts,), = self._read("SELECT COALESCE(SUM(balance), 0) FROM accounts")
             return Audit(int(self.get_meta("minted")), wallets, accounts, int(self.get_meta("fees")))
+
+    def transactions_of(self, address: str, limit: int, before_lt: int | None = None) -> list[StoredTx]:
+        """The account's transactions, newest first, at most `limit`, older than `before_lt` when given."""
+        rows = self._read("SELECT c.lt, c.hash, c.in_msg_hash, c.boc, c.in_msg, t.now, t.total_fees, t.storage_fee, "
+                          "t.value, t.forward_fee FROM transaction_cells c JOIN transactions t ON t.lt = c.lt "
+                          "WHERE c.address = ? AND c.lt < ? ORDER BY c.lt DESC LIMIT ?",
+                          (raw_address(address), before_lt if before_lt is not None else 2**63 - 1, limit))
+        return [StoredTx(address=raw_address(address), lt=r[0], hash=bytes(r[1]), in_msg_hash=bytes(r[2]),
+                         boc=bytes(r[3]) if r[3] is not None else None, in_msg=bytes(r[4]), now=r[5],
+                         total_fees=r[6], storage_fee=r[7], value=r[8], forward_fee=r[9]) for r in rows]
 
     def transactions(self, since_lt: int = 0) -> list[tuple[Any, ...]]:
         """Recorded transactions after `since_lt`, oldest first (for `cocoon ledger status` and tests)."""
@@ -352,6 +391,12 @@ class LocalChain:
         self._db.execute("INSERT INTO transactions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          (lt, now, dest, source, op, int(bounced), tx.exit_code, int(tx.success), tx.total_fees,
                           forward_fee, value, tx.storage_fee))
+        # a delivery to a wallet has no transaction cell: its hash is made from what identifies it
+        tx_hash = (Cell.one_from_boc(tx.result.boc).hash if tx.result is not None and tx.result.boc
+                   else hashlib.sha256(b"cocoon-wallet-delivery" + lt.to_bytes(8, "big") + cell.hash).digest())
+        self._db.execute("INSERT INTO transaction_cells VALUES (?, ?, ?, ?, ?, ?)",
+                         (lt, dest, tx_hash, cell.hash, tx.result.boc if tx.result is not None else None,
+                          cell.to_boc()))
         return tx
 
     def _store_account(self, address: str, shard_account: bytes, lt: int) -> None:

@@ -118,7 +118,7 @@ def config_boc() -> bytes:
     return (VECTORS_DIR / "config.boc").read_bytes()
 
 
-def _config_params(config: bytes) -> dict[int, Cell]:
+def config_params(config: bytes) -> dict[int, Cell]:
     """The blockchain config (a `Hashmap 32 ^Cell` root, as the emulator takes it) by parameter number."""
     root = Cell.one_from_boc(config)
     return HashMap.parse(root.begin_parse(), 32, key_deserializer=lambda bits: int(bits, 2),
@@ -127,13 +127,13 @@ def _config_params(config: bytes) -> dict[int, Cell]:
 
 def config_global_id(config: bytes) -> int:
     """The global id a blockchain config gives its chain."""
-    return _config_params(config)[_GLOBAL_ID_PARAM].begin_parse().load_int(32)
+    return config_params(config)[_GLOBAL_ID_PARAM].begin_parse().load_int(32)
 
 
 def config_with_global_id(config: bytes, global_id: int) -> bytes:
     """The same blockchain config for a chain whose global id is `global_id`."""
     params = HashMap(32, value_serializer=lambda cell, b: b.store_ref(cell))
-    for number, cell in _config_params(config).items():
+    for number, cell in config_params(config).items():
         params.set_int_key(number, cell)
     params.set_int_key(_GLOBAL_ID_PARAM, begin_cell().store_int(global_id, 32).end_cell())
     return params.serialize().to_boc()

@@ -133,7 +133,8 @@ class OnChainLedger(Ledger):
     def proxy_address(self, owner: str, pubkey: bytes) -> str:
         """The proxy contract a registration of (`owner`, `pubkey`) would deploy now."""
         (addr,) = self.run_get(self.root, "get_proxy_address", [_address_slice(owner), int.from_bytes(pubkey, "big")])
-        return raw_address(addr.load_address())
+        # a toncenter-style API returns slices as cells
+        return raw_address((addr.begin_parse() if isinstance(addr, Cell) else addr).load_address())
 
     # ---- addresses ----
     def client_channel_address(self, proxy: str, client: str, nonce: int = 0) -> str:

@@ -1,9 +1,17 @@
-"""The `ton` ledger: the same contracts on real TON, reached through liteservers.
+"""The `ton` ledger: the same contracts on real TON (or `cocoon chain`, a devnet serving the same API), reached
+through a transport: a toncenter-v2 HTTP API (`ledger/toncenter.py`) or liteservers (`LiteTransport`).
 
-Each operation is the contracts' own message (onchain.py), sent from the party's deployed wallet v4r2 as a
-signed external message. The liteserver list comes from a config file the operator provides (it is never
-downloaded). `submit` returns once a liteserver accepted the external message: the chain executes it within
-seconds, and its outcome (and fees) are seen by reading the contracts afterwards, so `Outcome.fees` is None.
+Each operation is the contracts' own message (onchain.py), sent from the party's standard wallet v4r2 as a signed
+external message; the wallet's first operation deploys it (its StateInit rides along, seqno 0). A transport that
+can find the outcome (toncenter) waits for the wallet's transaction, found by the external message's hash, and for
+every transaction the message caused: a contract's refusal raises LedgerRefused and the fees are read from the
+transactions. One that cannot (liteservers, for now) returns once the message was accepted: `Outcome.fees` is None.
+
+Why resending is safe and re-signing is not: an external message is accepted at most once, because the wallet
+checks its seqno (then increments it) and its `valid_until`. The same bytes sent twice execute once; a message
+not seen by `valid_until` never executes. A new message signed after an unknown outcome (with the seqno read again)
+could execute the operation twice, so nothing here re-signs: an unknown outcome is an error naming the message.
+The liteserver list comes from a config file the operator provides (it is never downloaded).
 """
 
 from __future__ import annotations
@@ -13,21 +21,55 @@ import json
 import threading
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from pytoniq_core import Address, Cell, begin_cell
+from pytoniq_core.tlb.account import StateInit
+from pytoniq_core.tlb.custom.wallet import WalletV4Data
 from pytoniq_core.tlb.transaction import ExternalMsgInfo
 
 from cocoon.ledger import layouts
-from cocoon.ledger.base import LedgerError, Outcome, RootParams
+from cocoon.ledger.base import LedgerError, LedgerRefused, Outcome, RootParams
+from cocoon.ledger.contracts import describe_exit
 from cocoon.ledger.onchain import Message, OnChainLedger
 from cocoon.ledger.wallet import Wallet
 
 DEFAULT_WALLET_ID = 698983191  # wallet v4r2's subwallet id on the basechain
 SEND_MODE = 3  # pay forwarding fees from the wallet's balance, ignore errors in the action phase
 MESSAGE_TTL_S = 60  # a signed external message expires then: a replay later is refused by the wallet
+# The standard wallet v4r2's code hash (base64 /rX/aCDi/w2Ug+fg1iyBfYRniftK5YDIeIZtlZ2r1cA=): checked against
+# the code pytoniq ships, so that what is deployed is the well-known contract.
+WALLET_V4R2_CODE_HASH = "feb5ff6820e2ff0d9483e7e0d62c817d846789fb4ae580c878866d959dabd5c0"
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SeenTx:
+    """One transaction of an operation's trace, as read from the chain."""
+
+    address: str
+    lt: int
+    exit_code: int | None  # the compute phase's; None when it was skipped (no code ran)
+    aborted: bool
+    fees: int  # the transaction's total fees plus its inbound message's forwarding fee
+
+    @property
+    def success(self) -> bool:
+        return self.exit_code is None or (self.exit_code in (0, 1) and not self.aborted)
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Every transaction an external message caused, the wallet's first."""
+
+    transactions: list[SeenTx]
+    sent: int  # messages the wallet's transaction sent
+
+    @property
+    def fees(self) -> int:
+        return sum(t.fees for t in self.transactions)
 
 
 class Transport(Protocol):
@@ -37,12 +79,33 @@ class Transport(Protocol):
 
     def balance(self, address: str) -> int: ...
 
-    def send_boc(self, boc: bytes) -> None: ...
+    def send_boc(self, boc: bytes, *, dest: str, valid_until: int) -> Trace | None:
+        """Send an external message to `dest`; its trace once executed, or None if this transport cannot see it."""
+
+
+def wallet_v4r2_code() -> Cell:
+    from pytoniq.contract.wallets.wallet import WALLET_V4_R2_CODE  # the library's copy of the standard code
+
+    if WALLET_V4R2_CODE_HASH != WALLET_V4_R2_CODE.hash.hex():
+        raise LedgerError(f"pytoniq's wallet v4r2 code hashes to {WALLET_V4_R2_CODE.hash.hex()}, not the standard "
+                          f"{WALLET_V4R2_CODE_HASH}")
+    return WALLET_V4_R2_CODE
+
+
+def wallet_v4r2_init(public_key: bytes, wallet_id: int = DEFAULT_WALLET_ID) -> StateInit:
+    data = WalletV4Data(seqno=0, wallet_id=wallet_id, public_key=public_key, plugins=None).serialize()
+    return StateInit(code=wallet_v4r2_code(), data=data)
+
+
+def wallet_v4r2_address(public_key: bytes, wallet_id: int = DEFAULT_WALLET_ID) -> str:
+    """The basechain address of the standard wallet v4r2 of `public_key`."""
+    return layouts.address_of(wallet_v4r2_init(public_key, wallet_id)).to_str(is_user_friendly=False)
 
 
 def wallet_v4_transfer(wallet: Wallet, seqno: int, messages: list[Cell], *, valid_until: int,
-                       wallet_id: int = DEFAULT_WALLET_ID) -> Cell:
-    """The external message that makes wallet v4r2 at `wallet.address` send `messages` (internal messages):
+                       wallet_id: int = DEFAULT_WALLET_ID, init: StateInit | None = None) -> Cell:
+    """The external message that makes wallet v4r2 at `wallet.address` send `messages` (internal messages), with
+    the wallet's StateInit when it is not deployed yet (`init`, seqno 0):
 
         signature:bits512 subwallet_id:uint32 valid_until:uint32 seqno:uint32 op:uint8 (0: send) {mode:uint8 ^msg}
     """
@@ -54,7 +117,7 @@ def wallet_v4_transfer(wallet: Wallet, seqno: int, messages: list[Cell], *, vali
     to_sign = signed.end_cell()
     body = begin_cell().store_bytes(wallet.sign(to_sign.hash)).store_cell(to_sign).end_cell()
     info = ExternalMsgInfo(src=None, dest=Address(wallet.address), import_fee=0)
-    return layouts.message_cell(info.serialize(), body, None)
+    return layouts.message_cell(info.serialize(), body, init)
 
 
 class TonLedger(OnChainLedger):
@@ -84,12 +147,31 @@ class TonLedger(OnChainLedger):
         return self._cached
 
     def submit(self, wallet: Wallet, message: Message) -> Outcome:
-        (seqno,) = self.run_get(wallet.address, "seqno")
+        init = None
+        if self.is_active(wallet.address):
+            (seqno,) = self.run_get(wallet.address, "seqno")
+        else:  # the wallet's first operation deploys it
+            seqno, init = 0, wallet_v4r2_init(wallet.public_key)
+            if layouts.address_of(init).to_str(is_user_friendly=False) != wallet.address:
+                raise LedgerError(f"wallet {wallet.address} is not deployed, and it is not the standard wallet v4r2 "
+                                  f"of its key ({wallet_v4r2_address(wallet.public_key)}): cannot deploy it")
         internal = layouts.internal_message(None, Address(message.dest), message.value, message.body,
                                             message.init, message.bounce)
-        external = wallet_v4_transfer(wallet, seqno, [internal], valid_until=int(self._clock()) + MESSAGE_TTL_S)
-        self._transport.send_boc(external.to_boc())
-        return Outcome(fees=None)
+        valid_until = int(self._clock()) + MESSAGE_TTL_S
+        external = wallet_v4_transfer(wallet, seqno, [internal], valid_until=valid_until, init=init)
+        trace = self._transport.send_boc(external.to_boc(), dest=wallet.address, valid_until=valid_until)
+        if trace is None:
+            return Outcome(fees=None)
+        if trace.sent == 0:
+            raise LedgerError(f"{message.what}: wallet {wallet.address} sent nothing (its balance "
+                              f"{self.balance(wallet.address)} nanoTON may not cover {message.value} and the fees)")
+        failed = [t for t in trace.transactions if not t.success]
+        if failed:
+            t = failed[0]
+            raise LedgerRefused(message.what, t.address, t.exit_code, describe_exit(t.exit_code or 0))
+        if not any(t.address == message.dest and t.exit_code is not None for t in trace.transactions):
+            raise LedgerError(f"{message.what}: there is no contract at {message.dest}; the message bounced")
+        return Outcome(fees=trace.fees)
 
     def run_get(self, address: str, method: str, stack: list[Any] | None = None) -> list[Any]:
         return self._transport.run_get(address, method, stack or [])
@@ -141,8 +223,9 @@ class LiteTransport:
     def balance(self, address: str) -> int:
         return self._call(self._client.get_account_state(address)).balance
 
-    def send_boc(self, boc: bytes) -> None:
+    def send_boc(self, boc: bytes, *, dest: str, valid_until: int) -> Trace | None:
         self._call(self._client.raw_send_message(boc))
+        return None
 
     def close(self) -> None:
         self._call(self._client.close_all())

@@ -30,7 +30,12 @@ _ZERO_SEED = "00" * 32
 
 
 class TvmError(RuntimeError, CocoonError):
-    """The emulator could not run at all (malformed account or message), as opposed to a contract's refusal."""
+    """The emulator could not run at all (malformed account or message, an external message the contract did not
+    accept), or a get-method exited with an error (`exit_code`), as opposed to a contract's refusal of a message."""
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,7 @@ class TxResult:
     shard_account: bytes  # BOC of the account after the transaction, in the layout this emulator reads back
     transaction: Transaction
     out_messages: list[OutMessage]
+    boc: bytes = b""  # the transaction cell as the emulator made it (its hash is the transaction's)
 
     @property
     def lt(self) -> int:
@@ -103,10 +109,13 @@ class Tvm:
                 self._emulator, base64.b64encode(shard_account), base64.b64encode(message.to_boc()))
         if not raw.get("success"):
             raise TvmError(f"emulation failed: {raw.get('error') or raw}")
-        tx_cell = Cell.one_from_boc(base64.b64decode(raw["transaction"]))
+        tx_boc = base64.b64decode(raw["transaction"])
+        tx_cell = Cell.one_from_boc(tx_boc)
+        _in, out = transaction_messages(tx_cell)
         return TxResult(shard_account=base64.b64decode(raw["shard_account"]),
                         transaction=Transaction.deserialize(tx_cell.begin_parse()),
-                        out_messages=_out_messages(tx_cell))
+                        out_messages=[OutMessage(c, MessageAny.deserialize(c.begin_parse())) for c in out],
+                        boc=tx_boc)
 
     def run_get_method(self, code: Cell, data: Cell, address: Address, method: str, stack: list[Any] | None = None,
                        *, now: int, balance: int) -> list[Any]:
@@ -124,7 +133,7 @@ class Tvm:
                 engine.tvm_emulator_destroy(emu)
         if not raw.get("success") or raw.get("vm_exit_code") not in (0, 1):
             raise TvmError(f"get-method {method} failed: exit code {raw.get('vm_exit_code')} "
-                           f"{raw.get('error') or raw.get('vm_log', '')[-200:]}")
+                           f"{raw.get('error') or raw.get('vm_log', '')[-200:]}", raw.get("vm_exit_code"))
         return VmStack.deserialize(Slice.one_from_boc(base64.b64decode(raw["stack"])))
 
     def __del__(self) -> None:
@@ -133,14 +142,15 @@ class Tvm:
             self._engine.transaction_emulator_destroy(emulator)
 
 
-def _out_messages(tx_cell: Cell) -> list[OutMessage]:
-    # The messages are taken from the transaction cell as emitted rather than re-serialized, so that what the
-    # destination receives is bit for bit what the contract sent.
+def transaction_messages(tx_cell: Cell) -> tuple[Cell | None, list[Cell]]:
+    """A transaction's inbound message and its outbound ones in order, as the cells the transaction holds.
+
+    Taken from the transaction cell as emitted rather than re-serialized, so that what the destination receives is
+    bit for bit what the contract sent, and the cells' hashes are the messages' hashes (how a message is found)."""
     msgs = tx_cell.refs[0].begin_parse()
-    msgs.load_maybe_ref()  # the inbound message
+    inbound = msgs.load_maybe_ref()
     out = msgs.load_dict(15, value_deserializer=lambda s: s.load_ref()) or {}
-    cells = [out[i] for i in sorted(out)]
-    return [OutMessage(c, MessageAny.deserialize(c.begin_parse())) for c in cells]
+    return inbound, [out[i] for i in sorted(out)]
 
 
 @cache

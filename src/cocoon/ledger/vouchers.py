@@ -13,6 +13,7 @@ not newer, or not for its network.
 from __future__ import annotations
 
 import threading
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import msgspec
@@ -68,6 +69,18 @@ def sign_voucher(key: Wallet, tag: Tag, contract: str, seqno: int, amount: int, 
 
 def describe(v: Voucher) -> str:
     return f"{Tag(v.tag).name.lower()} voucher #{v.seqno} for {ton(v.amount)} TON on {v.contract}"
+
+
+def nanoton(text: str) -> int:
+    """'1.5' (TON) -> 1_500_000_000 nanoTON, exactly; ValueError beyond 9 decimals, negative, or not a number."""
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise ValueError(f"{text!r} is not an amount in TON") from None
+    nano = value * 1_000_000_000
+    if not nano.is_finite() or nano != nano.to_integral_value() or nano < 0:
+        raise ValueError(f"{text} TON is not a whole number of nanoTON (at most 9 decimals, not negative)")
+    return int(nano)
 
 
 def ton(nanoton: int) -> str:

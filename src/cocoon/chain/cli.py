@@ -1,0 +1,117 @@
+"""`cocoon chain serve` and `cocoon chain faucet`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+DEFAULT_PORT = 10090
+DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
+INFO_FILE = "devnet.json"
+
+app = typer.Typer(help="A devnet serving the toncenter-v2 HTTP API: cocoon's contracts and standard wallets in the "
+                       "TVM emulator, a block every interval, a faucet.", no_args_is_help=True)
+
+
+@app.command()
+def serve(
+    state_dir: Annotated[Path, typer.Option(help="The chain's own directory (created; reused when it holds one).")
+                         ] = Path(".cocoon/chain"),
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free one; see devnet.json).")
+                    ] = DEFAULT_PORT,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    block_interval: Annotated[float, typer.Option(min=0.01, help="Seconds between blocks; messages sent execute at "
+                                                                 "the next one.")] = 1.0,
+) -> None:
+    """Serve the devnet at http://HOST:PORT/api/v2 until Ctrl-C or SIGTERM; writes STATE_DIR/devnet.json (url, root,
+    global id, pid) once it listens."""
+    from aiohttp import web
+
+    from cocoon.chain.api import make_app, produce_blocks
+    from cocoon.chain.devnet import Devnet
+    from cocoon.ledger.base import LedgerError
+    from cocoon.runtime import JsonFormatter, run_until_signal
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter("chain", "devnet"))
+    logging.getLogger().handlers[:] = [handler]
+    logging.getLogger().setLevel(logging.INFO)
+    try:
+        devnet = Devnet(state_dir)
+    except (OSError, LedgerError) as exc:
+        typer.echo(f"error: the devnet in {state_dir} cannot start: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+    async def main(stop: asyncio.Event) -> None:
+        runner = web.AppRunner(make_app(devnet, block_interval), access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise typer.Exit(_fail(f"cannot listen on {host}:{port}: {exc}")) from None
+        url = f"http://{host}:{runner.addresses[0][1]}"
+        info = {"url": url, "api": f"{url}/api/v2", "root": devnet.root, "global_id": devnet.chain.global_id,
+                "faucet": devnet.faucet.address, "block_interval_s": block_interval, "pid": os.getpid()}
+        (state_dir / INFO_FILE).write_text(json.dumps(info))
+        typer.echo(f"chain serving {url}/api/v2 (root {devnet.root}, a block every {block_interval} s)", err=True)
+        blocks = asyncio.create_task(produce_blocks(devnet, block_interval, stop))
+        try:
+            await stop.wait()
+            await blocks
+        finally:
+            await runner.cleanup()
+
+    try:
+        run_until_signal(main)
+    finally:
+        devnet.close()
+
+
+def _fail(message: str) -> int:
+    typer.echo(f"error: {message}", err=True)
+    return 1
+
+
+@app.command()
+def faucet(
+    address: Annotated[str, typer.Argument(help="The address to fund (raw or user-friendly; deployed or not).")],
+    amount: Annotated[str, typer.Argument(help="TON, up to 9 decimals (1.5 = 1,500,000,000 nanoTON).")],
+    url: Annotated[str, typer.Option(help="The running devnet.")] = DEFAULT_URL,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait for the block that pays.")] = 30.0,
+) -> None:
+    """Fund ADDRESS with AMOUNT TON from a running devnet's faucet; waits for the block that pays it."""
+    from cocoon.ledger.vouchers import nanoton, ton
+
+    try:
+        nano = nanoton(amount)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="AMOUNT") from None
+    body = json.dumps({"address": address, "amount": nano}).encode()
+    req = urllib.request.Request(f"{url.rstrip('/')}/devnet/faucet", data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            answer = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            answer = json.loads(exc.read())
+        except ValueError:
+            raise typer.Exit(_fail(f"the devnet at {url} answered HTTP {exc.code}")) from None
+    except (OSError, ValueError) as exc:
+        raise typer.Exit(_fail(f"no devnet answers at {url}: {exc}")) from None
+    if not isinstance(answer, dict) or not answer.get("ok"):
+        error = answer.get("error") if isinstance(answer, dict) else answer
+        raise typer.Exit(_fail(f"the faucet refused: {error}"))
+    result = answer["result"]
+    typer.echo(f"funded {result['address']} with {ton(int(result['amount']))} TON; "
+               f"its balance is {ton(int(result['balance']))} TON")

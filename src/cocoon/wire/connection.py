@@ -42,6 +42,8 @@ from cocoon.wire.messages import (
 
 log = logging.getLogger(__name__)
 
+RECHECK_FAILED = "peer attestation could not be re-verified"
+
 InboundHandler = Callable[["Connection", Inbound], Awaitable[None] | None]
 
 
@@ -239,11 +241,17 @@ class Connection:
             except AttestationError as exc:
                 await self._revoke(f"peer attestation no longer accepted: {exc}")
                 return
+            except Exception as exc:  # fail closed: a peer that cannot be verified loses its link
+                # The local error (a path, an endpoint) stays in our log; the peer learns only the outcome.
+                await self._revoke(RECHECK_FAILED, f"{RECHECK_FAILED}: {type(exc).__name__}: {exc}")
+                return
             self.send_nowait(Ping(nonce=next(nonce), sent_at=time.time()))
 
-    async def _revoke(self, reason: str) -> None:
-        log.warning("closing link to %s: %s", self.peer_name or self.peer.key_id, reason,
-                    extra={"fields": {"peer": self.peer.key_id, "reason": reason}})
+    async def _revoke(self, reason: str, detail: str = "") -> None:
+        """Close the link, telling the peer `reason`; our log also gets `detail`, when there is one."""
+        logged = detail or reason
+        log.warning("closing link to %s: %s", self.peer_name or self.peer.key_id, logged,
+                    extra={"fields": {"peer": self.peer.key_id, "reason": logged}})
         self.send_nowait(Refuse(reason=reason))
         self._mark_closed(reason)
         await self.stream.close()

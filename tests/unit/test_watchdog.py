@@ -5,24 +5,29 @@ from __future__ import annotations
 import asyncio
 
 from cocoon.proxy.watchdog import Watchdog
+from cocoon.wire import frames
 from cocoon.wire.connection import Call
 from cocoon.wire.messages import Cancel, ResponseChunk, ResponseError
+from cocoon.wire.protocol import LinkProtocol
 
 
-class StubConnection:
+class Link:
+    """One open link's protocol state, without I/O; the frames its calls send are kept in `sent`."""
+
     def __init__(self) -> None:
-        self._calls: dict[int, Call] = {}
-        self.sent: list[object] = []
+        self.proto = LinkProtocol(name="proxy", peer_name="w1")
+        self.data: list[bytes] = []
 
-    def send_nowait(self, msg: object) -> None:
-        self.sent.append(msg)
+    @property
+    def sent(self) -> list[object]:
+        return list(frames.FrameReader().feed(b"".join(self.data)))
 
 
-def open_call() -> tuple[Call, StubConnection]:
-    conn = StubConnection()
-    call = Call(conn, 7)  # type: ignore[arg-type]
-    conn._calls[7] = call
-    return call, conn
+def open_call() -> tuple[Call, Link]:
+    link = Link()
+    call = Call(link.proto, link.data.append)
+    assert call.call_id == 1
+    return call, link
 
 
 async def test_no_first_token_in_time_cancels_the_call_and_says_so() -> None:
@@ -43,7 +48,7 @@ async def test_silence_mid_answer_is_an_idle_timeout_and_frames_keep_it_alive() 
     dog.answer_started()
     for _ in range(4):  # 0.2 s of steady frames: longer than the idle limit, never silent for it
         await asyncio.sleep(0.05)
-        call.queue.put_nowait(ResponseChunk(call_id=7, data=b"x"))
+        call.queue.put_nowait(ResponseChunk(call_id=1, data=b"x"))
         await call.next()
         dog.touch()
     msg = await asyncio.wait_for(call.next(), 1)

@@ -11,8 +11,9 @@ that moves those bytes over a TlsStream.
 Each side numbers the calls it originates (`call_id`); answers (head/chunk/end/error/models_reply) refer to the
 receiver's own call ids, requests and cancels to the peer's.
 
-Answers are the hot path (every relayed chunk): each is handed straight to its call's sink, with one set
-lookup to classify it, so that relaying costs no more than before this split.
+Answers are the hot path (every relayed chunk): each is classified by its exact type with one set lookup
+(isinstance on a msgspec struct costs about 15 times as much, and a union several times that) and handed
+straight to its call's sink.
 """
 
 from __future__ import annotations

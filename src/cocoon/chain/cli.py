@@ -65,10 +65,14 @@ def serve(
         (state_dir / INFO_FILE).write_text(json.dumps(info))
         typer.echo(f"chain serving {url}/api/v2 (root {devnet.root}, a block every {block_interval} s)", err=True)
         blocks = asyncio.create_task(produce_blocks(devnet, block_interval, stop))
+        stopped = asyncio.create_task(stop.wait())
         try:
-            await stop.wait()
+            # a block producer that fails ends the process (an API without blocks would hang every sender)
+            await asyncio.wait([blocks, stopped], return_when=asyncio.FIRST_COMPLETED)
+            stop.set()
             await blocks
         finally:
+            stopped.cancel()
             await runner.cleanup()
 
     try:

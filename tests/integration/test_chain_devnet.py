@@ -5,6 +5,7 @@ them back through get-methods, and every nanoTON is accounted for (funded = bala
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import subprocess
@@ -23,6 +24,7 @@ from cocoon.chain.devnet import CHAIN_FILE
 from cocoon.fsutil import private_dir
 from cocoon.ledger import layouts
 from cocoon.ledger.base import TON, LedgerRefused
+from cocoon.ledger.contracts import LOCAL_GLOBAL_ID
 from cocoon.ledger.local import LocalLedger
 from cocoon.ledger.ton import TonLedger, wallet_v4_transfer, wallet_v4r2_address
 from cocoon.ledger.toncenter import ToncenterTransport
@@ -59,15 +61,11 @@ def _get(url: str) -> tuple[int, Any]:
         return exc.code, json.loads(exc.read())
 
 
-@pytest.fixture(scope="module")
-def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    state = private_dir(tmp_path_factory.mktemp("devnet") / "chain")
-    # the registry owner's own operation, before the devnet serves: a proxy owned by a standard wallet
-    local = LocalLedger(state / CHAIN_FILE)
-    proxy = local.register_proxy(OPERATOR.address, VOUCHER_KEY.public_key, "127.0.0.1:1")
-    local.close()
+@contextlib.contextmanager
+def _serve(state: Path) -> Iterator[dict[str, Any]]:
+    """`cocoon chain serve` on `state` until the block ends; its /devnet/info."""
     port = free_port()
-    log = (state / "serve.log").open("wb")
+    log = (state / "serve.log").open("ab")
     proc = subprocess.Popen([sys.executable, "-m", "cocoon", "chain", "serve", "--state-dir", str(state), "--port",
                              str(port), "--block-interval", str(BLOCK_S)],
                             env={**os.environ, "PYTHONPATH": str(SRC)}, stdout=log, stderr=subprocess.STDOUT)
@@ -83,11 +81,36 @@ def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
                 assert time.monotonic() < deadline, "the devnet did not listen within 30 s"
                 time.sleep(0.1)
         assert status == 200 and json.loads((state / "devnet.json").read_text())["root"] == info["result"]["root"]
-        yield {"url": url, "api": f"{url}/api/v2", "root": info["result"]["root"], "proxy": proxy, "state": state}
+        yield {"url": url, "api": f"{url}/api/v2", **info["result"]}
     finally:
         stop_process(proc)
         log.close()
     assert proc.returncode == 0, (state / "serve.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    state = private_dir(tmp_path_factory.mktemp("devnet") / "chain")
+    # the registry owner's own operation, before the devnet serves: a proxy owned by a standard wallet
+    local = LocalLedger(state / CHAIN_FILE)
+    proxy = local.register_proxy(OPERATOR.address, VOUCHER_KEY.public_key, "127.0.0.1:1")
+    local.close()
+    with _serve(state) as info:
+        yield {**info, "proxy": proxy, "state": state}
+
+
+def test_the_devnet_keeps_its_state_in_its_directory(tmp_path: Path) -> None:
+    state = private_dir(tmp_path / "chain")
+    with _serve(state) as first:
+        status, _ = _post(f"{first['url']}/devnet/faucet", {"address": CLIENT.address, "amount": 3 * TON})
+        assert status == 200
+        transport = ToncenterTransport(first["api"])
+        assert transport.global_id() == first["global_id"] == LOCAL_GLOBAL_ID
+        seqno = transport.masterchain_seqno()
+    with _serve(state) as second:
+        transport = ToncenterTransport(second["api"])
+        assert second["root"] == first["root"] and transport.balance(CLIENT.address) == 3 * TON
+        assert transport.masterchain_seqno() >= seqno
 
 
 def test_faucet_wallets_and_contracts_over_the_http_api(devnet: dict[str, Any]) -> None:

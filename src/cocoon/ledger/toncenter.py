@@ -219,6 +219,15 @@ class ToncenterTransport:
         except (KeyError, TypeError, ValueError) as exc:
             raise ChainApiError(f"chain API {self.url} getMasterchainInfo: a malformed answer ({exc})") from None
 
+    def global_id(self) -> int:
+        """The chain's global id, from its config (param 19): what a node checks against its own configuration."""
+        result = self._call("getConfigParam", query={"config_id": 19})
+        try:
+            return Cell.one_from_boc(base64.b64decode(result["config"]["bytes"], validate=True)).begin_parse() \
+                .load_int(32)
+        except Exception as exc:  # pytoniq raises bare exceptions on malformed cells
+            raise ChainApiError(f"chain API {self.url} getConfigParam 19: a malformed answer ({exc})") from None
+
     def send_boc(self, boc: bytes, *, dest: str, valid_until: int) -> Trace:
         message_hash = Cell.one_from_boc(boc).hash
         body = {"boc": base64.b64encode(boc).decode()}

@@ -405,7 +405,7 @@ async def test_a_remote_engine_the_registry_stops_listing_loses_its_hello_and_it
             conn, _ = await accept_hello(stream, name="proxy", allowed_roles={"worker"}, admit=admit)
         except ProtocolError:
             return
-        conn.admission = lambda peer: verifier.check_engine_models(peer, ["m1"])
+        conn.peer_check = lambda peer: verifier.check_engine_models(peer, ["m1"])
         linked.set()
         proxy_ends.append(await conn.run(lambda c, m: None, ping_interval=interval))
 

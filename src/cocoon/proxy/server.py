@@ -104,7 +104,7 @@ class ProxyServer:
         if hello.role == "worker":
             assert hello.worker is not None  # admit() lets no worker in without its params
             models = hello.worker.models
-            conn.admission = lambda peer: self.verifier.check_engine_models(peer, models)
+            conn.peer_check = lambda peer: self.verifier.check_engine_models(peer, models)
             link = WorkerLink(conn=conn, params=hello.worker, key=key, name=hello.name)
             await self.billing.open_worker(key, hello.worker.owner)
             self.registry.add(link)

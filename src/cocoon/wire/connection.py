@@ -82,7 +82,7 @@ class Connection:
         self._tasks: set[asyncio.Task[None]] = set()
         # What the application checks of the peer beyond its certificate (a worker's engine against the models it
         # serves), again at every re-verification; AttestationError ends the link.
-        self.admission: Callable[[PeerIdentity], None] | None = None
+        self.peer_check: Callable[[PeerIdentity], None] | None = None
 
     # -- protocol state ------------------------------------------------------------------------------------
     @property
@@ -232,8 +232,8 @@ class Connection:
                 return
             try:
                 peer = self.stream.recheck()
-                if self.admission is not None:
-                    self.admission(peer)
+                if self.peer_check is not None:
+                    self.peer_check(peer)
             except AttestationError as exc:
                 await self._revoke(f"peer attestation no longer accepted: {exc}")
                 return

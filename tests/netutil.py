@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 
 def free_port() -> int:
@@ -80,11 +81,15 @@ class Net:
 
 @contextlib.contextmanager
 def localnet(state_dir: Path, *, engine: str = "fake", workers: int = 2, options: tuple[str, ...] = (),
-             max_active: int = 4, ready_s: float = 180.0) -> Iterator[Net]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "cocoon", "up", "--engine", engine, "--workers", str(workers), "--port",
-           str(port), "--state-dir", str(state_dir), "--max-active", str(max_active),
-           "--ready-timeout", str(ready_s)]
+             max_active: int | None = 4, ready_s: float = 180.0, port_range: tuple[int, int] | None = None
+             ) -> Iterator[Net]:
+    """`max_active` None: cocoon up's default; `port_range`: every port from it (the API's too)."""
+    port = free_port() if port_range is None else 0
+    cmd = [sys.executable, "-m", "cocoon", "up", "--engine", engine, "--workers", str(workers),
+           "--state-dir", str(state_dir), "--ready-timeout", str(ready_s)]
+    cmd += ["--port", str(port)] if port_range is None else ["--port-range", f"{port_range[0]}-{port_range[1]}"]
+    if max_active is not None:
+        cmd += ["--max-active", str(max_active)]
     for opt in options:
         cmd += ["--engine-option", opt]
     out = (state_dir.parent / f"{state_dir.name}-up.log").open("wb")
@@ -106,7 +111,7 @@ def localnet(state_dir: Path, *, engine: str = "fake", workers: int = 2, options
             if time.monotonic() > deadline:
                 raise RuntimeError("local network not ready in time")
             time.sleep(0.2)
-        yield Net(proc, state_dir, info, port)
+        yield Net(proc, state_dir, info, port or urlsplit(info["api_url"]).port or 0)
     finally:
         pids = [p["pid"] for p in info.get("processes", []) if p.get("pid")]
         stop_process(proc, signal.SIGINT)

@@ -66,18 +66,29 @@ def client(config: ConfigOption) -> None:
 @app.command()
 def up(
     workers: Annotated[int, typer.Option("--workers", "-n", min=1, help="Number of workers.")] = 2,
-    engine: Annotated[str, typer.Option(help="Worker engine: embedded | fake | openai:URL.")] = "embedded",
-    port: Annotated[int, typer.Option(help="Client API port (on 127.0.0.1).")] = 10000,
+    engine: Annotated[str, typer.Option(help=(
+        "Worker engine: embedded (the bundled SmolLM2-135M on llama.cpp) | fake | openai:URL (any OpenAI-compatible "
+        "server). fake answers every prompt with reply_tokens words (16), each piece token_bytes long (0: the "
+        "word), paced at tokens_per_s (0: at once), all set with -o; `cocoon bench` measures -o reply_tokens=50 "
+        "-o token_bytes=128."))] = "embedded",
+    port: Annotated[int | None, typer.Option(
+        help="Client API port on 127.0.0.1 [default: 10000, or the first free port of --port-range].")] = None,
+    port_range: Annotated[str | None, typer.Option(
+        "--port-range", metavar="A-B",
+        help="Take every port the network opens (proxy, each stats port, client API, dashboard) from A-B.")] = None,
     state_dir: Annotated[Path, typer.Option(help="Where configs, logs, databases and localnet.json go.")] = Path(
         ".cocoon"),
     engine_option: Annotated[list[str] | None, typer.Option(
         "--engine-option", "-o", help="Engine option key=value (e.g. tokens_per_s=50 for fake); repeatable.")] = None,
-    max_active: Annotated[int, typer.Option(help="Concurrent requests per worker.")] = 4,
+    max_active: Annotated[int | None, typer.Option(min=1, help=(
+        "Concurrent requests per worker [default: from the engine and cores: embedded 2 (llama.cpp generates one "
+        "at a time), fake 32 per core, openai:URL 8 per core]."))] = None,
     ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for every process to be ready.")] = 300.0,
 ) -> None:
     """Start a local network (ledger, proxy, workers, client) and keep it up until Ctrl-C or SIGTERM.
 
-    Writes STATE_DIR/localnet.json with every process's role, name, pid and URLs.
+    Writes STATE_DIR/localnet.json with every process's role, name, pid and URLs, and `dashboard_url`: a page
+    showing the whole network live (each process also has its own at STATS_URL/dashboard).
     """
     from cocoon.localnet import parse_options, run_up
 
@@ -86,7 +97,51 @@ def up(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     sys.exit(run_up(state_dir, workers=workers, engine=engine, port=port, engine_options=options,
-                    max_active=max_active, ready_timeout_s=ready_timeout))
+                    max_active=max_active, ready_timeout_s=ready_timeout, port_range=port_range))
+
+
+@app.command()
+def status(
+    state_dir: Annotated[Path, typer.Option(help="The local network's state dir (its localnet.json).")] = Path(
+        ".cocoon"),
+    url: Annotated[list[str] | None, typer.Option(
+        "--url", help="A stats URL (http://HOST:PORT) or a network dashboard's, instead of the local network; "
+                      "repeatable.")] = None,
+    token: Annotated[str | None, typer.Option(help="Bearer token of stats ports that need one (stats_token).",
+                                              envvar="COCOON_STATS_TOKEN")] = None,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Redraw every --interval seconds until Ctrl-C.")] = False,
+    interval: Annotated[float, typer.Option(min=0.5, help="Seconds between redraws with --watch.")] = 2.0,
+) -> None:
+    """The network at a glance: proxy, workers and clients from their /jsonstats (what the dashboard shows).
+
+    Exits 1 when a process's stats cannot be read (without --watch).
+    """
+    import time
+
+    from rich.console import Console
+    from rich.live import Live
+
+    from cocoon.status import StatusError, collect, localnet_sources, render
+
+    def snapshot() -> list[dict[str, object]]:
+        sources = [] if url else localnet_sources(state_dir)
+        return collect(sources, url or [], token)
+
+    console = Console()
+    try:
+        if not watch:
+            processes = snapshot()
+            console.print(render(processes))
+            raise typer.Exit(1 if any("error" in p for p in processes) else 0)
+        with Live(render(snapshot()), console=console, refresh_per_second=4, screen=False) as live:
+            while True:
+                time.sleep(interval)
+                live.update(render(snapshot()))
+    except StatusError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        pass
 
 
 @app.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
@@ -14,6 +15,16 @@ from cocoon.core.errors import CocoonError
 
 class ConfigError(ValueError, CocoonError):
     pass
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listener on `host` is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Prices(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -62,6 +73,8 @@ class CommonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     state_dir: str = ".cocoon"
     stats_host: str = "127.0.0.1"
     stats_port: int = 0  # 0: any free port (the chosen one is printed and written to localnet.json)
+    # required when stats_host is not loopback: /jsonstats and /metrics then need `Authorization: Bearer <token>`
+    stats_token: str | None = None
     attestation: str = "fake"  # tdx | fake | none
     image: str = "cocoon-dev"  # the fake backend derives its measurements from this name
     policy: str = "dev"  # built-in policy name (dev, tdx-any, production) or a policy file

@@ -6,6 +6,7 @@ described in STATE_DIR/localnet.json so that tools and tests can find it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import json
@@ -14,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ from cocoon.fsutil import private_dir, write_atomically
 from cocoon.ledger import devnet
 from cocoon.ledger.base import Terms
 from cocoon.nodekeys import NodeKeys
+from cocoon.observe.netview import Member, NetworkDashboard
 
 console = Console(stderr=True)
 
@@ -64,6 +67,65 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class PortRange:
+    """Hands out free ports on 127.0.0.1 from `lo`..`hi` (inclusive), or any free port when there is no range."""
+
+    def __init__(self, lo: int | None = None, hi: int | None = None) -> None:
+        if (lo is None) != (hi is None) or (lo is not None and hi is not None and not 1024 <= lo <= hi <= 65535):
+            raise ValueError(f"port range {lo}-{hi}: expected A-B with 1024 <= A <= B <= 65535")
+        self.lo, self.hi = lo, hi
+        self._taken: set[int] = set()
+
+    @classmethod
+    def parse(cls, text: str | None) -> PortRange:
+        if not text:
+            return cls()
+        lo, sep, hi = text.partition("-")
+        if not sep or not lo.strip().isdigit() or not hi.strip().isdigit():
+            raise ValueError(f"port range {text!r}: expected A-B, e.g. 20000-20099")
+        return cls(int(lo), int(hi))
+
+    def __contains__(self, port: int) -> bool:
+        return self.lo is None or (self.lo <= port <= (self.hi or 0))
+
+    def take(self) -> int:
+        if self.lo is None or self.hi is None:
+            return free_port()
+        for port in range(self.lo, self.hi + 1):
+            if port in self._taken:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            self._taken.add(port)
+            return port
+        raise ValueError(f"no free port left in {self.lo}-{self.hi} (every process of the network needs one: "
+                         "proxy, stats of each process, client API, dashboard)")
+
+    def reserve(self, port: int) -> int:
+        """A port chosen elsewhere (the client API's): it must lie in the range."""
+        if port not in self:
+            raise ValueError(f"port {port} is outside --port-range {self.lo}-{self.hi}")
+        self._taken.add(port)
+        return port
+
+
+def default_max_active(engine: str, cores: int) -> int:
+    """Concurrent requests per worker that suit the engine on this machine.
+
+    embedded: llama.cpp runs one generation at a time per model, so one request runs and one waits, ready to
+    start the moment the other ends; fake: answers cost the worker only the relaying, so many per core;
+    an OpenAI-compatible server batches on its own hardware: a few per core of the relaying worker.
+    """
+    if engine == "embedded":
+        return 2
+    if engine == "fake":
+        return 32 * max(cores, 1)
+    return 8 * max(cores, 1)
+
+
 def _die_with_parent() -> None:
     """Runs in each child before exec: if `cocoon up` is killed outright, its children get SIGTERM."""
     with contextlib.suppress(OSError, AttributeError):
@@ -73,18 +135,21 @@ def _die_with_parent() -> None:
 class LocalNet:
     def __init__(self, state_dir: Path, *, workers: int, engine: str, port: int,
                  engine_options: dict[str, Any], max_active: int, attestation: str = "fake",
-                 proxy_options: dict[str, Any] | None = None) -> None:
-        """`proxy_options`: ProxyConfig fields to set (limits, timeouts)."""
+                 proxy_options: dict[str, Any] | None = None, ports: PortRange | None = None) -> None:
+        """`proxy_options`: ProxyConfig fields to set (limits, timeouts); `ports`: where every port comes from."""
         self.state_dir = state_dir.resolve()
         self.nodes: list[NodeProcess] = []
+        self.ports = ports or PortRange()
+        self.ports.reserve(port)
+        self.dashboard: _DashboardThread | None = None
         private_dir(self.state_dir / "logs")  # the state dir holds keys: owner-only
-        self.proxy_port = free_port()
+        self.proxy_port = self.ports.take()
         proxy_addr = f"127.0.0.1:{self.proxy_port}"
         # every role pays or gets paid on one local chain in the state dir (ledger/devnet.py)
         common = {"state_dir": str(self.state_dir), "policy": "dev", "payments": True}
         self._common = common
         self.proxy_cfg = ProxyConfig(name="proxy-1", port=self.proxy_port, attestation=attestation,
-                                     image="cocoon-proxy-dev", stats_port=free_port(), **common,
+                                     image="cocoon-proxy-dev", stats_port=self.ports.take(), **common,
                                      **(proxy_options or {}))
         self._add("proxy", self.proxy_cfg)
         options = dict(engine_options)
@@ -99,13 +164,13 @@ class LocalNet:
     def add_worker(self, name: str, **options: Any) -> NodeProcess:
         """One more worker process like the others, with `options` (WorkerConfig fields) of its own; before
         start(), or after it and then spawn()ed."""
-        return self._add("worker", WorkerConfig(name=name, stats_port=free_port(),
+        return self._add("worker", WorkerConfig(name=name, stats_port=self.ports.take(),
                                                 **{**self._worker, **options}, **self._common))
 
     def add_client(self, name: str, port: int) -> NodeProcess:
         """One more client process, before start(): its own key, so the proxy sees another client."""
         node = self._add("client", ClientConfig(name=name, proxy=f"127.0.0.1:{self.proxy_port}", api_port=port,
-                                                stats_port=free_port(), **self._common))
+                                                stats_port=self.ports.take(), **self._common))
         node.api_url = f"http://127.0.0.1:{port}/v1"
         return node
 
@@ -171,9 +236,19 @@ class LocalNet:
                 raise RuntimeError(f"{node.name} was not ready in time; see {node.log_path}:\n" + _tail(node.log_path))
             time.sleep(0.1)
 
+    def serve_dashboard(self) -> str:
+        """Serve the network view (every process's stats on one page) on a port of this process; its URL."""
+        members = [Member(n.role, n.name, n.stats_url, n.config.stats_token) for n in self.nodes]
+        self.dashboard = _DashboardThread(NetworkDashboard(members), self.ports.take())
+        return self.dashboard.start()
+
+    @property
+    def dashboard_url(self) -> str | None:
+        return self.dashboard.url if self.dashboard is not None else None
+
     def write_state(self) -> None:
         state = {"state_dir": str(self.state_dir), "api_url": self.client.api_url, "pid": os.getpid(),
-                 "processes": [n.describe() for n in self.nodes]}
+                 "dashboard_url": self.dashboard_url, "processes": [n.describe() for n in self.nodes]}
         write_atomically(self.state_dir / LOCALNET_FILE, json.dumps(state, indent=2).encode(), 0o644)
 
     def print_summary(self) -> None:
@@ -187,7 +262,11 @@ class LocalNet:
         console.print(table)
         console.print(f"[bold green]OpenAI-compatible API:[/] {self.client.api_url}   (state: "
                       f"{self.state_dir / LOCALNET_FILE})")
-        console.print("stats: /healthz, /jsonstats, /metrics on each stats URL")
+        if self.dashboard_url:
+            console.print(f"[bold green]Dashboard:[/] {self.dashboard_url}   (the whole network; each process has "
+                          "its own at STATS_URL/dashboard)")
+        console.print("stats: /healthz, /jsonstats, /metrics, /dashboard on each stats URL; `cocoon status` in a "
+                      "terminal")
         console.print("[yellow]dev policy: fake attestation accepted — NOT safe for production[/]")
         console.print("Press Ctrl-C to stop.")
 
@@ -214,8 +293,51 @@ class LocalNet:
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
+        if self.dashboard is not None:
+            self.dashboard.stop()
         with contextlib.suppress(FileNotFoundError):
             (self.state_dir / LOCALNET_FILE).unlink()
+
+
+class _DashboardThread:
+    """The network view's server, on its own event loop in a thread of `cocoon up` (which blocks in `watch`)."""
+
+    def __init__(self, dashboard: NetworkDashboard, port: int, host: str = "127.0.0.1") -> None:
+        self.dashboard = dashboard
+        self.host, self.port = host, port
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="cocoon-dashboard", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/dashboard"
+
+    def start(self) -> str:
+        self._thread.start()
+        self._ready.wait(10)
+        if self._error is not None:
+            raise RuntimeError(f"the network dashboard cannot listen on {self.host}:{self.port}: {self._error}")
+        return self.url
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self.port = self._loop.run_until_complete(self.dashboard.start(self.host, self.port))
+        except (OSError, ValueError) as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self._loop.run_forever()
+        self._loop.run_until_complete(self.dashboard.stop())
+        self._loop.close()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
 
 
 def _get_json(url: str) -> Any:
@@ -235,10 +357,17 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
-def run_up(state_dir: Path, *, workers: int, engine: str, port: int, engine_options: dict[str, Any],
-           max_active: int, ready_timeout_s: float) -> int:
-    net = LocalNet(state_dir, workers=workers, engine=engine, port=port, engine_options=engine_options,
-                   max_active=max_active)
+def run_up(state_dir: Path, *, workers: int, engine: str, port: int | None, engine_options: dict[str, Any],
+           max_active: int | None, ready_timeout_s: float, port_range: str | None = None) -> int:
+    try:
+        ports = PortRange.parse(port_range)
+        api_port = port if port is not None else (10000 if ports.lo is None else ports.take())
+        active = max_active if max_active is not None else default_max_active(engine, os.cpu_count() or 1)
+        net = LocalNet(state_dir, workers=workers, engine=engine, port=api_port, engine_options=engine_options,
+                       max_active=active, ports=ports)
+    except ValueError as exc:
+        console.print(f"[red]cocoon up:[/] {exc}")
+        return 2
     stop_requested: list[bool] = []
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -248,6 +377,7 @@ def run_up(state_dir: Path, *, workers: int, engine: str, port: int, engine_opti
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
+        net.serve_dashboard()  # first: localnet.json names it from its first writing
         net.start(ready_timeout_s)
         net.write_state()
         net.print_summary()

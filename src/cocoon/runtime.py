@@ -9,7 +9,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import uvloop
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -94,6 +94,14 @@ def make_node_identity(role: str, cfg: CommonConfig, accept_roles: set[str], *, 
     log.info("attested identity", extra={"fields": {"policy": policy.name, "config_hash": config.digest().hex(),
                                                     "engine_origin": config.engine_origin or None}})
     return identity, CertVerifier(policy, accept_roles, registry=registry, collateral=collateral)
+
+
+def identity_stats(issuer: IdentityIssuer, image_hash: str | None = None) -> dict[str, Any]:
+    """This node's attested identity as /jsonstats shows it: its kind, public key id and certificate expiry."""
+    identity = issuer.current()
+    return {"attestation": identity.claims.kind, "key": identity.public_key.hex()[:16],
+            "cert_expires_at": round(identity.certificate.not_valid_after_utc.timestamp()),
+            **({"image_hash": image_hash} if image_hash else {})}
 
 
 def own_image_hash(cfg: CommonConfig) -> str | None:

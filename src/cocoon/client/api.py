@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ from cocoon.core.errors import ApiError, ErrorCode
 from cocoon.core.ids import REQUEST_ID_HEADER, request_id_from, request_scope
 from cocoon.core.usage import KINDS, Usage
 from cocoon.ledger.vouchers import Voucher
+from cocoon.observe.series import Series
 from cocoon.openai import http, schema, sse
 from cocoon.wire.connection import Call, LinkLost
 from cocoon.wire.messages import Answer, Request, ResponseChunk, ResponseEnd, ResponseError, ResponseHead
@@ -28,16 +30,40 @@ REGION_HEADER = "cocoon-region"
 _REQUEST_ID = web.RequestKey("request_id", str)
 
 
+MAX_MODELS_SHOWN = 16  # per-model latency is kept for this many models; later ones count as "other"
+
+
 class ClientStats:
     def __init__(self) -> None:
         self.outcomes: dict[str, int] = {}
         self.usage = dict.fromkeys(KINDS, 0)
         self.charged_nanoton = 0
         self.active = 0
+        # for the dashboards: requests, errors and latency over the last minutes, per-model latency, and the
+        # last errors (time and code only: never a message, which may quote the request)
+        self.series = Series()
+        self.models: dict[str, Series] = {}
+        self.recent_errors: deque[dict[str, Any]] = deque(maxlen=20)
+
+    def answered(self, model: str, seconds: float, first_token_s: float | None) -> None:
+        """A request a worker answered (its model is served): how long it took, and its first token."""
+        self.series.sample("latency_ms", seconds * 1000)
+        if first_token_s is not None:
+            self.series.sample("ttft_ms", first_token_s * 1000)
+        if model not in self.models and len(self.models) >= MAX_MODELS_SHOWN:
+            model = "other"
+        self.models.setdefault(model, Series(bucket_s=10.0, length=30)).sample("latency_ms", seconds * 1000)
+
+    def per_model(self) -> dict[str, Any]:
+        return {model: series.recent("latency_ms", 300.0) for model, series in self.models.items()}
 
     def record(self, outcome: str, last: ResponseEnd | ResponseError | None = None) -> None:
         """Count an outcome, and what its last message says was charged (a broken stream is charged too)."""
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        self.series.count("requests")
+        if outcome != "ok":
+            self.series.count("errors")
+            self.recent_errors.append({"at": round(time.time(), 3), "code": outcome})
         u: Usage | None = last.usage if last is not None else None
         if last is None or u is None:
             return
@@ -131,6 +157,7 @@ class ClientApi:
         )
         call = await self.link.call(req)
         self.stats.active += 1
+        headed_at: float | None = None
         try:
             first = await self._next(call)
             if isinstance(first, ResponseError):
@@ -139,7 +166,8 @@ class ClientApi:
             if not isinstance(first, ResponseHead):
                 raise ApiError(502, f"proxy sent {type(first).__name__} before the answer head",
                                code=ErrorCode.UPSTREAM_ERROR)
-            timing = {"x-cocoon-client-ms": f"{(time.monotonic() - started) * 1000:.1f}",
+            headed_at = time.monotonic()
+            timing = {"x-cocoon-client-ms": f"{(headed_at - started) * 1000:.1f}",
                       "x-cocoon-proxy-ms": f"{first.proxy_ms:.1f}",
                       "x-cocoon-worker-ms": f"{first.worker_ms:.1f}"}
             if req.stream:
@@ -147,6 +175,9 @@ class ClientApi:
             return await self._whole(call, timing)
         finally:
             self.stats.active -= 1
+            if headed_at is not None:
+                self.stats.answered(parsed.model, time.monotonic() - started,
+                                    headed_at - started if req.stream else None)
             if not call.done:
                 # Our HTTP client went away (or we failed) mid-answer: stop the generation on the worker.
                 call.cancel("API client disconnected")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import logging
 from typing import Any
 
@@ -15,23 +14,14 @@ from cocoon.attest.registry import check_registered_proxy
 from cocoon.client.api import ClientApi
 from cocoon.client.payments import ClientPayments
 from cocoon.client.proxy_link import ProxyLink, refuse_inbound
-from cocoon.config import ClientConfig, ConfigError
+from cocoon.config import ClientConfig, ConfigError, is_loopback
 from cocoon.observe.stats import StatsServer
-from cocoon.runtime import make_node_identity, serve_until
+from cocoon.runtime import identity_stats, make_node_identity, serve_until
 from cocoon.wire.connection import hello
 from cocoon.wire.dialer import Dialer
 from cocoon.wire.messages import ClientParams, Hello
 
 log = logging.getLogger(__name__)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def proxy_addresses(cfg: ClientConfig) -> list[str]:
@@ -59,7 +49,7 @@ class ClientNode:
         Gauge("cocoon_client_active_requests", "API requests in flight", registry=registry).set_function(
             lambda: self.api.stats.active)
         self.dialer.on_change = lambda up: connected.set(1 if up else 0)
-        self.stats = StatsServer("client", cfg.name, registry, self.jsonstats)
+        self.stats = StatsServer("client", cfg.name, registry, self.jsonstats, token=cfg.stats_token)
         self._runner: web.AppRunner | None = None
         self._topping_up: asyncio.Task[None] | None = None
         self.api_port = 0
@@ -107,6 +97,12 @@ class ClientNode:
             "tokens": dict(s.usage),
             # what the proxies charged for completed requests (by their answers' costs), settled on chain or not
             "charged_nanoton": s.charged_nanoton,
+            "identity": identity_stats(self.identity),
+            "series": s.series.snapshot(),
+            "latency_ms": s.series.recent("latency_ms"),
+            "ttft_ms": s.series.recent("ttft_ms"),
+            "models": s.per_model(),
+            "recent_errors": list(s.recent_errors),
             **({"balance_nanoton": self.payments.balance_nanoton, "vouchers_nanoton": self.payments.charged_nanoton,
                 "refused_vouchers": self.payments.refused_vouchers,
                 "unexplained_nanoton": self.payments.unexplained_nanoton,

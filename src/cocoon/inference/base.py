@@ -25,6 +25,7 @@ class Engine(ABC):
     """
 
     name: str
+    model_hash: str | None = None  # hex SHA-256 of the weights, where the engine can read them (dashboards)
     supports_tools: bool = False  # the fields of `cocoon.openai.schema.TOOL_FIELDS`
 
     async def start(self) -> None:  # noqa: B027 - optional hook

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import hashlib
 import importlib.util
 import random
 import threading
@@ -87,8 +88,11 @@ class EmbeddedEngine(LocalEngine):
         await asyncio.get_running_loop().run_in_executor(self._thread, self._unload)
 
     def _load(self) -> None:
+        path = self.model_path or default_model_path()
+        with open(path, "rb") as weights:
+            self.model_hash = hashlib.file_digest(weights, "sha256").hexdigest()
         llm = llama_cpp.Llama(
-            model_path=self.model_path or default_model_path(),
+            model_path=path,
             n_ctx=self.n_ctx,
             n_threads=self.threads,
             n_threads_batch=self.threads,

@@ -79,6 +79,7 @@ class Billing:
         self.settlement: ProxySettlement | None = None
         self.accounts: set[Account] = set()
         self.beyond_bounds = 0  # answers whose reported usage went beyond their bounds
+        self.next_commit_at: float | None = None  # unix time of the next commit of the books' state (dashboards)
 
     async def start(self, endpoint: str) -> None:
         """With payments on: find this proxy's contract (registered in the root at `endpoint` with our voucher key)
@@ -208,6 +209,7 @@ class Billing:
         if settlement is None:
             return
         last_commit = time.monotonic()
+        self.next_commit_at = time.time() + self.cfg.commit_interval_s
         while True:
             await asyncio.sleep(self.cfg.chain_poll_s)
             try:
@@ -215,6 +217,7 @@ class Billing:
                 await asyncio.to_thread(self._poll, settlement, channels)
                 if time.monotonic() - last_commit >= self.cfg.commit_interval_s:
                     last_commit = time.monotonic()
+                    self.next_commit_at = time.time() + self.cfg.commit_interval_s
                     await asyncio.to_thread(settlement.commit_due)
             except Exception:  # a background loop must outlive any one failed round: the next one retries
                 log.exception("settlement round failed")

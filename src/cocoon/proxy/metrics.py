@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from cocoon.observe.series import Series
 from cocoon.proxy.reputation import ReputationBook
 
 
@@ -16,7 +17,10 @@ class ProxyMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("cocoon_proxy_requests", "Client requests by outcome", ["outcome"], registry=r)
+        # the dashboards' recent history: requests and errors ended, latency and time to first byte (ms)
+        self.series = Series()
+        self.requests = _Noted(Counter("cocoon_proxy_requests", "Client requests by outcome", ["outcome"],
+                                       registry=r), self._ended)
         self.retries = Counter("cocoon_proxy_retries", "Requests moved to another worker before their first token",
                                ["reason"], registry=r)
         self.tokens = Counter("cocoon_proxy_tokens", "Tokens metered", ["kind"], registry=r)
@@ -24,14 +28,56 @@ class ProxyMetrics:
         self.waiting = Gauge("cocoon_proxy_waiting_requests", "Requests waiting for a free worker slot", registry=r)
         self.workers = Gauge("cocoon_proxy_workers", "Connected workers", registry=r)
         self.clients = Gauge("cocoon_proxy_clients", "Connected clients", registry=r)
-        self.first_byte = Histogram("cocoon_proxy_first_byte_seconds", "Time to the answer's first byte",
-                                    registry=r)
+        self.first_byte = _Timed(Histogram("cocoon_proxy_first_byte_seconds", "Time to the answer's first byte",
+                                           registry=r), lambda s: self.series.sample("ttft_ms", s * 1000))
         self.charged = Counter("cocoon_proxy_charged_nanoton", "Charged to clients", registry=r)
         self.beyond_bounds = Counter("cocoon_proxy_usage_beyond_bounds", "Token counts workers reported beyond what "
                                      "the request could produce (charged at the bound)", ["kind"], registry=r)
 
+    def _ended(self, outcome: str) -> None:
+        self.series.count("requests")
+        if outcome != "ok":
+            self.series.count("errors")
+
+    def request_took(self, seconds: float) -> None:
+        """A client request's time at the proxy, from arrival to its last message, whatever its outcome."""
+        self.series.sample("latency_ms", seconds * 1000)
+
     def watch_reputation(self, book: ReputationBook, clock: Callable[[], float] = time.monotonic) -> None:
         self.registry.register(_ReputationCollector(book, clock))
+
+
+class _Noted:
+    """A labelled counter that also tells `note` of every increment (the proxy's outcome counter)."""
+
+    def __init__(self, counter: Counter, note: Callable[[str], None]) -> None:
+        self._counter = counter
+        self._note = note
+
+    def labels(self, outcome: str) -> _NotedChild:
+        return _NotedChild(self._counter.labels(outcome), lambda: self._note(outcome))
+
+
+class _NotedChild:
+    def __init__(self, child: Counter, note: Callable[[], None]) -> None:
+        self._child = child
+        self._note = note
+
+    def inc(self, amount: float = 1) -> None:
+        self._child.inc(amount)
+        self._note()
+
+
+class _Timed:
+    """A histogram whose observations are also sampled into the dashboards' series."""
+
+    def __init__(self, histogram: Histogram, sample: Callable[[float], None]) -> None:
+        self._histogram = histogram
+        self._sample = sample
+
+    def observe(self, seconds: float) -> None:
+        self._histogram.observe(seconds)
+        self._sample(seconds)
 
 
 class _ReputationCollector(Collector):

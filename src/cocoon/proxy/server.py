@@ -17,11 +17,11 @@ from cocoon.proxy.forwarding import ClientLink, Forwarder
 from cocoon.proxy.limits import ClientLimiter
 from cocoon.proxy.metrics import ProxyMetrics
 from cocoon.proxy.registry import WorkerLink, WorkerRegistry
-from cocoon.proxy.reputation import ReputationBook
+from cocoon.proxy.reputation import ReputationBook, ReputationSummary
 from cocoon.proxy.selection import Selector
 from cocoon.ratls import tls
 from cocoon.ratls.admission import Admission
-from cocoon.runtime import make_node_identity, serve_until
+from cocoon.runtime import identity_stats, make_node_identity, serve_until
 from cocoon.wire.connection import Connection, ProtocolError, accept_hello
 from cocoon.wire.messages import Cancel, Hello, Inbound, ModelsQuery, ModelsReply, Request
 
@@ -48,7 +48,7 @@ class ProxyServer:
         self.identity, self.verifier = make_node_identity("proxy", cfg, {"worker", "client"},
                                                           voucher_key=self.billing.key.public_key)
         self.admission = Admission(cfg.admission)
-        self.stats = StatsServer("proxy", cfg.name, self.metrics.registry, self.jsonstats)
+        self.stats = StatsServer("proxy", cfg.name, self.metrics.registry, self.jsonstats, token=cfg.stats_token)
         self.port = 0
         self._server: asyncio.Server | None = None
         self._settling: asyncio.Task[None] | None = None
@@ -160,7 +160,7 @@ class ProxyServer:
 
     def _on_client_message(self, client: ClientLink, msg: Inbound) -> None:
         if isinstance(msg, Request):
-            client.inflight[msg.call_id] = client.conn.spawn(self.forwarder.serve(client, msg))
+            client.inflight[msg.call_id] = client.conn.spawn(self._serve(client, msg))
         elif isinstance(msg, Cancel):
             task = client.inflight.pop(msg.call_id, None)
             if task is not None:
@@ -169,18 +169,32 @@ class ProxyServer:
             models = self.registry.models(self.selector.active)
             client.conn.send_nowait(ModelsReply(call_id=msg.call_id, models=models))
 
+    async def _serve(self, client: ClientLink, req: Request) -> None:
+        started = time.monotonic()
+        try:
+            await self.forwarder.serve(client, req)
+        finally:
+            self.metrics.request_took(time.monotonic() - started)
+
     def jsonstats(self) -> dict[str, Any]:
         now = time.monotonic()
         workers = self.registry.workers()
+        reputation = self.reputations.summaries(now)
+        standing = {r.key: r for r in reputation}
+        books = self.billing.summary()
+        series = self.metrics.series
         return {
             "port": self.port,
+            "identity": identity_stats(self.identity),
             "workers": [
                 {"name": w.name, "key": w.key[:16], "models": w.params.models,
                  "max_active": w.params.max_active_requests, "coefficient": w.params.coefficient,
-                 "region": w.params.region, "rtt_ms": w.conn.rtt_ms, **self.selector.describe(w)}
+                 "region": w.params.region, "rtt_ms": w.conn.rtt_ms, **self.selector.describe(w),
+                 **_peer_stats(w, standing.get(w.key)),
+                 "earned_nanoton": books["workers"].get(w.key, {}).get("earned_nanoton", 0)}
                 for w in workers
             ],
-            "reputation": [msgspec.to_builtins(s) for s in self.reputations.summaries(now)],
+            "reputation": [msgspec.to_builtins(s) for s in reputation],
             "clients": len(self.clients),
             "models": [m.id for m in self.registry.models(self.selector.active)],
             "requests": dict(self.forwarder.outcomes),
@@ -190,12 +204,28 @@ class ProxyServer:
                        "client_tokens_per_minute": self.cfg.client_tokens_per_minute},
             # connections before authentication: in progress, and refused or dropped per reason
             "admission": self.admission.stats(),
-            "books": self.billing.summary(),
+            "books": books,
+            "settlement": {"commit_interval_s": self.cfg.commit_interval_s,
+                           "next_commit_at": self.billing.next_commit_at,
+                           "claimed_nanoton": sum(c["claimed_nanoton"] for c in books["clients"].values())},
+            # the dashboards' recent history (2 s buckets) and the last minute's latency, both in ms
+            "series": series.snapshot(),
+            "latency_ms": series.recent("latency_ms"),
+            "ttft_ms": series.recent("ttft_ms"),
             "proxy_contract": self.billing.settlement.proxy if self.billing.settlement else None,
             "prices": msgspec.to_builtins(self.ledger.root_params().prices),
             # TDX collateral: platforms cached, recently failed, being fetched (each bounded)
             "collateral": self.verifier.collateral.stats() if self.verifier.collateral else None,
         }
+
+
+def _peer_stats(link: WorkerLink, standing: ReputationSummary | None) -> dict[str, Any]:
+    """What the proxy knows of a connected worker's attestation (as last verified) and standing."""
+    peer = link.conn.stream.peer
+    return {"attestation": peer.kind, "image_hash": _hex(peer.image_hash), "cert_expires_at": round(peer.not_after),
+            "success": standing.success if standing else None, "ttft_ms": standing.ttft_ms if standing else None,
+            "tokens_per_s": standing.tokens_per_s if standing else None,
+            "answered": standing.answered if standing else 0, "failed": standing.failed if standing else 0}
 
 
 def _hex(value: bytes | None) -> str | None:

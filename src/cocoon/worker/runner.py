@@ -16,8 +16,9 @@ from cocoon.core.ids import request_scope
 from cocoon.core.usage import KINDS, Usage
 from cocoon.inference.base import Engine
 from cocoon.inference.factory import make_engine
+from cocoon.observe.series import Series
 from cocoon.observe.stats import StatsServer
-from cocoon.runtime import make_node_identity, own_image_hash
+from cocoon.runtime import identity_stats, make_node_identity, own_image_hash
 from cocoon.wire.connection import Connection, hello
 from cocoon.wire.dialer import Dialer
 from cocoon.wire.messages import Cancel, Hello, Inbound, Payout, Request, WorkerParams
@@ -45,7 +46,8 @@ class WorkerNode:
         self.metrics = WorkerMetrics()
         self.identity, self.verifier = make_node_identity("worker", cfg, {"proxy"})
         self.image_hash = own_image_hash(cfg)
-        self.stats = StatsServer("worker", cfg.name, self.metrics.registry, self.jsonstats)
+        self.stats = StatsServer("worker", cfg.name, self.metrics.registry, self.jsonstats, token=cfg.stats_token)
+        self.series = Series()  # requests ended and tokens generated, for the dashboards
         self.running: dict[int, asyncio.Task[None]] = {}
         self.payments = WorkerPayments(cfg) if cfg.payments else None
         self.models: list[str] = []
@@ -122,6 +124,7 @@ class WorkerNode:
             self.running.pop(req.call_id, None)
             self.metrics.active.dec()
             self.metrics.requests.labels(outcome).inc()
+            self.series.sample("latency_ms", (time.monotonic() - started) * 1000)
             usage = execution.usage or Usage()
             log.info("request done", extra={"fields": {
                 "outcome": outcome, "model": req.model, "prompt_tokens": usage.prompt_tokens,
@@ -133,6 +136,8 @@ class WorkerNode:
         u = execution.usage
         assert u is not None
         self._served += 1
+        self.series.count("requests")
+        self.series.count("completion_tokens", u.completion_tokens)
         for kind, n in u.by_kind():
             self._usage_totals[kind] += n
             if n:
@@ -142,6 +147,9 @@ class WorkerNode:
         return {
             "engine": self.engine.name,
             "models": self.models,
+            "model_hash": self.engine.model_hash,
+            "identity": identity_stats(self.identity, self.image_hash),
+            "series": self.series.snapshot(),
             "proxy": self.cfg.proxy,
             "proxy_connected": self.dialer.connected,
             "last_link_error": self.dialer.last_error,

@@ -25,7 +25,7 @@ FLOORS: list[set[str]] = [
     {"inference"},
     {"runtime", "nodekeys"},
     {"client", "proxy", "worker", "chain"},
-    {"cli", "ledger_cli", "localnet", "bench", "__main__"},
+    {"cli", "ledger_cli", "localnet", "bench", "status", "__main__"},
 ]
 FLOOR = {unit: level for level, units in enumerate(FLOORS) for unit in units}
 

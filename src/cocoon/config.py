@@ -102,18 +102,25 @@ class ProxyConfig(CommonConfig, kw_only=True, forbid_unknown_fields=True):
     commit_interval_s: float = 600.0
     chain_poll_s: float = 5.0  # how often clients' channels are re-read (top-ups, withdrawals) and claims made
     default_max_tokens: int = 4096  # with payments, the output cap of a request that sets no max_tokens
+    # What the proxy forwards (proxy/validation.py): a body a worker would take whole, a cap it would honour. The
+    # same names and defaults as the client API's own limits; a peer that skips its client's checks meets these.
+    max_body_bytes: int = 1024 * 1024
+    max_tokens_limit: int = 4096  # a limit, not a cap: a request asking for more `max_tokens` gets 400
     # Timeouts, each answered with its own error code. Streamed requests wait `first_token_timeout_s` for a
     # worker's first token (then move to another worker) and `idle_timeout_s` between tokens; a non-streamed
-    # answer arrives whole, so only the total applies to it. The total covers queueing and retries, and the
-    # client's own deadline (its `request_timeout_s`) shortens it.
+    # answer arrives whole, within `whole_timeout_s` of being sent to a worker (or the request moves to another
+    # one, as without a first token): a worker that never answers holds no slot longer. The total covers
+    # queueing and retries, and the client's own deadline (its `request_timeout_s`) shortens it.
     first_token_timeout_s: float = 30.0
     idle_timeout_s: float = 30.0
+    whole_timeout_s: float = 300.0
     total_timeout_s: float = 600.0
     max_attempts: int = 3  # workers tried for one request before its first token reached the client
     # when every matching worker is busy, requests wait in a bounded queue, then get 503 + Retry-After
     queue_depth: int = 1024
     queue_timeout_s: float = 5.0
-    # per client key, answered with 429 + Retry-After; 0 turns a limit off
+    # per paying party (the wallet behind a client's verified channel; with payments off, the link's RA-TLS key,
+    # which a client mints freely), answered with 429 + Retry-After; 0 turns a limit off
     client_max_concurrent: int = 64
     client_tokens_per_minute: int = 0  # prompt + completion tokens, as charged
     reputation_keep_s: float = 86400.0  # how long a disconnected worker key's reputation is remembered

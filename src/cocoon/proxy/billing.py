@@ -34,7 +34,7 @@ from cocoon.ledger.pricing import Bounds, max_cost
 from cocoon.ledger.purse import verify_channel_proof
 from cocoon.ledger.settlement import ProxySettlement, SettlementPolicy
 from cocoon.ledger.vouchers import VoucherError
-from cocoon.ledger.wallet import Wallet
+from cocoon.ledger.wallet import Wallet, raw_address
 from cocoon.nodekeys import KeysUnavailable, NodeKeys
 from cocoon.wire.messages import ClientParams, Request
 
@@ -48,6 +48,15 @@ class Account:
     id: str
     channel: str | None = None
     refusal: str | None = None  # why this client cannot be served on credit (no or invalid channel)
+    wallet: str | None = None  # the wallet that proved it pays through `channel`
+
+    @property
+    def limits_key(self) -> str:
+        """What per-client limits (proxy/limits.py) count against: the wallet paying through a verified channel,
+        which presents itself under as many RA-TLS keys as it likes (and opens another channel only with another
+        stake). Without one, the link's RA-TLS key, which a client mints freely: with payments off, a client
+        gets fresh limits with each key; with payments on, such a client is refused (402) anyway."""
+        return self.wallet or self.id
 
 
 @dataclass(frozen=True)
@@ -125,10 +134,11 @@ class Billing:
                 raise VoucherError(f"the key presented does not control wallet {p.owner}")
             verify_channel_proof(p.channel, tls_key, p.wallet_key, p.proof)
             settlement.sync_client(p.channel, p.channel)
+            wallet = raw_address(p.owner)  # one spelling per wallet: its limits are counted under it
         except (VoucherError, LedgerError, ValueError) as exc:
             log.warning("client without a usable payment channel", extra={"fields": {"reason": str(exc)}})
             return Account(tls_key.hex(), refusal=str(exc))
-        return Account(p.channel, channel=p.channel)
+        return Account(p.channel, channel=p.channel, wallet=wallet)
 
     def close_account(self, account: Account) -> None:
         self.accounts.discard(account)

@@ -1,17 +1,24 @@
-"""One client request through the proxy: admission, a worker, relaying, retrying, and settling the books.
+"""One client request through the proxy, as one object while it is in flight (`RunningRequest`, the way the
+reference network keeps a running request per request): its admission, its attempts on workers, the relay of its
+answer and its settlement. `Forwarder` holds what every request shares and runs each one.
 
-Before any work, billing admits the request: its `request_id` is taken for its paying party (one answer per id:
-an id in flight or answered before is refused), and its maximum cost reserved at its price cap (the client's,
-within the registry's maximum), the dearest coefficient it may be routed to.
-
-Until the first token reaches the client, a failing worker (lost link, stall, server error) is invisible:
-the request moves to another worker, within its attempts and its deadline: it is still the same request,
-charged once. Once tokens have reached the client, a failure (or the client hanging up) ends the stream, and
-the client is charged for the completion tokens it received, as the worker counted them per relayed chunk
-(`ResponseChunk.tokens`), and for the prompt the worker counted before its first token (`ResponseHead.usage`):
-the engine did all of the prefill. A worker that died cannot report usage any more, and the proxy never parses
-answers. A non-streamed answer reaches the client only whole, so it is held here until its end and can always
-be retried. Every report is held to the request's bounds when it is charged (proxy/billing.py).
+- Admission, before any work: the request is one a worker can read (proxy/validation.py), its paying party is
+  within its limits (proxy/limits.py), its model is known, and billing takes its `request_id` for its paying party
+  (one answer per id: an id in flight or answered before is refused) and reserves its maximum cost at its price
+  cap (the client's, within the registry's maximum), the dearest coefficient it may be routed to
+  (proxy/billing.py).
+- Attempts: until the first token reaches the client, a failing worker (lost link, stall, server error) is
+  invisible: the request moves to another worker, within its attempts and its deadline (proxy/attempts.py
+  decides); it is still the same request, charged once.
+- Relay: a streamed answer is passed on frame by frame. A non-streamed answer reaches the client only whole, so it
+  is held here until its end and can always be retried; a worker that has not answered it within
+  `whole_timeout_s` is failing, like one that sends no first token of a stream.
+- Settlement: the answer is charged once, at the usage its worker reported held to the request's bounds, and the
+  worker is sent its payout. Once tokens have reached the client, a failure (or the client hanging up) ends the
+  stream, and the client is charged for the completion tokens it received, as the worker counted them per relayed
+  chunk (`ResponseChunk.tokens`), and for the prompt the worker counted before its first token
+  (`ResponseHead.usage`): the engine did all of the prefill. A worker that died cannot report usage any more, and
+  the proxy never parses answers.
 """
 
 from __future__ import annotations
@@ -29,12 +36,14 @@ from cocoon.core.ids import request_scope
 from cocoon.core.usage import Usage
 from cocoon.ledger.books import Settled
 from cocoon.ledger.pricing import Charge
+from cocoon.proxy.attempts import Attempts, Verdict, deadline_after, judge
 from cocoon.proxy.backlog import Backlog, Want
 from cocoon.proxy.billing import Account, Billing, Reservation
 from cocoon.proxy.limits import ClientLimiter
 from cocoon.proxy.metrics import ProxyMetrics
 from cocoon.proxy.registry import WorkerLink, WorkerRegistry
 from cocoon.proxy.selection import Selector
+from cocoon.proxy.validation import check_request
 from cocoon.proxy.watchdog import Watchdog
 from cocoon.wire.connection import Call, Connection, LinkLost
 from cocoon.wire.messages import Answer, Payout, Request, ResponseChunk, ResponseEnd, ResponseError, ResponseHead
@@ -45,35 +54,14 @@ log = logging.getLogger(__name__)
 @dataclass(eq=False)
 class ClientLink:
     conn: Connection
-    key: str
+    key: str  # the link's RA-TLS key (hex): names the link in logs; limits and money go by `account`
     account: Account
     inflight: dict[int, asyncio.Task[None]] = field(default_factory=dict)  # by the client's call_id
 
 
-class _Retry(Exception):
-    """The worker failed before anything reached the client: try another one."""
-
-    def __init__(self, error: ApiError) -> None:
-        super().__init__(error.message)
-        self.error = error
-
-
-def _worker_fault(msg: ResponseError) -> bool:
-    """Errors that say something about the worker rather than the request (4xx) or its deadline."""
-    return msg.code != ErrorCode.REQUEST_TIMEOUT and (msg.status >= 500 or msg.code == ErrorCode.FIRST_TOKEN_TIMEOUT)
-
-
-@dataclass(frozen=True)
-class _Job:
-    """One request as the proxy serves it: what the client asked (with the output cap the proxy reserved), what
-    it was admitted with, and where its answer goes."""
-
-    client: ClientLink
-    req: Request  # `call_id` is the client's; `max_tokens` the cap reserved for it
-    res: Reservation
-
-
 class Forwarder:
+    """What every request in flight shares: the proxy's configuration, its workers, money, limits and metrics."""
+
     def __init__(self, cfg: ProxyConfig, registry: WorkerRegistry, selector: Selector[WorkerLink],
                  backlog: Backlog[WorkerLink], billing: Billing, limiter: ClientLimiter,
                  metrics: ProxyMetrics) -> None:
@@ -89,44 +77,9 @@ class Forwarder:
     async def serve(self, client: ClientLink, req: Request) -> None:
         """Answer `req`, the client's call `req.call_id`; every line logged meanwhile carries its request_id."""
         with request_scope(req.request_id):
-            await self._serve(client, req)
+            await RunningRequest(self, client, req).run()
 
-    async def _serve(self, client: ClientLink, req: Request) -> None:
-        started = time.monotonic()
-        outcome = "error"
-        self.metrics.active.inc()
-        admitted = False
-        res: Reservation | None = None
-        try:
-            self.limiter.admit(client.key)
-            admitted = True
-            if not self.registry.knows(req.model):
-                raise model_not_found(req.model)
-            res = self.billing.admit(req, client.account, self._price_cap(req))
-            cap = res.max_tokens
-            job = _Job(client, req if cap == req.max_tokens else msgspec.structs.replace(req, max_tokens=cap), res)
-            outcome = await self._route(job)
-        except ApiError as exc:
-            outcome = ErrorCode.label(exc.code)
-            await _send_error(client.conn, req.call_id, exc)
-        except asyncio.CancelledError:
-            outcome = "cancelled"
-            raise
-        except ConnectionError:
-            outcome = "client_link_lost"
-        finally:
-            if res is not None:
-                self.billing.end(res)
-            if admitted:
-                self.limiter.release(client.key)
-            client.inflight.pop(req.call_id, None)
-            self.metrics.active.dec()
-            self.metrics.requests.labels(outcome).inc()
-            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
-            log.info("request done", extra={"fields": {
-                "outcome": outcome, "model": req.model, "ms": round((time.monotonic() - started) * 1000, 1)}})
-
-    def _price_cap(self, req: Request) -> int:
+    def price_cap(self, req: Request) -> int:
         """The dearest worker coefficient this request may be served at: the client's cap, never above the root
         registry's max_coefficient (which is the cap when the client sets none).
 
@@ -142,120 +95,193 @@ class Forwarder:
                            code=ErrorCode.INVALID_VALUE, param="max_coefficient")
         return min(req.max_coefficient, ceiling)
 
-    async def _route(self, job: _Job) -> str:
-        req = job.req
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        deadline = started + min(max(req.deadline - time.time(), 0.0), self.cfg.total_timeout_s)
-        # never a worker dearer than the coefficient reserved for: its charge could exceed the reservation
-        want = Want(req.model, req.region, job.res.coefficient, tuple(req.features))
-        tried: list[WorkerLink] = []
-        failure: ApiError | None = None
-        while len(tried) < self.cfg.max_attempts and loop.time() < deadline:
-            wait_s = min(self.cfg.queue_timeout_s, deadline - loop.time())
-            worker = await self.backlog.acquire(want, tuple(tried), wait_s)
-            try:
-                return await self._attempt(job, worker, started, deadline)
-            except _Retry as retry:
-                failure = retry.error
-                tried.append(worker)
-                self.metrics.retries.labels(ErrorCode.label(failure.code)).inc()
-                log.info("moving a request to another worker", extra={"fields": {
-                    "worker": worker.name, "reason": failure.message, "attempt": len(tried)}})
-            finally:
-                self.backlog.release(worker)
-        if failure is None or loop.time() >= deadline:
-            raise ApiError(504, f"the request reached its deadline after {loop.time() - started:.1f}s "
-                                f"({len(tried)} worker(s) tried)", type="timeout_error", code=ErrorCode.REQUEST_TIMEOUT)
-        raise ApiError(failure.status, f"{failure.message} (gave up after {len(tried)} workers)",
-                       type=failure.type, code=failure.code, param=failure.param,
-                       retry_after=failure.retry_after or 1)
 
-    async def _attempt(self, job: _Job, worker: WorkerLink, started: float, deadline: float) -> str:
+class _Retry(Exception):
+    """The worker failed before anything reached the client: try another one."""
+
+    def __init__(self, error: ApiError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class RunningRequest:
+    """One request in flight: what the client asked and where its answer goes, what it was admitted with, and what
+    it has been charged. `run` takes it through `_admit`, `_route` (its attempts), `_relay_stream` or `_relay_whole`
+    and `_settle`; `_finish` gives back what admission took, whatever happened."""
+
+    __slots__ = ("asked", "client", "fwd", "limited", "req", "res", "routed", "started")
+
+    def __init__(self, fwd: Forwarder, client: ClientLink, req: Request) -> None:
+        self.fwd = fwd
+        self.client = client
+        self.asked = req  # as the client sent it
+        self.req = req  # as it is forwarded: `max_tokens` is the cap its money was reserved for
+        self.res: Reservation | None = None
+        self.limited = False  # counted in its paying party's limits until `_finish`
+        self.started = time.monotonic()
+        self.routed = 0.0  # event-loop time when it started looking for a worker: what `proxy_ms` counts from
+
+    async def run(self) -> None:
+        self.fwd.metrics.active.inc()
+        outcome = "error"
         try:
-            call = await worker.conn.request(job.req)
+            res = self._admit()
+            outcome = await self._route(res)
+        except ApiError as exc:
+            outcome = ErrorCode.label(exc.code)
+            await self._refuse(exc)
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        except ConnectionError:
+            outcome = "client_link_lost"
+        finally:
+            self._finish(outcome)
+
+    # -- admission ---------------------------------------------------------------------------------------------
+    def _admit(self) -> Reservation:
+        fwd, req, account = self.fwd, self.asked, self.client.account
+        check_request(req, max_body_bytes=fwd.cfg.max_body_bytes, max_tokens_limit=fwd.cfg.max_tokens_limit)
+        fwd.limiter.admit(account.limits_key)
+        self.limited = True
+        if not fwd.registry.knows(req.model):
+            raise model_not_found(req.model)
+        self.res = res = fwd.billing.admit(req, account, fwd.price_cap(req))
+        if res.max_tokens != req.max_tokens:
+            self.req = msgspec.structs.replace(req, max_tokens=res.max_tokens)
+        return res
+
+    def _finish(self, outcome: str) -> None:
+        fwd = self.fwd
+        if self.res is not None:
+            fwd.billing.end(self.res)
+        if self.limited:
+            fwd.limiter.release(self.client.account.limits_key)
+        self.client.inflight.pop(self.asked.call_id, None)
+        fwd.metrics.active.dec()
+        fwd.metrics.requests.labels(outcome).inc()
+        fwd.outcomes[outcome] = fwd.outcomes.get(outcome, 0) + 1
+        log.info("request done", extra={"fields": {
+            "outcome": outcome, "model": self.asked.model,
+            "ms": round((time.monotonic() - self.started) * 1000, 1)}})
+
+    async def _refuse(self, exc: ApiError) -> None:
+        try:
+            await self.client.conn.send(ResponseError.from_api(exc, self.asked.call_id))
+        except ConnectionError:
+            pass
+
+    # -- attempts ----------------------------------------------------------------------------------------------
+    async def _route(self, res: Reservation) -> str:
+        fwd, req, cfg = self.fwd, self.req, self.fwd.cfg
+        loop = asyncio.get_running_loop()
+        self.routed = now = loop.time()
+        attempts: Attempts[WorkerLink] = Attempts(
+            now, deadline_after(now, req.deadline - time.time(), cfg.total_timeout_s), cfg.max_attempts)
+        # never a worker dearer than the coefficient reserved for: its charge could exceed the reservation
+        want = Want(req.model, req.region, res.coefficient, tuple(req.features))
+        while attempts.more(loop.time()):
+            worker = await fwd.backlog.acquire(want, tuple(attempts.tried),
+                                               attempts.wait_s(loop.time(), cfg.queue_timeout_s))
+            try:
+                return await self._attempt(worker, attempts.deadline)
+            except _Retry as retry:
+                attempts.failed(worker, retry.error)
+                fwd.metrics.retries.labels(ErrorCode.label(retry.error.code)).inc()
+                log.info("moving a request to another worker", extra={"fields": {
+                    "worker": worker.name, "reason": retry.error.message, "attempt": len(attempts.tried)}})
+            finally:
+                fwd.backlog.release(worker)
+        raise attempts.give_up(loop.time())
+
+    async def _attempt(self, worker: WorkerLink, deadline: float) -> str:
+        cfg = self.fwd.cfg
+        try:
+            call = await worker.conn.request(self.req)
         except ConnectionError as exc:
-            self.selector.record_failure(worker)
+            self.fwd.selector.record_failure(worker)
             raise _Retry(upstream_failed(f"worker {worker.name} link failed: {exc}")) from None
-        watchdog = Watchdog(call, worker.name, idle_s=self.cfg.idle_timeout_s, deadline=deadline,
-                            first_token_s=self.cfg.first_token_timeout_s if job.req.stream else None)
+        # a non-streamed answer's first token comes with its last: the worker has `whole_timeout_s` for all of it
+        watchdog = Watchdog(call, worker.name, idle_s=cfg.idle_timeout_s, deadline=deadline,
+                            first_token_s=cfg.first_token_timeout_s if self.req.stream else cfg.whole_timeout_s)
         try:
-            if job.req.stream:
-                return await self._relay_stream(job, worker, call, watchdog, started)
-            return await self._relay_whole(job, worker, call, started)
+            if self.req.stream:
+                return await self._relay_stream(worker, call, watchdog)
+            return await self._relay_whole(worker, call)
         finally:
             watchdog.stop()
             call.cancel("proxy stopped relaying")
 
     async def _before_first_token(self, worker: WorkerLink, call: Call) -> Answer:
         """The worker's next answer while nothing reached the client; raises _Retry when another worker may do
-        better (it failed, or it is overloaded), the ApiError the client gets when none would (the request's own
-        fault, or its deadline)."""
+        better (it failed, or it is full), the ApiError the client gets when none would (the request's own fault,
+        or its deadline)."""
         try:
             msg = await call.next()
         except LinkLost as lost:
-            self.selector.record_failure(worker)
+            self.fwd.selector.record_failure(worker)
             raise _Retry(upstream_failed(f"worker {worker.name} disconnected before answering ({lost})")) from None
         if not isinstance(msg, ResponseError):
             return msg
-        fault = _worker_fault(msg)
-        if fault:
-            self.selector.record_failure(worker)
-        if fault or msg.status == 429:  # 429: this worker is overloaded, another one may not be
-            raise _Retry(msg.to_api())
-        raise msg.to_api()
+        verdict = judge(msg)
+        if verdict is Verdict.FAULT:
+            self.fwd.selector.record_failure(worker)
+        if verdict is Verdict.REFUSED:
+            raise msg.to_api()
+        raise _Retry(msg.to_api())
 
-    async def _relay_whole(self, job: _Job, worker: WorkerLink, call: Call, started: float) -> str:
+    # -- relay -------------------------------------------------------------------------------------------------
+    async def _relay_whole(self, worker: WorkerLink, call: Call) -> str:
         loop = asyncio.get_running_loop()
         sent_at = loop.time()
         held: list[ResponseHead | ResponseChunk] = []
-        call_id = job.req.call_id
+        out = self.client.conn
+        call_id = self.asked.call_id
         while True:
             msg = await self._before_first_token(worker, call)
             if isinstance(msg, ResponseHead | ResponseChunk):
                 held.append(msg)
             elif isinstance(msg, ResponseEnd):
                 now = loop.time()
-                proxy_ms = (now - started) * 1000
-                self.metrics.first_byte.observe(now - started)
-                settled = self._settle(job, worker, call, msg.usage)
+                proxy_ms = (now - self.routed) * 1000
+                self.fwd.metrics.first_byte.observe(now - self.routed)
+                settled = self._settle(worker, call, msg.usage)
                 for part in held:
                     if isinstance(part, ResponseHead):
-                        await job.client.conn.send(msgspec.structs.replace(part, call_id=call_id, proxy_ms=proxy_ms))
+                        await out.send(msgspec.structs.replace(part, call_id=call_id, proxy_ms=proxy_ms))
                     else:
-                        await job.client.conn.send(msgspec.structs.replace(part, call_id=call_id))
-                await job.client.conn.send(msgspec.structs.replace(
+                        await out.send(msgspec.structs.replace(part, call_id=call_id))
+                await out.send(msgspec.structs.replace(
                     msg, call_id=call_id, proxy_ms=proxy_ms, usage=settled.usage,
                     cost_nanoton=settled.charge.client_cost, voucher=settled.client_voucher))
                 if not settled.beyond:  # an answer charged at its bounds is no success of its worker
-                    self.selector.record_whole(worker, (now - sent_at) * 1000, settled.usage.completion_tokens)
+                    self.fwd.selector.record_whole(worker, (now - sent_at) * 1000, settled.usage.completion_tokens)
                 return "ok"
 
-    async def _relay_stream(self, job: _Job, worker: WorkerLink, call: Call, watchdog: Watchdog,
-                            started: float) -> str:
+    async def _relay_stream(self, worker: WorkerLink, call: Call, watchdog: Watchdog) -> str:
         loop = asyncio.get_running_loop()
         sent_at = loop.time()
-        out = job.client.conn
-        call_id = job.req.call_id
+        out = self.client.conn
+        call_id = self.asked.call_id
         msg = await self._before_first_token(worker, call)
         if not isinstance(msg, ResponseHead):
-            self.selector.record_failure(worker)
+            self.fwd.selector.record_failure(worker)
             raise _Retry(upstream_failed(f"worker {worker.name} sent {type(msg).__name__} before its head"))
         head_at = loop.time()
         prompt = msg.usage or Usage()  # what the engine counted before its first token
         watchdog.answer_started()
-        self.metrics.first_byte.observe(head_at - started)
-        await out.send(msgspec.structs.replace(msg, call_id=call_id, proxy_ms=(head_at - started) * 1000))
+        self.fwd.metrics.first_byte.observe(head_at - self.routed)
+        await out.send(msgspec.structs.replace(msg, call_id=call_id, proxy_ms=(head_at - self.routed) * 1000))
         delivered = 0  # completion tokens the client has received
         settled = False
         try:
-            while True:
+            while True:  # the hot path: one frame in, one frame out
                 try:
                     msg = await call.next()
                 except LinkLost as lost:
-                    self.selector.record_failure(worker)
+                    self.fwd.selector.record_failure(worker)
                     settled = True
-                    broken = self._broken_stream(job, worker, call, ApiError(
+                    broken = self._broken_stream(worker, call, ApiError(
                         502, f"worker {worker.name} disconnected ({lost})", type="api_error",
                         code=ErrorCode.WORKER_FAILED), _delivered(prompt, delivered))
                     await out.send(broken)
@@ -266,58 +292,59 @@ class Forwarder:
                     delivered += msg.tokens
                 elif isinstance(msg, ResponseEnd):
                     settled = True
-                    done = self._settle(job, worker, call, msg.usage)
+                    done = self._settle(worker, call, msg.usage)
                     now = loop.time()
                     await out.send(msgspec.structs.replace(
-                        msg, call_id=call_id, proxy_ms=(now - started) * 1000, usage=done.usage,
+                        msg, call_id=call_id, proxy_ms=(now - self.routed) * 1000, usage=done.usage,
                         cost_nanoton=done.charge.client_cost, voucher=done.client_voucher))
                     if not done.beyond:
-                        self.selector.record_stream(worker, (head_at - sent_at) * 1000, (now - head_at) * 1000,
-                                                    done.usage.completion_tokens)
+                        self.fwd.selector.record_stream(worker, (head_at - sent_at) * 1000, (now - head_at) * 1000,
+                                                        done.usage.completion_tokens)
                     return "ok"
                 elif isinstance(msg, ResponseError):
-                    if _worker_fault(msg) or msg.code == ErrorCode.IDLE_TIMEOUT:
-                        self.selector.record_failure(worker)
+                    if judge(msg) is Verdict.FAULT:
+                        self.fwd.selector.record_failure(worker)
                     settled = True
-                    broken = self._broken_stream(job, worker, call, msg.to_api(), _delivered(prompt, delivered))
+                    broken = self._broken_stream(worker, call, msg.to_api(), _delivered(prompt, delivered))
                     await out.send(broken)
                     return ErrorCode.label(broken.code)  # the worker chose it: a bounded label
         finally:
             if not settled and delivered:  # the client hung up or its link broke: it pays for what it got
-                self._settle(job, worker, call, _delivered(prompt, delivered))
+                self._settle(worker, call, _delivered(prompt, delivered))
 
-    def _broken_stream(self, job: _Job, worker: WorkerLink, call: Call, error: ApiError,
-                       usage: Usage) -> ResponseError:
+    def _broken_stream(self, worker: WorkerLink, call: Call, error: ApiError, usage: Usage) -> ResponseError:
         """The client's last frame of a stream that broke after its first token: charged its prompt and what was
         delivered."""
         delivered = usage.completion_tokens
-        settled = (self._settle(job, worker, call, usage) if delivered
-                   else Settled(Charge(0, 0), None, None))
+        settled = self._settle(worker, call, usage) if delivered else Settled(Charge(0, 0), None, None)
         log.info("stream broke after its first token", extra={"fields": {
             "worker": worker.name, "code": error.code, "delivered_tokens": delivered}})
         told = ApiError(error.status, f"the answer broke off after {delivered} tokens: {error.message}; "
                                       f"only its prompt and the delivered tokens are charged",
                         type=error.type, code=error.code, param=error.param)
-        return ResponseError.from_api(told, job.req.call_id, usage=settled.usage if delivered else None,
+        return ResponseError.from_api(told, self.asked.call_id, usage=settled.usage if delivered else None,
                                       cost_nanoton=settled.charge.client_cost, voucher=settled.client_voucher)
 
-    def _settle(self, job: _Job, worker: WorkerLink, call: Call, usage: Usage) -> Settled:
-        settled = self.billing.settle(job.res, worker.key, worker.name, job.req.model, usage,
-                                      worker.params.coefficient)
+    # -- settlement --------------------------------------------------------------------------------------------
+    def _settle(self, worker: WorkerLink, call: Call, usage: Usage) -> Settled:
+        """Charge the answer (once: the books refuse a second settlement of one request id), pay its worker, count
+        its tokens against its paying party's limits."""
+        fwd, res = self.fwd, self.res
+        assert res is not None  # only an admitted request reaches a worker
+        settled = fwd.billing.settle(res, worker.key, worker.name, self.req.model, usage, worker.params.coefficient)
         if settled.beyond:
-            self.selector.record_misreport(worker)
+            fwd.selector.record_misreport(worker)
             for kind in settled.beyond:
-                self.metrics.beyond_bounds.labels(kind.removesuffix("_tokens")).inc()
+                fwd.metrics.beyond_bounds.labels(kind.removesuffix("_tokens")).inc()
         if settled.worker_voucher is not None and worker.conn.version >= 2:
             worker.conn.send_nowait(Payout(call_id=call.call_id, fee_nanoton=settled.charge.worker_fee,
                                            voucher=settled.worker_voucher))
         usage = settled.usage
-        charge = settled.charge
-        self.limiter.charge(job.client.key, usage.total_tokens)
+        fwd.limiter.charge(self.client.account.limits_key, usage.total_tokens)
         for kind, n in usage.by_kind():
             if n:
-                self.metrics.tokens.labels(kind).inc(n)
-        self.metrics.charged.inc(charge.client_cost)
+                fwd.metrics.tokens.labels(kind).inc(n)
+        fwd.metrics.charged.inc(settled.charge.client_cost)
         return settled
 
 
@@ -326,10 +353,3 @@ def _delivered(prompt: Usage, completion_tokens: int) -> Usage:
     that token (nothing when its engine could not tell then), and the completion tokens the client received."""
     return Usage(prompt_tokens=prompt.prompt_tokens, cached_tokens=prompt.cached_tokens,
                  completion_tokens=completion_tokens)
-
-
-async def _send_error(conn: Connection, call_id: int, exc: ApiError) -> None:
-    try:
-        await conn.send(ResponseError.from_api(exc, call_id))
-    except ConnectionError:
-        pass

@@ -1,5 +1,8 @@
 """Per-client limits: requests in flight, and tokens per minute. Over a limit: 429 with Retry-After.
 
+A client here is whoever pays (billing.Account.limits_key): the wallet behind a verified channel, however many
+RA-TLS keys it presents itself under; only with payments off is it the link's key, which costs nothing to mint.
+
 Tokens are known only once a request is charged, so the per-minute allowance is a bucket that refills
 continuously and may go into debt: a client is admitted while its bucket is above zero, and a request that
 overdraws it delays the next one by the time the bucket needs to recover.

@@ -63,6 +63,10 @@ class ProxyServer:
                                        admission=self.admission)
         self.port = self._server.sockets[0].getsockname()[1]
         self._settling = asyncio.create_task(self.billing.run())
+        if self._limits_keyed_by() == "tls_key":
+            log.warning("payments are off: per-client limits count per RA-TLS key, which a client mints freely",
+                        extra={"fields": {"client_max_concurrent": self.cfg.client_max_concurrent,
+                                          "client_tokens_per_minute": self.cfg.client_tokens_per_minute}})
         await self.stats.start(self.cfg.stats_host, self.cfg.stats_port)
         log.info("proxy listening", extra={"fields": {"port": self.port, "stats_port": self.stats.port}})
 
@@ -201,7 +205,8 @@ class ProxyServer:
             "active_requests": sum(self.selector.active(w) for w in workers),
             "waiting_requests": len(self.backlog),
             "limits": {"client_max_concurrent": self.cfg.client_max_concurrent,
-                       "client_tokens_per_minute": self.cfg.client_tokens_per_minute},
+                       "client_tokens_per_minute": self.cfg.client_tokens_per_minute,
+                       "keyed_by": self._limits_keyed_by()},
             # connections before authentication: in progress, and refused or dropped per reason
             "admission": self.admission.stats(),
             "books": books,
@@ -217,6 +222,10 @@ class ProxyServer:
             # TDX collateral: platforms cached, recently failed, being fetched (each bounded)
             "collateral": self.verifier.collateral.stats() if self.verifier.collateral else None,
         }
+
+    def _limits_keyed_by(self) -> str:
+        """What per-client limits count against (billing.Account.limits_key): paying wallets, or link keys."""
+        return "wallet" if self.billing.settlement is not None else "tls_key"
 
 
 def _peer_stats(link: WorkerLink, standing: ReputationSummary | None) -> dict[str, Any]:

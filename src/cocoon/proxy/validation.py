@@ -1,0 +1,50 @@
+"""What the proxy forwards: a request a worker can read, within the proxy's limits.
+
+A peer that speaks the wire protocol can skip its client's checks. What no worker could serve is refused here,
+before it takes a worker's slot, holds money or counts against a limit: an unknown endpoint, a body over
+`max_body_bytes` (413), a body that is not one JSON object (400), an output cap (`max_tokens`, which the proxy
+reserves money for and the worker holds the engine to) above `max_tokens_limit` (400). The body is scanned once,
+without building it (msgspec skips the fields of an object it has no use for); the worker decodes it with the
+OpenAI schema and refuses what that finds at once.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from cocoon.core.errors import ApiError, ErrorCode
+from cocoon.wire.messages import Request
+
+ENDPOINTS = ("chat", "completions")
+
+
+class _AnyObject(msgspec.Struct):
+    """Any JSON object: its fields are skipped (checked to be JSON), never built."""
+
+
+_OBJECT = msgspec.json.Decoder(_AnyObject)
+
+
+def check_request(req: Request, *, max_body_bytes: int, max_tokens_limit: int) -> None:
+    """Raise the ApiError a client gets for a request no worker should be asked to serve."""
+    if req.endpoint not in ENDPOINTS:
+        raise ApiError(400, f"unknown endpoint `{req.endpoint}`: expected chat or completions",
+                       code=ErrorCode.INVALID_VALUE, param="endpoint")
+    if len(req.body) > max_body_bytes:
+        raise ApiError(413, f"the request body is {len(req.body)} bytes, above this proxy's limit of "
+                            f"{max_body_bytes}", code=ErrorCode.REQUEST_TOO_LARGE)
+    if req.max_tokens is not None:
+        if req.max_tokens < 1:
+            raise ApiError(400, f"`max_tokens` must be at least 1, not {req.max_tokens}",
+                           code=ErrorCode.INVALID_VALUE, param="max_tokens")
+        if req.max_tokens > max_tokens_limit:
+            raise ApiError(400, f"`max_tokens` is {req.max_tokens}, above this proxy's limit of {max_tokens_limit} "
+                                f"tokens", code=ErrorCode.MAX_TOKENS_EXCEEDED, param="max_tokens")
+    try:
+        _OBJECT.decode(req.body)
+    except msgspec.ValidationError:
+        raise ApiError(400, "the request body must be a JSON object", code=ErrorCode.INVALID_TYPE) from None
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}", code=ErrorCode.INVALID_JSON) from None
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply", code=ErrorCode.INVALID_JSON) from None

@@ -1,7 +1,7 @@
 """Error codes and the root of cocoon's exceptions.
 
-`ApiError` is the one error a user sees: it travels in wire `ResponseError` frames (`ApiError.from_wire` /
-`to_wire`) and becomes OpenAI-style JSON at the API. Every `code` it can carry is an `ErrorCode`; the README's
+`ApiError` is the one error a user sees: it travels in wire `ResponseError` frames (`ResponseError.from_api` /
+`to_api`) and becomes OpenAI-style JSON at the API. Every `code` it can carry is an `ErrorCode`; the README's
 error section lists them all (a unit test keeps the two equal).
 """
 

@@ -192,7 +192,7 @@ class ProxyBooks:
         if bounds is not None:
             usage, beyond = bounds.hold(usage)
         charge = price_request(usage, prices, coefficient)
-        tokens = usage.prompt_tokens + usage.completion_tokens
+        tokens = usage.total_tokens
         with self._lock:
             reserved = self._flight.held.get((client, request_id))
             if reserved is not None and charge.client_cost > reserved:

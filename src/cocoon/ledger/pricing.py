@@ -69,8 +69,7 @@ class Bounds(NamedTuple):
                      completion_tokens=completion, reasoning_tokens=min(usage.reasoning_tokens, completion))
         if held == usage:
             return usage, ()
-        beyond = tuple(name for name in ("prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens")
-                       if getattr(held, name) != getattr(usage, name))
+        beyond = tuple(name for name in Usage.__struct_fields__ if getattr(held, name) != getattr(usage, name))
         return held, beyond
 
 

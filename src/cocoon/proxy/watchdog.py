@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 
-from cocoon.core.errors import ErrorCode
+from cocoon.core.errors import ApiError, ErrorCode
 from cocoon.wire.connection import Call
 from cocoon.wire.messages import ResponseError
 
@@ -42,7 +42,7 @@ class Watchdog:
     def stop(self) -> None:
         self._handle.cancel()
 
-    def _due(self) -> tuple[float, str]:
+    def _due(self) -> tuple[float, ErrorCode]:
         if self._streaming:
             due, code = self._last + self._idle_s, ErrorCode.IDLE_TIMEOUT
         elif self._first_token_s is not None:
@@ -57,8 +57,8 @@ class Watchdog:
             self._handle = self._loop.call_at(due, self._check)
             return
         self._call.cancel(f"proxy timeout: {code}")
-        self._call.queue.put_nowait(ResponseError(call_id=self._call.call_id, status=504, message=self._message(code),
-                                                  type="timeout_error", code=code))
+        timeout = ApiError(504, self._message(code), type="timeout_error", code=code)
+        self._call.queue.put_nowait(ResponseError.from_api(timeout, self._call.call_id))
 
     def _message(self, code: ErrorCode) -> str:
         if code == ErrorCode.FIRST_TOKEN_TIMEOUT:

@@ -122,30 +122,35 @@ def localnet(state_dir: Path, *, engine: str = "fake", workers: int = 2, options
 
 
 @contextlib.contextmanager
-def llama_cpp_server(log_dir: Path) -> Iterator[str]:
-    """llama-cpp-python's own OpenAI server (a real third-party engine) on the bundled model."""
-    from cocoon.inference.embedded import MODEL_ID, default_model_path
-
-    port = free_port()
-    # a file, not a pipe: the server logs a lot, and a full pipe would block it
-    log_path = log_dir / "llama_server.log"
+def serving(args: list[str], port: int, log_path: Path, *, within_s: float) -> Iterator[subprocess.Popen[bytes]]:
+    """The process `args`, once it accepts connections on 127.0.0.1:`port` (within `within_s`), its output in
+    `log_path` (a file, not a pipe: a full pipe would block a server that logs a lot); stopped on leaving."""
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", default_model_path(), "--model_alias", MODEL_ID,
-             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--verbose", "false"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + within_s
         while True:
             with contextlib.suppress(OSError):
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
             if proc.poll() is not None:
-                raise RuntimeError(f"llama_cpp.server exited: {log_path.read_text()[-2000:]}")
+                raise RuntimeError(f"{log_path.stem} exited: {log_path.read_text()[-2000:]}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"llama_cpp.server did not start within 60 s: {log_path.read_text()[-2000:]}")
-            time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}/v1"
+                raise RuntimeError(f"{log_path.stem} did not start within {within_s:.0f} s: "
+                                   f"{log_path.read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield proc
     finally:
         stop_process(proc, timeout=10)
+
+
+@contextlib.contextmanager
+def llama_cpp_server(log_dir: Path) -> Iterator[str]:
+    """llama-cpp-python's own OpenAI server (a real third-party engine) on the bundled model."""
+    from cocoon.inference.embedded import MODEL_ID, default_model_path
+
+    port = free_port()
+    args = [sys.executable, "-m", "llama_cpp.server", "--model", default_model_path(), "--model_alias", MODEL_ID,
+            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--verbose", "false"]
+    with serving(args, port, log_dir / "llama_server.log", within_s=60):
+        yield f"http://127.0.0.1:{port}/v1"

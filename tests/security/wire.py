@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -21,7 +18,7 @@ from cocoon.ledger.devnet import ledger_path
 from cocoon.ledger.local import LocalLedger
 from cocoon.nodekeys import NodeKeys
 from cocoon.wire.messages import Request, ResponseChunk, ResponseEnd, ResponseError, ResponseHead
-from tests.netutil import Net, free_port, get_json, stop_process
+from tests.netutil import Net, free_port, get_json, serving
 
 Answer = list[ResponseHead | ResponseChunk | ResponseEnd | ResponseError]
 
@@ -75,20 +72,9 @@ def refusal(answer: Answer) -> tuple[int, str | None, str | None]:
 def upstream(log_dir: Path) -> Iterator[str]:
     """tests/security/upstream.py on a free port of 127.0.0.1; yields its base URL (…/v1)."""
     port = free_port()
-    with (log_dir / "upstream.log").open("wb") as log:
-        proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("upstream.py")), str(port)],
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            assert proc.poll() is None and time.monotonic() < deadline, (log_dir / "upstream.log").read_text()
-            time.sleep(0.1)
+    with serving([sys.executable, str(Path(__file__).with_name("upstream.py")), str(port)], port,
+                 log_dir / "upstream.log", within_s=30):
         yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        stop_process(proc, signal.SIGTERM, timeout=10)
 
 
 def upstream_stats(url: str) -> dict[str, int]:

@@ -125,6 +125,15 @@ def test_graph_sees_the_imports() -> None:
     assert "localnet" in GRAPH["bench"]
 
 
+def test_graph_sees_imports_inside_functions() -> None:
+    # a lazy import (inside a function, run only when called) is an import all the same: cli.py imports the roles
+    # only inside its commands, and those edges must be in the graph
+    cli = ROOT / "cli.py"
+    top_level = {node.module for node in ast.parse(cli.read_text()).body if isinstance(node, ast.ImportFrom)}
+    assert not any(module and module.startswith("cocoon.proxy") for module in top_level)
+    assert "cli.py" in GRAPH["cli"]["proxy"]
+
+
 def test_every_unit_has_a_floor() -> None:
     missing = sorted(set(GRAPH) - set(FLOOR))
     assert not missing, f"give these a floor in FLOORS: {missing}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
@@ -18,6 +18,7 @@ from msgspec import UNSET, Meta, UnsetType
 from cocoon.core.errors import ApiError, ErrorCode
 
 Endpoint = Literal["chat", "completions"]
+ENDPOINTS: tuple[str, ...] = get_args(Endpoint)
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 # Fields an engine without tool support must refuse (`functions`/`function_call` are their legacy names).
 TOOL_FIELDS = ("tools", "tool_choice", "response_format", "functions", "function_call")
@@ -312,8 +313,12 @@ def decode_request(endpoint: str, raw: bytes) -> OpenAIRequest:
         return _decode(raw, _CHAT_DECODER)
     if endpoint == "completions":
         return _decode_completion(raw)
-    raise ApiError(400, f"unknown endpoint `{endpoint}`: expected chat or completions", code=ErrorCode.INVALID_VALUE,
-                   param="endpoint")
+    raise unknown_endpoint(endpoint)
+
+
+def unknown_endpoint(endpoint: str) -> ApiError:
+    return ApiError(400, f"unknown endpoint `{endpoint}`: expected chat or completions", code=ErrorCode.INVALID_VALUE,
+                    param="endpoint")
 
 
 def parse_chat_request(raw: bytes, *, max_tokens_limit: int, max_prompt_chars: int) -> ChatCompletionRequest:

@@ -13,9 +13,8 @@ from __future__ import annotations
 import msgspec
 
 from cocoon.core.errors import ApiError, ErrorCode
+from cocoon.openai.schema import ENDPOINTS, unknown_endpoint
 from cocoon.wire.messages import Request
-
-ENDPOINTS = ("chat", "completions")
 
 
 class _AnyObject(msgspec.Struct):
@@ -28,8 +27,7 @@ _OBJECT = msgspec.json.Decoder(_AnyObject)
 def check_request(req: Request, *, max_body_bytes: int, max_tokens_limit: int) -> None:
     """Raise the ApiError a client gets for a request no worker should be asked to serve."""
     if req.endpoint not in ENDPOINTS:
-        raise ApiError(400, f"unknown endpoint `{req.endpoint}`: expected chat or completions",
-                       code=ErrorCode.INVALID_VALUE, param="endpoint")
+        raise unknown_endpoint(req.endpoint)
     if len(req.body) > max_body_bytes:
         raise ApiError(413, f"the request body is {len(req.body)} bytes, above this proxy's limit of "
                             f"{max_body_bytes}", code=ErrorCode.REQUEST_TOO_LARGE)

@@ -1,7 +1,9 @@
 """`cocoon bench`: the network path (client→proxy→worker→engine) against the engine alone.
 
 Both runs hit the same `fake` engine process (50 chunks of 128 bytes per answer, no delay), at the same
-concurrency, for the same number of streamed requests; the ratio of the two is the cost of the network.
+concurrency, for the same number of streamed requests; the ratio of the two is the cost of the network. The
+network run pays on the local chain; the report ends with the client's check of what it was charged (every
+figure 0 on this honest traffic but the amounts charged and the vouchers superseded).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,10 @@ from rich.table import Table
 
 from cocoon.localnet import LocalNet, free_port
 from cocoon.openai import sse
+
+# what the client's /jsonstats says about its payments, in the report
+PAYMENT_FIGURES = ("charged_nanoton", "vouchers_nanoton", "refused_vouchers", "superseded_vouchers",
+                   "unexplained_nanoton", "unseen_answers", "overcharges", "overpriced_nanoton")
 
 console = Console(stderr=True)
 
@@ -122,8 +129,6 @@ async def flood(base_url: str, model: str, concurrency: int, stop: asyncio.Event
 
 
 def _wait_http(url: str, timeout: float) -> None:
-    import urllib.request
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError):
@@ -155,6 +160,8 @@ def run_bench(requests: int, concurrency: int, workers: int, as_json: bool) -> d
             console.print(f"network: same load through client→proxy→{workers} worker(s)→engine at {api}")
             asyncio.run(run_load(api, "fake-model", warm, concurrency))
             network = asyncio.run(run_load(api, "fake-model", requests, concurrency))
+            with urllib.request.urlopen(net.client.stats_url + "/jsonstats", timeout=5) as resp:
+                client = json.loads(resp.read())
             net.stop()
             net = None
     finally:
@@ -174,6 +181,7 @@ def run_bench(requests: int, concurrency: int, workers: int, as_json: bool) -> d
         "direct_ttfb_p50_ms": round(direct.pct(direct.ttfb_ms, 0.5), 2),
         "network_ttfb_p50_ms": round(network.pct(network.ttfb_ms, 0.5), 2),
         "direct_errors": direct.errors, "network_errors": network.errors,
+        "client_payments": {k: client.get(k) for k in PAYMENT_FIGURES},
     }
     if not as_json:
         _print(report, direct, network)
@@ -191,3 +199,4 @@ def _print(report: dict[str, Any], direct: LoadResult, network: LoadResult) -> N
     Console().print(table)
     slowdown = report["network_p50_ms"] / report["direct_p50_ms"] if report["direct_p50_ms"] else float("nan")
     Console().print(f"ratio network/direct (req/s): [bold]{report['ratio']}[/]   median latency ×{slowdown:.2f}")
+    Console().print("client payments: " + ", ".join(f"{k} {v}" for k, v in report["client_payments"].items()))

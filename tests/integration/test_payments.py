@@ -3,6 +3,7 @@ without the proxy, a proxy killed mid-load, and books rolled back behind their c
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from cocoon.bench import run_load
 from cocoon.core.usage import Usage
 from cocoon.ledger.base import LedgerRefused
 from cocoon.ledger.contracts import NOTIFY_VALUE
@@ -267,3 +269,21 @@ def test_settlement_runs_on_its_own_claims_commits_redeems_and_tops_up(tmp_path:
         assert 11 * 10**9 <= purse.remaining() <= 12 * 10**9
         assert books["charged_nanoton"] == total
         assert ledger.chain.audit().balanced
+
+
+def test_honest_concurrent_streams_raise_no_false_alarm_in_the_client_books(tmp_path: Path) -> None:
+    """Issue 15 item 8: answers settled by the proxy in one order end at the client in another, so the cumulative
+    vouchers they carry arrive out of order. On honest traffic the client must neither refuse a voucher nor
+    report a nanoTON it cannot explain."""
+    with localnet(tmp_path / "state", engine="fake", workers=2, max_active=16) as net:
+        load = asyncio.run(run_load(net.api_url, "fake-model", 300, 32))
+        assert (load.requests, load.errors) == (300, 0)
+        client = net.stats("client-1")
+        assert client["active_requests"] == 0
+        assert (client["refused_vouchers"], client["unexplained_nanoton"]) == (0, 0)
+        assert client["vouchers_nanoton"] == client["charged_nanoton"] > 0
+        assert (client["overcharges"], client["overpriced_nanoton"], client["unseen_answers"]) == (0, 0, 0)
+        lines = [json.loads(line) for line in (net.state_dir / "logs" / "client-1.log").read_text().splitlines()
+                 if line.startswith("{")]
+        alarms = [e["msg"] for e in lines if e["logger"].startswith("cocoon.client.") and e["level"] != "info"]
+        assert alarms == []

@@ -6,7 +6,7 @@ import msgspec
 
 from cocoon.core.usage import Usage
 from cocoon.wire import frames
-from cocoon.wire.messages import Request, ResponseChunk, ResponseError
+from cocoon.wire.messages import Request, ResponseChunk, ResponseEnd, ResponseError
 
 
 class OldRequest(msgspec.Struct, tag="req", tag_field="t"):
@@ -27,6 +27,16 @@ class OldChunk(msgspec.Struct, tag="chunk", tag_field="t"):
     data: bytes
 
 
+class OldEnd(msgspec.Struct, tag="end", tag_field="t"):
+    """Before the proxy named the worker's coefficient."""
+
+    id: int
+    usage: Usage
+    worker_ms: float = 0.0
+    proxy_ms: float = 0.0
+    cost_nanoton: int = 0
+
+
 class OldError(msgspec.Struct, tag="error", tag_field="t"):
     id: int
     status: int
@@ -42,19 +52,22 @@ def test_old_messages_decode_with_defaults() -> None:
     assert isinstance(req, Request) and req.region == ""
     (chunk,) = frames.FrameReader().feed(frames.encode(OldChunk(id=1, data=b"x")))  # type: ignore[arg-type]
     assert isinstance(chunk, ResponseChunk) and chunk.tokens == 0  # an old worker's stream is never overcharged
+    (end,) = frames.FrameReader().feed(frames.encode(OldEnd(id=1, usage=Usage(), cost_nanoton=5)))  # type: ignore[arg-type]
+    assert isinstance(end, ResponseEnd) and end.coefficient == 0  # not said: the client prices at its own cap
 
 
 def test_new_messages_decode_on_an_old_peer() -> None:
-    old_decoder = msgspec.msgpack.Decoder(OldRequest | OldChunk | OldError)
+    old_decoder = msgspec.msgpack.Decoder(OldRequest | OldChunk | OldEnd | OldError)
     new = [Request(call_id=1, endpoint="chat", model="m", body=b"{}", stream=True, include_usage=False,
                    deadline=1.0, region="eu", request_id="r-1", max_tokens=5),
            ResponseChunk(call_id=1, data=b"x", tokens=1),
+           ResponseEnd(call_id=1, usage=Usage(completion_tokens=3), cost_nanoton=9, coefficient=1500),
            ResponseError(call_id=1, status=502, message="broke", usage=Usage(completion_tokens=3), cost_nanoton=9,
-                         param="n")]
+                         param="n", coefficient=1500)]
     decoded = [old_decoder.decode(msgspec.msgpack.encode(m)) for m in new]
-    assert [type(m) for m in decoded] == [OldRequest, OldChunk, OldError]
+    assert [type(m) for m in decoded] == [OldRequest, OldChunk, OldEnd, OldError]
     # call_id and request_id keep the names earlier peers read
-    assert (decoded[0].id, decoded[0].uid, decoded[1].id, decoded[2].id) == (1, "r-1", 1, 1)
+    assert (decoded[0].id, decoded[0].uid, decoded[1].id, decoded[3].id) == (1, "r-1", 1, 1)
 
 
 def test_zero_max_tokens_from_an_earlier_peer_means_unset() -> None:

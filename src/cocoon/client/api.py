@@ -6,19 +6,18 @@ import hmac
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
 from cocoon.client.crosssite import CrossSiteGuard
+from cocoon.client.payments import ClientPayments
 from cocoon.client.proxy_link import ProxyLink
 from cocoon.config import ClientConfig
 from cocoon.core.errors import ApiError, ErrorCode
 from cocoon.core.ids import REQUEST_ID_HEADER, request_id_from, request_scope
 from cocoon.core.usage import KINDS, Usage
-from cocoon.ledger.vouchers import Voucher
 from cocoon.observe.series import Series
 from cocoon.openai import http, schema, sse
 from cocoon.wire.connection import Call, LinkLost
@@ -72,15 +71,12 @@ class ClientStats:
         self.charged_nanoton += last.cost_nanoton
 
 
-Paid = Callable[[Voucher | None, int], None]  # an answer's voucher and cost, for the client's payments
-
-
 class ClientApi:
-    def __init__(self, cfg: ClientConfig, link: ProxyLink, on_paid: Paid | None = None) -> None:
+    def __init__(self, cfg: ClientConfig, link: ProxyLink, payments: ClientPayments | None = None) -> None:
         self.cfg = cfg
         self.link = link
         self.stats = ClientStats()
-        self.on_paid = on_paid
+        self.payments = payments
         self.guard = CrossSiteGuard(cfg.api_host, check_host=cfg.api_key is None)
 
     def build_app(self) -> web.Application:
@@ -155,13 +151,28 @@ class ClientApi:
             max_coefficient=self.cfg.default_max_coefficient, features=parsed.engine_features(),
             region=requested_region(request), max_tokens=parsed.max_tokens, choices=parsed.choices()[0],
         )
-        call = await self.link.call(req)
+        # before the request leaves: from then on its charge may be in any voucher the proxy signs
+        ticket = self.payments.begin(req.request_id) if self.payments is not None else 0
+        try:
+            return await self._answer(request, req, parsed.model, ticket, started)
+        finally:
+            if self.payments is not None:  # no-op when its end was seen; else the proxy may have charged it unseen
+                self.payments.end(ticket, None)
+
+    async def _answer(self, request: web.Request, req: Request, model: str, ticket: int, started: float
+                      ) -> web.StreamResponse:
+        try:
+            call = await self.link.call(req)
+        except ApiError:
+            if self.payments is not None:  # it never reached a proxy: nothing can be charged for it
+                self.payments.unsent(ticket)
+            raise
         self.stats.active += 1
         headed_at: float | None = None
         try:
             first = await self._next(call)
             if isinstance(first, ResponseError):
-                self.stats.record(ErrorCode.label(first.code))
+                self._paid(ticket, ErrorCode.label(first.code), first)
                 raise first.to_api()
             if not isinstance(first, ResponseHead):
                 raise ApiError(502, f"proxy sent {type(first).__name__} before the answer head",
@@ -171,12 +182,12 @@ class ClientApi:
                       "x-cocoon-proxy-ms": f"{first.proxy_ms:.1f}",
                       "x-cocoon-worker-ms": f"{first.worker_ms:.1f}"}
             if req.stream:
-                return await self._stream(request, call, timing)
-            return await self._whole(call, timing)
+                return await self._stream(request, call, ticket, timing)
+            return await self._whole(call, ticket, timing)
         finally:
             self.stats.active -= 1
             if headed_at is not None:
-                self.stats.answered(parsed.model, time.monotonic() - started,
+                self.stats.answered(model, time.monotonic() - started,
                                     headed_at - started if req.stream else None)
             if not call.done:
                 # Our HTTP client went away (or we failed) mid-answer: stop the generation on the worker.
@@ -193,21 +204,22 @@ class ClientApi:
                                 "it was not retried, since the proxy may have started it", type="api_error",
                            code=ErrorCode.PROXY_LINK_LOST, retry_after=1) from None
 
-    async def _whole(self, call: Call, timing: dict[str, str]) -> web.Response:
+    async def _whole(self, call: Call, ticket: int, timing: dict[str, str]) -> web.Response:
         parts: list[bytes] = []
         while True:
             msg = await self._next(call)
             if isinstance(msg, ResponseChunk):
                 parts.append(msg.data)
             elif isinstance(msg, ResponseEnd):
-                self._paid("ok", msg)
+                self._paid(ticket, "ok", msg)
                 body = with_cost(b"".join(parts), msg.cost_nanoton)
                 return web.Response(body=body, content_type="application/json", headers=timing)
             elif isinstance(msg, ResponseError):
-                self.stats.record(ErrorCode.label(msg.code))
+                self._paid(ticket, ErrorCode.label(msg.code), msg)
                 raise msg.to_api()
 
-    async def _stream(self, request: web.Request, call: Call, timing: dict[str, str]) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, call: Call, ticket: int, timing: dict[str, str]
+                      ) -> web.StreamResponse:
         resp = await http.open_stream(request, timing)
         usage_chunk: bytes | None = None  # held back until the End says what the answer cost
         while True:
@@ -222,23 +234,24 @@ class ClientApi:
                 else:
                     await resp.write(sse.event(msg.data))
             elif isinstance(msg, ResponseEnd):
-                self._paid("ok", msg)
+                self._paid(ticket, "ok", msg)
                 if usage_chunk is not None:
                     await resp.write(sse.event(with_cost(usage_chunk, msg.cost_nanoton)))
                 await resp.write(sse.DONE)
                 break
             elif isinstance(msg, ResponseError):
                 # Headers are gone already: the error travels as a final SSE event, the way OpenAI does.
-                self._paid(ErrorCode.label(msg.code), msg)
+                self._paid(ticket, ErrorCode.label(msg.code), msg)
                 await resp.write(sse.event(msg.to_api().to_json()))
                 break
         await resp.write_eof()
         return resp
 
-    def _paid(self, outcome: str, last: ResponseEnd | ResponseError) -> None:
+    def _paid(self, ticket: int, outcome: str, last: ResponseEnd | ResponseError) -> None:
+        """The proxy's last message about a request: count it, and hand its charge to the payments."""
         self.stats.record(outcome, last)
-        if self.on_paid is not None and last.cost_nanoton:
-            self.on_paid(last.voucher, last.cost_nanoton)
+        if self.payments is not None:
+            self.payments.end(ticket, last)
 
 
 def with_cost(payload: bytes, cost_nanoton: int) -> bytes:

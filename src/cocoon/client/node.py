@@ -43,7 +43,7 @@ class ClientNode:
         self.dialer = Dialer(lambda: proxy_addresses(cfg), self.identity, self.verifier, self._hello,
                              refuse_inbound, connect_timeout_s=cfg.connect_timeout_s, check_peer=registered)
         self.api = ClientApi(cfg, ProxyLink(self.dialer, cfg.connect_timeout_s),
-                             on_paid=self.payments.accept if self.payments else None)
+                             payments=self.payments)
         registry = CollectorRegistry()
         connected = Gauge("cocoon_client_proxy_connected", "1 while the proxy link is up", registry=registry)
         Gauge("cocoon_client_active_requests", "API requests in flight", registry=registry).set_function(
@@ -105,7 +105,11 @@ class ClientNode:
             "recent_errors": list(s.recent_errors),
             **({"balance_nanoton": self.payments.balance_nanoton, "vouchers_nanoton": self.payments.charged_nanoton,
                 "refused_vouchers": self.payments.refused_vouchers,
+                "superseded_vouchers": self.payments.superseded_vouchers,
                 "unexplained_nanoton": self.payments.unexplained_nanoton,
+                "unseen_answers": self.payments.audit.unseen_answers,
+                "overcharges": self.payments.overcharges,
+                "overpriced_nanoton": self.payments.overpriced_nanoton,
                 "channels": {a: p.channel for a, p in self.payments.purses.items()}} if self.payments else {}),
         }
 

@@ -1,5 +1,9 @@
-"""The client's money: a funded payment channel with each of its proxies (opened at start, topped up when low) and
-the charge vouchers the proxies sign, each checked against what the answer said it cost and kept.
+"""The client's money: a funded payment channel with each of its proxies (opened at start, topped up when low),
+the charge vouchers the proxies sign (the newest kept), and two checks of every answer's charge:
+
+- its cost is at most its usage at the prices on chain times the worker's coefficient (the proxy names it), and
+  that coefficient is within this client's cap;
+- the vouchers charge no more than the answers received (client/audit.py, whatever order answers end in).
 
 Chain operations run in threads; checking and storing a voucher (a signature check and one SQLite write) is
 done inline as each answer ends.
@@ -10,14 +14,16 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from cocoon.config import ClientConfig
+from cocoon.client.audit import ChargeAudit
+from cocoon.config import ClientConfig, Prices
 from cocoon.ledger.base import LedgerError
 from cocoon.ledger.devnet import ledger_path, vouchers_path
 from cocoon.ledger.local import LocalLedger
+from cocoon.ledger.pricing import price_request
 from cocoon.ledger.purse import ChannelPolicy, ClientPurse
 from cocoon.ledger.vouchers import Voucher, VoucherBook, VoucherError
 from cocoon.nodekeys import NodeKeys
-from cocoon.wire.messages import ClientParams
+from cocoon.wire.messages import ClientParams, ResponseEnd, ResponseError
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +36,26 @@ class ClientPayments:
         self.ledger = LocalLedger(ledger_path(state))
         self.wallet = NodeKeys("client", cfg).wallet()  # sealed to this client's role (and image) and name
         self.vouchers = VoucherBook(vouchers_path(state, cfg.name))
+        # present while this client runs, and after a run that may have been charged for answers it never saw
+        self._in_doubt = vouchers_path(state, cfg.name).with_suffix(".in-doubt")
         self.policy = ChannelPolicy(deposit=cfg.deposit_nanoton, stake=cfg.stake_nanoton,
                                     top_up_below=cfg.top_up_below_nanoton, top_up_to=cfg.top_up_to_nanoton)
         self.purses: dict[str, ClientPurse] = {}  # by proxy address (host:port)
         self.balance_nanoton = 0  # what the channels still hold for new requests, as last read
-        self.refused_vouchers = 0
-        self.unexplained_nanoton = 0  # charged by vouchers beyond the costs of the answers this client received
+        self.audit = ChargeAudit()
+        self.refused_vouchers = 0  # invalid, or inconsistent with the voucher kept
+        self.superseded_vouchers = 0  # signed before the one kept, arriving after it: nothing wrong
+        self.overpriced_answers = 0  # cost above usage × prices × coefficient, or a coefficient above the cap
+        self.overpriced_nanoton = 0  # what those answers cost beyond that
+        # the root's prices, the current ones and the ones before: a proxy may settle at either around a change
+        self._prices: tuple[Prices, ...] = (self.ledger.root_params().prices,)
 
     def open(self) -> None:
-        """Open and fund a channel with every configured proxy registered in the root (blocking)."""
+        """Open and fund a channel with every configured proxy registered in the root (blocking, before any
+        request)."""
+        # an earlier run's requests may be charged until their deadline (and a little settling after it)
+        inherited_s = self.cfg.request_timeout_s + 30 if self._in_doubt.exists() else None
+        self._in_doubt.touch()
         for address in self.cfg.proxy_addresses:
             try:
                 proxy = self.ledger.find_proxy(address)
@@ -49,6 +66,7 @@ class ClientPayments:
             purse = ClientPurse(self.ledger, self.wallet, proxy.address, self.vouchers, self.policy)
             state = purse.ensure_open()
             self.purses[address] = purse
+            self.audit.open(purse.channel, purse.latest(), inherited_s=inherited_s)
             log.info("payment channel open", extra={"fields": {"proxy": address, "channel": purse.channel,
                                                                "balance": state.balance, "stake": state.stake}})
         self._refresh()
@@ -60,25 +78,72 @@ class ClientPayments:
         return ClientParams(owner=self.wallet.address, channel=purse.channel, nonce=purse.nonce,
                             wallet_key=self.wallet.public_key, proof=purse.proof(self.tls_key))
 
-    def accept(self, voucher: Voucher | None, cost: int) -> None:
-        """Keep the voucher that came with an answer costing `cost`; an invalid or older one is logged and counted,
-        never kept; one charging more than the answers it covers is kept (it is the proxy's latest signature, and
-        cumulative) and the excess reported."""
-        if voucher is None:
+    def begin(self, request_id: str) -> int:
+        """A request is about to be sent; its ticket, for `end`."""
+        return self.audit.begin(request_id)
+
+    def unsent(self, ticket: int) -> None:
+        """Request `ticket` could not be sent."""
+        self.audit.end(ticket, seen=True)
+
+    def end(self, ticket: int, last: ResponseEnd | ResponseError | None) -> None:
+        """Request `ticket` ended with `last` from the proxy (None: its end never came: a lost link, a client that
+        hung up). Check its charge and keep its voucher. A ticket already ended is ignored."""
+        if last is None:
+            self.audit.end(ticket, seen=False)
             return
+        request_id = self.audit.request_id(ticket)
+        if last.cost_nanoton:
+            self._check_price(request_id, last)
+        channel, valid = None, None
+        if last.voucher is not None:
+            channel, valid = self._keep(request_id, last.voucher)
+        self.audit.end(ticket, seen=True, channel=channel, cost=last.cost_nanoton, voucher=valid)
+
+    def _keep(self, request_id: str, voucher: Voucher) -> tuple[str | None, Voucher | None]:
+        """The channel of ours `voucher` is for, and the voucher if it is valid (kept as the newest, or
+        superseded by a newer one kept already)."""
         purse = next((p for p in self.purses.values() if p.channel == voucher.contract), None)
         try:
             if purse is None:
                 raise VoucherError(f"a voucher for {voucher.contract}, which is none of this client's channels")
-            excess = purse.accept(voucher, cost)
+            if not purse.keep(voucher):
+                self.superseded_vouchers += 1
         except VoucherError as exc:
             self.refused_vouchers += 1
-            log.error("refused a voucher from the proxy", extra={"fields": {"reason": str(exc)}})
+            log.error("refused a voucher from the proxy", extra={"fields": {"request_id": request_id,
+                                                                             "reason": str(exc)}})
+            return (purse.channel if purse else None), None
+        return purse.channel, voucher
+
+    def _check_price(self, request_id: str, last: ResponseEnd | ResponseError) -> None:
+        """The answer costs at most its usage at the root's prices times the worker's coefficient, capped by this
+        client's own cap (an older proxy names no coefficient: the cap, if any, bounds it)."""
+        cap = self.cfg.default_max_coefficient
+        coefficient = last.coefficient or cap
+        if coefficient is None:
             return
-        if excess:
-            self.unexplained_nanoton += excess
-            log.warning("a voucher charges more than this answer's cost", extra={"fields": {
-                "channel": voucher.contract, "excess_nanoton": excess}})
+        allowed = coefficient if cap is None else min(coefficient, cap)
+        fair = (max(price_request(last.usage, prices, allowed).client_cost for prices in self._prices)
+                if last.usage is not None else 0)
+        above_cap = cap is not None and coefficient > cap
+        if last.cost_nanoton <= fair and not above_cap:
+            return
+        self.overpriced_answers += 1
+        self.overpriced_nanoton += max(last.cost_nanoton - fair, 0)
+        log.error("over-charge: an answer costs more than its usage at the prices on chain and the worker's "
+                  "coefficient allow", extra={"fields": {
+                      "request_id": request_id, "cost_nanoton": last.cost_nanoton, "fair_nanoton": fair,
+                      "coefficient": last.coefficient, "max_coefficient": cap}})
+
+    @property
+    def overcharges(self) -> int:
+        """Over-charges found: answers priced above their usage, vouchers above every answer they could cover."""
+        return self.overpriced_answers + self.audit.overcharges
+
+    @property
+    def unexplained_nanoton(self) -> int:
+        return self.audit.unexplained_nanoton
 
     @property
     def charged_nanoton(self) -> int:
@@ -101,7 +166,13 @@ class ClientPayments:
 
     def _refresh(self) -> None:
         self.balance_nanoton = sum(p.remaining() for p in self.purses.values())
+        prices = self.ledger.refresh().prices
+        if prices != self._prices[0]:
+            self._prices = (prices, self._prices[0])
 
     def close(self) -> None:
+        """After the last request ended."""
+        if self.audit.settled:
+            self._in_doubt.unlink(missing_ok=True)
         self.vouchers.close()
         self.ledger.close()

@@ -59,10 +59,14 @@ class ClientPurse:
             state = self.state()
         return state
 
+    def latest(self) -> Voucher | None:
+        """The proxy's newest charge voucher kept."""
+        return self.vouchers.latest(self.channel, Tag.CHARGE)
+
     @property
     def charged(self) -> int:
         """What the proxy has charged so far (its latest voucher), settled on chain or not."""
-        latest = self.vouchers.latest(self.channel, Tag.CHARGE)
+        latest = self.latest()
         return latest.amount if latest else 0
 
     def remaining(self, state: ChannelState | None = None) -> int:
@@ -82,15 +86,14 @@ class ClientPurse:
         # claims eat into the stake once the balance goes below it: raise it back to the configured stake
         return self.ledger.deposit(self.wallet, self.channel, amount, max(self.policy.stake - state.stake, 0))
 
-    def accept(self, voucher: Voucher, cost: int) -> int:
-        """Keep the proxy's newer charge voucher for an answer that cost `cost`. Returns what it claims beyond the
-        last voucher plus this answer (0 when it adds exactly the answer's cost; more when answers were charged
-        whose end never reached this client, e.g. over a lost link): the caller reports it."""
+    def keep(self, voucher: Voucher) -> bool:
+        """Keep the proxy's charge voucher if it is the newest yet (True). One signed before the newest kept is
+        superseded (False): answers, each with its voucher, end in another order than the proxy settled them.
+        Raises VoucherError for a voucher that is invalid or inconsistent with the one kept. Whether the charges
+        are explained by the answers received is the caller's check (client/audit.py)."""
         if voucher.tag != Tag.CHARGE:
             raise VoucherError(f"{describe(voucher)}: expected a charge voucher")
-        excess = voucher.amount - (self.charged + cost)
-        self.vouchers.accept(voucher, self._proxy_key, global_id=self._global_id, contract=self.channel)
-        return excess
+        return self.vouchers.keep_latest(voucher, self._proxy_key, global_id=self._global_id, contract=self.channel)
 
 
 class WorkerPurse:

@@ -120,6 +120,18 @@ class VoucherBook:
     def accept(self, voucher: Voucher, proxy_key: bytes, *, global_id: int, contract: str | None = None) -> Voucher:
         """Store `voucher` if it is valid for the network `global_id` and newer, else raise VoucherError.
         `contract`: the channel it must be for (a voucher for another channel is worthless here)."""
+        self._store(voucher, proxy_key, global_id, contract, superseded_ok=False)
+        return voucher
+
+    def keep_latest(self, voucher: Voucher, proxy_key: bytes, *, global_id: int, contract: str) -> bool:
+        """Like `accept`, for vouchers that arrive in another order than they were signed in (a client's charge
+        vouchers ride on its answers, which end in any order): a valid voucher signed before the one kept (a lower
+        seqno and no higher amount, or the kept one itself) is superseded: False, nothing stored. True when
+        stored; VoucherError when invalid or inconsistent with the one kept."""
+        return self._store(voucher, proxy_key, global_id, contract, superseded_ok=True)
+
+    def _store(self, voucher: Voucher, proxy_key: bytes, global_id: int, contract: str | None, *,
+               superseded_ok: bool) -> bool:
         if contract is not None and raw_address(contract) != voucher.contract:
             raise VoucherError(f"{describe(voucher)}: expected a voucher for {raw_address(contract)}")
         if voucher.amount < 0 or voucher.seqno < 0:
@@ -129,6 +141,9 @@ class VoucherBook:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 last = self._latest(voucher.contract, voucher.tag)
+                if last is not None and superseded_ok and _superseded(voucher, last):
+                    self._db.execute("ROLLBACK")
+                    return False
                 if last is not None:
                     _check_newer(voucher, last)
                 self._db.execute("INSERT OR REPLACE INTO vouchers VALUES (?, ?, ?, ?, ?, ?)",
@@ -138,7 +153,7 @@ class VoucherBook:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return voucher
+        return True
 
     def latest(self, contract: str, tag: Tag) -> Voucher | None:
         with self._lock:
@@ -159,3 +174,9 @@ def _check_newer(new: Voucher, last: Voucher) -> None:
     if new.amount < last.amount or (new.amount == last.amount and new.tag != Tag.FINAL):
         raise VoucherError(f"{describe(new)}: the total is not above the {ton(last.amount)} TON already signed "
                            f"at #{last.seqno}")
+
+
+def _superseded(old: Voucher, last: Voucher) -> bool:
+    """`old` is consistent with having been signed no later than `last`: cumulative amounts never go down as
+    seqnos go up."""
+    return old == last or (old.seqno < last.seqno and old.amount <= last.amount)

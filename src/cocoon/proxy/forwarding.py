@@ -253,7 +253,8 @@ class RunningRequest:
                         await out.send(msgspec.structs.replace(part, call_id=call_id))
                 await out.send(msgspec.structs.replace(
                     msg, call_id=call_id, proxy_ms=proxy_ms, usage=settled.usage,
-                    cost_nanoton=settled.charge.client_cost, voucher=settled.client_voucher))
+                    cost_nanoton=settled.charge.client_cost, voucher=settled.client_voucher,
+                    coefficient=worker.params.coefficient))
                 if not settled.beyond:  # an answer charged at its bounds is no success of its worker
                     self.fwd.selector.record_whole(worker, (now - sent_at) * 1000, settled.usage.completion_tokens)
                 return "ok"
@@ -296,7 +297,8 @@ class RunningRequest:
                     now = loop.time()
                     await out.send(msgspec.structs.replace(
                         msg, call_id=call_id, proxy_ms=(now - self.routed) * 1000, usage=done.usage,
-                        cost_nanoton=done.charge.client_cost, voucher=done.client_voucher))
+                        cost_nanoton=done.charge.client_cost, voucher=done.client_voucher,
+                        coefficient=worker.params.coefficient))
                     if not done.beyond:
                         self.fwd.selector.record_stream(worker, (head_at - sent_at) * 1000, (now - head_at) * 1000,
                                                         done.usage.completion_tokens)

@@ -127,6 +127,9 @@ class ResponseEnd(Frame, tag="end"):
     proxy_ms: float = 0.0
     cost_nanoton: int = 0
     voucher: Voucher | None = None  # the proxy's cumulative charge voucher including this answer
+    # the worker's price coefficient (per-mille) the cost was priced at, so the client can check the cost against
+    # the prices on chain; 0: not said (a proxy before this field)
+    coefficient: int = 0
 
 
 class ResponseError(Frame, tag="error"):
@@ -143,13 +146,14 @@ class ResponseError(Frame, tag="error"):
     cost_nanoton: int = 0
     voucher: Voucher | None = None
     param: str | None = None  # the request field the error is about, as the API reports it
+    coefficient: int = 0  # as in ResponseEnd
 
     @classmethod
     def from_api(cls, exc: ApiError, call_id: int, *, usage: Usage | None = None, cost_nanoton: int = 0,
-                 voucher: Voucher | None = None) -> ResponseError:
+                 voucher: Voucher | None = None, coefficient: int = 0) -> ResponseError:
         return cls(call_id=call_id, status=exc.status, message=exc.message, type=exc.type, code=exc.code,
                    param=exc.param, retry_after=exc.retry_after, usage=usage, cost_nanoton=cost_nanoton,
-                   voucher=voucher)
+                   voucher=voucher, coefficient=coefficient)
 
     def to_api(self) -> ApiError:
         code = ErrorCode.known(self.code) if self.code is not None else None

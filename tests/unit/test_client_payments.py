@@ -1,0 +1,376 @@
+"""The client's check of its charges (issue 15 item 8): a proxy's real books settle requests and sign cumulative
+vouchers in one order, the client's real payments (voucher book, signatures, local chain) see the answers end in
+another. Honest traffic raises no alarm in any order; a voucher above every answer it could cover, or an answer
+priced above its usage at the prices on chain and its worker's coefficient, is caught."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cocoon.client.audit import ChargeAudit
+from cocoon.client.payments import ClientPayments
+from cocoon.config import ClientConfig, Prices, ProxyConfig
+from cocoon.core.usage import Usage
+from cocoon.ledger.base import Terms
+from cocoon.ledger.contracts import Tag
+from cocoon.ledger.devnet import ProxySpec, prepare
+from cocoon.ledger.pricing import price_request
+from cocoon.ledger.vouchers import Voucher, sign_voucher
+from cocoon.ledger.wallet import Wallet
+from cocoon.nodekeys import NodeKeys
+from cocoon.proxy.billing import Account, Billing, open_ledger
+from cocoon.wire.messages import ResponseEnd, ResponseError
+
+ENDPOINT = "127.0.0.1:10100"
+TLS_KEY = b"\x55" * 32
+WORKER = "worker-key"
+
+
+@dataclass
+class Proxy:
+    """The proxy's side: its real books, on a local chain where the client `alice` has a funded channel."""
+
+    state: Path
+    billing: Billing
+    account: Account | None = None
+
+    def client(self, cap: int | None = None) -> ClientPayments:
+        """A fresh client process on the vouchers the last one kept."""
+        cfg = ClientConfig(name="alice", state_dir=str(self.state), payments=True, proxy=ENDPOINT,
+                           default_max_coefficient=cap)
+        payments = ClientPayments(cfg, TLS_KEY)
+        payments.open()
+        if self.account is None:
+            self.account = asyncio.run(self.billing.open_account(TLS_KEY, payments.client_params(ENDPOINT)))
+            assert self.account.channel is not None
+        return payments
+
+    def settle(self, request_id: str, usage: Usage, coefficient: int = 1000, *, priced_at: int | None = None
+               ) -> ResponseEnd:
+        """Settle in the books and answer as the proxy does; `priced_at`: the coefficient the books really use
+        (a dishonest proxy's), when it differs from the one announced."""
+        assert self.account is not None
+        settled = self.billing.settle(request_id, self.account, WORKER, "m", usage, priced_at or coefficient)
+        return ResponseEnd(call_id=0, usage=usage, cost_nanoton=settled.charge.client_cost,
+                           voucher=settled.client_voucher, coefficient=coefficient)
+
+    def charged(self) -> int:
+        assert self.account is not None
+        return self.billing.books.summary()["clients"][self.account.id]["charged_nanoton"]
+
+    def prices(self) -> Prices:
+        return self.billing.ledger.root_params().prices
+
+    def close(self) -> None:
+        asyncio.run(self.billing.stop())
+        self.billing.ledger.close()
+
+
+def start_proxy(state: Path) -> Proxy:
+    cfg = ProxyConfig(name="proxy-1", state_dir=str(state), payments=True, port=10100)
+    keys = NodeKeys("proxy", cfg)
+    alice = NodeKeys("client", ClientConfig(name="alice", state_dir=str(state))).wallet()
+    prepare(state, proxies=[ProxySpec(ENDPOINT, keys.wallet(), keys.voucher_key())], parties=[alice],
+            prices=Prices(), terms=Terms()).close()
+    billing = Billing(cfg, open_ledger(cfg))
+    asyncio.run(billing.start(ENDPOINT))
+    return Proxy(state, billing)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+    """One chain for every hypothesis example: each example is a new client process on the same channel."""
+    proxy = start_proxy(tmp_path_factory.mktemp("shared"))
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def proxy(tmp_path: Path) -> Iterator[Proxy]:
+    p = start_proxy(tmp_path)
+    yield p
+    p.close()
+
+
+def rid() -> str:
+    return uuid.uuid4().hex
+
+
+USAGE = st.builds(Usage, prompt_tokens=st.integers(0, 300), completion_tokens=st.integers(0, 300))
+# what becomes of a request: answered whole, broken off mid-stream (charged for what was delivered), refused
+# before any work (nothing charged), or charged by the proxy but its end never reached the client
+FATES = st.sampled_from(["answered", "broken", "refused", "lost"])
+
+
+@dataclass
+class Flight:
+    fate: str
+    usage: Usage
+    request_id: str = field(default_factory=rid)
+    ticket: int = -1  # -1: not sent yet
+    answer: ResponseEnd | ResponseError | None = None  # once settled
+    ended: bool = False
+
+
+def finish(proxy: Proxy, payments: ClientPayments, f: Flight) -> None:
+    if f.fate == "lost":
+        payments.end(f.ticket, None)
+    elif f.fate == "refused":
+        payments.end(f.ticket, ResponseError(call_id=0, status=429, message="busy", code="concurrency_limit_exceeded"))
+    else:
+        payments.end(f.ticket, f.answer)
+
+
+def settle(proxy: Proxy, f: Flight) -> None:
+    end = proxy.settle(f.request_id, f.usage)
+    if f.fate == "broken":  # what a stream broken after its first tokens ends with
+        f.answer = ResponseError(call_id=0, status=502, message="broke off", code="worker_failed", usage=end.usage,
+                                 cost_nanoton=end.cost_nanoton, voucher=end.voucher, coefficient=end.coefficient)
+    else:
+        f.answer = end
+
+
+@settings(max_examples=50, deadline=None)
+@given(data=st.data(), fates=st.lists(st.tuples(FATES, USAGE), min_size=1, max_size=10))
+def test_answers_ending_in_any_order_raise_no_false_alarm(shared: Proxy, data: st.DataObject,
+                                                           fates: list[tuple[str, Usage]]) -> None:
+    """Requests are sent, settled by the proxy and end at the client in any order that causality allows (sent
+    before settled before ended), lost and refused ones among them: at no step is a voucher refused or an
+    over-charge found, and nothing is unexplained but what lost answers cost."""
+    payments = shared.client()
+    flights = [Flight(fate, usage) for fate, usage in fates]
+    try:
+        while True:
+            unsent = [f for f in flights if f.ticket < 0][:1]  # requests leave in ticket order
+            steps = [("send", f) for f in unsent]
+            steps += [("settle", f) for f in flights if f.ticket >= 0 and f.answer is None and f.fate != "refused"]
+            # a lost answer's end never comes: the client's side of it may end before the proxy settles it
+            steps += [("end", f) for f in flights if f.ticket >= 0 and not f.ended
+                      and (f.answer is not None or f.fate in ("refused", "lost"))]
+            if not steps:
+                break
+            step, f = data.draw(st.sampled_from(steps))
+            if step == "send":
+                f.ticket = payments.begin(f.request_id)
+            elif step == "settle":
+                settle(shared, f)
+            else:
+                finish(shared, payments, f)
+                f.ended = True
+            assert (payments.refused_vouchers, payments.overcharges, payments.overpriced_nanoton) == (0, 0, 0)
+            if all(f.fate != "lost" for f in flights):
+                assert payments.unexplained_nanoton == 0
+        sync(shared, payments)
+        lost = sum(f.answer.cost_nanoton for f in flights if f.fate == "lost" and f.answer is not None)
+        assert payments.unexplained_nanoton == lost
+        assert payments.audit.unseen_answers == sum(f.fate == "lost" for f in flights)
+        assert (payments.refused_vouchers, payments.overcharges) == (0, 0)
+        assert payments.charged_nanoton == shared.charged()  # the newest voucher is kept, whatever the order
+    finally:
+        # an example abandoned midway leaves nothing behind that the next one's client never saw
+        for f in flights:
+            if f.ticket >= 0 and not f.ended:
+                if f.answer is None and f.fate != "refused":
+                    settle(shared, f)
+                finish(shared, payments, f)
+        sync(shared, payments)
+        payments.close()
+
+
+def sync(proxy: Proxy, payments: ClientPayments) -> None:
+    """One more answer, alone: its voucher covers everything, so its check is exact."""
+    f = Flight("answered", Usage(prompt_tokens=1, completion_tokens=1))
+    f.ticket = payments.begin(f.request_id)
+    settle(proxy, f)
+    finish(proxy, payments, f)
+
+
+def test_a_voucher_above_every_answer_it_can_cover_is_caught_once_they_ended(
+        proxy: Proxy, caplog: pytest.LogCaptureFixture) -> None:
+    """A proxy over-charges by 5000 nanoTON in the voucher of one of three concurrent answers, which arrives
+    first: the client waits for the other two (they could be in it), then finds the 5000 and logs the request."""
+    payments = proxy.client()
+    try:
+        flights = [Flight("answered", Usage(prompt_tokens=10, completion_tokens=10 * i)) for i in (1, 2, 3)]
+        for f in flights:
+            f.ticket = payments.begin(f.request_id)
+        for f in flights:
+            settle(proxy, f)
+        honest = flights[2].answer
+        assert isinstance(honest, ResponseEnd) and honest.voucher is not None
+        inflated = sign_voucher(proxy.billing.key, Tag.CHARGE, honest.voucher.contract, honest.voucher.seqno + 1,
+                                honest.voucher.amount + 5000)
+        flights[2].answer = ResponseEnd(call_id=0, usage=honest.usage, cost_nanoton=honest.cost_nanoton,
+                                        voucher=inflated, coefficient=1000)
+        with caplog.at_level(logging.WARNING, logger="cocoon.client"):
+            finish(proxy, payments, flights[2])
+            assert (payments.unexplained_nanoton, payments.overcharges) == (0, 0)  # the others may be in it
+            finish(proxy, payments, flights[0])
+            assert (payments.unexplained_nanoton, payments.overcharges) == (0, 0)
+            finish(proxy, payments, flights[1])
+        assert (payments.unexplained_nanoton, payments.overcharges) == (5000, 1)
+        assert payments.superseded_vouchers == 2 and payments.refused_vouchers == 0
+        (alarm,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert alarm.levelno == logging.ERROR and "over-charge" in alarm.getMessage()
+        assert alarm.fields["request_id"] == flights[2].request_id  # type: ignore[attr-defined]
+        assert alarm.fields["unexplained_nanoton"] == 5000  # type: ignore[attr-defined]
+    finally:
+        payments.close()
+
+
+def test_a_charge_no_answer_explains_after_a_lost_answer_is_unexplained_not_an_overcharge(proxy: Proxy) -> None:
+    payments = proxy.client()
+    try:
+        lost, seen = Flight("lost", Usage(completion_tokens=7)), Flight("answered", Usage(completion_tokens=3))
+        for f in (lost, seen):
+            f.ticket = payments.begin(f.request_id)
+            settle(proxy, f)
+        finish(proxy, payments, seen)
+        assert payments.unexplained_nanoton == 0  # the lost one is still in flight: it may be in the voucher
+        finish(proxy, payments, lost)
+        assert lost.answer is not None
+        assert (payments.unexplained_nanoton, payments.overcharges) == (lost.answer.cost_nanoton, 0)
+    finally:
+        payments.close()
+
+
+def test_an_answer_priced_above_the_coefficient_its_proxy_names_is_caught(proxy: Proxy) -> None:
+    """The proxy's books charge at twice the coefficient it names in the answer (the voucher agrees with the
+    cost, so only the price check sees it)."""
+    payments = proxy.client()
+    try:
+        usage = Usage(prompt_tokens=20, completion_tokens=40)
+        ticket = payments.begin(rid())
+        payments.end(ticket, proxy.settle(rid(), usage, 1000, priced_at=2000))
+        fair = price_request(usage, proxy.prices(), 1000).client_cost
+        assert fair > 0
+        assert (payments.overcharges, payments.overpriced_nanoton) == (1, fair)  # charged 2 × fair
+        assert (payments.unexplained_nanoton, payments.refused_vouchers) == (0, 0)
+    finally:
+        payments.close()
+
+
+@pytest.mark.parametrize(("cap", "named", "overpriced"), [
+    (None, 1500, False),  # no cap: any coefficient the proxy names, priced right, is fine
+    (1500, 1500, False),
+    (1000, 1500, True),  # a worker dearer than this client's cap: caught, the excess is what the cap allows
+    (1000, 0, False),  # an older proxy names no coefficient: priced at the cap, within it
+    (None, 0, False),  # nothing to price against
+])
+def test_the_coefficient_is_checked_against_the_clients_cap(proxy: Proxy, cap: int | None, named: int,
+                                                             overpriced: bool) -> None:
+    payments = proxy.client(cap=cap)
+    try:
+        usage = Usage(prompt_tokens=20, completion_tokens=40)
+        ticket = payments.begin(rid())
+        end = proxy.settle(rid(), usage, named or 1000)
+        payments.end(ticket, ResponseEnd(call_id=0, usage=usage, cost_nanoton=end.cost_nanoton, voucher=end.voucher,
+                                         coefficient=named))
+        at_cap = price_request(usage, proxy.prices(), cap or 0).client_cost
+        assert payments.overcharges == int(overpriced)
+        assert payments.overpriced_nanoton == (end.cost_nanoton - at_cap if overpriced else 0)
+    finally:
+        payments.close()
+
+
+def test_an_older_proxy_priced_above_the_cap_is_caught(proxy: Proxy) -> None:
+    payments = proxy.client(cap=1000)
+    try:
+        usage = Usage(completion_tokens=40)
+        ticket = payments.begin(rid())
+        end = proxy.settle(rid(), usage, 1000, priced_at=1100)
+        payments.end(ticket, ResponseEnd(call_id=0, usage=usage, cost_nanoton=end.cost_nanoton, voucher=end.voucher))
+        assert payments.overcharges == 1
+    finally:
+        payments.close()
+
+
+def test_a_cost_without_usage_is_an_overcharge(proxy: Proxy) -> None:
+    payments = proxy.client()
+    try:
+        ticket = payments.begin(rid())
+        end = proxy.settle(rid(), Usage(completion_tokens=5))
+        payments.end(ticket, ResponseError(call_id=0, status=502, message="broke", cost_nanoton=end.cost_nanoton,
+                                           voucher=end.voucher, coefficient=1000))
+        assert (payments.overcharges, payments.overpriced_nanoton) == (1, end.cost_nanoton)
+    finally:
+        payments.close()
+
+
+@pytest.mark.parametrize("forgery", ["other_key", "other_channel", "older_but_higher", "same_seqno_other_amount"])
+def test_invalid_or_inconsistent_vouchers_are_refused_not_kept(proxy: Proxy, forgery: str) -> None:
+    payments = proxy.client()
+    try:
+        tickets = [payments.begin(rid()) for _ in range(3)]
+        first, second = (proxy.settle(rid(), Usage(completion_tokens=n)) for n in (5, 6))
+        assert first.voucher is not None and second.voucher is not None
+        payments.end(tickets[1], second)
+        v, key = second.voucher, proxy.billing.key
+        bad = {
+            "other_key": sign_voucher(Wallet(b"\x01" * 32), Tag.CHARGE, v.contract, v.seqno + 1, v.amount + 1),
+            "other_channel": sign_voucher(key, Tag.CHARGE, Wallet(b"\x02" * 32).address, v.seqno + 1, v.amount),
+            "older_but_higher": sign_voucher(key, Tag.CHARGE, v.contract, first.voucher.seqno, v.amount + 1),
+            "same_seqno_other_amount": sign_voucher(key, Tag.CHARGE, v.contract, v.seqno, v.amount - 1),
+        }[forgery]
+        payments.end(tickets[2], ResponseEnd(call_id=0, usage=Usage(), voucher=bad))
+        assert payments.refused_vouchers == 1
+        assert payments.charged_nanoton == v.amount  # the kept voucher is still the genuine newest
+        payments.end(tickets[0], first)  # the genuine older one: superseded, not refused
+        assert (payments.refused_vouchers, payments.superseded_vouchers, payments.overcharges) == (1, 1, 0)
+    finally:
+        payments.close()
+
+
+def test_a_voucher_is_kept_even_when_older_ones_arrive_after_it(proxy: Proxy) -> None:
+    payments = proxy.client()
+    try:
+        tickets = [payments.begin(rid()) for _ in range(3)]
+        ends = [proxy.settle(rid(), Usage(completion_tokens=n)) for n in (1, 2, 3)]
+        for ticket, end in reversed(list(zip(tickets, ends, strict=True))):
+            payments.end(ticket, end)
+        newest: Voucher | None = ends[-1].voucher
+        assert newest is not None and payments.charged_nanoton == newest.amount == proxy.charged()
+        assert (payments.superseded_vouchers, payments.refused_vouchers, payments.unexplained_nanoton) == (2, 0, 0)
+    finally:
+        payments.close()
+
+
+def test_an_earlier_runs_unseen_answers_are_unexplained_not_an_overcharge(proxy: Proxy) -> None:
+    """A client stopped with an answer in flight, which the proxy charged: the next run's first voucher holds it."""
+    before = proxy.client()
+    before.begin(rid())
+    lost = proxy.settle(rid(), Usage(completion_tokens=9))
+    before.close()
+    after = proxy.client()
+    try:
+        ticket = after.begin(rid())
+        after.end(ticket, proxy.settle(rid(), Usage(completion_tokens=4)))
+        assert (after.unexplained_nanoton, after.overcharges) == (lost.cost_nanoton, 0)
+    finally:
+        after.close()
+
+
+def test_an_earlier_runs_doubt_ends_with_an_exact_check_of_a_voucher_after_its_deadline() -> None:
+    now = [0.0]
+    audit = ChargeAudit(clock=lambda: now[0])
+    audit.open("ch", None, inherited_s=10)
+
+    def answer(seqno: int, amount: int) -> None:
+        audit.end(audit.begin(rid()), seen=True, channel="ch", cost=5, voucher=Voucher(Tag.CHARGE, "ch", seqno, amount))
+
+    answer(1, 105)  # 100 charged for the earlier run's answers
+    assert (audit.unexplained_nanoton, audit.overcharges) == (100, 0)
+    now[0] = 10.5
+    answer(2, 110)  # past the earlier run's deadlines, exact: all its charges are in here
+    assert (audit.unexplained_nanoton, audit.overcharges, audit.settled) == (100, 0, True)
+    answer(3, 125)  # 10 more than the answer explains
+    assert (audit.unexplained_nanoton, audit.overcharges) == (110, 1)

@@ -197,7 +197,8 @@ def sync(proxy: Proxy, payments: ClientPayments) -> None:
 def test_a_voucher_above_every_answer_it_can_cover_is_caught_once_they_ended(
         proxy: Proxy, caplog: pytest.LogCaptureFixture) -> None:
     """A proxy over-charges by 5000 nanoTON in the voucher of one of three concurrent answers, which arrives
-    first: the client waits for the other two (they could be in it), then finds the 5000 and logs the request."""
+    first: the client waits for the other two (they could be in it), then finds the 5000 and logs the request.
+    Requests sent after that voucher arrived, answered or lost meanwhile, neither hide nor excuse it."""
     payments = proxy.client()
     try:
         flights = [Flight("answered", Usage(prompt_tokens=10, completion_tokens=10 * i)) for i in (1, 2, 3)]
@@ -207,18 +208,24 @@ def test_a_voucher_above_every_answer_it_can_cover_is_caught_once_they_ended(
             settle(proxy, f)
         honest = flights[2].answer
         assert isinstance(honest, ResponseEnd) and honest.voucher is not None
-        inflated = sign_voucher(proxy.billing.key, Tag.CHARGE, honest.voucher.contract, honest.voucher.seqno + 1,
+        # signed ahead of the books' seqno, so that the honest vouchers after it are older
+        inflated = sign_voucher(proxy.billing.key, Tag.CHARGE, honest.voucher.contract, honest.voucher.seqno + 100,
                                 honest.voucher.amount + 5000)
         flights[2].answer = ResponseEnd(call_id=0, usage=honest.usage, cost_nanoton=honest.cost_nanoton,
                                         voucher=inflated, coefficient=1000)
+        later = [Flight("answered", Usage(completion_tokens=2)), Flight("lost", Usage(completion_tokens=2))]
         with caplog.at_level(logging.WARNING, logger="cocoon.client"):
             finish(proxy, payments, flights[2])
             assert (payments.unexplained_nanoton, payments.overcharges) == (0, 0)  # the others may be in it
+            for f in later:
+                f.ticket = payments.begin(f.request_id)
+                settle(proxy, f)
+                finish(proxy, payments, f)
             finish(proxy, payments, flights[0])
             assert (payments.unexplained_nanoton, payments.overcharges) == (0, 0)
             finish(proxy, payments, flights[1])
         assert (payments.unexplained_nanoton, payments.overcharges) == (5000, 1)
-        assert payments.superseded_vouchers == 2 and payments.refused_vouchers == 0
+        assert payments.superseded_vouchers == 3 and payments.refused_vouchers == 0
         (alarm,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
         assert alarm.levelno == logging.ERROR and "over-charge" in alarm.getMessage()
         assert alarm.fields["request_id"] == flights[2].request_id  # type: ignore[attr-defined]
@@ -359,18 +366,41 @@ def test_an_earlier_runs_unseen_answers_are_unexplained_not_an_overcharge(proxy:
         after.close()
 
 
-def test_an_earlier_runs_doubt_ends_with_an_exact_check_of_a_voucher_after_its_deadline() -> None:
+def charge(seqno: int, amount: int) -> Voucher:
+    return Voucher(Tag.CHARGE, "ch", seqno, amount)
+
+
+def test_an_earlier_runs_doubt_lasts_until_its_requests_deadline() -> None:
+    """An earlier run's requests are charged until their deadline (10 s here): until then a charge no answer
+    explains may be theirs; after an exact check of a voucher arriving later, it is an over-charge."""
     now = [0.0]
     audit = ChargeAudit(clock=lambda: now[0])
     audit.open("ch", None, inherited_s=10)
 
-    def answer(seqno: int, amount: int) -> None:
-        audit.end(audit.begin(rid()), seen=True, channel="ch", cost=5, voucher=Voucher(Tag.CHARGE, "ch", seqno, amount))
+    def answer(voucher: Voucher) -> None:
+        audit.end(audit.begin(rid()), seen=True, channel="ch", cost=5, voucher=voucher)
 
-    answer(1, 105)  # 100 charged for the earlier run's answers
+    answer(charge(1, 105))  # 100 charged for the earlier run's answers
     assert (audit.unexplained_nanoton, audit.overcharges) == (100, 0)
+    now[0] = 5
+    answer(charge(2, 210))  # 100 more of the earlier run's, settled late (a long answer it had waited for)
+    assert (audit.unexplained_nanoton, audit.overcharges) == (200, 0)
     now[0] = 10.5
-    answer(2, 110)  # past the earlier run's deadlines, exact: all its charges are in here
+    answer(charge(3, 215))  # past every deadline of the earlier run: all its charges are in here
+    assert (audit.unexplained_nanoton, audit.overcharges, audit.settled) == (200, 0, True)
+    answer(charge(4, 230))  # 10 more than the answer explains
+    assert (audit.unexplained_nanoton, audit.overcharges) == (210, 1)
+
+
+def test_an_earlier_runs_doubt_ends_only_with_an_exact_check() -> None:
+    """Past the deadline, answers A and B: A's voucher arrives first and is checked with B counted, whose charge
+    is only in B's newer voucher. That check understates the earlier run's 100, so it must not end the doubt:
+    B's voucher, checked next, finds all 100, and it is still the earlier run's, not an over-charge."""
+    now = [0.0]
+    audit = ChargeAudit(clock=lambda: now[0])
+    audit.open("ch", None, inherited_s=10)
+    now[0] = 20
+    a, b = audit.begin("a"), audit.begin("b")
+    audit.end(a, seen=True, channel="ch", cost=5, voucher=charge(1, 105))
+    audit.end(b, seen=True, channel="ch", cost=7, voucher=charge(2, 112))
     assert (audit.unexplained_nanoton, audit.overcharges, audit.settled) == (100, 0, True)
-    answer(3, 125)  # 10 more than the answer explains
-    assert (audit.unexplained_nanoton, audit.overcharges) == (110, 1)

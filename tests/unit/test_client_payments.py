@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from hypothesis import strategies as st
 from cocoon.client.audit import ChargeAudit
 from cocoon.client.payments import ClientPayments
 from cocoon.config import ClientConfig, Prices, ProxyConfig
+from cocoon.core.ids import new_request_id as rid
 from cocoon.core.usage import Usage
 from cocoon.ledger.base import Terms
 from cocoon.ledger.contracts import Tag
@@ -99,10 +99,6 @@ def proxy(tmp_path: Path) -> Iterator[Proxy]:
     p = start_proxy(tmp_path)
     yield p
     p.close()
-
-
-def rid() -> str:
-    return uuid.uuid4().hex
 
 
 USAGE = st.builds(Usage, prompt_tokens=st.integers(0, 300), completion_tokens=st.integers(0, 300))

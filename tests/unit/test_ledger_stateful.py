@@ -141,7 +141,9 @@ class Money(RuleBasedStateMachine):
         assert settled.charge == price_request(usage, PRICES, coefficient)
         assert settled.charge.client_cost <= reserve
         if settled.client_voucher is not None:  # each voucher adds exactly its answer's cost
-            assert self.purses[client].accept(settled.client_voucher, settled.charge.client_cost) == 0
+            before = self.purses[client].charged
+            assert self.purses[client].keep(settled.client_voucher)  # the newest
+            assert self.purses[client].charged - before == settled.charge.client_cost
         if settled.worker_voucher is not None:
             assert self.workers[worker].accept(settled.worker_voucher, settled.charge.worker_fee) == 0
         self.settled += 1

@@ -28,11 +28,12 @@ from cocoon.ledger.vouchers import Voucher, sign_voucher
 from cocoon.ledger.wallet import Wallet
 from cocoon.nodekeys import NodeKeys
 from cocoon.proxy.billing import Account, Billing, open_ledger
-from cocoon.wire.messages import ResponseEnd, ResponseError
+from cocoon.wire.messages import Request, ResponseEnd, ResponseError
 
 ENDPOINT = "127.0.0.1:10100"
 TLS_KEY = b"\x55" * 32
 WORKER = "worker-key"
+BODY = b'{"messages": "' + b"x" * 400 + b'"}'  # a body that can hold every prompt these tests report
 
 
 @dataclass
@@ -56,11 +57,19 @@ class Proxy:
 
     def settle(self, request_id: str, usage: Usage, coefficient: int = 1000, *, priced_at: int | None = None
                ) -> ResponseEnd:
-        """Settle in the books and answer as the proxy does; `priced_at`: the coefficient the books really use
-        (a dishonest proxy's), when it differs from the one announced."""
+        """Admit, settle in the books and answer as the proxy does; `priced_at`: the coefficient the books really
+        use (a dishonest proxy's), when it differs from the one announced."""
         assert self.account is not None
-        settled = self.billing.settle(request_id, self.account, WORKER, "m", usage, priced_at or coefficient)
-        return ResponseEnd(call_id=0, usage=usage, cost_nanoton=settled.charge.client_cost,
+        priced_at = priced_at or coefficient
+        req = Request(endpoint="chat", model="m", body=BODY, stream=True, include_usage=True, deadline=0,
+                      request_id=request_id, max_tokens=1000)
+        res = self.billing.admit(req, self.account, priced_at)
+        try:
+            settled = self.billing.settle(res, WORKER, "worker-1", "m", usage, priced_at)
+        finally:
+            self.billing.end(res)
+        assert not settled.beyond
+        return ResponseEnd(call_id=0, usage=settled.usage, cost_nanoton=settled.charge.client_cost,
                            voucher=settled.client_voucher, coefficient=coefficient)
 
     def charged(self) -> int:

@@ -215,7 +215,7 @@ def test_a_voucher_above_every_answer_it_can_cover_is_caught_once_they_ended(
         assert isinstance(honest, ResponseEnd) and honest.voucher is not None
         # signed ahead of the books' seqno, so that the honest vouchers after it are older
         inflated = sign_voucher(proxy.billing.key, Tag.CHARGE, honest.voucher.contract, honest.voucher.seqno + 100,
-                                honest.voucher.amount + 5000)
+                                honest.voucher.amount + 5000, global_id=honest.voucher.global_id)
         flights[2].answer = ResponseEnd(call_id=0, usage=honest.usage, cost_nanoton=honest.cost_nanoton,
                                         voucher=inflated, coefficient=1000)
         later = [Flight("answered", Usage(completion_tokens=2)), Flight("lost", Usage(completion_tokens=2))]
@@ -318,7 +318,8 @@ def test_a_cost_without_usage_is_an_overcharge(proxy: Proxy) -> None:
         payments.close()
 
 
-@pytest.mark.parametrize("forgery", ["other_key", "other_channel", "older_but_higher", "same_seqno_other_amount"])
+@pytest.mark.parametrize("forgery", ["other_key", "other_network", "other_channel", "older_but_higher",
+                                     "same_seqno_other_amount"])
 def test_invalid_or_inconsistent_vouchers_are_refused_not_kept(proxy: Proxy, forgery: str) -> None:
     payments = proxy.client()
     try:
@@ -326,12 +327,17 @@ def test_invalid_or_inconsistent_vouchers_are_refused_not_kept(proxy: Proxy, for
         first, second = (proxy.settle(rid(), Usage(completion_tokens=n)) for n in (5, 6))
         assert first.voucher is not None and second.voucher is not None
         payments.end(tickets[1], second)
-        v, key = second.voucher, proxy.billing.key
+        v, key, net = second.voucher, proxy.billing.key, second.voucher.global_id
         bad = {
-            "other_key": sign_voucher(Wallet(b"\x01" * 32), Tag.CHARGE, v.contract, v.seqno + 1, v.amount + 1),
-            "other_channel": sign_voucher(key, Tag.CHARGE, Wallet(b"\x02" * 32).address, v.seqno + 1, v.amount),
-            "older_but_higher": sign_voucher(key, Tag.CHARGE, v.contract, first.voucher.seqno, v.amount + 1),
-            "same_seqno_other_amount": sign_voucher(key, Tag.CHARGE, v.contract, v.seqno, v.amount - 1),
+            "other_key": sign_voucher(Wallet(b"\x01" * 32), Tag.CHARGE, v.contract, v.seqno + 1, v.amount + 1,
+                                      global_id=net),
+            "other_network": sign_voucher(key, Tag.CHARGE, v.contract, v.seqno + 1, v.amount + 1, global_id=net + 1),
+            "other_channel": sign_voucher(key, Tag.CHARGE, Wallet(b"\x02" * 32).address, v.seqno + 1, v.amount,
+                                          global_id=net),
+            "older_but_higher": sign_voucher(key, Tag.CHARGE, v.contract, first.voucher.seqno, v.amount + 1,
+                                             global_id=net),
+            "same_seqno_other_amount": sign_voucher(key, Tag.CHARGE, v.contract, v.seqno, v.amount - 1,
+                                                    global_id=net),
         }[forgery]
         payments.end(tickets[2], ResponseEnd(call_id=0, usage=Usage(), voucher=bad))
         assert payments.refused_vouchers == 1
@@ -372,7 +378,7 @@ def test_an_earlier_runs_unseen_answers_are_unexplained_not_an_overcharge(proxy:
 
 
 def charge(seqno: int, amount: int) -> Voucher:
-    return Voucher(Tag.CHARGE, "ch", seqno, amount)
+    return Voucher(Tag.CHARGE, 0, "ch", seqno, amount)
 
 
 def test_an_earlier_runs_doubt_lasts_until_its_requests_deadline() -> None:

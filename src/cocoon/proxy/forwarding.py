@@ -325,7 +325,8 @@ class RunningRequest:
                                       f"only its prompt and the delivered tokens are charged",
                         type=error.type, code=error.code, param=error.param)
         return ResponseError.from_api(told, self.asked.call_id, usage=settled.usage if delivered else None,
-                                      cost_nanoton=settled.charge.client_cost, voucher=settled.client_voucher)
+                                      cost_nanoton=settled.charge.client_cost, voucher=settled.client_voucher,
+                                      coefficient=worker.params.coefficient)
 
     # -- settlement --------------------------------------------------------------------------------------------
     def _settle(self, worker: WorkerLink, call: Call, usage: Usage) -> Settled:

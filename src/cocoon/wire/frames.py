@@ -9,6 +9,7 @@ from cocoon.wire.messages import Message
 
 MAX_FRAME = 16 * 1024 * 1024
 _HEADER = 4
+_MAX_REASON = 200  # msgspec quotes a bad tag whole: the reason goes to logs and back to the peer
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)
@@ -30,10 +31,20 @@ def encode(msg: Message) -> bytes:
 
 
 class FrameReader:
-    """Accumulates stream bytes and yields complete messages."""
+    """Accumulates stream bytes and yields complete messages.
 
-    def __init__(self) -> None:
+    What it holds between feeds is at most one incomplete frame, whose header was already checked against
+    `max_frame`: a peer announcing a larger frame is refused at its header, before any of the body is kept.
+    """
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self.max_frame = max_frame
         self._buf = bytearray()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held of the frame not yet complete: always under `_HEADER + max_frame` after a feed."""
+        return len(self._buf)
 
     def feed(self, data: bytes) -> list[Message]:
         self._buf += data
@@ -43,16 +54,22 @@ class FrameReader:
         with memoryview(buf) as view:  # released before the buffer is trimmed below
             while len(buf) - pos >= _HEADER:
                 size = int.from_bytes(view[pos : pos + _HEADER], "big")
-                if size > MAX_FRAME:
-                    raise FrameError(f"peer announced a {size}-byte frame, over the {MAX_FRAME}-byte limit")
+                if size > self.max_frame:
+                    raise FrameError(f"peer announced a {size}-byte frame, over the {self.max_frame}-byte limit")
                 end = pos + _HEADER + size
                 if len(buf) < end:
                     break
                 try:
                     out.append(_decoder.decode(view[pos + _HEADER : end]))
-                except msgspec.DecodeError as exc:
-                    raise FrameError(f"undecodable message: {exc}") from None
+                # msgspec raises more than DecodeError on hostile input: UnicodeDecodeError for a tag that is
+                # not UTF-8, RecursionError for nesting deeper than it follows (both found by tests/fuzz)
+                except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+                    raise FrameError(f"undecodable message: {_shorten(str(exc))}") from None
                 pos = end
         if pos:
             del buf[:pos]
         return out
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= _MAX_REASON else text[:_MAX_REASON] + "..."

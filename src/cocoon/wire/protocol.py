@@ -200,7 +200,10 @@ class LinkProtocol:
         try:
             msgs = self._reader.feed(data)
         except frames.FrameError as exc:
-            self.close(f"protocol error: {exc}")
+            # the peer's bytes are not frames: nothing after them can be read; it is told why
+            reason = f"protocol error: {exc}"
+            self._outbox += frames.encode(Refuse(reason=reason))
+            self.close(reason)
             return []
         inbound: list[Inbound] = []
         if self.state is not LinkState.OPEN:

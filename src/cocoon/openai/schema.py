@@ -366,6 +366,9 @@ def _decode(raw: bytes, decoder: msgspec.json.Decoder[R]) -> R:
         raise validation_error(exc) from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}", code=ErrorCode.INVALID_JSON) from None
+    except UnicodeDecodeError as exc:  # msgspec's error for a key or a role that is not UTF-8 (found by tests/fuzz)
+        raise ApiError(400, f"request body is not valid JSON: it holds a string that is not UTF-8 ({exc.reason})",
+                       code=ErrorCode.INVALID_JSON) from None
     except RecursionError:
         # Loosely typed fields (tools, metadata...) take any JSON, so depth is the parser's to refuse.
         raise ApiError(400, "request body is nested too deeply", code=ErrorCode.INVALID_JSON) from None

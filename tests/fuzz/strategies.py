@@ -25,13 +25,14 @@ from hypothesis import strategies as st
 INT_MIN, INT_MAX = -(2**63), 2**64 - 1
 
 
-# COCOON_FUZZ_SCALE=100 runs a hundred times as many cases (a longer hunt than `make test` affords)
-SCALE = int(os.environ.get("COCOON_FUZZ_SCALE", "1"))
+# COCOON_FUZZ_SCALE=100 runs a hundred times as many cases: a longer hunt than `make test` affords
+SCALE = float(os.environ.get("COCOON_FUZZ_SCALE", "1"))
 
 
 def fuzz(examples: int) -> Any:
     """Settings for a fuzz test: many cheap cases, no per-case deadline (the machine is shared)."""
-    return settings(max_examples=examples * SCALE, deadline=None, suppress_health_check=list(HealthCheck))
+    return settings(max_examples=max(1, round(examples * SCALE)), deadline=None,
+                    suppress_health_check=list(HealthCheck))
 
 
 # one draw per case: the tape its choices are read from

@@ -112,3 +112,12 @@ def test_codes_a_peer_makes_up_share_one_label() -> None:
     assert ErrorCode.label(ErrorCode.ENGINE_ERROR) == "engine_error"
     assert {ErrorCode.label(f"made_up_{i}") for i in range(100)} == {"other"}
     assert ErrorCode.label(None) == "error"
+
+
+def test_an_error_told_with_another_message_keeps_everything_else() -> None:
+    error = ApiError(429, "busy", type="rate_limit_error", code=ErrorCode.CONCURRENCY_LIMIT_EXCEEDED, param="model",
+                     retry_after=3)
+    told = error.with_message("busy (gave up after 2 workers)", retry_after=None)
+    assert (told.status, told.message, told.type, told.code, told.param, told.retry_after) == (
+        429, "busy (gave up after 2 workers)", "rate_limit_error", ErrorCode.CONCURRENCY_LIMIT_EXCEEDED, "model", None)
+    assert error.message == "busy" and error.retry_after == 3  # the error it was handed is not rewritten

@@ -99,6 +99,12 @@ class ApiError(CocoonError):
         self.param = param
         self.retry_after = retry_after
 
+    def with_message(self, message: str, *, retry_after: int | None) -> ApiError:
+        """The same error (status, type, code, param) told with another message: what a hop that adds context to an
+        error it passes on answers."""
+        return ApiError(self.status, message, type=self.type, code=self.code, param=self.param,
+                        retry_after=retry_after)
+
     def to_json(self) -> bytes:
         return msgspec.json.encode(
             {"error": {"message": self.message, "type": self.type, "code": self.code, "param": self.param}}

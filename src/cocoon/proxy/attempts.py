@@ -71,6 +71,5 @@ class Attempts(Generic[W]):
             return ApiError(504, f"the request reached its deadline after {now - self.started:.1f}s "
                                  f"({len(self.tried)} worker(s) tried)", type="timeout_error",
                             code=ErrorCode.REQUEST_TIMEOUT)
-        return ApiError(failure.status, f"{failure.message} (gave up after {len(self.tried)} workers)",
-                        type=failure.type, code=failure.code, param=failure.param,
-                        retry_after=failure.retry_after or 1)
+        return failure.with_message(f"{failure.message} (gave up after {len(self.tried)} workers)",
+                                    retry_after=failure.retry_after or 1)

@@ -121,3 +121,8 @@ def test_an_error_told_with_another_message_keeps_everything_else() -> None:
     assert (told.status, told.message, told.type, told.code, told.param, told.retry_after) == (
         429, "busy (gave up after 2 workers)", "rate_limit_error", ErrorCode.CONCURRENCY_LIMIT_EXCEEDED, "model", None)
     assert error.message == "busy" and error.retry_after == 3  # the error it was handed is not rewritten
+
+
+def test_prompt_only_keeps_the_prompt_counts() -> None:
+    usage = Usage(prompt_tokens=10, cached_tokens=4, completion_tokens=7, reasoning_tokens=2)
+    assert usage.prompt_only() == Usage(prompt_tokens=10, cached_tokens=4)

@@ -25,6 +25,11 @@ class Usage(msgspec.Struct, frozen=True, omit_defaults=True):
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+    def prompt_only(self) -> Usage:
+        """Its prompt's counts alone (no completion): what an engine knows before its first token, and what a
+        stream broken off after it is charged for besides the completion tokens delivered."""
+        return Usage(prompt_tokens=self.prompt_tokens, cached_tokens=self.cached_tokens)
+
     def by_kind(self) -> Iterator[tuple[str, int]]:
         """(kind, tokens) for each of KINDS, in that order: what metrics and totals are kept by."""
         yield "prompt", self.prompt_tokens

@@ -126,7 +126,7 @@ class LocalEngine(Engine):
             async for event in events:
                 if not started:
                     if on_prompt is not None:  # the prompt was counted before the first piece (generate's rule)
-                        on_prompt(Usage(prompt_tokens=usage.prompt_tokens, cached_tokens=usage.cached_tokens))
+                        on_prompt(usage.usage().prompt_only())
                     if endpoint == "chat":
                         yield out.role(calls=not isinstance(event, str))
                 started = True

@@ -136,7 +136,7 @@ class Execution:
                                               has_usage=True))
 
     def _prompt_counted(self, usage: Usage) -> None:
-        self.prompt = Usage(prompt_tokens=usage.prompt_tokens, cached_tokens=usage.cached_tokens)
+        self.prompt = usage.prompt_only()
 
     async def _complete(self, request: OpenAIRequest) -> None:
         data = await self.engine.complete(request)

@@ -15,7 +15,7 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
-from cocoon.observe.stats import add_dashboard_routes, check_exposure, token_middleware
+from cocoon.observe.stats import add_dashboard_routes, check_exposure, listen, token_middleware
 
 FETCH_TIMEOUT_S = 1.0
 CACHE_S = 0.5  # several open pages share one round of fetches
@@ -45,11 +45,7 @@ class NetworkDashboard:
         app = web.Application(middlewares=[token_middleware(self.token, frozenset({"/", "/dashboard"}))])
         app.router.add_get("/jsonstats", self._joined)
         add_dashboard_routes(app)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, self.port = await listen(app, host, port)
         return self.port
 
     async def stop(self) -> None:

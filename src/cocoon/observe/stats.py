@@ -35,6 +35,15 @@ SECURITY_HEADERS = {
 }
 
 
+async def listen(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Serve `app` on host:port (0: a free port); its runner (cleanup() stops it) and the port bound."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+
 def dashboard_file(name: str) -> bytes:
     return resources.files("cocoon.observe").joinpath("dashboard", name).read_bytes()
 
@@ -102,11 +111,7 @@ class StatsServer:
         app.router.add_get("/jsonstats", self._json)
         app.router.add_get("/metrics", self._metrics)
         add_dashboard_routes(app)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, self.port = await listen(app, host, port)
         return self.port
 
     async def stop(self) -> None:

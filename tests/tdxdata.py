@@ -1,4 +1,5 @@
-"""The shared TDX test data (../shared/testdata, see its README) and a PCCS double that serves it."""
+"""The TDX test data (tests/data/tdx, a copy of the project's shared testdata; see its README) and a PCCS double
+that serves it."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import dcap_qvl
 
-TESTDATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "testdata"
+TESTDATA = Path(__file__).resolve().parent / "data" / "tdx"  # in the repo: a clean clone needs nothing beside it
 REAL_QUOTE = TESTDATA / "tdx_quote.dat"  # parses; no collateral
 SAMPLE_QUOTE = TESTDATA / "dcap_sample_tdx_quote.dat"
 SAMPLE_COLLATERAL = TESTDATA / "dcap_sample_collateral.json"

@@ -188,8 +188,10 @@ class RunningRequest:
             except _Retry as retry:
                 attempts.failed(worker, retry.error)
                 fwd.metrics.retries.labels(ErrorCode.label(retry.error.code)).inc()
+                # the code, not the message: a worker chooses its words, and a log keeps only what we can bound
                 log.info("moving a request to another worker", extra={"fields": {
-                    "worker": worker.name, "reason": retry.error.message, "attempt": len(attempts.tried)}})
+                    "worker": worker.name, "code": ErrorCode.label(retry.error.code),
+                    "attempt": len(attempts.tried)}})
             finally:
                 fwd.backlog.release(worker)
         raise attempts.give_up(loop.time())
@@ -286,7 +288,7 @@ class RunningRequest:
                         502, f"worker {worker.name} disconnected ({lost})", type="api_error",
                         code=ErrorCode.WORKER_FAILED), _delivered(prompt, delivered))
                     await out.send(broken)
-                    return broken.code or "error"
+                    return ErrorCode.label(broken.code)
                 watchdog.touch()
                 if isinstance(msg, ResponseChunk):
                     await out.send(msgspec.structs.replace(msg, call_id=call_id))
@@ -320,10 +322,9 @@ class RunningRequest:
         delivered = usage.completion_tokens
         settled = self._settle(worker, call, usage) if delivered else Settled(Charge(0, 0), None, None)
         log.info("stream broke after its first token", extra={"fields": {
-            "worker": worker.name, "code": error.code, "delivered_tokens": delivered}})
-        told = ApiError(error.status, f"the answer broke off after {delivered} tokens: {error.message}; "
-                                      f"only its prompt and the delivered tokens are charged",
-                        type=error.type, code=error.code, param=error.param)
+            "worker": worker.name, "code": ErrorCode.label(error.code), "delivered_tokens": delivered}})
+        told = error.with_message(f"the answer broke off after {delivered} tokens: {error.message}; "
+                                  f"only its prompt and the delivered tokens are charged", retry_after=None)
         return ResponseError.from_api(told, self.asked.call_id, usage=settled.usage if delivered else None,
                                       cost_nanoton=settled.charge.client_cost, voucher=settled.client_voucher,
                                       coefficient=worker.params.coefficient)
@@ -354,5 +355,4 @@ class RunningRequest:
 def _delivered(prompt: Usage, completion_tokens: int) -> Usage:
     """What a stream broken off after its first token is charged for: its prompt, as the worker counted it before
     that token (nothing when its engine could not tell then), and the completion tokens the client received."""
-    return Usage(prompt_tokens=prompt.prompt_tokens, cached_tokens=prompt.cached_tokens,
-                 completion_tokens=completion_tokens)
+    return msgspec.structs.replace(prompt.prompt_only(), completion_tokens=completion_tokens)

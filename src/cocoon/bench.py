@@ -1,8 +1,11 @@
 """`cocoon bench`: the network path (client→proxy→worker→engine) against the engine alone.
 
 Both runs hit the same `fake` engine process (50 chunks of 128 bytes per answer, no delay), at the same
-concurrency, for the same number of streamed requests; the ratio of the two is the cost of the network. The
-network run pays on the local chain; the report ends with the client's check of what it was charged (every
+concurrency, for the same number of streamed requests; the ratio of the two is the cost of the network. A second
+phase at concurrency 1 gives the latency each path adds to a single request. Over each measured phase the CPU
+time of every process (from /proc/PID/stat) is divided by the requests answered: CPU ms per request compares
+machines, and a busy shared machine, better than wall-clock rates do.
+The network run pays on the local chain; the report ends with the client's check of what it was charged (every
 figure 0 on this honest traffic but the amounts charged and the vouchers superseded).
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -35,6 +39,49 @@ console = Console(stderr=True)
 
 CHUNKS = 50
 CHUNK_BYTES = 128
+C1_REQUESTS = 200  # concurrency-1 phase: enough for a stable median, short enough on 2 cores
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far, from /proc/PID/stat (Linux).
+
+    The command name (field 2) may hold spaces and parentheses, so fields are counted after its closing ')':
+    utime and stime are fields 14 and 15 of the whole line, in clock ticks."""
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    fields = raw[raw.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine() -> dict[str, Any]:
+    """The machine the figures come from: cores and CPU model (Linux /proc/cpuinfo)."""
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"cores": os.cpu_count(), "cpu_model": model}
+
+
+class CpuMeter:
+    """CPU time of named processes between start() and stop(), in ms per request answered."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self._start: dict[str, float] = {}
+        self.used_s: dict[str, float] = {}
+
+    def start(self) -> None:
+        self._start = {role: cpu_seconds(pid) for role, pid in self.pids.items()}
+
+    def stop(self) -> None:
+        self.used_s = {role: cpu_seconds(pid) - self._start[role] for role, pid in self.pids.items()}
+
+    def per_request_ms(self, requests: int) -> dict[str, float]:
+        per = {role: round(used * 1000 / requests, 3) if requests else float("nan")
+               for role, used in self.used_s.items()}
+        per["total"] = round(sum(per.values()), 3)
+        return per
 
 
 @dataclass
@@ -138,7 +185,17 @@ def _wait_http(url: str, timeout: float) -> None:
     raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
 
 
-def run_bench(requests: int, concurrency: int, workers: int, as_json: bool) -> dict[str, Any]:
+def measured(url: str, requests: int, concurrency: int, pids: dict[str, int]) -> tuple[LoadResult, dict[str, float]]:
+    """One load phase and the CPU ms per answered request of each process in `pids` over it."""
+    meter = CpuMeter(pids)
+    meter.start()
+    result = asyncio.run(run_load(url, "fake-model", requests, concurrency))
+    meter.stop()
+    return result, meter.per_request_ms(result.requests)
+
+
+def run_bench(requests: int, concurrency: int, workers: int, as_json: bool,
+              c1_requests: int = C1_REQUESTS) -> dict[str, Any]:
     engine_port = free_port()
     engine = subprocess.Popen(
         [sys.executable, "-m", "cocoon", "engine", "fake", "--port", str(engine_port),
@@ -151,7 +208,10 @@ def run_bench(requests: int, concurrency: int, workers: int, as_json: bool) -> d
         warm = max(concurrency, requests // 20)
         console.print(f"direct: {requests} streamed requests at concurrency {concurrency} → {engine_url}")
         asyncio.run(run_load(engine_url, "fake-model", warm, concurrency))
-        direct = asyncio.run(run_load(engine_url, "fake-model", requests, concurrency))
+        # the load generator is this process: its CPU is the HTTP client's share of each request
+        direct_pids = {"loadgen": os.getpid(), "engine": engine.pid}
+        direct, direct_cpu = measured(engine_url, requests, concurrency, direct_pids)
+        direct1, direct1_cpu = measured(engine_url, c1_requests, 1, direct_pids)
         with tempfile.TemporaryDirectory(prefix="cocoon-bench-") as state:
             net = LocalNet(Path(state), workers=workers, engine=f"openai:{engine_url}", port=free_port(),
                            engine_options={}, max_active=concurrency)
@@ -159,7 +219,11 @@ def run_bench(requests: int, concurrency: int, workers: int, as_json: bool) -> d
             api = net.client.api_url or ""
             console.print(f"network: same load through client→proxy→{workers} worker(s)→engine at {api}")
             asyncio.run(run_load(api, "fake-model", warm, concurrency))
-            network = asyncio.run(run_load(api, "fake-model", requests, concurrency))
+            hop_order = {"client": 0, "proxy": 1, "worker": 2}  # the order a request crosses them
+            nodes = sorted((n for n in net.nodes if n.proc), key=lambda n: (hop_order[n.role], n.name))
+            pids = {"loadgen": os.getpid(), **{n.name: n.proc.pid for n in nodes if n.proc}, "engine": engine.pid}
+            network, network_cpu = measured(api, requests, concurrency, pids)
+            network1, network1_cpu = measured(api, c1_requests, 1, pids)
             with urllib.request.urlopen(net.client.stats_url + "/jsonstats", timeout=5) as resp:
                 client = json.loads(resp.read())
             net.stop()
@@ -182,6 +246,16 @@ def run_bench(requests: int, concurrency: int, workers: int, as_json: bool) -> d
         "network_ttfb_p50_ms": round(network.pct(network.ttfb_ms, 0.5), 2),
         "direct_errors": direct.errors, "network_errors": network.errors,
         "client_payments": {k: client.get(k) for k in PAYMENT_FIGURES},
+        "c1_requests": c1_requests,
+        "direct_c1_p50_ms": round(direct1.pct(direct1.latencies_ms, 0.5), 2),
+        "network_c1_p50_ms": round(network1.pct(network1.latencies_ms, 0.5), 2),
+        "direct_c1_ttfb_p50_ms": round(direct1.pct(direct1.ttfb_ms, 0.5), 2),
+        "network_c1_ttfb_p50_ms": round(network1.pct(network1.ttfb_ms, 0.5), 2),
+        "direct_c1_errors": direct1.errors, "network_c1_errors": network1.errors,
+        # per process role, over each measured phase (loadgen: this process, the benchmark's HTTP client)
+        "cpu_ms_per_request": {"direct": direct_cpu, "network": network_cpu,
+                               "direct_c1": direct1_cpu, "network_c1": network1_cpu},
+        "machine": machine(),
     }
     if not as_json:
         _print(report, direct, network)
@@ -200,3 +274,47 @@ def _print(report: dict[str, Any], direct: LoadResult, network: LoadResult) -> N
     slowdown = report["network_p50_ms"] / report["direct_p50_ms"] if report["direct_p50_ms"] else float("nan")
     Console().print(f"ratio network/direct (req/s): [bold]{report['ratio']}[/]   median latency ×{slowdown:.2f}")
     Console().print("client payments: " + ", ".join(f"{k} {v}" for k, v in report["client_payments"].items()))
+    Console().print(markdown(report))
+
+
+README_BEGIN = "<!-- bench:begin (written by `make bench`: cocoon bench --readme; do not edit by hand) -->"
+README_END = "<!-- bench:end -->"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as the README's benchmark figures: the machine, rates and latencies, CPU ms per request."""
+    m = report["machine"]
+    cpu = report["cpu_ms_per_request"]
+    roles = list(cpu["network"])
+    lines = [
+        f"Machine: {m['cores']} cores, {m['cpu_model']}; engine, load generator and every node on it. "
+        f"{report['requests']} streamed requests at concurrency {report['concurrency']}, then "
+        f"{report['c1_requests']} at concurrency 1; {report['chunks_per_answer']}×{report['chunk_bytes']} B per "
+        f"answer, {report['workers']} workers.",
+        "",
+        "| path | req/s | p50 ms | p99 ms | ttfb p50 ms | c1 p50 ms | c1 ttfb p50 ms | errors |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for path in ("direct", "network"):
+        lines.append(f"| {path} | {report[f'{path}_rps']} | {report[f'{path}_p50_ms']} | "
+                     f"{report[f'{path}_p99_ms']} | {report[f'{path}_ttfb_p50_ms']} | "
+                     f"{report[f'{path}_c1_p50_ms']} | {report[f'{path}_c1_ttfb_p50_ms']} | "
+                     f"{report[f'{path}_errors'] + report[f'{path}_c1_errors']} |")
+    added = report["network_c1_p50_ms"] - report["direct_c1_p50_ms"]
+    lines += ["", f"ratio network/direct (req/s): **{report['ratio']}**; added at concurrency 1: "
+                  f"**{added:.2f} ms** p50.", "",
+              "CPU ms per request (user+system, from /proc, over each measured phase):", "",
+              "| phase | " + " | ".join(roles) + " |", "|---|" + "---|" * len(roles)]
+    for phase, per in cpu.items():
+        lines.append(f"| {phase} | " + " | ".join(str(per.get(r, "")) for r in roles) + " |")
+    return "\n".join(lines)
+
+
+def update_readme(path: Path, report: dict[str, Any]) -> None:
+    """Replace the figures between the README's bench markers with this report's."""
+    text = path.read_text()
+    head, sep, rest = text.partition(README_BEGIN)
+    _, sep2, tail = rest.partition(README_END)
+    if not sep or not sep2:
+        raise ValueError(f"{path} has no {README_BEGIN!r} … {README_END!r} block")
+    path.write_text(f"{head}{README_BEGIN}\n{markdown(report)}\n{README_END}{tail}")

@@ -178,15 +178,24 @@ def bench(
     concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 32,
     workers: Annotated[int, typer.Option(help="Workers in the network run.")] = 2,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    c1_requests: Annotated[int, typer.Option(help="Streamed requests in the concurrency-1 phase.")] = 200,
+    out: Annotated[Path | None, typer.Option(help="Also write the JSON report to this file.")] = None,
+    readme: Annotated[Path | None, typer.Option(
+        help="Rewrite the figures between this file's bench markers (the README's benchmark section).")] = None,
 ) -> None:
-    """Measure the network path against the engine alone (fake engine, 50 chunks of 128 bytes)."""
+    """Measure the network path against the engine alone (fake engine, 50 chunks of 128 bytes): rates and
+    latencies at --concurrency and at 1, and CPU ms per request of every process."""
     import json
 
-    from cocoon.bench import run_bench
+    from cocoon.bench import run_bench, update_readme
 
-    report = run_bench(requests, concurrency, workers, json_out)
+    report = run_bench(requests, concurrency, workers, json_out, c1_requests)
     if json_out:
         typer.echo(json.dumps(report))
+    if out is not None:
+        out.write_text(json.dumps(report, indent=1) + "\n")
+    if readme is not None:
+        update_readme(readme, report)
 
 
 attest_app = typer.Typer(help="Inspect and verify attestation quotes and RA-TLS certificates.",

@@ -1,0 +1,90 @@
+"""`cocoon bench`'s CPU accounting and report: /proc reading, per-request CPU, the JSON keys and README block."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cocoon import bench
+
+
+def test_cpu_seconds_reads_this_process_and_grows_with_work() -> None:
+    before = bench.cpu_seconds(os.getpid())
+    deadline_ticks = before + 3 / os.sysconf("SC_CLK_TCK")
+    spins = 0
+    while bench.cpu_seconds(os.getpid()) < deadline_ticks and spins < 50_000_000:
+        spins += 1  # bounded: stops after 3 clock ticks of CPU or this many turns
+    assert bench.cpu_seconds(os.getpid()) > before
+
+
+def test_cpu_seconds_counts_fields_after_a_command_name_with_spaces_and_parens(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # fields after "pid (comm) ": state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
+    line = "4242 (a) (b c)) S 1 2 3 4 5 6 7 8 9 10 250 150 0 0 20 0 1 0\n"
+    real_read = Path.read_text
+    monkeypatch.setattr(Path, "read_text",
+                        lambda self, *a, **k: line if str(self) == "/proc/4242/stat" else real_read(self, *a, **k))
+    assert bench.cpu_seconds(4242) == pytest.approx(400 / os.sysconf("SC_CLK_TCK"))
+
+
+def test_cpu_meter_divides_by_requests_answered() -> None:
+    meter = bench.CpuMeter({"loadgen": os.getpid()})
+    meter.start()
+    meter.stop()
+    meter.used_s = {"loadgen": 0.5, "engine": 0.25}
+    per = meter.per_request_ms(100)
+    assert per == {"loadgen": 5.0, "engine": 2.5, "total": 7.5}
+
+
+def test_machine_names_cores_and_cpu_model() -> None:
+    m = bench.machine()
+    assert m["cores"] == os.cpu_count() and isinstance(m["cpu_model"], str) and m["cpu_model"]
+
+
+def _report() -> dict:
+    cpu = {"loadgen": 0.4, "client-1": 1.1, "proxy-1": 0.7, "worker-1": 0.4, "engine": 0.6, "total": 3.2}
+    return {"requests": 10, "concurrency": 2, "workers": 1, "chunks_per_answer": 50, "chunk_bytes": 128,
+            "direct_rps": 900.0, "network_rps": 300.0, "ratio": 0.333, "direct_p50_ms": 30.0, "direct_p99_ms": 40.0,
+            "network_p50_ms": 100.0, "network_p99_ms": 150.0, "direct_ttfb_p50_ms": 7.0, "network_ttfb_p50_ms": 40.0,
+            "direct_errors": 0, "network_errors": 0, "c1_requests": 5, "direct_c1_p50_ms": 1.1,
+            "network_c1_p50_ms": 6.7, "direct_c1_ttfb_p50_ms": 0.9, "network_c1_ttfb_p50_ms": 5.0,
+            "direct_c1_errors": 0, "network_c1_errors": 1,
+            "cpu_ms_per_request": {"direct": {"loadgen": 0.4, "engine": 0.5, "total": 0.9}, "network": cpu,
+                                   "direct_c1": {"loadgen": 0.8, "engine": 0.8, "total": 1.6}, "network_c1": cpu},
+            "machine": {"cores": 2, "cpu_model": "Test CPU"}}
+
+
+def test_readme_block_is_replaced_between_markers_only(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# before\n{bench.README_BEGIN}\nstale 0.42\n{bench.README_END}\nafter\n")
+    bench.update_readme(readme, _report())
+    text = readme.read_text()
+    assert "stale 0.42" not in text and text.startswith("# before\n") and text.endswith("after\n")
+    assert "2 cores, Test CPU" in text and "| network | 300.0 |" in text and "5.60 ms" in text
+    assert "| network_c1 | 0.4 | 1.1 | 0.7 | 0.4 | 0.6 | 3.2 |" in text
+
+
+def test_readme_without_markers_is_refused(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("no block\n")
+    with pytest.raises(ValueError, match="bench:begin"):
+        bench.update_readme(readme, _report())
+    assert readme.read_text() == "no block\n"
+
+
+REPORT_KEYS = {"direct_c1_p50_ms", "network_c1_p50_ms", "direct_c1_ttfb_p50_ms", "network_c1_ttfb_p50_ms",
+               "cpu_ms_per_request", "machine", "ratio", "direct_rps", "network_rps"}
+
+
+def test_committed_bench_json_has_the_report_keys_and_every_role() -> None:
+    import json
+
+    path = Path(__file__).resolve().parents[2] / "docs" / "bench.json"
+    report = json.loads(path.read_text())
+    assert REPORT_KEYS <= report.keys()
+    roles = set(report["cpu_ms_per_request"]["network"])
+    assert {"loadgen", "engine", "total"} <= roles
+    assert any(r.startswith("client") for r in roles) and any(r.startswith("proxy") for r in roles)
+    assert any(r.startswith("worker") for r in roles)

@@ -290,6 +290,26 @@ async def test_a_call_raises_link_lost_after_the_answers_that_arrived_first() ->
     assert sent == []  # nothing to cancel on a lost link
 
 
+async def test_a_call_is_ready_exactly_when_an_answer_or_the_loss_is_already_queued() -> None:
+    """The client's SSE writer sends what is ready in one write; ready() must never promise an answer not there."""
+    proto = LinkProtocol(name="c", peer_name="proxy-1")
+    call = Call(proto, [].append)
+    assert not call.ready()
+    with pytest.raises(TimeoutError):
+        await call.next(0.01)  # nothing queued: next() still waits, and its timeout still holds
+    proto.receive_data(encode(ResponseChunk(call_id=call.call_id, data=b"a"))
+                       + encode(ResponseChunk(call_id=call.call_id, data=b"b")))
+    assert call.ready()
+    assert await call.next(1) == ResponseChunk(call_id=call.call_id, data=b"a")
+    assert call.ready()
+    assert await call.next(1) == ResponseChunk(call_id=call.call_id, data=b"b")
+    assert not call.ready()
+    proto.connection_lost("connection error: reset")
+    assert call.ready()
+    with pytest.raises(LinkLost):
+        await call.next(1)
+
+
 async def test_a_call_cancelled_sends_its_cancel_through_the_link_once() -> None:
     proto = LinkProtocol(name="c")
     sent: list[bytes] = []

@@ -222,29 +222,35 @@ class ClientApi:
                       ) -> web.StreamResponse:
         resp = await http.open_stream(request, timing)
         usage_chunk: bytes | None = None  # held back until the End says what the answer cost
+        # Events already received are sent in one write (one chunk, one send), not one write each; nothing waits
+        # for more: the batch goes out as soon as the next answer is not already here.
+        batch: list[bytes] = []
         while True:
+            if batch and not call.ready():
+                await resp.write(b"".join(batch))
+                batch.clear()
             try:
                 msg = await self._next(call)
             except ApiError as exc:  # headers are gone already: the error is the stream's last event
-                await resp.write(sse.event(exc.to_json()))
+                batch.append(sse.event(exc.to_json()))
                 break
             if isinstance(msg, ResponseChunk):
                 if msg.has_usage:
                     usage_chunk = msg.data
                 else:
-                    await resp.write(sse.event(msg.data))
+                    batch.append(sse.event(msg.data))
             elif isinstance(msg, ResponseEnd):
                 self._paid(ticket, "ok", msg)
                 if usage_chunk is not None:
-                    await resp.write(sse.event(with_cost(usage_chunk, msg.cost_nanoton)))
-                await resp.write(sse.DONE)
+                    batch.append(sse.event(with_cost(usage_chunk, msg.cost_nanoton)))
+                batch.append(sse.DONE)
                 break
             elif isinstance(msg, ResponseError):
                 # Headers are gone already: the error travels as a final SSE event, the way OpenAI does.
                 self._paid(ticket, ErrorCode.label(msg.code), msg)
-                await resp.write(sse.event(msg.to_api().to_json()))
+                batch.append(sse.event(msg.to_api().to_json()))
                 break
-        await resp.write_eof()
+        await resp.write_eof(b"".join(batch))
         return resp
 
     def _paid(self, ticket: int, outcome: str, last: ResponseEnd | ResponseError) -> None:

@@ -50,7 +50,10 @@ class Call:
         self.done = False
 
     async def next(self, timeout: float | None = None) -> Answer:
-        msg = await asyncio.wait_for(self.queue.get(), timeout) if timeout else await self.queue.get()
+        try:  # an answer already here needs no timer: wait_for costs a task and a timer handle per message
+            msg = self.queue.get_nowait()
+        except asyncio.QueueEmpty:
+            msg = await asyncio.wait_for(self.queue.get(), timeout) if timeout else await self.queue.get()
         if msg is None:
             self.done = True
             self.queue.put_nowait(None)  # every later next() says so too
@@ -59,6 +62,10 @@ class Call:
             self.done = True
             self._proto.end_call(self.call_id)
         return msg
+
+    def ready(self) -> bool:
+        """Whether next() would answer without waiting (an answer, or the link's loss, is already queued)."""
+        return not self.queue.empty()
 
     def cancel(self, reason: str = "cancelled by the requester") -> None:
         """Stop the remote work; harmless after the answer ended or the link broke."""

@@ -35,9 +35,10 @@ WORKER_IMAGE = "worker-good"
 class Server:
     """A proxy-like listener that records who got through and echoes one line."""
 
-    def __init__(self, policy: Policy = DEV_POLICY, registry: RegistryImages | None = None) -> None:
+    def __init__(self, policy: Policy = DEV_POLICY, registry: RegistryImages | None = None,
+                 verifier: type[CertVerifier] = CertVerifier) -> None:
         self.identity = make_identity("proxy", FakeBackend("proxy-img"))
-        self.verifier = CertVerifier(policy, {"worker", "client"}, registry=registry)
+        self.verifier = verifier(policy, {"worker", "client"}, registry=registry)
         self.accepted: list[str] = []
         self.received: list[bytes] = []
 
@@ -439,3 +440,17 @@ async def test_a_remote_engine_the_registry_stops_listing_loses_its_hello_and_it
         await server.wait_closed()
         owner.close()
         ledger.close()
+
+
+async def test_a_verifier_failing_unexpectedly_refuses_the_peer(caplog: pytest.LogCaptureFixture) -> None:
+    """Fail closed: an exception other than AttestationError inside the handshake's verification (msgspec's
+    UnicodeDecodeError on claims that are not UTF-8 was one, found by tests/fuzz) refuses the peer like any other
+    reason, instead of escaping the handshake past its refusal."""
+
+    class Broken(CertVerifier):
+        def verify(self, der: bytes, now: float | None = None):  # type: ignore[override]
+            raise RuntimeError("verifier bug")
+
+    async with Server(verifier=Broken) as server:
+        await refused(server, make_identity("client", NoneBackend()), caplog,
+                      "peer certificate could not be verified: RuntimeError: verifier bug")

@@ -15,7 +15,7 @@ from cocoon.client.crosssite import CrossSiteGuard
 from cocoon.client.payments import ClientPayments
 from cocoon.client.proxy_link import ProxyLink
 from cocoon.config import ClientConfig
-from cocoon.core.errors import ApiError, ErrorCode
+from cocoon.core.errors import DECODE_ERRORS, ApiError, ErrorCode
 from cocoon.core.ids import REQUEST_ID_HEADER, request_id_from, request_scope
 from cocoon.core.usage import KINDS, Usage
 from cocoon.observe.series import Series
@@ -265,7 +265,7 @@ def with_cost(payload: bytes, cost_nanoton: int) -> bytes:
     users; a payload without a usage object is returned as is."""
     try:
         answer = msgspec.json.decode(payload)
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         return payload
     usage = answer.get("usage") if isinstance(answer, dict) else None
     if not isinstance(usage, dict):

@@ -11,6 +11,11 @@ from enum import StrEnum
 
 import msgspec
 
+# What msgspec raises for bytes that do not decode as the type asked: DecodeError (ValidationError is one), and
+# UnicodeDecodeError for a string that is not UTF-8, which it does not wrap (0.22; found by tests/fuzz). Code that
+# decodes what a peer or an engine sent catches both, or that peer decides where the exception ends up.
+DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError)
+
 
 class ErrorCode(StrEnum):
     # the request itself (400 unless noted)

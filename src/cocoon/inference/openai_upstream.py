@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from cocoon.core.errors import ApiError, ErrorCode
+from cocoon.core.errors import DECODE_ERRORS, ApiError, ErrorCode
 from cocoon.inference.base import Engine, PromptCounted
 from cocoon.openai import sse
 from cocoon.openai.schema import Endpoint, OpenAIRequest
@@ -56,7 +56,7 @@ class OpenAIUpstreamEngine(Engine):
         try:
             listing = msgspec.json.decode(raw)
             return [str(model["id"]) for model in listing["data"]]
-        except (msgspec.DecodeError, KeyError, TypeError) as exc:
+        except (*DECODE_ERRORS, KeyError, TypeError) as exc:
             raise ApiError(502, f"the engine's model list is not OpenAI-shaped: {_snippet(raw)}",
                            type="api_error", code=ErrorCode.ENGINE_BAD_RESPONSE) from exc
 
@@ -134,7 +134,7 @@ def _error_from_body(status: int, raw: bytes) -> ApiError:
     """
     try:
         doc = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         doc = None
     fields: dict[str, Any] = {}
     if isinstance(doc, dict):

@@ -31,6 +31,7 @@ from cocoon.attest.policy import Policy
 from cocoon.attest.registry import RegistryImages
 from cocoon.attest.trustconfig import TrustConfig
 from cocoon.attest.types import KINDS, ROLES, AttestationError, PeerIdentity
+from cocoon.core.errors import DECODE_ERRORS
 from cocoon.fsutil import SECRET_MODE, private_dir, write_atomically
 from cocoon.ledger.base import RootParams
 
@@ -419,5 +420,5 @@ def read_ratls_extensions(cert: x509.Certificate) -> tuple[bytes, bytes]:
 def decode_claims(encoded: bytes) -> Claims:
     try:
         return _CLAIMS_DECODER.decode(encoded)
-    except msgspec.DecodeError as e:
+    except DECODE_ERRORS as e:
         raise AttestationError(f"RA-TLS claims do not decode: {e}") from None

@@ -74,6 +74,9 @@ def make_context(identity: Identity, verifier: CertVerifier, *, server: bool) ->
         except AttestationError as exc:
             verdict.reason = str(exc)
             return False
+        except Exception as exc:  # fail closed: raised here it would escape the handshake, past its refusal
+            verdict.reason = f"peer certificate could not be verified: {type(exc).__name__}: {exc}"[:300]
+            return False
         return True
 
     ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from cocoon.core.errors import CocoonError
+from cocoon.core.errors import DECODE_ERRORS, CocoonError
 from cocoon.wire.messages import Message
 
 MAX_FRAME = 16 * 1024 * 1024
@@ -61,9 +61,8 @@ class FrameReader:
                     break
                 try:
                     out.append(_decoder.decode(view[pos + _HEADER : end]))
-                # msgspec raises more than DecodeError on hostile input: UnicodeDecodeError for a tag that is
-                # not UTF-8, RecursionError for nesting deeper than it follows (both found by tests/fuzz)
-                except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+                # RecursionError too: nesting deeper than msgspec follows (found by tests/fuzz)
+                except (*DECODE_ERRORS, RecursionError) as exc:
                     raise FrameError(f"undecodable message: {_shorten(str(exc))}") from None
                 pos = end
         if pos:

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import msgspec
 
-from cocoon.core.errors import CocoonError
+from cocoon.core.errors import DECODE_ERRORS, CocoonError
 from cocoon.core.usage import OpenAIUsage, Usage
 
 
@@ -48,7 +48,7 @@ class Answer(NamedTuple):
 def read_answer(payload: bytes) -> Answer:
     try:
         view = _decoder.decode(payload)
-    except msgspec.DecodeError as exc:  # a negative token count too: msgspec.ValidationError is a DecodeError
+    except DECODE_ERRORS as exc:  # a negative token count too: msgspec.ValidationError is a DecodeError
         raise MeteringError(f"engine sent an unreadable answer: {exc}") from None
     usage = view.usage.to_usage() if view.usage is not None else None
     generated = any(

@@ -9,7 +9,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
 NODE_STAMP := node_modules/.installed
 
-.PHONY: up test lint bench install clean contracts
+.PHONY: up test lint bench install clean contracts mutate
 
 install: $(STAMP) $(NODE_STAMP)
 
@@ -39,6 +39,12 @@ test: $(STAMP) $(NODE_STAMP)
 	node src/cocoon/contracts/compile.mjs --check
 	node --test tests/contracts/
 	$(BIN)/pytest
+
+# Mutation testing of the money and trust code (tools/mutation): each mutant runs the unit tests reaching its
+# lines; prints per module the mutants killed and the survivors. Not part of `make test` (tens of minutes on 2
+# cores). MUTATE_ARGS, e.g. "pricing policy", "-j 2", "--markdown docs/MUTATION.md" (see --help).
+mutate: $(STAMP)
+	$(BIN)/python -m tools.mutation $(MUTATE_ARGS)
 
 # rebuild the committed contract BOCs and code hashes after changing a FunC source
 contracts: $(NODE_STAMP)

@@ -210,6 +210,10 @@ rtmr1 = ["{"ef" * 48}"]
         ('name = "x"\nproduction_safe = true\n[roles.proxy]\nkinds = ["none"]\n', "production_safe policy"),
         ('name = "x"\n[roles.worker]\nkinds = ["tdx"]\n', "missing required field `production_safe`"),
         ('name = "x"\nproduction_safe = false\nextra = 1\n', "unknown field `extra`"),
+        (  # a misspelled key in a role table would otherwise leave that role's images unrestricted
+            f'name = "x"\nproduction_safe = false\n[roles.worker]\nkinds = ["tdx"]\nimage_hash = ["{"ab" * 32}"]\n',
+            r"\[roles.worker\]: Object contains unknown field `image_hash`",
+        ),
         (
             'name = "x"\nproduction_safe = false\n[roles.worker]\nkinds = "tdx"\n',
             r"\[roles.worker\]: Expected `array`, got `str`",

@@ -41,6 +41,14 @@ def test_a_known_request() -> None:
     assert charge.commission == 1644
 
 
+def test_a_fully_cached_prompt_pays_the_cached_rate_only() -> None:
+    prices = Prices(prompt_multiplier=1000, cached_multiplier=100, completion_multiplier=4000,
+                    reasoning_multiplier=4000)
+    assert weighted_tokens(Usage(prompt_tokens=100, cached_tokens=100), prices) == 100 * 100
+    # more cached than prompt tokens (usage as a peer reports it): no negative uncached count lowers the cost
+    assert weighted_tokens(Usage(prompt_tokens=10, cached_tokens=100), prices) == 100 * 100
+
+
 @given(usages(), price_lists(), st.integers(0, 5000))
 def test_each_amount_is_the_exact_price_rounded_down_once_and_the_commission_is_never_negative(
         usage: Usage, prices: Prices, coefficient: int) -> None:

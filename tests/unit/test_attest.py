@@ -139,6 +139,25 @@ def test_production_safe_policy_must_restrict_tee_images() -> None:
                production_safe=False)
 
 
+def test_certificate_ages_must_be_positive_and_skews_not_negative() -> None:
+    tdx = frozenset({"tdx"})
+    for bad in ({"max_cert_age_s": 0}, {"max_cert_age_s": -1}, {"max_skew_s": -1}, {"max_skew_s": -0.5}):
+        with pytest.raises(ValueError, match="max_cert_age_s must be positive and max_skew_s not negative"):
+            RolePolicy(kinds=tdx, **bad)  # type: ignore[arg-type]
+    rules = RolePolicy(kinds=tdx, max_cert_age_s=0.5, max_skew_s=0)
+    assert (rules.max_cert_age_s, rules.max_skew_s) == (0.5, 0)
+
+
+def test_policies_cannot_be_changed_in_place() -> None:
+    """The built-in policies are shared by every verifier in a process: one changed in place would change them
+    all."""
+    with pytest.raises(AttributeError):
+        DEV_POLICY.production_safe = True  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        DEV_POLICY.rules_for("worker").image_hashes = None  # type: ignore[misc]
+    assert DEV_POLICY == load_policy("dev") and not DEV_POLICY.production_safe
+
+
 def test_policy_refuses_an_absent_role(tmp_path: Path) -> None:
     path = tmp_path / "p.toml"
     path.write_text('name = "only-workers"\nproduction_safe = false\n[roles.worker]\nkinds = ["fake"]\n')

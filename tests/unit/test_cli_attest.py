@@ -103,8 +103,9 @@ def test_verify_sample_quote_inside_and_outside_its_collateral_window() -> None:
     code, out = verify_sample("--policy", "tdx-any", "--now", str(INSIDE_WINDOW))
     assert code == 0, out
     assert out.count("\n") == 1
-    assert out.startswith("accepted by policy 'tdx-any' for role worker: tdx quote")
-    assert "TCB status UpToDate" in out
+    image = parse_tdx_quote(SAMPLE_QUOTE.read_bytes()).measurements.image_hash()
+    assert out == f"accepted by policy 'tdx-any' for role worker: tdx quote, image hash {image.hex()}, " \
+                  "TCB status UpToDate\n"
     code, out = verify_sample("--policy", "tdx-any")
     assert code == 1
     assert out.startswith("refused: DCAP collateral for FMSPC B0C06F000000 is valid from")
@@ -147,7 +148,11 @@ def test_verify_certificate_against_policies(tmp_path: Path) -> None:
     cert = tmp_path / "cert.pem"
     code, out = cocoon("attest", "verify", cert, "--policy", "dev")
     assert code == 0
-    assert out.startswith("accepted by policy 'dev': proxy certificate, kind fake")
+    image = fake_image_hash("cocoon-dev").hex()
+    assert out.startswith(f"accepted by policy 'dev': proxy certificate, kind fake, image hash {image}, key ")
+    cocoon("gen-cert", "--attestation", "none", "--role", "client", "--out", tmp_path / "client")
+    code, out = cocoon("attest", "verify", tmp_path / "client" / "cert.pem", "--policy", "dev")
+    assert code == 0 and out.startswith("accepted by policy 'dev': client certificate, kind none, image hash none")
     code, out = cocoon("attest", "verify", cert, "--policy", "tdx-any")
     assert code == 1
     assert out == "refused: attestation kind 'fake' is not allowed for role 'proxy' by policy 'tdx-any' " \

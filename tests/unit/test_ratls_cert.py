@@ -26,6 +26,7 @@ from cocoon.ratls.cert import (
     OID_QUOTE,
     CertVerifier,
     Claims,
+    decode_claims,
     load_identity,
     make_identity,
     save_identity,
@@ -325,6 +326,112 @@ def test_cache_is_bounded() -> None:
     assert verifier.verify(ders[2], now=NOW) is peers[2]
     assert verifier.verify(ders[0], now=NOW) is not peers[0]  # evicted, verified afresh
     assert verifier.verify(ders[0], now=NOW) == peers[0]
+
+
+def test_the_cache_evicts_the_least_recently_used_verdict() -> None:
+    verifier = CertVerifier(DEV_POLICY, ALL_ROLES, cache_size=2)
+    a, b, c = (make_identity("worker", FAKE, now=NOW).cert_der for _ in range(3))
+    peer_a, peer_b = verifier.verify(a, now=NOW), verifier.verify(b, now=NOW)
+    assert verifier.verify(a, now=NOW) is peer_a and verifier.verify(b, now=NOW) is peer_b  # both fit
+    assert verifier.verify(a, now=NOW) is peer_a  # a used last: b is the one to go
+    verifier.verify(c, now=NOW)
+    assert verifier.verify(a, now=NOW) is peer_a
+    assert verifier.verify(b, now=NOW) is not peer_b
+
+
+def test_a_cached_verdict_holds_exactly_as_long_as_the_full_check_would_accept() -> None:
+    # valid from max(not_before, issued_at) - skew = NOW - 300, until not_after + skew = NOW + 3900 (before the
+    # policy's maximum age)
+    verifier = CertVerifier(DEV_POLICY, ALL_ROLES)
+    der = make_identity("worker", FAKE, now=NOW, lifetime_s=3600).cert_der
+    first = verifier.verify(der, now=NOW)
+    assert verifier.verify(der, now=NOW - 300) is first
+    assert verifier.verify(der, now=NOW + 3900) is first
+    with pytest.raises(AttestationError, match="peer certificate expired at"):
+        verifier.verify(der, now=NOW + 3901)
+
+
+def _dated(key: Ed25519PrivateKey, *, not_before: float, not_after: float, issued_at: float) -> bytes:
+    """A correct RA-TLS certificate of `key` with the given validity and claims issued at `issued_at`."""
+    encoded = Claims(public_key=_raw(key), role="worker", kind="fake", issued_at=int(issued_at)).encode()
+    quote = FAKE.quote(hashlib.sha512(encoded).digest())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cocoon-worker")])
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(_utc(not_before)).not_valid_after(_utc(not_after))
+            .add_extension(x509.UnrecognizedExtension(OID_QUOTE, quote), critical=True)
+            .add_extension(x509.UnrecognizedExtension(OID_CLAIMS, encoded), critical=True)
+            .sign(key, None).public_bytes(serialization.Encoding.DER))
+
+
+def test_each_time_limit_admits_its_last_instant_and_refuses_the_next() -> None:
+    """The clock skew (300 s) and the policy's maximum age (2 days) are tolerances up to and including them."""
+    key = Ed25519PrivateKey.generate()
+
+    def check(der: bytes, now: float) -> None:
+        CertVerifier(DEV_POLICY, ALL_ROLES).verify(der, now=now)  # a fresh verifier: no cached verdict
+
+    early = _dated(key, not_before=NOW, not_after=NOW + DAY, issued_at=NOW - 1000)
+    check(early, NOW - 300)
+    _refused(early, "not valid before", now=NOW - 301)
+    late = _dated(key, not_before=NOW - 1000, not_after=NOW, issued_at=NOW - 1000)
+    check(late, NOW + 300)
+    _refused(late, "expired at", now=NOW + 301)
+    ahead = _dated(key, not_before=NOW - 1000, not_after=NOW + DAY, issued_at=NOW + 300)
+    check(ahead, NOW)
+    _refused(ahead, "issued in the future", now=NOW - 1)
+    old = _dated(key, not_before=NOW - 3 * DAY, not_after=NOW + DAY, issued_at=NOW - 2 * DAY)
+    check(old, NOW)
+    _refused(old, "more than the policy's maximum", now=NOW + 1)
+
+
+_ED25519_OID = bytes.fromhex("06032b6570")  # DER of 1.3.101.112: in the TBS, in the key, in the signature
+
+
+def _replace_nth(data: bytes, old: bytes, new: bytes, n: int) -> bytes:
+    at = -1
+    for _ in range(n + 1):
+        at = data.index(old, at + 1)
+    return data[:at] + new + data[at + len(old):]
+
+
+def test_a_key_of_an_unknown_type_is_refused_with_a_reason() -> None:
+    key = Ed25519PrivateKey.generate()
+    der = _replace_nth(_forge(key, _good_extensions(key)), _ED25519_OID, bytes.fromhex("06032b6563"), 1)
+    _refused(der, "peer certificate key cannot be loaded: .*1.3.101.99")
+
+
+def test_a_signature_algorithm_other_than_ed25519_is_refused() -> None:
+    key = Ed25519PrivateKey.generate()
+    der = _replace_nth(_forge(key, _good_extensions(key)), _ED25519_OID, bytes.fromhex("06032b6571"), 2)
+    _refused(der, "signature algorithm is 1.3.101.113, expected Ed25519")
+
+
+def test_a_certificate_repeating_an_extension_is_refused() -> None:
+    key = Ed25519PrivateKey.generate()
+    one, two = (x509.ObjectIdentifier(f"1.3.6.1.4.1.58000.9.{n}") for n in (8, 9))
+    extra = [x509.Extension(oid, False, x509.UnrecognizedExtension(oid, b"\x05\x00")) for oid in (one, two)]
+    der = _forge(key, [*_good_extensions(key), *extra])
+    cert = x509.load_der_x509_certificate(der)
+    # the first extra extension renamed to the second's OID (their DER differs in the last byte), signed again so
+    # that only the repetition is wrong
+    tbs = cert.tbs_certificate_bytes.replace(bytes.fromhex("83c5100908"), bytes.fromhex("83c5100909"))
+    der = der.replace(cert.tbs_certificate_bytes, tbs).replace(cert.signature, key.sign(tbs))
+    _refused(der, "peer certificate extensions are malformed: Duplicate 1.3.6.1.4.1.58000.9.9 extension")
+
+
+@pytest.mark.parametrize(("fields", "reason"), [
+    ({"public_key": bytes(31)}, "claims public_key has 31 bytes, expected 32"),
+    ({"hpke_public_key": bytes(5)}, "claims hpke_public_key has 5 bytes, expected 32"),
+    ({"config_hash": bytes(33)}, "claims config_hash has 33 bytes, expected 32"),
+    ({"voucher_key": bytes(1)}, "claims voucher_key has 1 bytes, expected 32"),
+    ({"role": "admin"}, "claims role 'admin' is not one of"),
+    ({"kind": "sgx"}, "claims kind 'sgx' is not one of"),
+])
+def test_claims_with_a_malformed_field_do_not_decode(fields: dict[str, object], reason: str) -> None:
+    good = {"public_key": bytes(32), "role": "worker", "kind": "fake", "issued_at": int(NOW)}
+    assert decode_claims(msgspec.msgpack.encode(good)).role == "worker"
+    with pytest.raises(AttestationError, match=f"RA-TLS claims do not decode: {reason}"):
+        decode_claims(msgspec.msgpack.encode({**good, **fields}))
 
 
 def test_unknown_accept_role_is_a_programming_error() -> None:

@@ -123,6 +123,16 @@ def test_the_config_hash_is_the_same_in_every_process_and_covers_each_trust_deci
     assert trust_config("client", ClientConfig(name="c"), DEV_POLICY).prices is None
 
 
+def test_a_trust_config_names_every_field_and_cannot_change_once_made() -> None:
+    config = worker_config(DEV_POLICY)
+    digest = config.digest()
+    with pytest.raises(AttributeError):
+        config.payments = False  # type: ignore[misc]
+    assert config.digest() == digest
+    with pytest.raises(TypeError):
+        TrustConfig("worker", DEV_POLICY, True)  # type: ignore[misc]  # a flag out of place would change the hash
+
+
 def test_claims_carry_the_configuration_and_the_peer_identity_shows_it() -> None:
     config = worker_config(DEV_POLICY, engine="openai:https://operator-host/v1")
     identity = make_identity("proxy", FakeBackend("p"), now=NOW, config=config, voucher_key=b"\x07" * 32)
@@ -171,6 +181,9 @@ def test_refused_remote_engines_are_refused_at_the_handshake_loopback_ones_are_n
     local = verify(policy, worker_cert(worker_config(policy, engine="openai:http://127.0.0.1:8000/v1")))
     assert local.engine_origin == "http://127.0.0.1:8000"
     CertVerifier(policy, {"worker"}).check_engine_models(local, ["any-model"])
+    # and when the models are announced (a link renewed under a policy that now refuses them)
+    with pytest.raises(AttestationError, match=f"engine at {REMOTE} runs outside the measured image: refused"):
+        policy.check_engine_models("worker", REMOTE, ["any-model"], None)
 
 
 def test_registry_listed_remote_engines_pass_only_for_the_listed_models(tmp_path: Path) -> None:
@@ -254,6 +267,7 @@ M1, M2 = ("1" * 96, "2" * 96)
     (_rules(mrtds=frozenset({M1})), _rules(), "admits MRTDs"),
     (_rules(mrtds=frozenset({M1})), _rules(mrtds=frozenset({M1, M2})), "admits MRTDs"),
     (_rules(mrtds=frozenset({M1, M2})), _rules(mrtds=frozenset({M2})), None),
+    (_rules(mrtds=frozenset({M1})), _rules(mrtds=frozenset({M1})), None),
     (_rules(rtmrs={"rtmr1": frozenset({M1})}), _rules(), "admits RTMR1 values"),
     (_rules(rtmrs={"rtmr1": frozenset({M1})}), _rules(rtmrs={"rtmr1": frozenset({M1, M2})}), "admits RTMR1"),
     (_rules(rtmrs={"rtmr1": frozenset({M1})}), _rules(rtmrs={"rtmr1": frozenset({M1})}), None),

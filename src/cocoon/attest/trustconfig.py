@@ -25,7 +25,7 @@ from cocoon.config import CommonConfig, Prices, ProxyConfig, WorkerConfig
 _DOMAIN = b"cocoon-config-v1\0"
 
 
-class TrustConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class TrustConfig(msgspec.Struct, frozen=True, kw_only=True):
     role: str
     policy: Policy
     payments: bool

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import msgspec
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -299,7 +299,7 @@ class CertVerifier:
             raise AttestationError(f"peer certificate is not valid DER X.509: {e}") from None
         try:
             key = cert.public_key()
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, UnsupportedAlgorithm) as e:  # a key type cryptography does not know
             raise AttestationError(f"peer certificate key cannot be loaded: {e}") from None
         if not isinstance(key, Ed25519PublicKey):
             raise AttestationError(f"peer certificate key is {_describe_key(key)}, expected Ed25519")

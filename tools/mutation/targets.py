@@ -27,6 +27,7 @@ TARGETS = (
     Target("vouchers", "cocoon.ledger.vouchers"),
     Target("purse", "cocoon.ledger.purse"),
     Target("client-payments", "cocoon.client.payments"),
+    Target("client-audit", "cocoon.client.audit"),  # the client's over-charge check, out of its purse
     Target("worker-payments", "cocoon.worker.payments"),
     Target("billing", "cocoon.proxy.billing"),
 )

@@ -15,6 +15,14 @@ from typing import Any
 from tests.netutil import get_json, stop_process
 
 
+def proxy_config(tmp_path: Path, port: int, stats: int, extra: str = "") -> Path:
+    """A proxy's config file in `tmp_path` (its state dir) listening on `port`, stats on `stats`; `extra` is more
+    TOML lines."""
+    config = tmp_path / "proxy.toml"
+    config.write_text(f'name = "proxy"\nstate_dir = "{tmp_path}"\nport = {port}\nstats_port = {stats}\n{extra}')
+    return config
+
+
 @contextlib.contextmanager
 def role_process(role: str, config: Path, log: Path, *args: str, max_open_files: int | None = None
                  ) -> Iterator[subprocess.Popen[bytes]]:

@@ -17,7 +17,7 @@ from cocoon.attest.policy import DEV_POLICY
 from cocoon.ratls import tls
 from cocoon.ratls.cert import CertVerifier, make_identity
 from tests.netutil import free_port, get_json
-from tests.security.procs import role_process, wait_stats
+from tests.security.procs import proxy_config, role_process, wait_stats
 from tests.tdxdata import SAMPLE_QUOTE, fake_pccs, quote_with_fmspc
 
 DIALS = 12
@@ -68,9 +68,7 @@ def test_crafted_platforms_neither_block_the_proxy_nor_grow_its_caches(tmp_path:
     port, stats = free_port(), free_port()
     hold = threading.Event()  # the PCCS never answers while the attack runs
     with fake_pccs(hold=hold) as (pccs, _requests):
-        config = tmp_path / "proxy.toml"
-        config.write_text(f'name = "proxy"\nstate_dir = "{tmp_path}"\nport = {port}\nstats_port = {stats}\n'
-                          f'policy = "{policy}"\npccs_url = "{pccs}"\n')
+        config = proxy_config(tmp_path, port, stats, f'policy = "{policy}"\npccs_url = "{pccs}"\n')
         log = tmp_path / "proxy.log"
         with role_process("proxy", config, log) as proc:
             wait_stats(stats, proc, log)

@@ -23,7 +23,7 @@ from cocoon.wire import frames
 from cocoon.wire.connection import hello
 from cocoon.wire.messages import HelloAck, Message, ModelsQuery, ModelsReply, Refuse
 from tests.netutil import free_port
-from tests.security.procs import role_process, wait_stats
+from tests.security.procs import proxy_config, role_process, wait_stats
 
 GIB = 2**30
 SENT_BODY = 32 * 2**20  # what the attacker pushes after the header, were the proxy to keep reading
@@ -87,8 +87,7 @@ def refusal(msgs: list[Message]) -> str:
 
 def test_a_huge_or_garbled_frame_is_refused_at_once_without_memory_or_crash(tmp_path: Path) -> None:
     port, stats = free_port(), free_port()
-    config = tmp_path / "proxy.toml"
-    config.write_text(f'name = "proxy"\nstate_dir = "{tmp_path}"\nport = {port}\nstats_port = {stats}\n')
+    config = proxy_config(tmp_path, port, stats)
     log = tmp_path / "proxy.log"
     with role_process("proxy", config, log) as proc:
         wait_stats(stats, proc, log)

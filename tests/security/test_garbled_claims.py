@@ -25,7 +25,7 @@ from cocoon.attest.policy import DEV_POLICY
 from cocoon.ratls import tls
 from cocoon.ratls.cert import OID_CLAIMS, OID_QUOTE, CertVerifier, Claims, Identity
 from tests.netutil import free_port
-from tests.security.procs import role_process, wait_stats
+from tests.security.procs import proxy_config, role_process, wait_stats
 
 ATTEMPTS = 20
 
@@ -71,8 +71,7 @@ def open_descriptors(pid: int) -> int:
 
 def test_a_certificate_with_garbled_claims_is_refused_like_any_other(tmp_path: Path) -> None:
     port, stats = free_port(), free_port()
-    config = tmp_path / "proxy.toml"
-    config.write_text(f'name = "proxy"\nstate_dir = "{tmp_path}"\nport = {port}\nstats_port = {stats}\n')
+    config = proxy_config(tmp_path, port, stats)
     log = tmp_path / "proxy.log"
     with role_process("proxy", config, log) as proc:
         wait_stats(stats, proc, log)

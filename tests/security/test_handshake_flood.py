@@ -24,7 +24,7 @@ from cocoon.ratls.cert import CertVerifier, make_identity
 from cocoon.wire.connection import Connection, dial_hello, hello
 from cocoon.wire.messages import ModelsReply
 from tests.netutil import free_port, get_json
-from tests.security.procs import role_process, wait_stats
+from tests.security.procs import proxy_config, role_process, wait_stats
 
 HALF_OPEN = 400
 PROXY_OPEN_FILES = 128  # the proxy itself holds about 24 at rest
@@ -53,12 +53,6 @@ async def half_open(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWrit
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"\x16\x03\x01")  # the start of a TLS record header, never followed by the rest
     return reader, writer
-
-
-def proxy_config(tmp_path: Path, port: int, stats: int, extra: str = "") -> Path:
-    config = tmp_path / "proxy.toml"
-    config.write_text(f'name = "proxy"\nstate_dir = "{tmp_path}"\nport = {port}\nstats_port = {stats}\n{extra}')
-    return config
 
 
 def test_half_open_connections_from_one_address_do_not_lock_out_an_honest_client(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +21,9 @@ from cocoon.client.payments import ClientPayments
 from cocoon.config import ClientConfig, Prices, ProxyConfig
 from cocoon.core.ids import new_request_id as rid
 from cocoon.core.usage import Usage
-from cocoon.ledger.base import Terms
+from cocoon.ledger.base import TON, Terms
 from cocoon.ledger.contracts import Tag
-from cocoon.ledger.devnet import ProxySpec, prepare
+from cocoon.ledger.devnet import ProxySpec, prepare, vouchers_path
 from cocoon.ledger.pricing import price_request
 from cocoon.ledger.vouchers import Voucher, sign_voucher
 from cocoon.ledger.wallet import Wallet
@@ -415,3 +416,57 @@ def test_an_earlier_runs_doubt_ends_only_with_an_exact_check() -> None:
     audit.end(a, seen=True, channel="ch", cost=5, voucher=charge(1, 105))
     audit.end(b, seen=True, channel="ch", cost=7, voucher=charge(2, 112))
     assert (audit.unexplained_nanoton, audit.overcharges, audit.settled) == (100, 0, True)
+
+
+def test_a_channel_running_low_is_topped_up_and_the_balance_figure_follows(proxy: Proxy,
+                                                                             caplog: pytest.LogCaptureFixture
+                                                                             ) -> None:
+    """The client's background round: below `top_up_below_nanoton` left for new requests, the channel is topped up
+    to `top_up_to_nanoton` (and said so in the log); at or above it, nothing happens."""
+    cfg = ClientConfig(name="alice", state_dir=str(proxy.state), payments=True, proxy=ENDPOINT,
+                       top_up_below_nanoton=10 * TON, top_up_to_nanoton=12 * TON, chain_poll_s=0.01)
+    payments = ClientPayments(cfg, TLS_KEY)
+    payments.open()
+    try:
+        assert payments.balance_nanoton == 10 * TON == cfg.deposit_nanoton
+        caplog.set_level(logging.INFO, logger="cocoon.client.payments")
+        payments._top_up()  # not below the threshold
+        assert payments.balance_nanoton == 10 * TON and "topped up" not in caplog.text
+        proxy.account = asyncio.run(proxy.billing.open_account(TLS_KEY, payments.client_params(ENDPOINT)))
+        ticket = payments.begin(rid())
+        end = proxy.settle(rid(), Usage(completion_tokens=50))
+        payments.end(ticket, end)
+        assert payments.audit.settled and end.cost_nanoton > 0
+
+        async def until_topped_up() -> None:  # the background round does it
+            task = asyncio.create_task(payments.run())
+            try:
+                for _ in range(500):
+                    if payments.balance_nanoton == 12 * TON:
+                        return
+                    await asyncio.sleep(0.01)
+            finally:
+                task.cancel()
+
+        asyncio.run(until_topped_up())
+        assert payments.balance_nanoton == 12 * TON and "topped up the payment channel" in caplog.text
+    finally:
+        payments.close()
+
+
+def test_a_request_that_could_not_be_sent_leaves_nothing_in_doubt(proxy: Proxy) -> None:
+    payments = proxy.client()
+    in_doubt = vouchers_path(proxy.state, "alice").with_suffix(".in-doubt")
+    assert in_doubt.exists()  # while it runs: a crash leaves it, and the next run knows charges may follow
+    ticket = payments.begin(rid())
+    payments.unsent(ticket)
+    assert payments.audit.settled
+    assert (payments.refused_vouchers, payments.superseded_vouchers, payments.overcharges) == (0, 0, 0)
+    # a proxy this client has no channel with gets its wallet, and no channel to charge
+    elsewhere = payments.client_params("127.0.0.1:9")
+    assert (elsewhere.owner, elsewhere.channel, elsewhere.proof) == (payments.wallet.address, "", b"")
+    assert payments.client_params(ENDPOINT).channel == payments.purses[ENDPOINT].channel
+    payments.close()
+    assert not in_doubt.exists()
+    with pytest.raises(sqlite3.ProgrammingError):
+        payments.vouchers.latest(payments.purses[ENDPOINT].channel, Tag.CHARGE)

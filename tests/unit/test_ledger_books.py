@@ -3,6 +3,7 @@ charges bounded by the reservation, rollback checks."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -176,3 +177,63 @@ def test_books_from_before_ids_were_kept_per_client_are_migrated(tmp_path: Path)
     with pytest.raises(DuplicateRequest):
         b.begin("k:r1", "alice")
     b.settle("k:r1", "bob", "w1", "m", USAGE, PRICES, 1000)  # the same id for another client is another request
+
+
+def test_ending_one_request_releases_its_reservation_only(tmp_path: Path) -> None:
+    """Two holds of one client: ending one must leave the other held, or the client gets credit beyond its stake."""
+    b = books(tmp_path, stake=TON)
+    b.begin("r1", "alice")
+    b.begin("r2", "alice")
+    b.reserve("r1", "alice", TON // 4)
+    b.reserve("r2", "alice", TON // 2)
+    with pytest.raises(DuplicateRequest, match="holds a reservation already"):
+        b.reserve("r2", "alice", 1)
+    assert b.summary()["clients"]["alice"]["reserved_nanoton"] == 3 * TON // 4
+    b.end("r1", "alice")
+    assert b.available("alice") == TON // 2
+    assert b.summary()["clients"]["alice"]["reserved_nanoton"] == TON // 2
+    with pytest.raises(PaymentRequired):
+        b.reserve("r3", "alice", TON // 2 + 1)
+    b.reserve("r3", "alice", TON // 2)  # exactly what is left
+    assert b.available("alice") == 0
+    b.end("r2", "alice")
+    b.end("r3", "alice")
+    assert b.available("alice") == TON and b.summary()["clients"]["alice"]["reserved_nanoton"] == 0
+
+
+def test_books_with_other_content_at_the_committed_seqno_refuse(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = books(tmp_path / "a"), books(tmp_path / "b")
+    a.settle("req-1", "alice", "w1", "m", USAGE, PRICES, 1000)
+    b.settle("req-1", "alice", "w1", "m", Usage(prompt_tokens=1000, completion_tokens=501), PRICES, 1000)
+    assert a.state()[0] == b.state()[0] == 1
+    a.check_commit(*a.state())
+    with pytest.raises(RolledBack, match="differs from the one committed on chain"):
+        b.check_commit(*a.state())
+
+
+def test_the_latest_charge_voucher_is_what_the_proxy_claims(tmp_path: Path) -> None:
+    b = books(tmp_path)
+    assert b.client_voucher("alice") is None  # nothing charged yet
+    b.set_client_channel("bob", "", balance=0, stake=0, claimed=0, chain_seqno=0, state="new")
+    b.settle("req-0", "bob", "w1", "m", USAGE, PRICES, 1000)
+    assert b.client_voucher("bob") is None and b.client_voucher("carol") is None  # no channel, no voucher
+    b.settle("req-1", "alice", "w1", "m", USAGE, PRICES, 1000)
+    settled = b.settle("req-2", "alice", "w1", "m", USAGE, PRICES, 1000)
+    assert b.client_voucher("alice") == settled.client_voucher
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settled.charge = COST  # type: ignore[misc]
+
+
+def test_the_state_is_synced_in_full_before_it_is_committed(tmp_path: Path) -> None:
+    b = books(tmp_path)
+    b.settle("req-1", "alice", "w1", "m", USAGE, PRICES, 1000)
+    statements: list[str] = []
+    b._db.set_trace_callback(statements.append)
+    assert b.durable() == b.state()
+    b._db.set_trace_callback(None)
+    # a write while synchronous=FULL syncs the write-ahead log, and every commit before it; then back to NORMAL
+    assert [s.split(" WHERE")[0] for s in statements[:3]] == [
+        "PRAGMA synchronous=FULL", "UPDATE meta SET value = value", "PRAGMA synchronous=NORMAL"]
+    assert b._db.execute("PRAGMA synchronous").fetchone() == (1,)

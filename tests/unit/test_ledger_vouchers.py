@@ -91,6 +91,44 @@ def test_the_book_keeps_only_strictly_newer_vouchers_of_its_network_across_resta
         reopened.accept(sign(KEY, Tag.FINAL, channel, 6, 249), KEY.public_key, global_id=GID)
 
 
+def test_an_older_voucher_is_refused_by_accept_and_only_superseded_for_keep_latest(tmp_path: Path) -> None:
+    channel = contract_addresses()["client_channel"]
+    book = VoucherBook(tmp_path / "v.sqlite")
+    newest = sign(KEY, Tag.CHARGE, channel, 3, 250)
+    book.accept(newest, KEY.public_key, global_id=GID)
+    for older in (newest, sign(KEY, Tag.CHARGE, channel, 2, 200), sign(KEY, Tag.CHARGE, channel, 2, 250)):
+        with pytest.raises(VoucherError, match="is not above the last accepted #3"):
+            book.accept(older, KEY.public_key, global_id=GID)
+        # answers end in any order: a voucher signed before the one kept is superseded, not an error
+        assert book.keep_latest(older, KEY.public_key, global_id=GID, contract=channel) is False
+    newer = sign(KEY, Tag.CHARGE, channel, 4, 300)
+    assert book.keep_latest(newer, KEY.public_key, global_id=GID, contract=channel) is True
+    assert book.latest(channel, Tag.CHARGE) == newer
+    book.close()
+
+
+def test_negative_seqnos_and_amounts_are_refused_zero_ones_are_not(tmp_path: Path) -> None:
+    channel = contract_addresses()["client_channel"]
+    book = VoucherBook(tmp_path / "v.sqlite")
+    for seqno, amount in ((-1, 5), (5, -1)):
+        unsigned = Voucher(int(Tag.CHARGE), GID, channel, seqno, amount, b"\0" * 64)
+        with pytest.raises(VoucherError, match="negative seqno or amount"):
+            book.accept(unsigned, KEY.public_key, global_id=GID)
+    book.accept(sign(KEY, Tag.CHARGE, channel, 0, 0), KEY.public_key, global_id=GID)
+    assert book.latest(channel, Tag.CHARGE) == sign(KEY, Tag.CHARGE, channel, 0, 0)
+
+
+def test_vouchers_cannot_change_and_a_closed_book_reads_nothing(tmp_path: Path) -> None:
+    channel = contract_addresses()["client_channel"]
+    voucher = sign(KEY, Tag.CHARGE, channel, 1, 100)
+    with pytest.raises(AttributeError):
+        voucher.amount = 10**12  # type: ignore[misc]
+    book = VoucherBook(tmp_path / "v.sqlite")
+    book.close()
+    with pytest.raises(sqlite3.ProgrammingError):
+        book.latest(channel, Tag.CHARGE)
+
+
 def test_a_book_from_before_vouchers_named_their_network_is_refused_clearly(tmp_path: Path) -> None:
     old = sqlite3.connect(tmp_path / "v.sqlite")
     old.execute("CREATE TABLE vouchers (contract TEXT NOT NULL, tag INTEGER NOT NULL, seqno INTEGER NOT NULL, "

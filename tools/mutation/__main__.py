@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
@@ -25,7 +24,10 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--only", help="only mutants whose key contains this text")
     parser.add_argument("--keep-logs", action="store_true",
                         help="keep each mutant's test output in CACHE/logs/TARGET-INDEX.log")
-    parser.add_argument("--markdown", type=Path, help="also write the report as markdown to this file")
+    parser.add_argument("--markdown", type=Path,
+                        help="also write, as markdown to this file, the last run of every target")
+    parser.add_argument("--report", action="store_true",
+                        help="run nothing: print the last run of every target (with --markdown: write it too)")
     parser.add_argument("--target", action="append", default=[], metavar="NAME=MODULE[:QUALNAMES]",
                         help="mutate this module instead of the built-in targets")
     parser.add_argument("--src", default="src", help="where the modules are (default src)")
@@ -35,8 +37,19 @@ def _arguments() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def _write_markdown(path: Path, names: list[str], cache: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(report.markdown(report.load(names, cache / "results")))
+
+
 def main() -> int:
     args = _arguments()
+    if args.report:
+        summaries = report.load([t.name for t in TARGETS], args.cache / "results")
+        print(report.text(summaries))
+        if args.markdown:
+            _write_markdown(args.markdown, [t.name for t in TARGETS], args.cache)
+        return 0
     root = Path.cwd().resolve()
     tests = args.tests or ["tests/unit"]
     if args.target:
@@ -65,18 +78,13 @@ def main() -> int:
                      args.keep_logs)
         print(f"  {time.monotonic() - started:.0f} s", flush=True)
         runs.append(run)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            check=False).stdout.strip() or "(unknown)"
+    report.save([report.summary(run, commit) for run in runs], args.cache / "results")
     print()
-    print(report.text(runs))
-    args.cache.mkdir(parents=True, exist_ok=True)
-    (args.cache / "results.json").write_text(json.dumps([
-        {"target": r.target.name, "killed": r.killed, "total": r.total,
-         "survivors": [{"key": s.mutant.key, "line": s.mutant.line, "status": s.status} for s in r.survivors]}
-        for r in runs], indent=1))
+    print(report.text([report.summary(run, commit) for run in runs]))
     if args.markdown:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                check=False).stdout.strip() or "(unknown)"
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(report.markdown(runs, commit))
+        _write_markdown(args.markdown, [t.name for t in (TARGETS if not args.target else targets)], args.cache)
     errors = sum(r.status == "error" for run in runs for r in run.results)
     if errors:
         print(f"{errors} mutant run(s) ended in a runner or pytest error (exit code not 0, 1 or 2)")

@@ -145,7 +145,7 @@ class _Edit:
 def _edits(node: ast.AST, returns: str | None, condition: bool) -> Iterator[_Edit]:
     """The mutations of `node` itself (its children are visited separately); `condition`: it is what an if, a
     while, a conditional expression, an assert or a comprehension tests."""
-    if condition and isinstance(node, ast.expr) and not _boolean_valued(node):
+    if condition and isinstance(node, ast.expr) and not (_boolean_valued(node) or isinstance(node, ast.Constant)):
         yield _Edit("boolean", "negate")
     if isinstance(node, ast.Compare):
         for i, op in enumerate(node.ops):

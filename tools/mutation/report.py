@@ -1,14 +1,19 @@
-"""What a mutation session prints, and the markdown it can save (docs/MUTATION.md)."""
+"""What a mutation session prints, the summary it keeps per target (build/mutation/results/TARGET.json), and the
+markdown made from those summaries (docs/MUTATION.md)."""
 
 from __future__ import annotations
 
+import json
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from tools.mutation.session import ModuleRun, Result
+from tools.mutation.session import ModuleRun
 
 EQUIVALENT = Path(__file__).with_name("equivalent.toml")
+
+Summary = dict[str, Any]
 
 
 def reasons() -> dict[str, dict[str, str]]:
@@ -16,52 +21,69 @@ def reasons() -> dict[str, dict[str, str]]:
     return tomllib.loads(EQUIVALENT.read_text()) if EQUIVALENT.exists() else {}
 
 
+def summary(run: ModuleRun, commit: str) -> Summary:
+    return {
+        "target": run.target.name, "module": run.target.module, "commit": commit, "total": run.total,
+        "killed": run.killed, "timeouts": sum(r.status == "timeout" for r in run.results),
+        "survivors": [{"line": r.mutant.line, "kind": r.mutant.kind, "key": r.mutant.key, "status": r.status,
+                       "tests": len(r.tests)} for r in run.survivors],
+    }
+
+
+def save(summaries: Sequence[Summary], directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for s in summaries:
+        (directory / f"{s['target']}.json").write_text(json.dumps(s, indent=1, ensure_ascii=False))
+
+
+def load(names: Sequence[str], directory: Path) -> list[Summary]:
+    """The last summary kept of each target named (those never run are left out)."""
+    return [json.loads((directory / f"{n}.json").read_text()) for n in names if (directory / f"{n}.json").exists()]
+
+
 def _percent(killed: int, total: int) -> str:
     return f"{100 * killed / total:.0f}%" if total else "-"
 
 
-def _survivor_line(result: Result, why: str | None) -> str:
-    m = result.mutant
-    status = "no test reaches it" if result.status == "uncovered" else result.status
-    line = f"  line {m.line} [{m.kind}] {m.key}  ({status}, {len(result.tests)} tests)"
-    return line + (f"\n      harmless: {why}" if why else "\n      UNEXPLAINED")
-
-
-def text(runs: Sequence[ModuleRun]) -> str:
+def text(summaries: Sequence[Summary]) -> str:
     known = reasons()
     out = []
-    for run in runs:
-        timeouts = sum(r.status == "timeout" for r in run.results)
-        out.append(f"{run.target.name} ({run.target.module}): killed {run.killed}/{run.total} "
-                   f"({_percent(run.killed, run.total)}), {timeouts} by timeout, {len(run.survivors)} survived")
-        why = known.get(run.target.name, {})
-        out.extend(_survivor_line(r, why.get(r.mutant.key)) for r in run.survivors)
+    for s in summaries:
+        out.append(f"{s['target']} ({s['module']}): killed {s['killed']}/{s['total']} "
+                   f"({_percent(s['killed'], s['total'])}), {s['timeouts']} by timeout, "
+                   f"{len(s['survivors'])} survived")
+        why = known.get(s["target"], {})
+        for m in s["survivors"]:
+            status = "no test reaches it" if m["status"] == "uncovered" else m["status"]
+            out.append(f"  line {m['line']} [{m['kind']}] {m['key']}  ({status}, {m['tests']} tests)")
+            reason = why.get(m["key"])
+            out.append(f"      harmless: {reason}" if reason else "      UNEXPLAINED")
     return "\n".join(out)
 
 
-def markdown(runs: Sequence[ModuleRun], commit: str) -> str:
+def markdown(summaries: Sequence[Summary]) -> str:
     known = reasons()
     out = [
         "# Mutation testing of the money and trust code",
         "",
-        f"`make mutate` at commit {commit}: every mutant (one change at a time: comparisons, boolean and",
-        "arithmetic operators, constants, removed raises, returns, removed calls; see `tools/mutation/operators.py`),",
-        "each run against the unit tests that reach its lines. Written by `make mutate",
-        "MUTATE_ARGS=--markdown=docs/MUTATION.md`; the reasons come from `tools/mutation/equivalent.toml`.",
+        "`make mutate` (tools/mutation): every mutant, one change at a time (comparisons, conditions, boolean and",
+        "arithmetic operators, constants, removed raises, returns, removed calls; `tools/mutation/operators.py`),",
+        "run against the unit tests that reach its lines. Written by `make mutate MUTATE_ARGS=--markdown=FILE`",
+        "from each module's last run; the reasons come from `tools/mutation/equivalent.toml`.",
         "",
-        "| module | mutants | killed | score |",
-        "| --- | ---: | ---: | ---: |",
+        "| module | commit | mutants | killed | score |",
+        "| --- | --- | ---: | ---: | ---: |",
     ]
-    out += [f"| {r.target.name} (`{r.target.module}`) | {r.total} | {r.killed} | {_percent(r.killed, r.total)} |"
-            for r in runs]
+    out += [f"| {s['target']} (`{s['module']}`) | {s['commit']} | {s['total']} | {s['killed']} | "
+            f"{_percent(s['killed'], s['total'])} |" for s in summaries]
     out += ["", "## Survivors, and why each is harmless", ""]
-    for run in runs:
-        why = known.get(run.target.name, {})
-        if not run.survivors:
+    for s in summaries:
+        if not s["survivors"]:
             continue
-        out += [f"### {run.target.name}", ""]
-        for r in run.survivors:
-            reason = why.get(r.mutant.key, "**unexplained**")
-            out.append(f"- line {r.mutant.line}, `{r.mutant.key}`: {reason}")
+        why = known.get(s["target"], {})
+        out += [f"### {s['target']}", ""]
+        for m in s["survivors"]:
+            reason = why.get(m["key"], "**unexplained**")
+            out.append(f"- line {m['line']}, `{m['key']}`: {reason}")
         out.append("")
     return "\n".join(out).rstrip() + "\n"

@@ -117,11 +117,10 @@ class VoucherBook:
                                f"of this version accepts: move it away (with the chain they were for)")
         self._lock = threading.Lock()
 
-    def accept(self, voucher: Voucher, proxy_key: bytes, *, global_id: int, contract: str | None = None) -> Voucher:
+    def accept(self, voucher: Voucher, proxy_key: bytes, *, global_id: int, contract: str | None = None) -> None:
         """Store `voucher` if it is valid for the network `global_id` and newer, else raise VoucherError.
         `contract`: the channel it must be for (a voucher for another channel is worthless here)."""
         self._store(voucher, proxy_key, global_id, contract, superseded_ok=False)
-        return voucher
 
     def keep_latest(self, voucher: Voucher, proxy_key: bytes, *, global_id: int, contract: str) -> bool:
         """Like `accept`, for vouchers that arrive in another order than they were signed in (a client's charge

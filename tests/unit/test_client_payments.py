@@ -470,3 +470,28 @@ def test_a_request_that_could_not_be_sent_leaves_nothing_in_doubt(proxy: Proxy) 
     assert not in_doubt.exists()
     with pytest.raises(sqlite3.ProgrammingError):
         payments.vouchers.latest(payments.purses[ENDPOINT].channel, Tag.CHARGE)
+
+
+def _voucher(seqno: int, amount: int) -> Voucher:
+    return Voucher(int(Tag.CHARGE), 0, "ch", seqno, amount, b"")  # the audit trusts what payments verified
+
+
+def test_the_first_voucher_of_a_fresh_channel_is_checked_too() -> None:
+    audit = ChargeAudit(clock=lambda: 0.0)
+    audit.open("ch", None, inherited_s=None)
+    ticket = audit.begin("r1")
+    audit.end(ticket, seen=True, channel="ch", cost=10, voucher=_voucher(1, 15))
+    assert (audit.overcharges, audit.unexplained_nanoton) == (1, 5)
+
+
+def test_an_earlier_runs_doubt_ends_with_the_first_voucher_of_a_channel_that_had_none() -> None:
+    """An earlier run sent requests, saw none of their ends and kept no voucher: past their deadline, the first
+    voucher, checked exactly, explains everything and nothing is left in doubt."""
+    now = [0.0]
+    audit = ChargeAudit(clock=lambda: now[0])
+    audit.open("ch", None, inherited_s=10)
+    assert not audit.settled
+    now[0] = 11.0
+    ticket = audit.begin("r1")
+    audit.end(ticket, seen=True, channel="ch", cost=10, voucher=_voucher(1, 25))  # 15 of the earlier run's
+    assert audit.settled and audit.overcharges == 0 and audit.unexplained_nanoton == 15

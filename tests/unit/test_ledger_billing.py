@@ -79,7 +79,8 @@ async def test_a_client_pays_through_the_channel_its_wallet_signed_for(billing: 
     assert "the client's channel covers" in refused.value.message and "top up" in refused.value.message
 
 
-@pytest.mark.parametrize("forge", ["other_wallet_signs", "other_tls_key", "wrong_nonce", "no_channel"])
+@pytest.mark.parametrize("forge", ["other_wallet_signs", "own_wallet_other_channel", "other_tls_key", "wrong_nonce",
+                                   "no_channel"])
 async def test_a_client_cannot_pay_with_a_channel_it_does_not_own(billing: Billing, forge: str) -> None:
     alice, mallory = open_purse(billing, "alice"), open_purse(billing, "mallory")
     honest = claim(alice, TLS_KEY)
@@ -89,6 +90,13 @@ async def test_a_client_cannot_pay_with_a_channel_it_does_not_own(billing: Billi
                                            wallet_key=mallory.wallet.public_key,
                                            proof=mallory.wallet.sign(b"cocoon-channel-claim:" + alice.channel.encode()
                                                                      + b":" + MALLORY_TLS_KEY)),
+        # mallory names herself as the owner, with her own key and a valid proof, of alice's channel: only the
+        # channel's address (derived from its owner) shows it is not hers
+        "own_wallet_other_channel": ClientParams(owner=mallory.wallet.address, channel=alice.channel,
+                                                 wallet_key=mallory.wallet.public_key,
+                                                 proof=mallory.wallet.sign(b"cocoon-channel-claim:"
+                                                                           + alice.channel.encode() + b":"
+                                                                           + MALLORY_TLS_KEY)),
         # mallory replays alice's genuine claim from another RA-TLS key
         "other_tls_key": honest,
         "wrong_nonce": ClientParams(owner=alice.wallet.address, channel=alice.channel, nonce=1,
@@ -149,3 +157,38 @@ async def test_a_request_id_gets_one_answer_and_its_reservation_covers_every_cho
         billing.admit(request(max_tokens=10), account, 1000)
     assert refused.value.status == 409
     assert billing.books.available(alice.channel) == 2 * TON - settled.charge.client_cost
+
+
+async def test_due_charges_are_claimed_in_the_background_round_and_at_stop(tmp_path: Path) -> None:
+    """A channel owing the proxy is claimed once its charges reach the threshold, whether or not its client is
+    connected; at stop, everything is claimed and the books' state committed."""
+    cfg = ProxyConfig(name="proxy-1", state_dir=str(tmp_path), payments=True, port=10100, claim_threshold_nanoton=1)
+    keys = NodeKeys("proxy", cfg)
+    prepare(tmp_path, proxies=[ProxySpec(ENDPOINT, keys.wallet(), keys.voucher_key())],
+            parties=[client_keys(tmp_path, "alice").wallet()], prices=Prices(), terms=Terms()).close()
+    billing = Billing(cfg, open_ledger(cfg))
+    await billing.start(ENDPOINT)
+    try:
+        assert billing.settlement is not None
+        alice = open_purse(billing, "alice")
+        account = await billing.open_account(TLS_KEY, claim(alice, TLS_KEY))
+        res = billing.admit(request(max_tokens=10), account, 1000)
+        cost = billing.settle(res, "w", "worker-1", "m", Usage(prompt_tokens=2, completion_tokens=10),
+                              1000).charge.client_cost
+        billing.end(res)
+        billing.close_account(account)  # gone: its channel still owes the proxy
+        assert cost > 0 and alice.state().charged == 0
+        Billing._poll(billing.settlement, set())
+        assert alice.state().charged == cost
+        res = billing.admit(request(max_tokens=10, request_id="r2"), account, 1000)
+        billing.settle(res, "w", "worker-1", "m", Usage(prompt_tokens=2, completion_tokens=10), 1000)
+        billing.end(res)
+    finally:
+        await billing.stop()
+        billing.ledger.close()
+    ledger = open_ledger(cfg)
+    try:
+        assert ledger.channel_state(alice.channel).charged == 2 * cost
+        assert ledger.last_commit(billing.settlement.proxy)[0] == 2
+    finally:
+        ledger.close()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,13 +14,14 @@ import pytest
 from cocoon.config import ClientConfig, Prices, ProxyConfig
 from cocoon.core.errors import ApiError
 from cocoon.core.usage import Usage
-from cocoon.ledger.base import TON, Terms
+from cocoon.ledger.base import TON, LedgerError, Terms
+from cocoon.ledger.books import RolledBack
 from cocoon.ledger.devnet import ProxySpec, prepare
 from cocoon.ledger.pricing import Bounds, max_cost
 from cocoon.ledger.purse import ChannelPolicy, ClientPurse
 from cocoon.ledger.vouchers import VoucherBook
 from cocoon.nodekeys import KeysUnavailable, NodeKeys
-from cocoon.proxy.billing import Billing, open_ledger
+from cocoon.proxy.billing import Account, Billing, open_ledger
 from cocoon.wire.messages import ClientParams, Request
 
 ENDPOINT = "127.0.0.1:10100"
@@ -176,7 +181,9 @@ async def test_due_charges_are_claimed_in_the_background_round_and_at_stop(tmp_p
         cost = billing.settle(res, "w", "worker-1", "m", Usage(prompt_tokens=2, completion_tokens=10),
                               1000).charge.client_cost
         billing.end(res)
+        assert account in billing.accounts
         billing.close_account(account)  # gone: its channel still owes the proxy
+        assert account not in billing.accounts
         assert cost > 0 and alice.state().charged == 0
         Billing._poll(billing.settlement, set())
         assert alice.state().charged == cost
@@ -186,9 +193,80 @@ async def test_due_charges_are_claimed_in_the_background_round_and_at_stop(tmp_p
     finally:
         await billing.stop()
         billing.ledger.close()
+    with pytest.raises(sqlite3.ProgrammingError):  # stopped: the books are closed
+        billing.books.state()
     ledger = open_ledger(cfg)
     try:
         assert ledger.channel_state(alice.channel).charged == 2 * cost
         assert ledger.last_commit(billing.settlement.proxy)[0] == 2
     finally:
         ledger.close()
+    # books that lost what was committed on chain refuse to serve
+    (tmp_path / "proxy-books.sqlite").unlink()
+    restarted = Billing(cfg, open_ledger(cfg))
+    try:
+        with pytest.raises(RolledBack, match="the books are at seqno 0 but this proxy committed seqno 2"):
+            await restarted.start(ENDPOINT)
+        with pytest.raises(LedgerError, match=r"no proxy contract registered in root .* at 127\.0\.0\.1:1 "):
+            await restarted.start("127.0.0.1:1")  # registered, but at another endpoint
+    finally:
+        restarted.books.close()
+        restarted.ledger.close()
+
+
+async def test_the_background_round_claims_and_commits(tmp_path: Path) -> None:
+    cfg = ProxyConfig(name="proxy-1", state_dir=str(tmp_path), payments=True, port=10100, claim_threshold_nanoton=1,
+                      chain_poll_s=0.01, commit_interval_s=0.05)
+    keys = NodeKeys("proxy", cfg)
+    prepare(tmp_path, proxies=[ProxySpec(ENDPOINT, keys.wallet(), keys.voucher_key())],
+            parties=[client_keys(tmp_path, "alice").wallet(), client_keys(tmp_path, "bob").wallet()],
+            prices=Prices(), terms=Terms()).close()
+    billing = Billing(cfg, open_ledger(cfg))
+    await billing.start(ENDPOINT)
+    task = None
+    try:
+        assert billing.settlement is not None
+        alice = open_purse(billing, "alice")
+        account = await billing.open_account(TLS_KEY, claim(alice, TLS_KEY))
+        assert account.limits_key == account.wallet != account.id  # limits count per paying wallet
+        await billing.open_worker("worker-key", "")  # no wallet named: no payout channel
+        bob = client_keys(tmp_path, "bob").wallet()
+        await billing.open_worker("worker-key", bob.address)
+        workers = billing.books.summary()["workers"]
+        assert workers["worker-key"]["channel"] == billing.ledger.worker_channel_address(billing.settlement.proxy,
+                                                                                          bob.address)
+        res = billing.admit(request(max_tokens=10), account, 1000)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            res.max_cost = 0  # type: ignore[misc]
+        settled = billing.settle(res, "worker-key", "worker-1", "m", Usage(prompt_tokens=5, completion_tokens=99),
+                                 1000)
+        billing.end(res)
+        assert settled.beyond and billing.summary()["usage_beyond_bounds"] == 1
+        # alice tops up on chain while connected: the round reads her channel again
+        billing.ledger.deposit(alice.wallet, alice.channel, TON)
+        task = asyncio.create_task(billing.run())
+        proxy = billing.settlement.proxy
+        for _ in range(500):
+            if billing.ledger.last_commit(proxy)[0] == 1 and alice.state().charged == settled.charge.client_cost \
+                    and billing.books.summary()["clients"][alice.channel]["balance_nanoton"] == 4 * TON - \
+                    settled.charge.client_cost:
+                break
+            await asyncio.sleep(0.01)
+        assert billing.ledger.last_commit(proxy)[0] == 1
+        assert alice.state().charged == settled.charge.client_cost
+        assert billing.next_commit_at is not None and billing.next_commit_at > time.time()
+    finally:
+        if task is not None:
+            task.cancel()
+        await billing.stop()
+        billing.ledger.close()
+    assert Account("k").limits_key == "k"  # no wallet: the link's key
+
+
+async def test_a_request_refused_for_money_frees_its_id(billing: Billing) -> None:
+    alice = open_purse(billing, "alice")
+    account = await billing.open_account(TLS_KEY, claim(alice, TLS_KEY))
+    with pytest.raises(ApiError) as refused:
+        billing.admit(request(max_tokens=10**9, request_id="r1"), account, 1000)
+    assert refused.value.status == 402
+    billing.end(billing.admit(request(max_tokens=10, request_id="r1"), account, 1000))  # not a duplicate

@@ -131,7 +131,7 @@ def status(state_dir: StateDir = Path(".cocoon")) -> None:
             typer.echo(f"  channel {c.address} ({c.state}): balance {ton(c.balance)} TON (stake {ton(c.stake)}), "
                        f"charged {ton(purse.charged)} TON by vouchers, {ton(c.charged)} TON on chain")
         else:
-            worker = WorkerPurse(ledger, wallet, proxy.address, book)
+            worker = WorkerPurse(ledger, wallet, proxy.address, book, redeem_threshold=0)
             typer.echo(f"  worker channel {worker.channel}: earned {ton(worker.earned)} TON by vouchers, "
                        f"redeemed {ton(worker.redeemed())} TON")
 
@@ -191,7 +191,8 @@ def redeem(name: Name = "worker-1", state_dir: StateDir = Path(".cocoon")) -> No
     """Redeem the worker's latest payout voucher on chain, whatever its amount."""
     ledger = _open(state_dir)
     proxy = _proxy_of(ledger, state_dir, name)
-    worker = WorkerPurse(ledger, _wallet(state_dir, name), proxy.address, VoucherBook(vouchers_path(state_dir, name)))
+    worker = WorkerPurse(ledger, _wallet(state_dir, name), proxy.address, VoucherBook(vouchers_path(state_dir, name)),
+                         redeem_threshold=0)  # whatever its amount
     if worker.vouchers.latest(worker.channel, Tag.PAYOUT) is None:
         typer.echo("no payout voucher yet")
         raise typer.Exit(1)

@@ -92,7 +92,8 @@ def test_charges_are_the_registry_price_to_the_nanoton_and_workers_redeem_their_
         assert sum(earned.values()) == fees
         for name, amount in earned.items():
             wallet = operator_keys(net.state_dir, name).wallet()
-            worker = WorkerPurse(ledger, wallet, proxy, VoucherBook(vouchers_path(net.state_dir, name)))
+            worker = WorkerPurse(ledger, wallet, proxy, VoucherBook(vouchers_path(net.state_dir, name)),
+                                 redeem_threshold=0)
             assert worker.earned == amount
             before = ledger.balance(wallet.address)
             since = ledger.chain.transactions()[-1][0]

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from cocoon.attest.none import NoneBackend
 from cocoon.attest.policy import DEV_POLICY
+from cocoon.ledger.base import TON
 from cocoon.ledger.devnet import ledger_path
 from cocoon.ledger.local import LocalLedger
 from cocoon.ledger.purse import ChannelPolicy, ClientPurse
@@ -104,7 +105,8 @@ async def test_new_tls_keys_and_channels_of_one_wallet_share_its_limits(tmp_path
                 contextlib.closing(VoucherBook(tmp_path / "attacker.vouchers.sqlite")) as vouchers:
             (proxy,) = ledger.proxies()
             first = ClientPurse(ledger, wallet, proxy.address, vouchers, nonce=0)
-            second = ClientPurse(ledger, wallet, proxy.address, vouchers, ChannelPolicy(), nonce=1)
+            policy = ChannelPolicy(deposit=10 * TON, stake=5 * TON, top_up_below=2 * TON, top_up_to=10 * TON)
+            second = ClientPurse(ledger, wallet, proxy.address, vouchers, policy, nonce=1)
             second.ensure_open()
             await attack(net.proxy_port, first, second, wallet)
         stats = get_json(next(n for n in net.nodes if n.role == "proxy").stats_url + "/jsonstats")

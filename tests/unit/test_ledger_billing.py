@@ -50,8 +50,9 @@ def client_keys(state: Path, name: str) -> NodeKeys:
 def open_purse(billing: Billing, name: str) -> ClientPurse:
     state = billing.cfg.state_path
     assert billing.settlement is not None
+    policy = ChannelPolicy(deposit=3 * TON, stake=2 * TON, top_up_below=TON, top_up_to=3 * TON)
     p = ClientPurse(billing.ledger, client_keys(state, name).wallet(), billing.settlement.proxy,
-                    VoucherBook(state / f"{name}.vouchers.sqlite"), ChannelPolicy(deposit=3 * TON, stake=2 * TON))
+                    VoucherBook(state / f"{name}.vouchers.sqlite"), policy)
     p.ensure_open()
     return p
 

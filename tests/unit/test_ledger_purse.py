@@ -66,6 +66,18 @@ def test_a_client_uses_its_first_channel_that_is_not_closed(chain: Chain) -> Non
     assert (second.nonce, second.channel) == (1, chain.ledger.client_channel_address(chain.proxy, CLIENT.address, 1))
 
 
+def test_a_purse_without_a_policy_reads_its_channel_but_never_opens_or_tops_it_up(chain: Chain) -> None:
+    reader = chain.client(policy=None)
+    assert reader.state().state == "new" and reader.remaining() == 0
+    with pytest.raises(ValueError, match="no channel policy"):
+        reader.ensure_open()
+    chain.client().ensure_open()
+    with pytest.raises(ValueError, match="no channel policy"):
+        reader.top_up_if_low()
+    with pytest.raises(AttributeError):
+        POLICY.deposit = 0  # type: ignore[misc]
+
+
 def test_what_a_channel_holds_for_new_requests_is_its_balance_less_unclaimed_charges(chain: Chain) -> None:
     purse = chain.client()
     assert purse.top_up_if_low() is None and purse.state().state == "new"  # nothing to top up before it opens

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
-from cocoon.ledger.base import TON, ChannelState, Ledger, Outcome
+from cocoon.ledger.base import ChannelState, Ledger, Outcome
 from cocoon.ledger.contracts import Tag
 from cocoon.ledger.vouchers import Voucher, VoucherBook, VoucherError, describe
 from cocoon.ledger.wallet import Wallet
@@ -18,18 +18,20 @@ from cocoon.ledger.wallet import Wallet
 
 @dataclass(frozen=True)
 class ChannelPolicy:
-    """How a client funds its channel with a proxy (nanoTON)."""
+    """How a client funds its channel with a proxy (nanoTON), as its configuration says (ClientConfig)."""
 
-    deposit: int = 10 * TON  # the first deposit, stake included
-    stake: int = 5 * TON  # the most the proxy will let the client owe it before claiming on chain
-    top_up_below: int = 2 * TON  # top up when the channel holds less than this beyond the unclaimed charges
-    top_up_to: int = 10 * TON
+    deposit: int  # the first deposit, stake included
+    stake: int  # the most the proxy will let the client owe it before claiming on chain
+    top_up_below: int  # top up when the channel holds less than this beyond the unclaimed charges
+    top_up_to: int
 
 
 class ClientPurse:
     def __init__(self, ledger: Ledger, wallet: Wallet, proxy: str, vouchers: VoucherBook,
-                 policy: ChannelPolicy = ChannelPolicy(), nonce: int | None = None) -> None:
-        """`nonce` None: the first channel with this proxy that is not closed (a closed one cannot reopen)."""
+                 policy: ChannelPolicy | None = None, nonce: int | None = None) -> None:
+        """`nonce` None: the first channel with this proxy that is not closed (a closed one cannot reopen).
+        `policy` None: a purse that keeps vouchers and reads its channel, but never opens or tops it up (the ledger
+        CLI)."""
         self.ledger = ledger
         self.wallet = wallet
         self.proxy = proxy
@@ -55,7 +57,8 @@ class ClientPurse:
         """Open and fund the channel if it was never opened; its state."""
         state = self.state()
         if state.state == "new":
-            self.ledger.open_channel(self.wallet, self.proxy, self.policy.deposit, self.policy.stake, self.nonce)
+            policy = self._policy()
+            self.ledger.open_channel(self.wallet, self.proxy, policy.deposit, policy.stake, self.nonce)
             state = self.state()
         return state
 
@@ -79,12 +82,18 @@ class ClientPurse:
         state = self.state()
         if state.state != "open":
             return None
+        policy = self._policy()
         left = self.remaining(state)
-        if left >= self.policy.top_up_below:
+        if left >= policy.top_up_below:
             return None
-        amount = self.policy.top_up_to - left
+        amount = policy.top_up_to - left
         # claims eat into the stake once the balance goes below it: raise it back to the configured stake
-        return self.ledger.deposit(self.wallet, self.channel, amount, max(self.policy.stake - state.stake, 0))
+        return self.ledger.deposit(self.wallet, self.channel, amount, max(policy.stake - state.stake, 0))
+
+    def _policy(self) -> ChannelPolicy:
+        if self.policy is None:
+            raise ValueError("this purse has no channel policy: it cannot open or top up its channel")
+        return self.policy
 
     def keep(self, voucher: Voucher) -> bool:
         """Keep the proxy's charge voucher if it is the newest yet (True). One signed before the newest kept is
@@ -97,9 +106,10 @@ class ClientPurse:
 
 
 class WorkerPurse:
-    def __init__(self, ledger: Ledger, wallet: Wallet, proxy: str, vouchers: VoucherBook,
-                 redeem_threshold: int = 1 * TON) -> None:
-        """`redeem_threshold`: redeem once this much is unredeemed (a redeem costs ~0.0069 TON in fees)."""
+    def __init__(self, ledger: Ledger, wallet: Wallet, proxy: str, vouchers: VoucherBook, *,
+                 redeem_threshold: int) -> None:
+        """`redeem_threshold`: redeem once this much is unredeemed (a redeem costs ~0.0069 TON in fees; the
+        worker's configuration says how much)."""
         self.ledger = ledger
         self.wallet = wallet
         self.proxy = proxy

@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -495,3 +497,47 @@ def test_an_earlier_runs_doubt_ends_with_the_first_voucher_of_a_channel_that_had
     ticket = audit.begin("r1")
     audit.end(ticket, seen=True, channel="ch", cost=10, voucher=_voucher(1, 25))  # 15 of the earlier run's
     assert audit.settled and audit.overcharges == 0 and audit.unexplained_nanoton == 15
+
+
+def test_answers_priced_at_the_prices_before_a_change_still_pass(proxy: Proxy) -> None:
+    """Around a change of the root's prices, a proxy may settle at either the new ones or the ones before."""
+    payments = proxy.client()
+    try:
+        old = proxy.prices()
+        dearer = msgspec.structs.replace(old, price_per_token=old.price_per_token * 2)
+        payments._refresh()  # no change yet
+        assert payments._prices == (old,)
+        payments.ledger.set_prices(dearer)
+        payments._refresh()
+        assert payments._prices == (dearer, old)
+        usage = Usage(completion_tokens=40)
+        for prices in (old, dearer):
+            ticket = payments.begin(rid())
+            payments.end(ticket, ResponseError(call_id=0, status=502, message="broke", usage=usage,
+                                               cost_nanoton=price_request(usage, prices, 1000).client_cost,
+                                               coefficient=1000))
+        assert payments.overcharges == 0
+        ticket = payments.begin(rid())  # one nanoTON with no usage to show for it is one too many
+        payments.end(ticket, ResponseError(call_id=0, status=502, message="broke", cost_nanoton=1, coefficient=1000))
+        assert (payments.overcharges, payments.overpriced_nanoton) == (1, 1)
+    finally:
+        payments.close()
+    with pytest.raises(sqlite3.ProgrammingError):
+        payments.ledger.balance(payments.wallet.address)
+
+
+def test_a_run_after_one_that_stopped_mid_request_inherits_its_doubt_until_the_deadline(proxy: Proxy) -> None:
+    crashed = proxy.client()  # never closed: its in-doubt marker stays
+    cfg = ClientConfig(name="alice", state_dir=str(proxy.state), payments=True, proxy=ENDPOINT)
+    payments = ClientPayments(cfg, TLS_KEY)
+    assert payments.balance_nanoton == 0  # not read before open
+    payments.open()
+    try:
+        channel = payments.purses[ENDPOINT].channel
+        until = payments.audit._channels[channel].inherited_until
+        assert until is not None
+        left = until - time.monotonic()
+        assert cfg.request_timeout_s + 29 < left <= cfg.request_timeout_s + 30
+    finally:
+        payments.close()
+        crashed.close()

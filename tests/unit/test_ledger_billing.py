@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from cocoon.config import ClientConfig, Prices, ProxyConfig
@@ -215,27 +216,28 @@ async def test_due_charges_are_claimed_in_the_background_round_and_at_stop(tmp_p
         restarted.ledger.close()
 
 
-async def test_the_background_round_claims_and_commits(tmp_path: Path) -> None:
+async def test_the_background_round_claims_re_reads_and_commits_at_its_interval(tmp_path: Path) -> None:
     cfg = ProxyConfig(name="proxy-1", state_dir=str(tmp_path), payments=True, port=10100, claim_threshold_nanoton=1,
-                      chain_poll_s=0.01, commit_interval_s=0.05)
+                      chain_poll_s=0.01, commit_interval_s=3600)
     keys = NodeKeys("proxy", cfg)
     prepare(tmp_path, proxies=[ProxySpec(ENDPOINT, keys.wallet(), keys.voucher_key())],
-            parties=[client_keys(tmp_path, "alice").wallet(), client_keys(tmp_path, "bob").wallet()],
-            prices=Prices(), terms=Terms()).close()
+            parties=[client_keys(tmp_path, n).wallet() for n in ("alice", "bob", "carol")], prices=Prices(),
+            terms=Terms()).close()
     billing = Billing(cfg, open_ledger(cfg))
     await billing.start(ENDPOINT)
     task = None
     try:
         assert billing.settlement is not None
-        alice = open_purse(billing, "alice")
+        proxy = billing.settlement.proxy
+        alice, bob = open_purse(billing, "alice"), open_purse(billing, "bob")
         account = await billing.open_account(TLS_KEY, claim(alice, TLS_KEY))
+        await billing.open_account(MALLORY_TLS_KEY, claim(bob, MALLORY_TLS_KEY))
         assert account.limits_key == account.wallet != account.id  # limits count per paying wallet
         await billing.open_worker("worker-key", "")  # no wallet named: no payout channel
-        bob = client_keys(tmp_path, "bob").wallet()
-        await billing.open_worker("worker-key", bob.address)
+        carol = client_keys(tmp_path, "carol").wallet()
+        await billing.open_worker("worker-key", carol.address)
         workers = billing.books.summary()["workers"]
-        assert workers["worker-key"]["channel"] == billing.ledger.worker_channel_address(billing.settlement.proxy,
-                                                                                          bob.address)
+        assert workers["worker-key"]["channel"] == billing.ledger.worker_channel_address(proxy, carol.address)
         res = billing.admit(request(max_tokens=10), account, 1000)
         with pytest.raises(dataclasses.FrozenInstanceError):
             res.max_cost = 0  # type: ignore[misc]
@@ -243,19 +245,27 @@ async def test_the_background_round_claims_and_commits(tmp_path: Path) -> None:
                                  1000)
         billing.end(res)
         assert settled.beyond and billing.summary()["usage_beyond_bounds"] == 1
-        # alice tops up on chain while connected: the round reads her channel again
-        billing.ledger.deposit(alice.wallet, alice.channel, TON)
+        billing.ledger.deposit(bob.wallet, bob.channel, TON)  # bob, connected and owing nothing, tops up
+
+        def bobs_balance() -> int:
+            return billing.books.summary()["clients"][bob.channel]["balance_nanoton"]
+
         task = asyncio.create_task(billing.run())
-        proxy = billing.settlement.proxy
+        for _ in range(500):  # the round claims what alice owes and reads bob's channel again
+            if alice.state().charged == settled.charge.client_cost and bobs_balance() == 4 * TON:
+                break
+            await asyncio.sleep(0.01)
+        assert alice.state().charged == settled.charge.client_cost and bobs_balance() == 4 * TON
+        assert billing.ledger.last_commit(proxy)[0] == 0  # rounds within the commit interval commit nothing
+        assert billing.next_commit_at is not None and billing.next_commit_at > time.time() + 3000
+        task.cancel()
+        billing.cfg = msgspec.structs.replace(cfg, commit_interval_s=0.05)
+        task = asyncio.create_task(billing.run())
         for _ in range(500):
-            if billing.ledger.last_commit(proxy)[0] == 1 and alice.state().charged == settled.charge.client_cost \
-                    and billing.books.summary()["clients"][alice.channel]["balance_nanoton"] == 4 * TON - \
-                    settled.charge.client_cost:
+            if billing.ledger.last_commit(proxy)[0] == 1:
                 break
             await asyncio.sleep(0.01)
         assert billing.ledger.last_commit(proxy)[0] == 1
-        assert alice.state().charged == settled.charge.client_cost
-        assert billing.next_commit_at is not None and billing.next_commit_at > time.time()
     finally:
         if task is not None:
             task.cancel()

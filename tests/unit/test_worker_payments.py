@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ def test_a_worker_keeps_its_payouts_and_redeems_them_when_due(tmp_path: Path,
     prepare(tmp_path, proxies=[ProxySpec(ENDPOINT, proxy.wallet(), key)],
             parties=[NodeKeys("worker", cfg).wallet()], prices=Prices(), terms=Terms()).close()
     payments = WorkerPayments(cfg)
+    assert (payments.earned_nanoton, payments.redeemed_nanoton, payments.refused_vouchers) == (0, 0, 0)
     payments.accept(Payout(call_id=1, fee_nanoton=1, voucher=sign_voucher(key, Tag.PAYOUT, "0:" + "0" * 64, 1, 1,
                                                                           global_id=0)))
     assert payments.earned_nanoton == 0  # no channel found yet: nothing to keep
@@ -68,5 +70,26 @@ def test_a_worker_keeps_its_payouts_and_redeems_them_when_due(tmp_path: Path,
 
         asyncio.run(until_redeemed())
         assert payments.redeemed_nanoton == 2 * TON
+        payments.accept(payout(6, 2 * TON + 1, 1))  # below the threshold: the rounds leave it
+        rounds: list[bool] = []
+        redeem = payments.redeem
+        payments.redeem = lambda force: (rounds.append(force), redeem(force))[1]  # type: ignore[method-assign]
+
+        async def three_rounds() -> None:
+            task = asyncio.create_task(payments.run())
+            try:
+                for _ in range(500):
+                    if len(rounds) >= 3:
+                        return
+                    await asyncio.sleep(0.01)
+            finally:
+                task.cancel()
+
+        asyncio.run(three_rounds())
+        assert rounds[:3] == [False] * 3 and payments.redeemed_nanoton == 2 * TON
     finally:
         payments.close()
+    with pytest.raises(sqlite3.ProgrammingError):  # closed
+        payments.vouchers.latest(channel, Tag.PAYOUT)
+    with pytest.raises(sqlite3.ProgrammingError):
+        payments.ledger.balance(payments.wallet.address)

@@ -138,13 +138,16 @@ def test_cocoon_status_shows_the_network_in_a_terminal(fake_net: Net) -> None:
     client = fake_net.by_role("client")[0]["name"]
     env = {**os.environ, "COLUMNS": "220"}
     for args in (["--state-dir", str(fake_net.state_dir)], ["--url", fake_net.info["dashboard_url"]]):
+        before = fake_net.stats(client)["charged_nanoton"]
         done = subprocess.run([sys.executable, "-m", "cocoon", "status", *args], capture_output=True, text=True,
                               timeout=60, env=env)
         assert done.returncode == 0, done.stderr
-        charged = fake_net.stats(client)["charged_nanoton"]
+        # the charge read on either side of the status call: an answer settling meanwhile moves it
+        charged = {before, fake_net.stats(client)["charged_nanoton"]}
         for worker in fake_net.by_role("worker"):
             assert worker["name"] in done.stdout
-        assert client in done.stdout and ton(charged) in done.stdout and "proxy-1" in done.stdout
+        assert client in done.stdout and "proxy-1" in done.stdout
+        assert any(ton(c) in done.stdout for c in charged), (charged, done.stdout)
     # a process whose stats cannot be read is named, and the exit status says so
     dead = subprocess.run([sys.executable, "-m", "cocoon", "status", "--url", "http://127.0.0.1:9"],
                           capture_output=True, text=True, timeout=60, env=env)

@@ -136,7 +136,7 @@ def test_the_page_allows_nothing_from_elsewhere(fake_net: Net) -> None:
 def test_cocoon_status_shows_the_network_in_a_terminal(fake_net: Net) -> None:
     traffic(fake_net, 2)
     client = fake_net.by_role("client")[0]["name"]
-    env = {**os.environ, "COLUMNS": "220"}
+    env = {**os.environ, "COLUMNS": "400"}  # wide enough that rich never elides a cell
     for args in (["--state-dir", str(fake_net.state_dir)], ["--url", fake_net.info["dashboard_url"]]):
         before = fake_net.stats(client)["charged_nanoton"]
         done = subprocess.run([sys.executable, "-m", "cocoon", "status", *args], capture_output=True, text=True,

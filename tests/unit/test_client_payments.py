@@ -541,3 +541,16 @@ def test_a_run_after_one_that_stopped_mid_request_inherits_its_doubt_until_the_d
     finally:
         payments.close()
         crashed.close()
+
+
+def test_an_answer_lost_after_a_voucher_arrived_cannot_excuse_that_voucher() -> None:
+    """The request sent right after the voucher arrived (its ticket is the check's mark) cannot be in it: losing
+    its answer leaves the voucher's excess an over-charge, not a charge some unseen answer may explain."""
+    audit = ChargeAudit(clock=lambda: 0.0)
+    audit.open("ch", None, inherited_s=None)
+    a, b = audit.begin("a"), audit.begin("b")
+    audit.end(a, seen=True, channel="ch", cost=10, voucher=_voucher(1, 15))  # waits for b
+    c = audit.begin("c")
+    audit.end(c, seen=False)
+    audit.end(b, seen=True, channel="ch", cost=0)
+    assert (audit.overcharges, audit.unexplained_nanoton, audit.unseen_answers) == (1, 5, 1)

@@ -297,6 +297,17 @@ def test_the_coefficient_is_checked_against_the_clients_cap(proxy: Proxy, cap: i
         payments.close()
 
 
+def test_a_worker_above_the_cap_is_caught_even_when_priced_within_it(proxy: Proxy) -> None:
+    payments = proxy.client(cap=1000)
+    try:
+        usage = Usage(completion_tokens=40)
+        ticket = payments.begin(rid())
+        payments.end(ticket, proxy.settle(rid(), usage, 1500, priced_at=1000))
+        assert (payments.overcharges, payments.overpriced_nanoton) == (1, 0)  # nothing charged beyond the cap
+    finally:
+        payments.close()
+
+
 def test_an_older_proxy_priced_above_the_cap_is_caught(proxy: Proxy) -> None:
     payments = proxy.client(cap=1000)
     try:

@@ -256,7 +256,8 @@ async def test_the_background_round_claims_re_reads_and_commits_at_its_interval(
                 break
             await asyncio.sleep(0.01)
         assert alice.state().charged == settled.charge.client_cost and bobs_balance() == 4 * TON
-        assert billing.ledger.last_commit(proxy)[0] == 0  # rounds within the commit interval commit nothing
+        await asyncio.sleep(0.2)  # more rounds, all within the commit interval: they commit nothing
+        assert billing.ledger.last_commit(proxy)[0] == 0
         assert billing.next_commit_at is not None and billing.next_commit_at > time.time() + 3000
         task.cancel()
         billing.cfg = msgspec.structs.replace(cfg, commit_interval_s=0.05)
@@ -266,6 +267,7 @@ async def test_the_background_round_claims_re_reads_and_commits_at_its_interval(
                 break
             await asyncio.sleep(0.01)
         assert billing.ledger.last_commit(proxy)[0] == 1
+        assert billing.next_commit_at > time.time()  # the next one, an interval after this one
     finally:
         if task is not None:
             task.cancel()

@@ -94,6 +94,14 @@ def test_what_a_channel_holds_for_new_requests_is_its_balance_less_unclaimed_cha
         purse.keep(chain.sign(Tag.PAYOUT, purse.channel, 2, TON))
 
 
+def test_a_top_up_raises_no_stake_when_none_was_claimed(chain: Chain) -> None:
+    purse = chain.client()
+    purse.ensure_open()
+    purse.keep(chain.sign(Tag.CHARGE, purse.channel, 1, 3 * TON // 2))  # unclaimed: the stake is whole
+    assert purse.top_up_if_low() is not None
+    assert (purse.remaining(), purse.state().stake) == (POLICY.top_up_to, POLICY.stake)
+
+
 def test_a_channel_is_topped_up_below_its_threshold_only_and_its_stake_restored(chain: Chain) -> None:
     purse = chain.client()
     purse.ensure_open()

@@ -80,7 +80,8 @@ def main() -> int:
         runs.append(run)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             check=False).stdout.strip() or "(unknown)"
-    report.save([report.summary(run, commit) for run in runs], args.cache / "results")
+    if args.only is None:  # a partial run is no module's score
+        report.save([report.summary(run, commit) for run in runs], args.cache / "results")
     print()
     print(report.text([report.summary(run, commit) for run in runs]))
     if args.markdown:

@@ -565,3 +565,19 @@ def test_an_answer_lost_after_a_voucher_arrived_cannot_excuse_that_voucher() -> 
     audit.end(c, seen=False)
     audit.end(b, seen=True, channel="ch", cost=0)
     assert (audit.overcharges, audit.unexplained_nanoton, audit.unseen_answers) == (1, 5, 1)
+
+
+def test_the_doubt_ends_at_the_first_exact_check_and_a_later_excess_is_an_overcharge() -> None:
+    """An earlier run left doubt; past its deadline, voucher #1 explains every answer sent before it arrived (the
+    answer to a request sent after it, carrying #2, is not among them), so it ends the doubt: #2's excess is then
+    an over-charge, not a charge of the earlier run."""
+    now = [0.0]
+    audit = ChargeAudit(clock=lambda: now[0])
+    audit.open("ch", None, inherited_s=10)
+    now[0] = 11.0
+    a, b = audit.begin("a"), audit.begin("b")
+    audit.end(a, seen=True, channel="ch", cost=10, voucher=_voucher(1, 10))  # waits for b
+    c = audit.begin("c")
+    audit.end(c, seen=True, channel="ch", cost=5, voucher=_voucher(2, 20))  # 5 more than c's answer
+    audit.end(b, seen=True, channel="ch", cost=0)
+    assert (audit.overcharges, audit.unexplained_nanoton, audit.settled) == (1, 5, True)

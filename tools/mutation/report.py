@@ -68,14 +68,16 @@ def markdown(summaries: Sequence[Summary]) -> str:
         "",
         "`make mutate` (tools/mutation): every mutant, one change at a time (comparisons, conditions, boolean and",
         "arithmetic operators, constants, removed raises, returns, removed calls; `tools/mutation/operators.py`),",
-        "run against the unit tests that reach its lines. Written by `make mutate MUTATE_ARGS=--markdown=FILE`",
-        "from each module's last run; the reasons come from `tools/mutation/equivalent.toml`.",
+        "run against the unit tests that reach its lines. Written from each module's last run by",
+        "`make mutate MUTATE_ARGS=\"--report --markdown docs/MUTATION.md\"`; the reasons come from",
+        "`tools/mutation/equivalent.toml`. Score: killed / mutants; the survivors left are all listed below, each",
+        "with why it is harmless (equivalent to the code, or observable only in time or in a log line).",
         "",
-        "| module | commit | mutants | killed | score |",
-        "| --- | --- | ---: | ---: | ---: |",
+        "| module | mutants | killed | score | survivors (all harmless) |",
+        "| --- | ---: | ---: | ---: | ---: |",
     ]
-    out += [f"| {s['target']} (`{s['module']}`) | {s['commit']} | {s['total']} | {s['killed']} | "
-            f"{_percent(s['killed'], s['total'])} |" for s in summaries]
+    out += [f"| {s['target']} (`{s['module']}`) | {s['total']} | {s['killed']} | "
+            f"{_percent(s['killed'], s['total'])} | {len(s['survivors'])} |" for s in summaries]
     out += ["", "## Survivors, and why each is harmless", ""]
     for s in summaries:
         if not s["survivors"]:

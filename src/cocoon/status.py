@@ -18,7 +18,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-FETCH_TIMEOUT_S = 2.0
+FETCH_TIMEOUT_S = 5.0  # a loaded 2-core node answers /jsonstats in seconds, not milliseconds
 
 
 class StatusError(Exception):

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 import warnings
@@ -133,9 +134,23 @@ def test_the_page_allows_nothing_from_elsewhere(fake_net: Net) -> None:
     assert missing.value.code == 404
 
 
+def settled_charge(net: Net, client: str) -> int:
+    """The client's charge once its answers have settled: equal on reads 0.3 s apart (bounded to 20 s)."""
+    last = net.stats(client)["charged_nanoton"]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        now = net.stats(client)["charged_nanoton"]
+        if now == last:
+            return now
+        last = now
+    return last
+
+
 def test_cocoon_status_shows_the_network_in_a_terminal(fake_net: Net) -> None:
     traffic(fake_net, 2)
     client = fake_net.by_role("client")[0]["name"]
+    settled_charge(fake_net, client)
     env = {**os.environ, "COLUMNS": "400"}  # wide enough that rich never elides a cell
     for args in (["--state-dir", str(fake_net.state_dir)], ["--url", fake_net.info["dashboard_url"]]):
         before = fake_net.stats(client)["charged_nanoton"]

@@ -143,6 +143,10 @@ async def test_refusals(engine: EmbeddedEngine) -> None:
     with pytest.raises(ApiError) as info:
         await engine.complete(typed("completions", {"model": MODEL_ID, "prompt": "word " * 3000}))
     assert info.value.status == 400 and info.value.code == "context_length_exceeded"
+    # every refusal names its code: an SDK branches on it
+    with pytest.raises(ApiError) as info:
+        await engine.complete(typed("completions", {"model": MODEL_ID, "prompt": ""}))
+    assert (info.value.status, info.value.code, info.value.param) == (400, "invalid_value", "prompt")
 
 
 WEATHER = {"type": "function", "function": {

@@ -201,16 +201,17 @@ class EmbeddedEngine(LocalEngine):
         if req.endpoint == "completions":
             tokens = llm.tokenize(req.prompt.encode(), add_bos=True, special=False)
             if not tokens:
-                raise ApiError(400, "`prompt` is empty", param="prompt")
+                raise ApiError(400, "`prompt` is empty", param="prompt", code=ErrorCode.INVALID_VALUE)
             return tokens
         if self._chat_template is None:
-            raise ApiError(400, "this model has no chat template; use /v1/completions", param="messages")
+            raise ApiError(400, "this model has no chat template; use /v1/completions", param="messages",
+                           code=ErrorCode.UNSUPPORTED_PARAMETER)
         # the template writes the special tokens itself, so they are parsed, and no BOS is added
         try:
             prompt = self._chat_template(messages=req.messages).prompt
         except (ValueError, jinja2.TemplateError) as exc:
             raise ApiError(400, f"the model's chat template rejects these messages: {exc}",
-                           param="messages") from exc
+                           param="messages", code=ErrorCode.INVALID_VALUE) from exc
         return llm.tokenize(prompt.encode(), add_bos=False, special=True)
 
 

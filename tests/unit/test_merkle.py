@@ -20,7 +20,6 @@ from cocoon.core.merkle import (
     inclusion_proof,
     leaf_hash,
     node_hash,
-    root_from_inclusion,
     verify_consistency,
     verify_inclusion,
 )

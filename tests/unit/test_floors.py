@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2] / "src" / "cocoon"
 # Low to high. A unit is a subpackage or a top-level module of cocoon ("cocoon" itself is its __init__.py).
 FLOORS: list[set[str]] = [
     {"cocoon", "core"},
-    {"fsutil", "config", "observe"},
+    {"fsutil", "config", "observe", "ohttp"},
     {"ledger"},
     {"attest"},
     {"ratls"},

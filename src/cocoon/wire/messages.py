@@ -14,6 +14,7 @@ import msgspec
 
 from cocoon.core.errors import ApiError, ErrorCode
 from cocoon.core.usage import Usage
+from cocoon.ledger.receipts import Receipt
 from cocoon.ledger.vouchers import Voucher
 
 # 2: Payout frames (proxy -> worker); sent only on links that negotiated 2. Every other addition is a field with
@@ -130,6 +131,9 @@ class ResponseEnd(Frame, tag="end"):
     # the worker's price coefficient (per-mille) the cost was priced at, so the client can check the cost against
     # the prices on chain; 0: not said (a proxy before this field)
     coefficient: int = 0
+    # the answer's receipt (ledger/receipts.py): signed by the worker (worker -> proxy), then countersigned with the
+    # charge and voucher (proxy -> client); None from peers before receipts
+    receipt: Receipt | None = None
 
 
 class ResponseError(Frame, tag="error"):

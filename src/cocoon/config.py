@@ -41,6 +41,16 @@ class Prices(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_coefficient: int = 10_000
 
 
+class MediaLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What a worker's `media` workload accepts (cocoon/media): the input's size and length, the output's frame
+    size. The proxy reserves a job's money for at most `max_seconds` of input."""
+
+    max_input_bytes: Annotated[int, msgspec.Meta(gt=0)] = 256 * 1024 * 1024
+    max_seconds: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
+    max_width: Annotated[int, msgspec.Meta(gt=0)] = 1920
+    max_height: Annotated[int, msgspec.Meta(gt=0)] = 1080
+
+
 class SelectionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """How the proxy picks a worker (proxy/selection.py)."""
 

@@ -22,7 +22,7 @@ FLOORS: list[set[str]] = [
     {"ratls"},
     {"wire"},
     {"openai"},
-    {"inference"},
+    {"inference", "media"},
     {"runtime", "nodekeys"},
     {"client", "proxy", "worker", "chain"},
     {"cli", "ledger_cli", "localnet", "bench", "status", "__main__"},

@@ -41,6 +41,11 @@ class ErrorCode(StrEnum):
     DUPLICATE_REQUEST_ID = "duplicate_request_id"  # 409: one answer per request id, charged once
     REQUEST_TOO_LARGE = "request_too_large"  # 413
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"  # 415: a body not sent as application/json
+    # media transcoding (cocoon/media)
+    INVALID_MEDIA = "invalid_media"  # 400: an upload that is empty, corrupt or not audio/video
+    UNSUPPORTED_CODEC = "unsupported_codec"  # 400: a codec no worker can encode, or not into that container
+    UNSUPPORTED_FORMAT = "unsupported_format"  # 400: an output container no worker can write
+    MEDIA_TOO_LARGE = "media_too_large"  # 413: above the size, duration or resolution limits
     # limits and capacity
     CONCURRENCY_LIMIT_EXCEEDED = "concurrency_limit_exceeded"  # 429
     TOKENS_PER_MINUTE_EXCEEDED = "tokens_per_minute_exceeded"  # 429

@@ -27,6 +27,21 @@ class Frame(msgspec.Struct, tag_field="t"):
     """Base of every message that is a frame of its own; `t` names its type on the wire."""
 
 
+# the name media jobs are routed by (`Request.model`) and a worker serving them counts under: a workload, not a model
+MEDIA_WORKLOAD = "media"
+
+
+class MediaParams(msgspec.Struct, frozen=True):
+    """A worker's `media` workload: the containers and encoders it can write and the input it accepts."""
+
+    formats: list[str]
+    codecs: list[str]
+    max_input_bytes: int
+    max_seconds: float
+    max_width: int
+    max_height: int
+
+
 class WorkerParams(msgspec.Struct, frozen=True):
     models: list[str]
     coefficient: int  # price multiplier in per-mille (1000 = list price)
@@ -34,6 +49,12 @@ class WorkerParams(msgspec.Struct, frozen=True):
     region: str = ""
     owner: str = ""  # payout wallet address
     supports_tools: bool = False
+    media: MediaParams | None = None  # set when the worker serves the `media` workload
+
+    @property
+    def served(self) -> list[str]:
+        """What requests for this worker are routed by: its models, and the media workload when it has it."""
+        return [*self.models, MEDIA_WORKLOAD] if self.media is not None else self.models
 
 
 class ClientParams(msgspec.Struct, frozen=True):

@@ -19,7 +19,7 @@ FLOORS: list[set[str]] = [
     {"fsutil", "config", "observe", "ohttp"},
     {"ledger"},
     {"attest"},
-    {"ratls"},
+    {"ratls", "seal"},
     {"wire"},
     {"openai"},
     {"inference", "media"},

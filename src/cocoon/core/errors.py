@@ -46,6 +46,13 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_CODEC = "unsupported_codec"  # 400: a codec no worker can encode, or not into that container
     UNSUPPORTED_FORMAT = "unsupported_format"  # 400: an output container no worker can write
     MEDIA_TOO_LARGE = "media_too_large"  # 413: above the size, duration or resolution limits
+    # sealed requests (issue 10: cocoon/seal)
+    SEALED_REQUEST_INVALID = "sealed_request_invalid"  # 400: malformed, changed in transit, or another envelope's
+    SEAL_KEY_UNKNOWN = "seal_key_unknown"  # 400: not sealed to this worker's key (a wrong key id)
+    SEALED_REQUEST_REPLAYED = "sealed_request_replayed"  # 409 (400 when stale): an encapsulation opened before
+    SEAL_KEYS_STALE = "seal_keys_stale"  # 503: no linked worker holds a key the request was sealed to
+    NO_ATTESTED_WORKER = "no_attested_worker"  # 503: no worker of the model passed the client's own checks
+    SEALED_ANSWER_INVALID = "sealed_answer_invalid"  # 502: a sealed answer changed, reordered, cut short
     # limits and capacity
     CONCURRENCY_LIMIT_EXCEEDED = "concurrency_limit_exceeded"  # 429
     TOKENS_PER_MINUTE_EXCEEDED = "tokens_per_minute_exceeded"  # 429

@@ -11,7 +11,15 @@ from typing import Annotated, Literal, TypeVar
 import typer
 
 from cocoon.chain.cli import app as chain_app
-from cocoon.config import ClientConfig, CommonConfig, ConfigError, ProxyConfig, WorkerConfig, load_config
+from cocoon.config import (
+    ClientConfig,
+    CommonConfig,
+    ConfigError,
+    KeysConfig,
+    ProxyConfig,
+    WorkerConfig,
+    load_config,
+)
 from cocoon.ledger_cli import app as ledger_app
 
 app = typer.Typer(help="cocoon: confidential, attested, paid AI inference.", no_args_is_help=True,
@@ -61,6 +69,66 @@ def client(config: ConfigOption) -> None:
     from cocoon.client.node import run_client
 
     _run_role("client", config, ClientConfig, run_client)
+
+
+keys_app = typer.Typer(help=(
+    "The key service: derives keys from its master secret and hands them over RA-TLS to peers whose image the "
+    "root registry allows for their role (`cocoon keys --config FILE` runs it)."), add_completion=False)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.callback(invoke_without_command=True)
+def keys(ctx: typer.Context, config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="TOML config file of the key service.")] = None) -> None:
+    """Run the key service (with --config), or one of its commands."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if config is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(2)
+    from cocoon.keys.service import run_keys
+
+    _run_role("keys", config, KeysConfig, run_keys)
+
+
+@keys_app.command("recovery-key")
+def keys_recovery_key(out: Annotated[Path, typer.Option(
+        help="Where the private recovery key goes (mode 0600): keep it offline.", dir_okay=False)]) -> None:
+    """Make the operator's offline recovery key: prints the public half for the key service's
+    `recovery_public_key`."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from cocoon.fsutil import SECRET_MODE, create_once
+
+    key = X25519PrivateKey.generate()
+    if out.exists():
+        typer.echo(f"error: {out} exists: a recovery key is never overwritten", err=True)
+        raise typer.Exit(1)
+    create_once(out, key.private_bytes_raw().hex().encode(), SECRET_MODE)
+    typer.echo(key.public_key().public_bytes_raw().hex())
+
+
+@keys_app.command("restore")
+def keys_restore(
+    config: ConfigOption,
+    backup: Annotated[Path, typer.Option(help="The master backup (STATE_DIR/NAME.master-backup of the lost service).",
+                                         exists=True, dir_okay=False)],
+    recovery_key: Annotated[Path, typer.Option(help="The private recovery key file (`cocoon keys recovery-key`).",
+                                               exists=True, dir_okay=False)],
+) -> None:
+    """Put a lost key service's master secret, from its backup, into the instance this config describes (sealed
+    to its platform): it then derives the very same keys for every node."""
+    from cocoon.keys.service import MasterSecret, decrypt_backup
+    from cocoon.nodekeys import KeysUnavailable, NodeKeys
+
+    try:
+        cfg = load_config(config, KeysConfig)
+        master = decrypt_backup(backup.read_bytes(), bytes.fromhex(recovery_key.read_text().strip()))
+        MasterSecret(cfg, NodeKeys("keys", cfg)).load(initial=master)
+    except (ConfigError, KeysUnavailable, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"restored the master secret into {cfg.state_path}")
 
 
 @app.command()

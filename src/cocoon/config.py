@@ -94,6 +94,10 @@ class CommonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Pay and get paid on the local ledger (STATE_DIR/ledger.sqlite, ledger/devnet.py): `cocoon up` turns it on.
     # Off, the proxy still keeps its books but extends unlimited credit and signs no vouchers.
     payments: bool = False
+    # HOST:PORT of a key service (`cocoon keys`): the node's RA-TLS, wallet and voucher keys then come from it over
+    # RA-TLS, derived for its image, role and name, so they survive restarts and moves between machines. Needed by
+    # `tdx` nodes that hold money; optional for `fake` (without it, the fake platform's local secret is used).
+    key_service: str = ""
 
     @property
     def state_path(self) -> Path:
@@ -176,6 +180,19 @@ class ClientConfig(CommonConfig, kw_only=True, forbid_unknown_fields=True):
     @property
     def proxy_addresses(self) -> list[str]:
         return [self.proxy, *(p for p in self.proxies if p != self.proxy)]
+
+
+class KeysConfig(CommonConfig, kw_only=True, forbid_unknown_fields=True):
+    """The key service (`cocoon keys`, keys/): derives keys from its master secret for attested peers."""
+
+    host: str = "127.0.0.1"
+    port: int = 10200  # nodes dial this (RA-TLS)
+    # HOST:PORT of another key service instance to copy the master secret from at the first start (it hands it
+    # only to a key service running its own image): instances that share a master give every node the same keys.
+    replicate_from: str = ""
+    # hex X25519 public key of the operator's offline recovery key: when the master secret is created, a copy
+    # encrypted to it is written to STATE_DIR/NAME.master-backup (README: "Recovering keys")
+    recovery_public_key: str = ""
 
 
 C = TypeVar("C", bound=CommonConfig)

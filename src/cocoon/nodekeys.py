@@ -7,12 +7,15 @@
   `NAME/voucher-key`), so a copied file is useless on another platform, image, role or name. A plain key file
   written by an older version is sealed in place the first time it is used (same key, same address).
 
-Where the keys come from, by attestation kind:
-- `fake`: the fake platform's key service, whose secret is `STATE_DIR/platform-secret`;
+Where the keys come from:
+- a node configured with `key_service` (`tdx` or `fake`) asks that service (`cocoon keys`, `cocoon.keyclient`)
+  over RA-TLS: every key, the wallet and voucher key too, is derived by the service for the node's verified image,
+  role and name and never stored here, so a node gets the same keys after a restart and on another machine;
+- `fake` otherwise: the fake platform's key service in this process, whose secret is `STATE_DIR/platform-secret`;
 - `none` (a client on an ordinary server): there is no image and no key service; stored keys are bound to role
   and name under that same local secret (machine-bound), and the identity key is fresh at each start;
-- `tdx`: no key service is configured for it here: the identity key is fresh at each start and stored keys are
-  refused (`KeysUnavailable`), since a wallet that changed at every start would strand its money.
+- `tdx` without `key_service`: the identity key is fresh at each start and stored keys are refused
+  (`KeysUnavailable`), since a wallet that changed at every start would strand its money.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from cocoon.attest.backends import AttestationBackend, get_backend
 from cocoon.attest.policy import Policy, RolePolicy
+from cocoon.attest.types import AttestationError
 from cocoon.config import ClientConfig, CommonConfig, ConfigError, ProxyConfig, WorkerConfig, load_config
 from cocoon.fsutil import SECRET_MODE, create_once, private_dir, write_atomically
+from cocoon.keyclient import fetch_keys
 from cocoon.ledger.wallet import Wallet
 from cocoon.ratls.cert import CertVerifier, Identity, make_identity
 from cocoon.ratls.sealed_file import Header, SealedFileError, is_legacy, read_header, seal, unseal
@@ -58,12 +63,28 @@ class NodeKeys:
         self.role = role
         self.cfg = cfg
         self.backend = backend or get_backend(cfg.attestation, image=cfg.image)
+        self._fetched: dict[str, bytes] = {}
+
+    @property
+    def remote(self) -> bool:
+        """Whether this node's keys come from a key service over the network (`key_service`)."""
+        return bool(self.cfg.key_service) and self.backend.kind != "none"
 
     # ---- the one path to the key service ----
     def sealed_key(self, purpose: str) -> bytes:
         """The key `NAME/purpose` that the platform's key service gives this node's role and image."""
         key_name = f"{self.cfg.name}/{purpose}"
         kind = self.backend.kind
+        if self.remote:
+            if key_name not in self._fetched:
+                try:
+                    self._fetched.update(fetch_keys(self.cfg.key_service, self.role, self.backend, [key_name],
+                                                    policy=self.cfg.policy))
+                except (ConnectionError, AttestationError) as exc:
+                    log.error("no key from the key service", extra={"fields": {
+                        "key_service": self.cfg.key_service, "key": key_name, "reason": str(exc)}})
+                    raise KeysUnavailable(f"{self.role} {self.cfg.name}: {exc}") from None
+            return self._fetched[key_name]
         if kind == "fake":
             return self._service.request(self._requester, key_name)
         if kind == "none":
@@ -90,7 +111,7 @@ class NodeKeys:
         """The node's RA-TLS key, the same after every restart so that its peers (the proxy's reputation book,
         payment channels) keep recognising it; None (a fresh key per start) where there is no key service, and
         for a node without attestation, whose link key is not meant to follow it."""
-        if self.backend.kind != "fake":
+        if self.backend.kind != "fake" and not self.remote:
             return None
         return Ed25519PrivateKey.from_private_bytes(self.sealed_key(IDENTITY))
 
@@ -100,13 +121,18 @@ class NodeKeys:
     def voucher_key(self) -> Wallet:
         return Wallet(self.stored_secret(VOUCHER_KEY))
 
-    def stored_secret(self, purpose: str) -> bytes:
-        """The 32-byte seed in `STATE_DIR/NAME.purpose`: created on first use, sealed to this node."""
+    def stored_secret(self, purpose: str, initial: bytes | None = None) -> bytes:
+        """The 32-byte seed in `STATE_DIR/NAME.purpose`: created on first use, sealed to this node. From a key
+        service, the key it derives is the seed itself: nothing to store, the same on any machine. `initial`: what a
+        first use stores instead of a random seed."""
+        if self.remote:
+            return self.sealed_key(purpose)
         sealing_key = self.sealed_key(purpose)  # first: nothing is written where keys cannot be sealed
         header = Header(self.role, f"{self.cfg.name}/{purpose}")
         path = key_path(private_dir(self.cfg.state_path), self.cfg.name, purpose)
         if not path.exists():
-            blob = create_once(path, seal(sealing_key, header, secrets.token_bytes(SEED_LEN)), SECRET_MODE)
+            first = initial if initial is not None else secrets.token_bytes(SEED_LEN)
+            blob = create_once(path, seal(sealing_key, header, first), SECRET_MODE)
         else:
             blob = path.read_bytes()
             if is_legacy(blob):  # a plain seed from an older version: keep the key (its money), seal the file

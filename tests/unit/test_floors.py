@@ -23,8 +23,8 @@ FLOORS: list[set[str]] = [
     {"wire"},
     {"openai"},
     {"inference", "media"},
-    {"runtime", "nodekeys"},
-    {"client", "proxy", "worker", "chain"},
+    {"runtime", "nodekeys", "keyclient"},
+    {"client", "proxy", "worker", "chain", "keys"},
     {"cli", "ledger_cli", "localnet", "bench", "status", "__main__"},
 ]
 FLOOR = {unit: level for level, units in enumerate(FLOORS) for unit in units}

@@ -326,12 +326,14 @@ DEV_POLICY = Policy(
         "proxy": RolePolicy(kinds=frozenset({"fake", "tdx"})),
         "worker": RolePolicy(kinds=frozenset({"fake", "tdx"})),
         "client": RolePolicy(kinds=frozenset({"none", "fake", "tdx"})),
+        "keys": RolePolicy(kinds=frozenset({"fake", "tdx"})),
     },
     production_safe=False,
 )
 TDX_ANY_POLICY = Policy(
     name="tdx-any",
-    roles={"proxy": RolePolicy(kinds=_TDX), "worker": RolePolicy(kinds=_TDX), "client": _CLIENTS},
+    roles={"proxy": RolePolicy(kinds=_TDX), "worker": RolePolicy(kinds=_TDX), "client": _CLIENTS,
+           "keys": RolePolicy(kinds=_TDX)},
     production_safe=False,  # real TDs, but running any code at all
 )
 PRODUCTION_POLICY = Policy(

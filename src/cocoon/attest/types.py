@@ -8,7 +8,7 @@ import msgspec
 
 from cocoon.core.errors import CocoonError
 
-ROLES = ("client", "proxy", "worker")
+ROLES = ("client", "proxy", "worker", "keys")  # keys: the key service (`cocoon keys`)
 KINDS = ("tdx", "fake", "none")
 
 # Intel's TCB statuses a quote can verify with, spelled as in its TCB info (and dcap-qvl). "Revoked" is not

@@ -27,10 +27,11 @@ import secrets
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pyhpke import AEADId, CipherSuite, KDFId, KEMId, KEMKey, OpenError
 
-from cocoon.attest.types import AttestationError
+from cocoon.attest.types import AttestationError, PeerIdentity
 from cocoon.fsutil import SECRET_MODE, create_once, private_dir
 from cocoon.ratls.cert import CertVerifier, Identity
 
@@ -86,32 +87,52 @@ class SealedKeyService:
     def seal_for(self, cert_der: bytes, key_name: str, now: float | None = None) -> bytes:
         """The key `key_name` of the certificate's role and image, encrypted to the certificate's HPKE key: what
         the service sends back. AttestationError if the requester is refused."""
-        name = _check_key_name(key_name)
-        peer = self.verifier.verify(cert_der, now)
+        _check_key_name(key_name)
+        return self.seal_for_peer(self.verifier.verify(cert_der, now), key_name)
+
+    def seal_for_peer(self, peer: PeerIdentity, key_name: str) -> bytes:
+        """The same for a peer already verified (the key service's RA-TLS handshake did it)."""
         if peer.image_hash is None:
             raise AttestationError(f"attestation kind {peer.kind!r} has no image hash: no sealed key is bound to it")
-        if not peer.hpke_public_key:
-            raise AttestationError("requester's claims carry no HPKE public key to encrypt the sealed key to")
-        recipient = _SUITE.kem.deserialize_public_key(peer.hpke_public_key)
-        enc, sender = _SUITE.create_sender_context(recipient, info=_hpke_info(peer.cert_sha256, name))
-        return enc + sender.seal(derive_key(self._secret, peer.role, peer.image_hash, key_name))
+        return seal_secret(peer, key_name, derive_key(self._secret, peer.role, peer.image_hash, key_name))
 
     def request(self, identity: Identity, key_name: str, now: float | None = None) -> bytes:
         """In-process request: the sealed key for `identity`'s role and image, as the requester recovers it."""
         return open_sealed_key(self.seal_for(identity.cert_der, key_name, now), identity, key_name)
 
 
+def seal_secret(peer: PeerIdentity, key_name: str, secret: bytes) -> bytes:
+    """`secret` encrypted to the verified peer's HPKE key, bound to its certificate and to `key_name`."""
+    name = _check_key_name(key_name)
+    if not peer.hpke_public_key:
+        raise AttestationError("requester's claims carry no HPKE public key to encrypt the sealed key to")
+    return encrypt_to(peer.hpke_public_key, _hpke_info(peer.cert_sha256, name), secret)
+
+
+def encrypt_to(public_key: bytes, info: bytes, plaintext: bytes) -> bytes:
+    """HPKE base mode to a raw X25519 public key: the encapsulated key, then the ciphertext."""
+    enc, sender = _SUITE.create_sender_context(_SUITE.kem.deserialize_public_key(public_key), info=info)
+    return enc + sender.seal(plaintext)
+
+
+def decrypt_with(private_key: X25519PrivateKey, info: bytes, envelope: bytes) -> bytes:
+    """Opens what `encrypt_to` made for `private_key`'s public half (ValueError when it does not open)."""
+    enc, ciphertext = envelope[:_ENC_LEN], envelope[_ENC_LEN:]
+    try:
+        receiver = _SUITE.create_recipient_context(enc, KEMKey.from_pyca_cryptography_key(private_key), info=info)
+        return receiver.open(ciphertext)
+    except (OpenError, ValueError) as e:
+        raise ValueError(str(e) or type(e).__name__) from None
+
+
 def open_sealed_key(envelope: bytes, identity: Identity, key_name: str) -> bytes:
     """The requester's side: decrypts what `SealedKeyService.seal_for` returned for this identity."""
     if identity.hpke_key is None:
         raise ValueError("this identity has no HPKE key (make_identity(..., hpke_key=...)) to open sealed keys")
-    enc, ciphertext = envelope[:_ENC_LEN], envelope[_ENC_LEN:]
     info = _hpke_info(hashlib.sha256(identity.cert_der).digest(), _check_key_name(key_name))
     try:
-        receiver = _SUITE.create_recipient_context(enc, KEMKey.from_pyca_cryptography_key(identity.hpke_key),
-                                                   info=info)
-        key = receiver.open(ciphertext)
-    except (OpenError, ValueError) as e:
+        key = decrypt_with(identity.hpke_key, info, envelope)
+    except ValueError as e:
         raise AttestationError(f"sealed key {key_name!r} does not open with this identity's HPKE key: {e}") from None
     if len(key) != SEALED_KEY_LEN:
         raise AttestationError(f"sealed key {key_name!r} has {len(key)} bytes, expected {SEALED_KEY_LEN}")

@@ -81,9 +81,10 @@ class Net:
 
 @contextlib.contextmanager
 def localnet(state_dir: Path, *, engine: str = "fake", workers: int = 2, options: tuple[str, ...] = (),
-             max_active: int | None = 4, ready_s: float = 180.0, port_range: tuple[int, int] | None = None
-             ) -> Iterator[Net]:
-    """`max_active` None: cocoon up's default; `port_range`: every port from it (the API's too)."""
+             max_active: int | None = 4, ready_s: float = 180.0, port_range: tuple[int, int] | None = None,
+             relay: bool = False) -> Iterator[Net]:
+    """`max_active` None: cocoon up's default; `port_range`: every port from it (the API's too); `relay`: the
+    client's requests go through a relay (`cocoon up --relay`)."""
     port = free_port() if port_range is None else 0
     cmd = [sys.executable, "-m", "cocoon", "up", "--engine", engine, "--workers", str(workers),
            "--state-dir", str(state_dir), "--ready-timeout", str(ready_s)]
@@ -92,6 +93,8 @@ def localnet(state_dir: Path, *, engine: str = "fake", workers: int = 2, options
         cmd += ["--max-active", str(max_active)]
     for opt in options:
         cmd += ["--engine-option", opt]
+    if relay:
+        cmd.append("--relay")
     out = (state_dir.parent / f"{state_dir.name}-up.log").open("wb")
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     info: dict[str, Any] = {}

@@ -64,10 +64,20 @@ def worker(config: ConfigOption) -> None:
 
 
 @app.command()
-def client(config: ConfigOption) -> None:
-    """Run a client: the OpenAI-compatible API, forwarding to an attested proxy."""
+def client(
+    config: ConfigOption,
+    via_relay: Annotated[str | None, typer.Option(
+        "--via-relay", metavar="URL", help=(
+            "Send every request through this Oblivious HTTP relay (`cocoon relay`, e.g. http://relay.example:10300) "
+            "instead of a proxy link: encapsulated to the proxy's attested gateway; the relay pays."))] = None,
+) -> None:
+    """Run a client: the OpenAI-compatible API, forwarding to an attested proxy (or through a relay)."""
+    import os
+
     from cocoon.client.node import run_client
 
+    if via_relay is not None:
+        os.environ["COCOON_VIA_RELAY"] = via_relay  # the config's `via_relay`, overridden as any field can be
     _run_role("client", config, ClientConfig, run_client)
 
 
@@ -132,6 +142,16 @@ def keys_restore(
 
 
 @app.command()
+def relay(config: ConfigOption) -> None:
+    """Run an Oblivious HTTP relay (RFC 9458) for a VPN provider: devices POST message/ohttp-req to /ohttp, it
+    forwards them to the proxy's gateway and pays as the client of record; it keeps counters, never records."""
+    from cocoon.config import RelayConfig
+    from cocoon.relay.node import run_relay
+
+    _run_role("relay", config, RelayConfig, run_relay)
+
+
+@app.command()
 def up(
     workers: Annotated[int, typer.Option("--workers", "-n", min=1, help="Number of workers.")] = 2,
     engine: Annotated[str, typer.Option(help=(
@@ -152,6 +172,9 @@ def up(
         "Concurrent requests per worker [default: from the engine and cores: embedded 2 (llama.cpp generates one "
         "at a time), fake 32 per core, openai:URL 8 per core]."))] = None,
     ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for every process to be ready.")] = 300.0,
+    relay: Annotated[bool, typer.Option(help=(
+        "Add an Oblivious HTTP relay (`cocoon relay`, role `relay` in localnet.json) and send the client's requests "
+        "through it, encapsulated to the proxy's gateway; the relay pays."))] = False,
 ) -> None:
     """Start a local network (ledger, proxy, workers, client) and keep it up until Ctrl-C or SIGTERM.
 
@@ -165,7 +188,7 @@ def up(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     sys.exit(run_up(state_dir, workers=workers, engine=engine, port=port, engine_options=options,
-                    max_active=max_active, ready_timeout_s=ready_timeout, port_range=port_range))
+                    max_active=max_active, ready_timeout_s=ready_timeout, port_range=port_range, relay=relay))
 
 
 @app.command()

@@ -140,6 +140,10 @@ class ProxyConfig(CommonConfig, kw_only=True, forbid_unknown_fields=True):
     reputation_keep_s: float = 86400.0  # how long a disconnected worker key's reputation is remembered
     selection: SelectionConfig = SelectionConfig()
     admission: AdmissionConfig = AdmissionConfig()  # per source address, before authentication
+    # the Oblivious HTTP gateway's keys (proxy/gateway.py): a new one every `ohttp_rotate_s`, the one before
+    # still accepted for `ohttp_overlap_s` (devices that fetched the configuration just before the rotation)
+    ohttp_rotate_s: float = 3600.0
+    ohttp_overlap_s: float = 300.0
 
 
 class WorkerConfig(CommonConfig, kw_only=True, forbid_unknown_fields=True):
@@ -176,6 +180,10 @@ class ClientConfig(CommonConfig, kw_only=True, forbid_unknown_fields=True):
     top_up_below_nanoton: int = 2_000_000_000
     top_up_to_nanoton: int = 10_000_000_000
     chain_poll_s: float = 5.0
+    # Through an Oblivious HTTP relay (`cocoon relay`, e.g. a VPN provider's) instead of a proxy link: each request
+    # is encapsulated to the proxy's gateway, whose attestation this client verifies; the relay pays. "": off
+    via_relay: str = ""
+    subscriber_token: str | None = None  # what the relay knows this user by (counted, never logged)
 
     @property
     def proxy_addresses(self) -> list[str]:
@@ -193,6 +201,17 @@ class KeysConfig(CommonConfig, kw_only=True, forbid_unknown_fields=True):
     # hex X25519 public key of the operator's offline recovery key: when the master secret is created, a copy
     # encrypted to it is written to STATE_DIR/NAME.master-backup (README: "Recovering keys")
     recovery_public_key: str = ""
+
+
+class RelayConfig(ClientConfig, kw_only=True, forbid_unknown_fields=True):
+    """`cocoon relay`: an Oblivious HTTP relay (a VPN provider's) that pays as a client of record. `api_host` and
+    `api_port` are where users' devices send `message/ohttp-req`; `proxy`, `proxies`, payments and the channel
+    settings are its own, as a client's."""
+
+    api_port: int = 10300
+    # the bearer tokens subscribers send (`Authorization: Bearer <token>`); each is counted, never logged. Empty:
+    # anyone who reaches the relay may use it (only allowed on a loopback address)
+    subscriber_tokens: list[str] = []
 
 
 C = TypeVar("C", bound=CommonConfig)

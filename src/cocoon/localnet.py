@@ -25,7 +25,7 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from cocoon.config import ClientConfig, CommonConfig, ProxyConfig, WorkerConfig, dump_config
+from cocoon.config import ClientConfig, CommonConfig, ProxyConfig, RelayConfig, WorkerConfig, dump_config
 from cocoon.fsutil import private_dir, write_atomically
 from cocoon.ledger import devnet
 from cocoon.ledger.base import Terms
@@ -135,8 +135,10 @@ def _die_with_parent() -> None:
 class LocalNet:
     def __init__(self, state_dir: Path, *, workers: int, engine: str, port: int,
                  engine_options: dict[str, Any], max_active: int, attestation: str = "fake",
-                 proxy_options: dict[str, Any] | None = None, ports: PortRange | None = None) -> None:
-        """`proxy_options`: ProxyConfig fields to set (limits, timeouts); `ports`: where every port comes from."""
+                 proxy_options: dict[str, Any] | None = None, ports: PortRange | None = None,
+                 relay: bool = False) -> None:
+        """`proxy_options`: ProxyConfig fields to set (limits, timeouts); `ports`: where every port comes from;
+        `relay`: a relay process (`cocoon relay`) that the client sends every request through."""
         self.state_dir = state_dir.resolve()
         self.nodes: list[NodeProcess] = []
         self.ports = ports or PortRange()
@@ -159,7 +161,8 @@ class LocalNet:
                         "attestation": attestation, "image": "cocoon-worker-dev", "max_active_requests": max_active}
         for i in range(1, workers + 1):
             self.add_worker(f"worker-{i}")
-        self.add_client("client-1", port)
+        self.relay_url = self.add_relay("relay-1").api_url if relay else None
+        self.add_client("client-1", port, via_relay=self.relay_url)
 
     def add_worker(self, name: str, **options: Any) -> NodeProcess:
         """One more worker process like the others, with `options` (WorkerConfig fields) of its own; before
@@ -167,11 +170,21 @@ class LocalNet:
         return self._add("worker", WorkerConfig(name=name, stats_port=self.ports.take(),
                                                 **{**self._worker, **options}, **self._common))
 
-    def add_client(self, name: str, port: int) -> NodeProcess:
-        """One more client process, before start(): its own key, so the proxy sees another client."""
+    def add_client(self, name: str, port: int, via_relay: str | None = None) -> NodeProcess:
+        """One more client process, before start(): its own key, so the proxy sees another client. Through a relay
+        it pays nothing itself: the relay is the client of record."""
+        common = {**self._common, "payments": False} if via_relay else self._common
         node = self._add("client", ClientConfig(name=name, proxy=f"127.0.0.1:{self.proxy_port}", api_port=port,
-                                                stats_port=self.ports.take(), **self._common))
+                                                stats_port=self.ports.take(), via_relay=via_relay or "", **common))
         node.api_url = f"http://127.0.0.1:{port}/v1"
+        return node
+
+    def add_relay(self, name: str) -> NodeProcess:
+        """A relay process, before start(): devices' Oblivious HTTP in, the proxy's gateway out, its own channel."""
+        port = self.ports.take()
+        node = self._add("relay", RelayConfig(name=name, proxy=f"127.0.0.1:{self.proxy_port}", api_port=port,
+                                              stats_port=self.ports.take(), **self._common))
+        node.api_url = f"http://127.0.0.1:{port}"
         return node
 
     def _add(self, role: str, cfg: CommonConfig) -> NodeProcess:
@@ -203,7 +216,9 @@ class LocalNet:
         proxy_keys = NodeKeys("proxy", self.proxy_cfg)
         devnet.prepare(self.state_dir,
                        proxies=[devnet.ProxySpec(endpoint, proxy_keys.wallet(), proxy_keys.voucher_key())],
-                       parties=[NodeKeys(n.role, n.config).wallet() for n in self.nodes if n.role != "proxy"],
+                       # a relay pays as a client: its wallet is sealed to the client role
+                       parties=[NodeKeys("client" if n.role == "relay" else n.role, n.config).wallet()
+                                for n in self.nodes if n.role != "proxy"],
                        prices=self.proxy_cfg.prices, terms=Terms()).close()
 
     def start(self, timeout_s: float) -> None:
@@ -221,7 +236,7 @@ class LocalNet:
             proxy = next(n for n in self.nodes if n.role == "proxy")
             self._wait(lambda: len((_get_json(f"{proxy.stats_url}/jsonstats") or {}).get("workers", []))
                        >= len(workers), proxy, deadline)
-            for client in (n for n in self.nodes if n.role == "client"):
+            for client in (n for n in self.nodes if n.role in ("client", "relay") and not _via_relay(n)):
                 status.update(f"waiting for {client.name} to link to the proxy…")
                 self._wait(lambda c=client: (_get_json(f"{c.stats_url}/jsonstats") or {}).get("proxy_connected"),
                            client, deadline)
@@ -281,7 +296,7 @@ class LocalNet:
 
     def stop(self, grace_s: float = 10.0) -> None:
         # Client first (no new requests), then workers, then the proxy that settles the books.
-        for role in ("client", "worker", "proxy"):
+        for role in ("client", "relay", "worker", "proxy"):
             procs = [n.proc for n in self.nodes if n.role == role and n.proc and n.proc.poll() is None]
             for p in procs:
                 with contextlib.suppress(ProcessLookupError):
@@ -340,6 +355,10 @@ class _DashboardThread:
             self._thread.join(5)
 
 
+def _via_relay(node: NodeProcess) -> bool:
+    return bool(getattr(node.config, "via_relay", ""))
+
+
 def _get_json(url: str) -> Any:
     import urllib.request
 
@@ -358,13 +377,13 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 def run_up(state_dir: Path, *, workers: int, engine: str, port: int | None, engine_options: dict[str, Any],
-           max_active: int | None, ready_timeout_s: float, port_range: str | None = None) -> int:
+           max_active: int | None, ready_timeout_s: float, port_range: str | None = None, relay: bool = False) -> int:
     try:
         ports = PortRange.parse(port_range)
         api_port = port if port is not None else (10000 if ports.lo is None else ports.take())
         active = max_active if max_active is not None else default_max_active(engine, os.cpu_count() or 1)
         net = LocalNet(state_dir, workers=workers, engine=engine, port=api_port, engine_options=engine_options,
-                       max_active=active, ports=ports)
+                       max_active=active, ports=ports, relay=relay)
     except ValueError as exc:
         console.print(f"[red]cocoon up:[/] {exc}")
         return 2

@@ -25,6 +25,7 @@ FLOORS: list[set[str]] = [
     {"inference", "media"},
     {"runtime", "nodekeys", "keyclient"},
     {"client", "proxy", "worker", "chain", "keys"},
+    {"relay", "sdk"},  # built on the client: the relay pays as a client of record, the SDK is a client in-process
     {"cli", "ledger_cli", "localnet", "bench", "status", "__main__"},
 ]
 FLOOR = {unit: level for level, units in enumerate(FLOORS) for unit in units}

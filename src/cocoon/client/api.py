@@ -12,6 +12,7 @@ import msgspec
 from aiohttp import web
 
 from cocoon.client.crosssite import CrossSiteGuard
+from cocoon.client.oblivious import RelayCall, RelayLink
 from cocoon.client.payments import ClientPayments
 from cocoon.client.proxy_link import ProxyLink
 from cocoon.config import ClientConfig
@@ -72,7 +73,8 @@ class ClientStats:
 
 
 class ClientApi:
-    def __init__(self, cfg: ClientConfig, link: ProxyLink, payments: ClientPayments | None = None) -> None:
+    def __init__(self, cfg: ClientConfig, link: ProxyLink | RelayLink, payments: ClientPayments | None = None
+                 ) -> None:
         self.cfg = cfg
         self.link = link
         self.stats = ClientStats()
@@ -144,13 +146,7 @@ class ClientApi:
 
     async def _forward(self, request: web.Request, endpoint: str, parsed: Any) -> web.StreamResponse:
         started = time.monotonic()
-        req = Request(
-            endpoint=endpoint, model=parsed.model, body=msgspec.json.encode(parsed.to_body()),
-            stream=parsed.stream, include_usage=parsed.include_usage,
-            deadline=time.time() + self.cfg.request_timeout_s, request_id=request[_REQUEST_ID],
-            max_coefficient=self.cfg.default_max_coefficient, features=parsed.engine_features(),
-            region=requested_region(request), max_tokens=parsed.max_tokens, choices=parsed.choices()[0],
-        )
+        req = wire_request(endpoint, parsed, self.cfg, request[_REQUEST_ID], requested_region(request))
         # before the request leaves: from then on its charge may be in any voucher the proxy signs
         ticket = self.payments.begin(req.request_id) if self.payments is not None else 0
         try:
@@ -194,7 +190,7 @@ class ClientApi:
                 call.cancel("API client disconnected")
                 self.stats.record("cancelled")
 
-    async def _next(self, call: Call) -> Answer:
+    async def _next(self, call: Call | RelayCall) -> Answer:
         """The proxy's next answer; ApiError (502) if our link to it broke meanwhile."""
         try:
             return await call.next(self.cfg.request_timeout_s)
@@ -204,7 +200,7 @@ class ClientApi:
                                 "it was not retried, since the proxy may have started it", type="api_error",
                            code=ErrorCode.PROXY_LINK_LOST, retry_after=1) from None
 
-    async def _whole(self, call: Call, ticket: int, timing: dict[str, str]) -> web.Response:
+    async def _whole(self, call: Call | RelayCall, ticket: int, timing: dict[str, str]) -> web.Response:
         parts: list[bytes] = []
         while True:
             msg = await self._next(call)
@@ -218,7 +214,7 @@ class ClientApi:
                 self._paid(ticket, ErrorCode.label(msg.code), msg)
                 raise msg.to_api()
 
-    async def _stream(self, request: web.Request, call: Call, ticket: int, timing: dict[str, str]
+    async def _stream(self, request: web.Request, call: Call | RelayCall, ticket: int, timing: dict[str, str]
                       ) -> web.StreamResponse:
         resp = await http.open_stream(request, timing)
         usage_chunk: bytes | None = None  # held back until the End says what the answer cost
@@ -258,6 +254,18 @@ class ClientApi:
         self.stats.record(outcome, last)
         if self.payments is not None:
             self.payments.end(ticket, last)
+
+
+def wire_request(endpoint: str, parsed: Any, cfg: ClientConfig, request_id: str, region: str = "") -> Request:
+    """The wire `Request` for a parsed OpenAI request (`openai/schema.py`): what a proxy (or, encapsulated, a
+    relay's gateway) is sent. The SDK builds its requests here too."""
+    return Request(
+        endpoint=endpoint, model=parsed.model, body=msgspec.json.encode(parsed.to_body()),
+        stream=parsed.stream, include_usage=parsed.include_usage,
+        deadline=time.time() + cfg.request_timeout_s, request_id=request_id,
+        max_coefficient=cfg.default_max_coefficient, features=parsed.engine_features(),
+        region=region, max_tokens=parsed.max_tokens, choices=parsed.choices()[0],
+    )
 
 
 def with_cost(payload: bytes, cost_nanoton: int) -> bytes:

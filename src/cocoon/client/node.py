@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from cocoon.attest.registry import check_registered_proxy
 from cocoon.client.api import ClientApi
+from cocoon.client.oblivious import RelayLink
 from cocoon.client.payments import ClientPayments
 from cocoon.client.proxy_link import ProxyLink, refuse_inbound
 from cocoon.config import ClientConfig, ConfigError, is_loopback
@@ -30,11 +31,11 @@ def proxy_addresses(cfg: ClientConfig) -> list[str]:
     return cfg.proxy_addresses
 
 
-class ClientNode:
+class ProxyUpstream:
+    """A client of record's way to its proxies: its attested identity, a payment channel per proxy, and the link
+    kept up along `proxies`. The client API and the relay (`cocoon relay`, which pays for its users) build on it."""
+
     def __init__(self, cfg: ClientConfig) -> None:
-        if not is_loopback(cfg.api_host) and not cfg.api_key:
-            raise ConfigError(f"the API would listen on {cfg.api_host}, reachable from other machines: "
-                              "set `api_key` in the client config (requests then need `Authorization: Bearer`)")
         self.cfg = cfg
         self.identity, self.verifier = make_node_identity("client", cfg, {"proxy"})
         self.payments = ClientPayments(cfg, self.identity.current().public_key) if cfg.payments else None
@@ -42,17 +43,8 @@ class ClientNode:
         registered = functools.partial(check_registered_proxy, self.payments.ledger) if self.payments else None
         self.dialer = Dialer(lambda: proxy_addresses(cfg), self.identity, self.verifier, self._hello,
                              refuse_inbound, connect_timeout_s=cfg.connect_timeout_s, check_peer=registered)
-        self.api = ClientApi(cfg, ProxyLink(self.dialer, cfg.connect_timeout_s),
-                             payments=self.payments)
-        registry = CollectorRegistry()
-        connected = Gauge("cocoon_client_proxy_connected", "1 while the proxy link is up", registry=registry)
-        Gauge("cocoon_client_active_requests", "API requests in flight", registry=registry).set_function(
-            lambda: self.api.stats.active)
-        self.dialer.on_change = lambda up: connected.set(1 if up else 0)
-        self.stats = StatsServer("client", cfg.name, registry, self.jsonstats, token=cfg.stats_token)
-        self._runner: web.AppRunner | None = None
+        self.link = ProxyLink(self.dialer, cfg.connect_timeout_s)
         self._topping_up: asyncio.Task[None] | None = None
-        self.api_port = 0
 
     def _hello(self) -> Hello:
         # called as each dial starts: `dialer.address` is the proxy being dialed, each has its own channel
@@ -60,49 +52,25 @@ class ClientNode:
         return hello("client", self.cfg.name, client=params)
 
     async def start(self) -> None:
-        await self.stats.start(self.cfg.stats_host, self.cfg.stats_port)
         if self.payments is not None:
             await asyncio.to_thread(self.payments.open)  # the proxies see a funded channel from the first hello
             self._topping_up = asyncio.create_task(self.payments.run())
         self.dialer.start()
-        # handler_cancellation: a client that hangs up cancels its handler, which cancels the generation.
-        self._runner = web.AppRunner(self.api.build_app(), access_log=None, handler_cancellation=True)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.cfg.api_host, self.cfg.api_port)
-        await site.start()
-        self.api_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        log.info("client API listening", extra={"fields": {"api": f"http://{self.cfg.api_host}:{self.api_port}/v1",
-                                                           "stats_port": self.stats.port}})
 
     async def stop(self) -> None:
-        if self._runner:
-            await self._runner.cleanup()
         await self.dialer.stop("client shutting down")
-        await self.stats.stop()
         if self._topping_up is not None:
             self._topping_up.cancel()
         if self.payments is not None:
             self.payments.close()
 
     def jsonstats(self) -> dict[str, Any]:
-        s = self.api.stats
         return {
-            "api_url": f"http://{self.cfg.api_host}:{self.api_port}/v1",
             "proxy": self.dialer.address,
             "proxies": proxy_addresses(self.cfg),
             "proxy_connected": self.dialer.connected,
             "last_link_error": self.dialer.last_error,
-            "active_requests": s.active,
-            "requests": dict(s.outcomes),
-            "tokens": dict(s.usage),
-            # what the proxies charged for completed requests (by their answers' costs), settled on chain or not
-            "charged_nanoton": s.charged_nanoton,
             "identity": identity_stats(self.identity),
-            "series": s.series.snapshot(),
-            "latency_ms": s.series.recent("latency_ms"),
-            "ttft_ms": s.series.recent("ttft_ms"),
-            "models": s.per_model(),
-            "recent_errors": list(s.recent_errors),
             **({"balance_nanoton": self.payments.balance_nanoton, "vouchers_nanoton": self.payments.charged_nanoton,
                 "refused_vouchers": self.payments.refused_vouchers,
                 "superseded_vouchers": self.payments.superseded_vouchers,
@@ -111,6 +79,87 @@ class ClientNode:
                 "overcharges": self.payments.overcharges,
                 "overpriced_nanoton": self.payments.overpriced_nanoton,
                 "channels": {a: p.channel for a, p in self.payments.purses.items()}} if self.payments else {}),
+        }
+
+
+class ClientNode:
+    def __init__(self, cfg: ClientConfig) -> None:
+        if not is_loopback(cfg.api_host) and not cfg.api_key:
+            raise ConfigError(f"the API would listen on {cfg.api_host}, reachable from other machines: "
+                              "set `api_key` in the client config (requests then need `Authorization: Bearer`)")
+        self.cfg = cfg
+        self.upstream: ProxyUpstream | None = None
+        self.relay: RelayLink | None = None
+        if cfg.via_relay:
+            # through a relay (Oblivious HTTP): the relay pays, this client only verifies and encapsulates
+            if cfg.payments:
+                raise ConfigError("`via_relay` and `payments` exclude each other: the relay is the paying client")
+            self.identity, verifier = make_node_identity("client", cfg, {"proxy"})
+            self.relay = RelayLink(cfg.via_relay, verifier, timeout_s=cfg.request_timeout_s,
+                                   subscriber_token=cfg.subscriber_token)
+            self.api = ClientApi(cfg, self.relay)
+        else:
+            self.upstream = ProxyUpstream(cfg)
+            self.identity = self.upstream.identity
+            self.api = ClientApi(cfg, self.upstream.link, payments=self.upstream.payments)
+        registry = CollectorRegistry()
+        connected = Gauge("cocoon_client_proxy_connected", "1 while the proxy link is up", registry=registry)
+        Gauge("cocoon_client_active_requests", "API requests in flight", registry=registry).set_function(
+            lambda: self.api.stats.active)
+        if self.upstream is not None:
+            self.upstream.dialer.on_change = lambda up: connected.set(1 if up else 0)
+        self.stats = StatsServer("client", cfg.name, registry, self.jsonstats, token=cfg.stats_token)
+        self._runner: web.AppRunner | None = None
+        self.api_port = 0
+
+    @property
+    def payments(self) -> ClientPayments | None:
+        return self.upstream.payments if self.upstream is not None else None
+
+    @property
+    def dialer(self) -> Dialer:
+        assert self.upstream is not None, "a client through a relay has no proxy link"
+        return self.upstream.dialer
+
+    async def start(self) -> None:
+        await self.stats.start(self.cfg.stats_host, self.cfg.stats_port)
+        if self.upstream is not None:
+            await self.upstream.start()
+        # handler_cancellation: a client that hangs up cancels its handler, which cancels the generation.
+        self._runner = web.AppRunner(self.api.build_app(), access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.cfg.api_host, self.cfg.api_port)
+        await site.start()
+        self.api_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        log.info("client API listening", extra={"fields": {"api": f"http://{self.cfg.api_host}:{self.api_port}/v1",
+                                                           "stats_port": self.stats.port,
+                                                           "via_relay": self.cfg.via_relay or None}})
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+        if self.upstream is not None:
+            await self.upstream.stop()
+        if self.relay is not None:
+            await self.relay.close()
+        await self.stats.stop()
+
+    def jsonstats(self) -> dict[str, Any]:
+        s = self.api.stats
+        return {
+            "api_url": f"http://{self.cfg.api_host}:{self.api_port}/v1",
+            "active_requests": s.active,
+            "requests": dict(s.outcomes),
+            "tokens": dict(s.usage),
+            # what the proxies charged for completed requests (by their answers' costs), settled on chain or not
+            "charged_nanoton": s.charged_nanoton,
+            "series": s.series.snapshot(),
+            "latency_ms": s.series.recent("latency_ms"),
+            "ttft_ms": s.series.recent("ttft_ms"),
+            "models": s.per_model(),
+            "recent_errors": list(s.recent_errors),
+            **(self.upstream.jsonstats() if self.upstream is not None else
+               {"via_relay": self.cfg.via_relay, "identity": identity_stats(self.identity)}),
         }
 
 

@@ -72,6 +72,12 @@ class ErrorCode(StrEnum):
     ENGINE_UNAVAILABLE = "engine_unavailable"
     ENGINE_BAD_RESPONSE = "engine_bad_response"
     INTERNAL_ERROR = "internal_error"
+    # Oblivious HTTP (the relay and the gateway, issue 10): an encapsulated request that cannot be served
+    OHTTP_MALFORMED = "ohttp_malformed"  # 400: not an encapsulated request (or an inner one) at all
+    OHTTP_UNKNOWN_KEY = "ohttp_unknown_key"  # 422: sealed to a key the gateway no longer (or never) had
+    OHTTP_UNSUPPORTED_SUITE = "ohttp_unsupported_suite"  # 400: a KEM, KDF or AEAD the key does not offer
+    OHTTP_REPLAYED = "ohttp_replayed"  # 400: this very encapsulation was received before
+    OHTTP_DECRYPT_FAILED = "ohttp_decrypt_failed"  # 400: changed on the way, or sealed to another key
 
     @classmethod
     def known(cls, value: str) -> ErrorCode | None:

@@ -27,6 +27,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import msgspec
 
@@ -46,9 +47,24 @@ from cocoon.proxy.selection import Selector
 from cocoon.proxy.validation import check_request
 from cocoon.proxy.watchdog import Watchdog
 from cocoon.wire.connection import Call, Connection, LinkLost
-from cocoon.wire.messages import Answer, Payout, Request, ResponseChunk, ResponseEnd, ResponseError, ResponseHead
+from cocoon.wire.messages import (
+    Answer,
+    Message,
+    Payout,
+    Request,
+    ResponseChunk,
+    ResponseEnd,
+    ResponseError,
+    ResponseHead,
+)
 
 log = logging.getLogger(__name__)
+
+
+class Outbound(Protocol):
+    """Where a request's answers go: its client's link, or the gateway collecting them (proxy/gateway.py)."""
+
+    async def send(self, msg: Message) -> None: ...
 
 
 @dataclass(eq=False)
@@ -74,10 +90,11 @@ class Forwarder:
         self.metrics = metrics
         self.outcomes: dict[str, int] = {}
 
-    async def serve(self, client: ClientLink, req: Request) -> None:
-        """Answer `req`, the client's call `req.call_id`; every line logged meanwhile carries its request_id."""
+    async def serve(self, client: ClientLink, req: Request, out: Outbound | None = None) -> None:
+        """Answer `req`, the client's call `req.call_id`, on its link (or to `out`); every line logged meanwhile
+        carries its request_id."""
         with request_scope(req.request_id):
-            await RunningRequest(self, client, req).run()
+            await RunningRequest(self, client, req, out).run()
 
     def price_cap(self, req: Request) -> int:
         """The dearest worker coefficient this request may be served at: the client's cap, never above the root
@@ -109,11 +126,12 @@ class RunningRequest:
     it has been charged. `run` takes it through `_admit`, `_route` (its attempts), `_relay_stream` or `_relay_whole`
     and `_settle`; `_finish` gives back what admission took, whatever happened."""
 
-    __slots__ = ("asked", "client", "fwd", "limited", "req", "res", "routed", "started")
+    __slots__ = ("asked", "client", "fwd", "limited", "out", "req", "res", "routed", "started")
 
-    def __init__(self, fwd: Forwarder, client: ClientLink, req: Request) -> None:
+    def __init__(self, fwd: Forwarder, client: ClientLink, req: Request, out: Outbound | None = None) -> None:
         self.fwd = fwd
         self.client = client
+        self.out: Outbound = out if out is not None else client.conn
         self.asked = req  # as the client sent it
         self.req = req  # as it is forwarded: `max_tokens` is the cap its money was reserved for
         self.res: Reservation | None = None
@@ -167,7 +185,7 @@ class RunningRequest:
 
     async def _refuse(self, exc: ApiError) -> None:
         try:
-            await self.client.conn.send(ResponseError.from_api(exc, self.asked.call_id))
+            await self.out.send(ResponseError.from_api(exc, self.asked.call_id))
         except ConnectionError:
             pass
 
@@ -237,7 +255,7 @@ class RunningRequest:
         loop = asyncio.get_running_loop()
         sent_at = loop.time()
         held: list[ResponseHead | ResponseChunk] = []
-        out = self.client.conn
+        out = self.out
         call_id = self.asked.call_id
         while True:
             msg = await self._before_first_token(worker, call)
@@ -264,7 +282,7 @@ class RunningRequest:
     async def _relay_stream(self, worker: WorkerLink, call: Call, watchdog: Watchdog) -> str:
         loop = asyncio.get_running_loop()
         sent_at = loop.time()
-        out = self.client.conn
+        out = self.out
         call_id = self.asked.call_id
         msg = await self._before_first_token(worker, call)
         if not isinstance(msg, ResponseHead):

@@ -14,6 +14,8 @@ from cocoon.observe.stats import StatsServer
 from cocoon.proxy.backlog import Backlog
 from cocoon.proxy.billing import Billing, open_ledger
 from cocoon.proxy.forwarding import ClientLink, Forwarder
+from cocoon.proxy.gateway import ENDPOINTS as GATEWAY_ENDPOINTS
+from cocoon.proxy.gateway import Gateway
 from cocoon.proxy.limits import ClientLimiter
 from cocoon.proxy.metrics import ProxyMetrics
 from cocoon.proxy.registry import WorkerLink, WorkerRegistry
@@ -47,6 +49,8 @@ class ProxyServer:
                                    self.metrics)
         self.identity, self.verifier = make_node_identity("proxy", cfg, {"worker", "client"},
                                                           voucher_key=self.billing.key.public_key)
+        self.gateway = Gateway(cfg, self.forwarder, self.identity,
+                               lambda: self.registry.models(self.selector.active))
         self.admission = Admission(cfg.admission)
         self.stats = StatsServer("proxy", cfg.name, self.metrics.registry, self.jsonstats, token=cfg.stats_token)
         self.port = 0
@@ -176,7 +180,10 @@ class ProxyServer:
     async def _serve(self, client: ClientLink, req: Request) -> None:
         started = time.monotonic()
         try:
-            await self.forwarder.serve(client, req)
+            if req.endpoint in GATEWAY_ENDPOINTS:  # a relay's encapsulated request (Oblivious HTTP)
+                await self.gateway.serve(client, req)
+            else:
+                await self.forwarder.serve(client, req)
         finally:
             self.metrics.request_took(time.monotonic() - started)
 
@@ -202,6 +209,7 @@ class ProxyServer:
             "clients": len(self.clients),
             "models": [m.id for m in self.registry.models(self.selector.active)],
             "requests": dict(self.forwarder.outcomes),
+            "ohttp": self.gateway.stats(),
             "active_requests": sum(self.selector.active(w) for w in workers),
             "waiting_requests": len(self.backlog),
             "limits": {"client_max_concurrent": self.cfg.client_max_concurrent,

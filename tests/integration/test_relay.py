@@ -1,0 +1,198 @@
+"""Through a relay (`cocoon up --relay`, issue 10): real processes (relay, proxy with its gateway, worker, a client
+`--via-relay`), real sockets, real encapsulation. A chat through the relay is answered, charged to the relay's
+channel and checked by it; the SDK does the same in-process; what the relay keeps holds no content and no user
+address next to request data, in its logs, its files and its memory."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cocoon.wire.messages import ResponseChunk
+from tests import ohttputil
+from tests.netutil import Net, free_port, get_json, localnet
+
+MODEL = "fake-model"
+
+
+@pytest.fixture(scope="module")
+def relay_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+    state: Path = tmp_path_factory.mktemp("relaynet") / "state"
+    # 40 paced words: a long answer still streaming while the memory is read
+    with localnet(state, engine="fake", workers=1, relay=True, options=("reply_tokens=40", "tokens_per_s=40")) as net:
+        yield net
+
+
+def relay_url(net: Net) -> str:
+    return net.by_role("relay")[0]["api_url"]
+
+
+def test_localnet_names_the_relay_and_routes_the_client_through_it(relay_net: Net) -> None:
+    relay, = relay_net.by_role("relay")
+    client, = relay_net.by_role("client")
+    assert relay["name"] == "relay-1" and relay["api_url"].startswith("http://127.0.0.1:")
+    assert relay_net.stats("client-1")["via_relay"] == relay["api_url"]
+    stats = relay_net.stats("relay-1")
+    assert stats["proxy_connected"] and stats["balance_nanoton"] > 0
+    assert client["api_url"] == relay_net.api_url
+
+
+def test_a_chat_through_the_relay_is_answered_and_charged_to_the_relay(relay_net: Net) -> None:
+    before = relay_net.stats("relay-1")
+    answer = relay_net.sdk().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hello"}])
+    assert answer.choices[0].message.content and answer.usage.completion_tokens == 40
+    cost = answer.usage.model_extra["cost_nanoton"]
+    assert cost > 0
+    after = relay_net.stats("relay-1")
+    assert after["requests"].get("ok", 0) == before["requests"].get("ok", 0) + 1
+    assert after["vouchers_nanoton"] - before["vouchers_nanoton"] == cost  # the relay paid exactly the answer
+    assert after["unexplained_nanoton"] == 0 and after["overcharges"] == 0
+    chunks = list(relay_net.sdk().chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hello"}], stream=True,
+        stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == answer.choices[0].message.content
+    assert chunks[-1].usage.model_extra["cost_nanoton"] == cost
+    assert relay_net.stats("proxy-1")["ohttp"]["outcomes"]["ok"] >= 2
+
+
+def _readable_memory(pid: int) -> bytes:
+    """Every readable private mapping of process `pid`, read through /proc/PID/mem."""
+    out = bytearray()
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+        for line in maps:
+            span, perms = line.split()[:2]
+            if not perms.startswith("r") or "[vvar]" in line or "[vsyscall]" in line:
+                continue
+            lo, hi = (int(x, 16) for x in span.split("-"))
+            try:
+                mem.seek(lo)
+                out += mem.read(hi - lo)
+            except (OSError, ValueError, OverflowError):
+                continue
+    return bytes(out)
+
+
+def _files_holding(root: Path, needle: bytes) -> list[str]:
+    return [str(p) for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+def test_the_relay_keeps_no_content_and_no_address_next_to_requests(relay_net: Net) -> None:
+    """A unique marker in the prompt, and the answer it brings, are in the client's memory but never in the relay's
+    memory (read while a long answer streams, and after), its logs or any file; the relay's log holds no line per
+    request and never the device's address (a fixed source port)."""
+    marker = f"zq{time.time_ns()}marker"
+    relay, = relay_net.by_role("relay")
+    client, = relay_net.by_role("client")
+    relay_log = Path(relay["log"])
+    logged_before = relay_log.read_text().count("\n")
+    source_port = free_port()
+    url = relay_url(relay_net)
+    config = ohttputil.gateway_keys(url)
+    # through the client process (--via-relay), streamed, read from memory while it streams
+    openai = relay_net.sdk()
+    stream = openai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": marker}], stream=True)
+    first = next(iter(stream))
+    relay_memory_mid = _readable_memory(relay["pid"])
+    text = (first.choices[0].delta.content or "") + "".join(c.choices[0].delta.content or "" for c in stream
+                                                            if c.choices)
+    answer_marker = " ".join(text.split()[10:30]).encode()  # twenty words in a row: this answer only
+    assert len(answer_marker) > 60
+    # and from a device of our own, from a known source port
+    enc, keys = ohttputil.encapsulate(config, ohttputil.chat(MODEL, marker))
+    status, _, body = ohttputil.post(url, enc, source_port=source_port)
+    assert status == 200
+    device_text = b"".join(m.data for m in ohttputil.answers(keys, body) if isinstance(m, ResponseChunk))
+    assert json.loads(device_text)["choices"][0]["message"]["content"] == text  # the same prompt, the same answer
+    relay_memory_after = _readable_memory(relay["pid"])
+    client_memory = _readable_memory(client["pid"])
+    assert marker.encode() in client_memory  # the reading works: the user's side holds it in the clear
+    for memory in (relay_memory_mid, relay_memory_after):
+        assert marker.encode() not in memory
+        assert answer_marker not in memory
+    assert _files_holding(relay_net.state_dir, marker.encode()) == []
+    assert _files_holding(relay_net.state_dir, answer_marker) == []
+    new_lines = relay_log.read_text().splitlines()[logged_before:]
+    assert not [line for line in new_lines if "request_id" in line or str(source_port) in line], new_lines
+    assert str(source_port).encode() not in relay_log.read_bytes()
+
+
+def test_the_sdk_through_the_relay_sync_async_and_streaming(relay_net: Net, tmp_path: Path) -> None:
+    from cocoon.sdk import ApiError, AsyncClient, Client
+
+    url = relay_url(relay_net)
+    with Client(relay=url, state_dir=tmp_path / "sdk") as client:
+        assert [m.id for m in client.models.list().data] == [MODEL]
+        answer = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                                max_tokens=5)
+        assert answer.usage.completion_tokens == 5 and answer.usage.cost_nanoton > 0
+        stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                                max_tokens=5, stream=True)
+        words = "".join(c.choices[0].delta.get("content") or "" for c in stream if c.choices)
+        assert words == answer.choices[0].message.content
+        assert stream.usage is not None and stream.usage.cost_nanoton == answer.usage.cost_nanoton
+        with pytest.raises(ApiError) as err:
+            client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
+        assert err.value.status == 404 and err.value.code == "model_not_found"
+
+    async def run() -> tuple[int, int]:
+        async with AsyncClient(relay=url, state_dir=tmp_path / "sdk") as client:
+            whole = await client.chat.completions.create(model=MODEL, max_tokens=3,
+                                                         messages=[{"role": "user", "content": "hi"}])
+            stream = await client.chat.completions.create(model=MODEL, max_tokens=3, stream=True,
+                                                          messages=[{"role": "user", "content": "hi"}])
+            chunks = [c async for c in stream]
+            assert chunks and stream.usage is not None
+            return whole.usage.cost_nanoton, stream.usage.cost_nanoton
+
+    whole_cost, stream_cost = asyncio.run(run())
+    assert whole_cost == stream_cost > 0
+
+
+def test_the_readme_example_runs(relay_net: Net, tmp_path: Path) -> None:
+    """The README's SDK example, run as written against this network's relay."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = re.search(r"<!-- sdk-example -->\n```python\n(.*?)```", readme, re.S)
+    assert example is not None, "the README has no SDK example"
+    code = textwrap.dedent(example.group(1)).replace("http://127.0.0.1:10300", relay_url(relay_net))
+    code = code.replace('model="SmolLM2-135M-Instruct"', f'model="{MODEL}"')
+    script = tmp_path / "example.py"
+    script.write_text(code)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "cost" in done.stdout
+
+
+def test_relay_throughput(relay_net: Net, tmp_path: Path) -> None:
+    """Not a timing assertion: requests per second and latency through the relay, printed for the report."""
+    from cocoon.sdk import AsyncClient
+
+    async def run() -> tuple[float, float]:
+        async with AsyncClient(relay=relay_url(relay_net), state_dir=tmp_path / "sdk") as client:
+            body = {"model": MODEL, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+            started = time.perf_counter()
+            for _ in range(20):
+                await client.chat.completions.create(**body)
+            sequential_ms = (time.perf_counter() - started) / 20 * 1000
+            gate = asyncio.Semaphore(16)
+
+            async def one() -> None:
+                async with gate:
+                    await client.chat.completions.create(**body)
+
+            started = time.perf_counter()
+            await asyncio.gather(*(one() for _ in range(100)))
+            return sequential_ms, 100 / (time.perf_counter() - started)
+
+    sequential_ms, per_s = asyncio.run(run())
+    print(f"\nrelay: {sequential_ms:.1f} ms per request one at a time, {per_s:.0f} requests/s at 16 in flight")
+    assert get_json(relay_net.node("relay-1")["stats_url"] + "/jsonstats")["unexplained_nanoton"] == 0

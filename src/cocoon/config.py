@@ -63,6 +63,24 @@ class SelectionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     reference_tokens: int = 128  # answer length at which time to first token and token rate are weighed
 
 
+class SpotCheckConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Re-execution of deterministic requests on another worker of the same model and image (proxy/spotcheck.py).
+    What the checks cost (the checking workers' time) is the proxy's, never a client's."""
+
+    share: float = 0.02  # of deterministic requests (temperature 0, or a seed) re-run; 0 turns checks off
+    bench_after: int = 2  # failed checks (answers the referee disagreed with) that bench a worker
+    bench_s: float = 3600.0  # that bench; each further failed check doubles it (a worker caught lying stays out)
+    max_in_flight: int = 4  # checks running at once: a request sampled beyond them is not checked
+    timeout_s: float = 120.0  # a re-execution not answered by then counts as not run, never as a mismatch
+    evidence_kept: int = 16  # mismatch records kept per worker (in its reputation, saved with it)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.share <= 1.0:
+            raise ValueError(f"spot_checks.share must lie in 0..1, not {self.share}")
+        if self.bench_after < 1 or self.max_in_flight < 1 or self.evidence_kept < 0:
+            raise ValueError("spot_checks: bench_after and max_in_flight must be at least 1, evidence_kept >= 0")
+
+
 class AdmissionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Connections an RA-TLS listener takes before they are authenticated (ratls/admission.py)."""
 
@@ -139,6 +157,7 @@ class ProxyConfig(CommonConfig, kw_only=True, forbid_unknown_fields=True):
     client_tokens_per_minute: int = 0  # prompt + completion tokens, as charged
     reputation_keep_s: float = 86400.0  # how long a disconnected worker key's reputation is remembered
     selection: SelectionConfig = SelectionConfig()
+    spot_checks: SpotCheckConfig = SpotCheckConfig()
     admission: AdmissionConfig = AdmissionConfig()  # per source address, before authentication
     # the Oblivious HTTP gateway's keys (proxy/gateway.py): a new one every `ohttp_rotate_s`, the one before
     # still accepted for `ohttp_overlap_s` (devices that fetched the configuration just before the rotation)

@@ -43,7 +43,9 @@ from cocoon.proxy.billing import Account, Billing, Reservation
 from cocoon.proxy.limits import ClientLimiter
 from cocoon.proxy.metrics import ProxyMetrics
 from cocoon.proxy.registry import WorkerLink, WorkerRegistry
+from cocoon.proxy.rerun import SpotChecker
 from cocoon.proxy.selection import Selector
+from cocoon.proxy.spotcheck import Sample
 from cocoon.proxy.validation import check_request
 from cocoon.proxy.watchdog import Watchdog
 from cocoon.wire.connection import Call, Connection, LinkLost
@@ -80,7 +82,7 @@ class Forwarder:
 
     def __init__(self, cfg: ProxyConfig, registry: WorkerRegistry, selector: Selector[WorkerLink],
                  backlog: Backlog[WorkerLink], billing: Billing, limiter: ClientLimiter,
-                 metrics: ProxyMetrics) -> None:
+                 metrics: ProxyMetrics, spot_checks: SpotChecker | None = None) -> None:
         self.cfg = cfg
         self.registry = registry
         self.selector = selector
@@ -88,6 +90,7 @@ class Forwarder:
         self.billing = billing
         self.limiter = limiter
         self.metrics = metrics
+        self.spot_checks = spot_checks  # re-runs a share of deterministic requests elsewhere (proxy/rerun.py)
         self.outcomes: dict[str, int] = {}
 
     async def serve(self, client: ClientLink, req: Request, out: Outbound | None = None) -> None:
@@ -126,7 +129,7 @@ class RunningRequest:
     it has been charged. `run` takes it through `_admit`, `_route` (its attempts), `_relay_stream` or `_relay_whole`
     and `_settle`; `_finish` gives back what admission took, whatever happened."""
 
-    __slots__ = ("asked", "client", "fwd", "limited", "out", "req", "res", "routed", "started")
+    __slots__ = ("asked", "client", "fwd", "limited", "out", "req", "res", "routed", "spot", "started")
 
     def __init__(self, fwd: Forwarder, client: ClientLink, req: Request, out: Outbound | None = None) -> None:
         self.fwd = fwd
@@ -138,6 +141,7 @@ class RunningRequest:
         self.limited = False  # counted in its paying party's limits until `_finish`
         self.started = time.monotonic()
         self.routed = 0.0  # event-loop time when it started looking for a worker: what `proxy_ms` counts from
+        self.spot: Sample | None = None  # set when its answer is to be spot-checked: the payloads relayed
 
     async def run(self) -> None:
         self.fwd.metrics.active.inc()
@@ -167,6 +171,8 @@ class RunningRequest:
         self.res = res = fwd.billing.admit(req, account, fwd.price_cap(req))
         if res.max_tokens != req.max_tokens:
             self.req = msgspec.structs.replace(req, max_tokens=res.max_tokens)
+        if fwd.spot_checks is not None:
+            self.spot = fwd.spot_checks.sample(self.req)
         return res
 
     def _finish(self, outcome: str) -> None:
@@ -277,6 +283,9 @@ class RunningRequest:
                     coefficient=worker.params.coefficient))
                 if not settled.beyond:  # an answer charged at its bounds is no success of its worker
                     self.fwd.selector.record_whole(worker, (now - sent_at) * 1000, settled.usage.completion_tokens)
+                if self.spot is not None:
+                    self.spot.payloads.extend(p.data for p in held if isinstance(p, ResponseChunk))
+                    self._spot_check(worker, msg)
                 return "ok"
 
     async def _relay_stream(self, worker: WorkerLink, call: Call, watchdog: Watchdog) -> str:
@@ -295,6 +304,7 @@ class RunningRequest:
         await out.send(msgspec.structs.replace(msg, call_id=call_id, proxy_ms=(head_at - self.routed) * 1000))
         delivered = 0  # completion tokens the client has received
         settled = False
+        spot = self.spot
         try:
             while True:  # the hot path: one frame in, one frame out
                 try:
@@ -311,6 +321,8 @@ class RunningRequest:
                 if isinstance(msg, ResponseChunk):
                     await out.send(msgspec.structs.replace(msg, call_id=call_id))
                     delivered += msg.tokens
+                    if spot is not None:
+                        spot.payloads.append(msg.data)
                 elif isinstance(msg, ResponseEnd):
                     settled = True
                     done = self._settle(worker, call, msg.usage)
@@ -322,6 +334,7 @@ class RunningRequest:
                     if not done.beyond:
                         self.fwd.selector.record_stream(worker, (head_at - sent_at) * 1000, (now - head_at) * 1000,
                                                         done.usage.completion_tokens)
+                    self._spot_check(worker, msg)
                     return "ok"
                 elif isinstance(msg, ResponseError):
                     if judge(msg) is Verdict.FAULT:
@@ -346,6 +359,12 @@ class RunningRequest:
         return ResponseError.from_api(told, self.asked.call_id, usage=settled.usage if delivered else None,
                                       cost_nanoton=settled.charge.client_cost, voucher=settled.client_voucher,
                                       coefficient=worker.params.coefficient)
+
+    def _spot_check(self, worker: WorkerLink, end: ResponseEnd) -> None:
+        """The answer reached its client whole: if it was sampled, have it re-run elsewhere in the background."""
+        checks = self.fwd.spot_checks
+        if self.spot is not None and checks is not None:
+            checks.submit(self.spot, worker, end)
 
     # -- settlement --------------------------------------------------------------------------------------------
     def _settle(self, worker: WorkerLink, call: Call, usage: Usage) -> Settled:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
 
-from cocoon.config import SelectionConfig
+from cocoon.config import SelectionConfig, SpotCheckConfig
 from cocoon.fsutil import SECRET_MODE, write_atomically
+from cocoon.proxy.spotcheck import FAILED, PASSED, SpotEvidence
 
 _LATENCY_ALPHA = 0.2  # weight of the newest sample in the moving latency estimates
 _SUCCESS_ALPHA = 0.1  # ...and in the moving success rate
@@ -32,6 +33,11 @@ class Reputation:
     benched_until: float = 0.0
     links: int = 0  # live connections with this key
     misreports: int = 0  # answers whose usage went beyond what their request could produce (charged at the bound)
+    # spot checks (proxy/spotcheck.py) this worker took part in, by verdict, and the last mismatches as evidence
+    spot_passed: int = 0
+    spot_failed: int = 0  # its answer disagreed with two others
+    spot_unresolved: int = 0
+    spot_evidence: list[SpotEvidence] = field(default_factory=list)
 
     def on_probation(self, cfg: SelectionConfig) -> bool:
         return self.answered < cfg.probation_requests or self.ttft_ms is None
@@ -91,6 +97,27 @@ class Reputation:
         self.benched_until = now + min(cfg.bench_s * 2.0 ** (self.misreports - 1), cfg.bench_max_s)
         return True
 
+    def record_spot_check(self, verdict: str, evidence: SpotEvidence | None, blamed: bool, now: float,
+                          cfg: SpotCheckConfig) -> bool:
+        """A spot check this worker took part in; returns True when it benches the worker. Blamed (its answer
+        disagreed with two others: another model, or another engine, behind the same name), it loses a failure's
+        worth of success rate and, from the `bench_after`-th time, is benched for `bench_s`, doubled for every
+        further one. An unresolved mismatch only keeps the evidence."""
+        if evidence is not None and cfg.evidence_kept:
+            self.spot_evidence = [*self.spot_evidence, evidence][-cfg.evidence_kept:]
+        if verdict == PASSED or (verdict == FAILED and not blamed):
+            self.spot_passed += 1
+            return False
+        if verdict != FAILED:
+            self.spot_unresolved += 1
+            return False
+        self.spot_failed += 1
+        self.success -= _SUCCESS_ALPHA * self.success
+        if self.spot_failed < cfg.bench_after:
+            return False
+        self.benched_until = max(self.benched_until, now + cfg.bench_s * 2.0 ** (self.spot_failed - cfg.bench_after))
+        return True
+
     def summary(self, now: float) -> ReputationSummary:
         return ReputationSummary(
             key=self.key, name=self.name, answered=self.answered, failed=self.failed,
@@ -98,7 +125,17 @@ class Reputation:
             ttft_ms=round(self.ttft_ms, 2) if self.ttft_ms is not None else None,
             tokens_per_s=round(1000.0 / self.ms_per_token, 2) if self.ms_per_token else None,
             benched_s=round(max(self.benched_until - now, 0.0), 3), connected=self.links > 0,
-            misreports=self.misreports)
+            misreports=self.misreports,
+            spot_checks=SpotChecks(self.spot_passed, self.spot_failed, self.spot_unresolved, self.spot_evidence))
+
+
+class SpotChecks(msgspec.Struct, frozen=True):
+    """A worker's spot-check record: checks passed, failed (blamed), unresolved, and the last mismatches."""
+
+    passed: int = 0
+    failed: int = 0
+    unresolved: int = 0
+    evidence: list[SpotEvidence] = []
 
 
 class ReputationSummary(msgspec.Struct, frozen=True):
@@ -114,6 +151,7 @@ class ReputationSummary(msgspec.Struct, frozen=True):
     benched_s: float
     connected: bool
     misreports: int = 0
+    spot_checks: SpotChecks = SpotChecks()
 
 
 def _moving(old: float | None, sample: float) -> float:

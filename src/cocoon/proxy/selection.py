@@ -24,9 +24,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from cocoon.config import SelectionConfig
+from cocoon.config import SelectionConfig, SpotCheckConfig
 from cocoon.proxy.rankindex import RankIndex, RankNode
 from cocoon.proxy.reputation import Reputation, ReputationBook
+from cocoon.proxy.spotcheck import SpotEvidence
 from cocoon.wire.messages import WorkerParams
 
 
@@ -198,6 +199,11 @@ class Selector(Generic[W]):
     def record_misreport(self, worker: W) -> None:
         """The worker reported usage beyond its request's bounds: benched at once (reputation.py)."""
         self._learn(worker, lambda rep: rep.record_misreport(self.clock(), self.cfg))
+
+    def record_spot_check(self, worker: W, verdict: str, evidence: SpotEvidence | None, blamed: bool,
+                          cfg: SpotCheckConfig) -> None:
+        """A spot check the worker took part in; repeated blame benches it (reputation.py)."""
+        self._learn(worker, lambda rep: rep.record_spot_check(verdict, evidence, blamed, self.clock(), cfg))
 
     def _learn(self, worker: W, update: Callable[[Reputation], bool | None]) -> None:
         entry = self._entries.get(worker)

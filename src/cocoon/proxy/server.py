@@ -20,6 +20,7 @@ from cocoon.proxy.limits import ClientLimiter
 from cocoon.proxy.metrics import ProxyMetrics
 from cocoon.proxy.registry import WorkerLink, WorkerRegistry
 from cocoon.proxy.reputation import ReputationBook, ReputationSummary
+from cocoon.proxy.rerun import SpotChecker
 from cocoon.proxy.selection import Selector
 from cocoon.ratls import tls
 from cocoon.ratls.admission import Admission
@@ -45,8 +46,10 @@ class ProxyServer:
         self.metrics.watch_reputation(self.reputations)
         self.ledger = open_ledger(cfg)
         self.billing = Billing(cfg, self.ledger)
+        self.spot_checks = SpotChecker(cfg.spot_checks, self.registry, self.selector, self.backlog,
+                                       lambda: self.ledger.root_params().prices)
         self.forwarder = Forwarder(cfg, self.registry, self.selector, self.backlog, self.billing, self.limiter,
-                                   self.metrics)
+                                   self.metrics, self.spot_checks)
         self.identity, self.verifier = make_node_identity("proxy", cfg, {"worker", "client"},
                                                           voucher_key=self.billing.key.public_key)
         self.gateway = Gateway(cfg, self.forwarder, self.identity,
@@ -82,6 +85,7 @@ class ProxyServer:
             await link.conn.close("proxy shutting down")
         for task in relays:
             task.cancel()
+        await self.spot_checks.stop()
         # a relay cut short still settles what it delivered: let it finish before the books close
         await asyncio.gather(*relays, return_exceptions=True)
         if self._settling is not None:
@@ -210,6 +214,8 @@ class ProxyServer:
             "models": [m.id for m in self.registry.models(self.selector.active)],
             "requests": dict(self.forwarder.outcomes),
             "ohttp": self.gateway.stats(),
+            # re-executions of deterministic requests on other workers: verdicts, and their cost to the proxy
+            "spot_checks": self.spot_checks.stats(),
             "active_requests": sum(self.selector.active(w) for w in workers),
             "waiting_requests": len(self.backlog),
             "limits": {"client_max_concurrent": self.cfg.client_max_concurrent,

@@ -1,0 +1,169 @@
+"""Spot checks, the re-execution (issue 11 item 4; the decisions are proxy/spotcheck.py).
+
+After a sampled request's answer has reached its client, `SpotChecker` re-runs it in the background on another
+free worker announcing the same model, with the same image hash (a worker of another image is another program, not
+a witness), and compares the two answers' content digests; on a mismatch a third such worker referees. Nothing here
+is on the client's path: its answer went out before the check starts, and a check never waits for a busy worker
+(none free: the check is skipped). The checks' cost is the proxy's: no client is charged for a re-execution; the
+fees the checking workers' runs are worth at their coefficients are counted in `stats()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from cocoon.config import Prices, SpotCheckConfig
+from cocoon.core.ids import new_request_id, request_scope
+from cocoon.ledger.pricing import price_request
+from cocoon.proxy.backlog import Backlog
+from cocoon.proxy.registry import WorkerLink, WorkerRegistry
+from cocoon.proxy.selection import Selector
+from cocoon.proxy.spotcheck import (
+    FAILED,
+    PASSED,
+    UNRESOLVED,
+    Execution,
+    Sample,
+    SpotEvidence,
+    SpotSampler,
+    content_digest,
+    judge,
+)
+from cocoon.wire.connection import LinkLost
+from cocoon.wire.messages import Request, ResponseChunk, ResponseEnd, ResponseError
+
+log = logging.getLogger(__name__)
+
+
+def image_of(worker: WorkerLink) -> str | None:
+    """The image hash (hex) the worker's certificate proved, as last verified."""
+    image = worker.conn.stream.peer.image_hash
+    return image.hex() if image else None
+
+
+class SpotChecker:
+    def __init__(self, cfg: SpotCheckConfig, registry: WorkerRegistry, selector: Selector[WorkerLink],
+                 backlog: Backlog[WorkerLink], prices: Callable[[], Prices], rng: random.Random | None = None) -> None:
+        self.cfg = cfg
+        self.registry = registry
+        self.selector = selector
+        self.backlog = backlog
+        self.prices = prices
+        self.sampler = SpotSampler(cfg.share, rng)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.counts = {PASSED: 0, FAILED: 0, UNRESOLVED: 0, "skipped": 0}
+        self.runs = 0  # re-executions answered (checks and referees)
+        self.cost_nanoton = 0  # the worker fees those runs are worth: the proxy's cost, never a client's
+        self.tokens = 0
+
+    def sample(self, req: Request) -> Sample | None:
+        """A `Sample` to fill with the answer's payloads when `req` is to be checked."""
+        return self.sampler.sample(req)
+
+    def submit(self, sample: Sample, worker: WorkerLink, end: ResponseEnd) -> None:
+        """The sampled request's answer reached its client from `worker`: check it in the background."""
+        if len(self._tasks) >= self.cfg.max_in_flight:
+            self.counts["skipped"] += 1
+            return
+        original = Execution(worker.key, worker.name, content_digest(sample.payloads), end.usage)
+        task = asyncio.get_running_loop().create_task(self._check(sample.req, worker, original))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _check(self, req: Request, worker: WorkerLink, original: Execution) -> None:
+        with request_scope(req.request_id):
+            try:
+                await self._compare(req, worker, original)
+            except Exception:  # a background check must never take the proxy down: log it and go on
+                log.exception("spot check failed to run")
+
+    async def _compare(self, req: Request, worker: WorkerLink, original: Execution) -> None:
+        image = image_of(worker)
+        runs, links = [original], [worker]
+        while len(runs) < 3:
+            other = await self._run_elsewhere(req, image, links)
+            if other is None:
+                break
+            runs.append(other[0])
+            links.append(other[1])
+            if len(runs) == 2 and runs[1].digest == original.digest:
+                break
+        if len(runs) < 2:
+            self.counts["skipped"] += 1
+            log.info("spot check skipped: no other free worker of the same model and image",
+                     extra={"fields": {"worker": worker.name, "model": req.model}})
+            return
+        verdict, blamed = judge(runs)
+        self.counts[verdict] += 1
+        evidence = None if verdict == PASSED else SpotEvidence(
+            request_id=req.request_id, model=req.model, image_hash=image, checked_at=time.time(), verdict=verdict,
+            blamed=blamed, runs=runs)
+        for link in links:
+            self.selector.record_spot_check(link, verdict, evidence, link.key == blamed, self.cfg)
+        if evidence is not None:
+            log.warning("spot check mismatch", extra={"fields": {
+                "verdict": verdict, "model": req.model, "blamed": next((lk.name for lk in links if lk.key == blamed),
+                                                                       None),
+                "evidence": msgspec.to_builtins(evidence)}})
+
+    async def _run_elsewhere(self, req: Request, image: str | None, used: list[WorkerLink]
+                             ) -> tuple[Execution, WorkerLink] | None:
+        """Run `req` once more on a free worker of the same model and image that has not run it yet."""
+        keys = {w.key for w in used}
+        exclude = tuple(w for w in self.registry.workers()
+                        if w.key in keys or image_of(w) != image or req.model not in w.params.models)
+        worker = self.selector.choose(req.model, "", None, exclude, bool(req.features))
+        if worker is None:
+            return None
+        try:
+            run = await self._execute(worker, req)
+        finally:
+            self.backlog.release(worker)
+        return (run, worker) if run is not None else None
+
+    async def _execute(self, worker: WorkerLink, req: Request) -> Execution | None:
+        """The worker's answer to a copy of `req` under a request id of its own; None when it did not answer (a
+        failure to answer is the ordinary path's business, never a mismatch)."""
+        again = msgspec.structs.replace(req, request_id=new_request_id(), deadline=time.time() + self.cfg.timeout_s)
+        payloads: list[bytes] = []
+        try:
+            call = await worker.conn.request(again)
+        except ConnectionError:
+            return None
+        try:
+            async with asyncio.timeout(self.cfg.timeout_s):
+                end = None
+                while end is None:
+                    msg = await call.next()
+                    if isinstance(msg, ResponseChunk):
+                        payloads.append(msg.data)
+                    elif isinstance(msg, ResponseEnd):
+                        end = msg
+                    elif isinstance(msg, ResponseError):
+                        return None
+        except (LinkLost, TimeoutError):
+            return None
+        finally:
+            call.cancel("spot check over")
+        self.runs += 1
+        self.tokens += end.usage.total_tokens
+        self.cost_nanoton += price_request(end.usage, self.prices(), worker.params.coefficient).worker_fee
+        return Execution(worker.key, worker.name, content_digest(payloads), end.usage)
+
+    def stats(self) -> dict[str, Any]:
+        return {"share": self.cfg.share, "deterministic_requests": self.sampler.deterministic,
+                "sampled": self.sampler.sampled, **self.counts, "in_flight": len(self._tasks), "runs": self.runs,
+                "tokens": self.tokens, "cost_nanoton": self.cost_nanoton}

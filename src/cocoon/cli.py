@@ -21,6 +21,7 @@ from cocoon.config import (
     load_config,
 )
 from cocoon.ledger_cli import app as ledger_app
+from cocoon.log_cli import app as log_app
 
 app = typer.Typer(help="cocoon: confidential, attested, paid AI inference.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -420,6 +421,7 @@ def gen_cert(
 
 
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(log_app, name="log")
 app.add_typer(chain_app, name="chain")
 
 

@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import uvloop
@@ -24,6 +25,7 @@ from cocoon.config import CommonConfig
 from cocoon.core.ids import current_request_id
 from cocoon.ledger.base import Ledger
 from cocoon.ledger.local import LocalLedger
+from cocoon.ledger.translog import HeadStore
 from cocoon.nodekeys import NodeKeys
 from cocoon.ratls.cert import CertVerifier, IdentityIssuer
 
@@ -83,7 +85,8 @@ def make_node_identity(role: str, cfg: CommonConfig, accept_roles: set[str], *, 
                     policy.name, extra={"fields": {"policy": policy.name}})
     registry = None
     if policy.needs_registry:
-        registry = RegistryImages(ledger or LocalLedger(cfg.state_path / "ledger.sqlite"))
+        registry = RegistryImages(ledger or LocalLedger(cfg.state_path / "ledger.sqlite"),
+                                  HeadStore(registry_head_path(cfg)))
     # Intel's collateral for TDX peers: cached in the state dir, fetched from `pccs_url` when missing.
     collateral = CollateralCache(cfg.state_path / "collateral", cfg.pccs_url or None)
     backend = get_backend(cfg.attestation, image=cfg.image, collateral=collateral)
@@ -94,6 +97,11 @@ def make_node_identity(role: str, cfg: CommonConfig, accept_roles: set[str], *, 
     log.info("attested identity", extra={"fields": {"policy": policy.name, "config_hash": config.digest().hex(),
                                                     "engine_origin": config.engine_origin or None}})
     return identity, CertVerifier(policy, accept_roles, registry=registry, collateral=collateral)
+
+
+def registry_head_path(cfg: CommonConfig) -> Path:
+    """Where a node keeps the last tree head of the registry's transparency log it saw (ledger/translog.py)."""
+    return cfg.state_path / f"{cfg.name}.registry-head.json"
 
 
 def identity_stats(issuer: IdentityIssuer, image_hash: str | None = None) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import { loadCode } from '../../src/cocoon/contracts/compile.mjs';
 export const OP = {
   root_set_params: 0x52000001, root_set_hash: 0x52000002, root_set_codes: 0x52000003,
   root_register_proxy: 0x52000004, root_unregister_proxy: 0x52000005, root_set_owner: 0x52000006,
+  root_sign_head: 0x52000007, root_set_log_key: 0x52000008,
   proxy_deploy: 0x50000001, proxy_add_stake: 0x50000002, proxy_commit: 0x50000003,
   proxy_start_close: 0x50000004, proxy_withdraw: 0x50000005,
   client_opened: 0x50000011, client_charged: 0x50000012, client_closed: 0x50000013,
@@ -17,7 +18,7 @@ export const OP = {
   request_close: 0x43000005, finalize_close: 0x43000006, refund: 0x43000007,
   redeem: 0x57000001,
 };
-export const TAG = { charge: 0x63686172, final: 0x66696e6c, payout: 0x7061796f };
+export const TAG = { charge: 0x63686172, final: 0x66696e6c, payout: 0x7061796f, tree_head: 0x74726565 };
 export const ERR = {
   unknown_op: 100, unauthorized: 101, bad_signature: 102, old_voucher: 103, insufficient_balance: 104,
   below_stake: 105, too_early: 106, bad_state: 107, not_child: 108, low_value: 109, stake_too_low: 110,
@@ -57,10 +58,41 @@ export function codesCell(codes = CODE) {
   return beginCell().storeRef(codes.proxy).storeRef(codes.client).storeRef(codes.worker).endCell();
 }
 
-export function rootData(owner, params = DEFAULT_PARAMS, codes = CODE) {
+// the registry log before its first entry: key, size 0, the empty tree's root, nothing signed, no frontier or entries
+export const EMPTY_ROOT = createHash('sha256').update(Buffer.alloc(0)).digest();
+export function emptyLog(key) {
+  return beginCell().storeBuffer(key, 32).storeUint(0, 64).storeBuffer(EMPTY_ROOT).storeUint(0, 64)
+    .storeBuffer(EMPTY_ROOT).storeMaybeRef(null).storeDict(null).storeDict(null).endCell();
+}
+
+export function rootData(owner, params = DEFAULT_PARAMS, codes = CODE, logKey = keyPair('root-log').publicKey) {
   const registry = beginCell().storeUint(0, 4).endCell();   // four empty HashmapE
   return beginCell().storeAddress(owner).storeUint(0, 32).storeRef(paramsCell(params)).storeRef(codesCell(codes))
-    .storeRef(registry).endCell();
+    .storeRef(registry).storeRef(emptyLog(logKey)).endCell();
+}
+
+// ---- the registry log (RFC 6962/9162 hashing) ----
+const sha256 = (...parts) => createHash('sha256').update(Buffer.concat(parts)).digest();
+export const leafHash = (data) => sha256(Buffer.from([0]), data);
+export const nodeHash = (l, r) => sha256(Buffer.from([1]), l, r);
+/** MTH over leaf hashes: the root of the tree of these leaves. */
+export function merkleRoot(leaves) {
+  if (leaves.length === 0) return EMPTY_ROOT;
+  if (leaves.length === 1) return leaves[0];
+  let k = 1;
+  while (k * 2 < leaves.length) k *= 2;
+  return nodeHash(merkleRoot(leaves.slice(0, k)), merkleRoot(leaves.slice(k)));
+}
+/** The log entry a root change message's body becomes at `version`: version, op, the fields after query_id. */
+export function logEntry(version, changeBody) {
+  const s = changeBody.beginParse();
+  const op = s.loadUint(32);
+  s.loadUintBig(64);
+  return beginCell().storeUint(version, 32).storeUint(op, 32).storeSlice(s).endCell();
+}
+export function treeHeadCell(root, size, rootHash, globalId = GLOBAL_ID) {
+  return beginCell().storeUint(TAG.tree_head, 32).storeInt(globalId, 32).storeAddress(root).storeUint(size, 64)
+    .storeBuffer(rootHash, 32).endCell();
 }
 
 export function proxyInitData(root, owner, pubkey, params, rootVersion, codes = CODE) {
@@ -100,6 +132,9 @@ export const body = {
     .storeBuffer(pubkey, 32).storeRef(beginCell().storeStringTail(endpoint).endCell()).endCell(),
   unregisterProxy: (addr, q) => head(OP.root_unregister_proxy, q).storeBuffer(addr.hash, 32).endCell(),
   setOwner: (owner, q) => head(OP.root_set_owner, q).storeAddress(owner).endCell(),
+  signHead: (size, rootHash, signature, q) => head(OP.root_sign_head, q).storeUint(size, 64).storeBuffer(rootHash, 32)
+    .storeRef(beginCell().storeBuffer(signature, 64).endCell()).endCell(),
+  setLogKey: (key, q) => head(OP.root_set_log_key, q).storeBuffer(key, 32).endCell(),
   addStake: (q) => head(OP.proxy_add_stake, q).endCell(),
   commit: (seqno, hash, q) => head(OP.proxy_commit, q).storeUint(seqno, 64).storeBuffer(hash, 32).endCell(),
   startClose: (q) => head(OP.proxy_start_close, q).endCell(),

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
 
-from cocoon.attest.registry import check_registered_proxy
+from cocoon.attest.registry import registered_proxy_check
 from cocoon.client.api import ClientApi
 from cocoon.client.oblivious import RelayLink
 from cocoon.client.payments import ClientPayments
 from cocoon.client.proxy_link import ProxyLink, refuse_inbound
 from cocoon.config import ClientConfig, ConfigError, is_loopback
 from cocoon.observe.stats import StatsServer
-from cocoon.runtime import identity_stats, make_node_identity, serve_until
+from cocoon.runtime import identity_stats, make_node_identity, registry_head_path, serve_until
 from cocoon.wire.connection import hello
 from cocoon.wire.dialer import Dialer
 from cocoon.wire.messages import ClientParams, Hello
@@ -40,7 +39,7 @@ class ProxyUpstream:
         self.identity, self.verifier = make_node_identity("client", cfg, {"proxy"})
         self.payments = ClientPayments(cfg, self.identity.current().public_key) if cfg.payments else None
         # paying through a proxy's contract: only the proxy registered at the address dialed may take the link
-        registered = functools.partial(check_registered_proxy, self.payments.ledger) if self.payments else None
+        registered = registered_proxy_check(self.payments.ledger, registry_head_path(cfg)) if self.payments else None
         self.dialer = Dialer(lambda: proxy_addresses(cfg), self.identity, self.verifier, self._hello,
                              refuse_inbound, connect_timeout_s=cfg.connect_timeout_s, check_peer=registered)
         self.link = ProxyLink(self.dialer, cfg.connect_timeout_s)

@@ -65,6 +65,9 @@ class RootParams(msgspec.Struct, frozen=True):
     proxy_image_hashes: frozenset[str] = frozenset()  # lowercase hex SHA-256 image hashes
     worker_image_hashes: frozenset[str] = frozenset()
     model_hashes: frozenset[str] = frozenset()
+    # the registry's transparency log (ledger/translog.py): its entries, and how many the owner's signed head covers
+    log_size: int = 0
+    log_signed_size: int = 0
 
     def allowed_images(self, role: str) -> frozenset[str]:
         """The image hashes the registry allows for `role`; none for roles it does not list (clients)."""

@@ -23,6 +23,8 @@ class Op(IntEnum):
     ROOT_REGISTER_PROXY = 0x52000004
     ROOT_UNREGISTER_PROXY = 0x52000005
     ROOT_SET_OWNER = 0x52000006
+    ROOT_SIGN_HEAD = 0x52000007
+    ROOT_SET_LOG_KEY = 0x52000008
     PROXY_DEPLOY = 0x50000001
     PROXY_ADD_STAKE = 0x50000002
     PROXY_COMMIT = 0x50000003
@@ -52,6 +54,9 @@ class Tag(IntEnum):
     PAYOUT = 0x7061796F  # cumulative payout of a worker channel
 
 
+TREE_HEAD_TAG = 0x74726565  # "tree": the first 32 bits of the cell a registry log's tree head signature covers
+
+
 class HashKind(IntEnum):
     """`set_hash` kinds of the root registry."""
 
@@ -63,7 +68,7 @@ class HashKind(IntEnum):
 EXIT_CODES: dict[int, str] = {
     100: "unknown_op: unknown or missing op",
     101: "unauthorized: the sender may not do this",
-    102: "bad_signature: voucher not signed by the proxy's key for this contract and tag",
+    102: "bad_signature: voucher not signed by the proxy's key for this contract and tag (or tree head: log key)",
     103: "old_voucher: replayed or older voucher, or commit seqno not increasing",
     104: "insufficient_balance: charge above the channel's balance",
     105: "below_stake: withdraw into the stake, or stake above the balance",

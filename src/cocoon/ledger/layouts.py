@@ -12,8 +12,9 @@ from pytoniq_core.tlb.block import CurrencyCollection
 from pytoniq_core.tlb.transaction import InternalMsgInfo
 
 from cocoon.config import Prices
+from cocoon.core.merkle import EMPTY_ROOT
 from cocoon.ledger.base import Terms
-from cocoon.ledger.contracts import HashKind, Op, code
+from cocoon.ledger.contracts import TREE_HEAD_TAG, HashKind, Op, code
 
 # ---- storage ----
 
@@ -32,10 +33,22 @@ def codes_cell() -> Cell:
             .store_ref(code("worker_channel")).end_cell())
 
 
-def root_data(owner: Address, prices: Prices, terms: Terms) -> Cell:
+def root_data(owner: Address, prices: Prices, terms: Terms, log_key: bytes) -> Cell:
     empty_registry = begin_cell().store_uint(0, 4).end_cell()  # four empty HashmapE
     return (begin_cell().store_address(owner).store_uint(0, 32).store_ref(params_cell(prices, terms))
-            .store_ref(codes_cell()).store_ref(empty_registry).end_cell())
+            .store_ref(codes_cell()).store_ref(empty_registry).store_ref(empty_log(log_key)).end_cell())
+
+
+def empty_log(key: bytes) -> Cell:
+    """The registry log before its first entry: its signing key, size 0, the empty tree's root, nothing signed."""
+    return (begin_cell().store_bytes(key).store_uint(0, 64).store_bytes(EMPTY_ROOT).store_uint(0, 64)
+            .store_bytes(EMPTY_ROOT).store_maybe_ref(None).store_dict(None).store_dict(None).end_cell())
+
+
+def tree_head_cell(global_id: int, root: Address, size: int, root_hash: bytes) -> Cell:
+    """What the owner signs (its hash) to vouch for the registry log at `size` leaves with root `root_hash`."""
+    return (begin_cell().store_uint(TREE_HEAD_TAG, 32).store_int(global_id, 32).store_address(root)
+            .store_uint(size, 64).store_bytes(root_hash).end_cell())
 
 
 def proxy_init_data(root: Address, owner: Address, pubkey: bytes, terms: Terms, root_version: int) -> Cell:
@@ -88,6 +101,15 @@ def set_hash(kind: HashKind, value: bytes, present: bool, query_id: int = 0) -> 
 def register_proxy(owner: Address, pubkey: bytes, endpoint: str, query_id: int = 0) -> Cell:
     return (_head(Op.ROOT_REGISTER_PROXY, query_id).store_address(owner).store_bytes(pubkey)
             .store_ref(begin_cell().store_snake_string(endpoint).end_cell()).end_cell())
+
+
+def sign_head(size: int, root_hash: bytes, signature: bytes, query_id: int = 0) -> Cell:
+    return (_head(Op.ROOT_SIGN_HEAD, query_id).store_uint(size, 64).store_bytes(root_hash)
+            .store_ref(begin_cell().store_bytes(signature).end_cell()).end_cell())
+
+
+def set_log_key(key: bytes, query_id: int = 0) -> Cell:
+    return _head(Op.ROOT_SET_LOG_KEY, query_id).store_bytes(key).end_cell()
 
 
 def op_only(op: Op, query_id: int = 0) -> Cell:

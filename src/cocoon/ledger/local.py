@@ -51,9 +51,11 @@ class LocalLedger(OnChainLedger):
         self.path = Path(path)
         self.owner_key_path = owner_key_path(self.path)
         self.chain = LocalChain(self.path, clock=clock, tvm=tvm)
+        created = False
         with self.chain.transaction():
             if self.chain.get_meta("root") is None:
                 self._genesis(default_prices or Prices(), terms or Terms())
+                created = True
         super().__init__(str(self.chain.get_meta("root")))
         root = self.chain.account(self.root)
         if root is None or root.code is None or root.code.hash != code("root").hash:
@@ -62,6 +64,9 @@ class LocalLedger(OnChainLedger):
                               f"contracts (build/hashes.json): it was created by another version; move it away to "
                               f"start a new chain")
         self._move_owner_key_out()
+        if created:  # the registry log's first entry is the genesis: the owner vouches for it at once
+            with self.chain.transaction():
+                self.sign_registry_head(self.owner)
         self._seen_lt = -1
         self._cached = self.refresh()
 
@@ -79,7 +84,8 @@ class LocalLedger(OnChainLedger):
         owner = Wallet(create_once(self.owner_key_path, os.urandom(32), SECRET_MODE))
         self.chain.open_wallet(owner)
         self.chain.mint(owner.address, GENESIS_SUPPLY)
-        init = layouts.state_init("root", layouts.root_data(Address(owner.address), prices, terms))
+        # the owner's key signs the registry log's tree heads (ledger/translog.py)
+        init = layouts.state_init("root", layouts.root_data(Address(owner.address), prices, terms, owner.public_key))
         root = raw_address(layouts.address_of(init))
         # Deployed and configured by one message, as an owner would: the root's version is 1 from the start.
         receipt = self.chain.send(owner, layouts.internal_message(
@@ -149,7 +155,11 @@ class LocalLedger(OnChainLedger):
         return address
 
     def _owner_send(self, what: str, body: Any, value: int = MIN_OP_VALUE) -> Outcome:
-        return self.submit(self.owner, Message(what, self.root, value, body))
+        """One registry change, and the owner's signature over the log head that includes it, all or nothing."""
+        with self.chain.transaction():
+            outcome = self.submit(self.owner, Message(what, self.root, value, body))
+            self.sign_registry_head(self.owner)
+        return outcome
 
     # ---- a test network's privileges ----
     def fund(self, wallet: Wallet | str, amount: int) -> None:

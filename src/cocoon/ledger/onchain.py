@@ -92,10 +92,12 @@ class OnChainLedger(Ledger):
                         cached_multiplier=p[3], completion_multiplier=p[4], reasoning_multiplier=p[5],
                         max_coefficient=p[10])
         terms = Terms(client_close_delay=p[6], proxy_close_delay=p[7], min_client_stake=p[8], min_proxy_stake=p[9])
+        log_size, _root, log_signed_size, *_ = self.run_get(self.root, "get_log")
         return RootParams(version=version, prices=prices, terms=terms,
                           proxy_image_hashes=self._allowed(HashKind.PROXY_IMAGE),
                           worker_image_hashes=self._allowed(HashKind.WORKER_IMAGE),
-                          model_hashes=self._allowed(HashKind.MODEL))
+                          model_hashes=self._allowed(HashKind.MODEL), log_size=log_size,
+                          log_signed_size=log_signed_size)
 
     def _allowed(self, kind: HashKind) -> frozenset[str]:
         (cell,) = self.run_get(self.root, "get_allowed", [int(kind)])
@@ -135,6 +137,15 @@ class OnChainLedger(Ledger):
         (addr,) = self.run_get(self.root, "get_proxy_address", [_address_slice(owner), int.from_bytes(pubkey, "big")])
         # a toncenter-style API returns slices as cells
         return raw_address((addr.begin_parse() if isinstance(addr, Cell) else addr).load_address())
+
+    def sign_registry_head(self, wallet: Wallet) -> Outcome:
+        """Sign the registry log's current tree head with `wallet`'s key (the owner's: the log key the root holds)
+        and hand it to the root, which keeps it as the signed head (ledger/translog.py)."""
+        size, root, *_ = self.run_get(self.root, "get_log")
+        root_hash = root.to_bytes(32, "big")
+        signature = wallet.sign(layouts.tree_head_cell(self.global_id(), Address(self.root), size, root_hash).hash)
+        return self.submit(wallet, Message("sign_head", self.root, MIN_OP_VALUE,
+                                           layouts.sign_head(size, root_hash, signature)))
 
     # ---- addresses ----
     def client_channel_address(self, proxy: str, client: str, nonce: int = 0) -> str:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from cocoon.attest.registry import check_registered_proxy
+from cocoon.attest.registry import registered_proxy_check
 from cocoon.config import WorkerConfig
 from cocoon.core.ids import request_scope
 from cocoon.core.usage import KINDS, Usage
@@ -18,7 +17,7 @@ from cocoon.inference.base import Engine
 from cocoon.inference.factory import make_engine
 from cocoon.observe.series import Series
 from cocoon.observe.stats import StatsServer
-from cocoon.runtime import identity_stats, make_node_identity, own_image_hash
+from cocoon.runtime import identity_stats, make_node_identity, own_image_hash, registry_head_path
 from cocoon.wire.connection import Connection, hello
 from cocoon.wire.dialer import Dialer
 from cocoon.wire.messages import Cancel, Hello, Inbound, Payout, Request, WorkerParams
@@ -52,7 +51,7 @@ class WorkerNode:
         self.payments = WorkerPayments(cfg) if cfg.payments else None
         self.models: list[str] = []
         # paid through the proxy's contract: only the proxy registered at the address dialed may take the link
-        registered = functools.partial(check_registered_proxy, self.payments.ledger) if self.payments else None
+        registered = registered_proxy_check(self.payments.ledger, registry_head_path(cfg)) if self.payments else None
         self.dialer = Dialer(lambda: [cfg.proxy], self.identity, self.verifier, self._hello, self._on_inbound,
                              check_peer=registered)
         self.dialer.on_change = lambda up: self.metrics.connected.set(1 if up else 0)

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from nacl.signing import SigningKey
 
 from cocoon.config import ProxyConfig, SpotCheckConfig
 from cocoon.core.usage import Usage
+from cocoon.ledger.receipts import Receipt
 from cocoon.proxy.reputation import Reputation, ReputationBook
 from cocoon.proxy.spotcheck import (
     FAILED,
@@ -20,10 +22,11 @@ from cocoon.proxy.spotcheck import (
     SpotEvidence,
     SpotSampler,
     content_digest,
+    execution,
     is_deterministic,
     judge,
 )
-from cocoon.wire.messages import Request
+from cocoon.wire.messages import Request, ResponseEnd
 
 
 def request(**body: object) -> Request:
@@ -174,3 +177,18 @@ def test_the_record_shows_in_the_summary_and_survives_a_restart(tmp_path: Path) 
     assert again.load(tmp_path / "rep.json", now=0) == 1
     restored = again.get("b")
     assert restored is not None and restored.spot_failed == 1 and restored.spot_evidence == [evidence("b")]
+
+
+def test_a_run_is_kept_with_its_workers_signed_receipt() -> None:
+    key = SigningKey(b"\x05" * 32)
+    payloads = [chat_whole("amber basalt")]
+    receipt = Receipt(request_id="r", request_hash=b"\x01" * 32, answer_hash=b"\x02" * 32, model="m",
+                      usage=Usage(prompt_tokens=1, completion_tokens=2), coefficient=1000,
+                      worker_key=bytes(key.verify_key), issued_at=1).sign(lambda m: key.sign(m).signature)
+    run_ = execution("k", "w", payloads, ResponseEnd(call_id=1, usage=receipt.usage, receipt=receipt))
+    assert run_.digest == content_digest(payloads) and run_.usage == receipt.usage
+    assert run_.receipt is not None
+    kept = Receipt.from_base64(run_.receipt)
+    assert kept == receipt
+    kept.verify_worker()  # the evidence stands on the worker's own signature
+    assert execution("k", "w", payloads, ResponseEnd(call_id=1, usage=Usage())).receipt is None

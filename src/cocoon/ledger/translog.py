@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from nacl.exceptions import BadSignatureError
@@ -33,6 +33,9 @@ from cocoon.fsutil import write_atomically
 from cocoon.ledger import layouts
 from cocoon.ledger.contracts import HashKind, Op
 from cocoon.ledger.wallet import raw_address
+
+if TYPE_CHECKING:
+    from cocoon.ledger.onchain import OnChainLedger
 
 _HASH_KINDS = {int(k): k.name.lower() for k in HashKind}
 
@@ -158,8 +161,8 @@ class RegistryLog:
                 raise LogError(f"the root's first {head.size} entries do not hash to the signed head's root")
 
     @classmethod
-    def read(cls, ledger: Any, known: RegistryLog | None = None) -> RegistryLog:
-        """Read `ledger`'s (an OnChainLedger) registry log; the entries of `known` are taken as read (the log only
+    def read(cls, ledger: OnChainLedger, known: RegistryLog | None = None) -> RegistryLog:
+        """Read `ledger`'s registry log; the entries of `known` are taken as read (the log only
         grows: the new signed head is checked against all of them)."""
         size, _root, signed_size, signed_root, signature, key = ledger.run_get(ledger.root, "get_log")
         cells = list(known.cells[:size]) if known is not None else []

@@ -33,7 +33,7 @@ from cocoon.proxy.spotcheck import (
     Sample,
     SpotEvidence,
     SpotSampler,
-    content_digest,
+    execution,
     judge,
 )
 from cocoon.wire.connection import LinkLost
@@ -72,7 +72,7 @@ class SpotChecker:
         if len(self._tasks) >= self.cfg.max_in_flight:
             self.counts["skipped"] += 1
             return
-        original = Execution(worker.key, worker.name, content_digest(sample.payloads), end.usage)
+        original = execution(worker.key, worker.name, sample.payloads, end)
         task = asyncio.get_running_loop().create_task(self._check(sample.req, worker, original))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -161,7 +161,7 @@ class SpotChecker:
         self.runs += 1
         self.tokens += end.usage.total_tokens
         self.cost_nanoton += price_request(end.usage, self.prices(), worker.params.coefficient).worker_fee
-        return Execution(worker.key, worker.name, content_digest(payloads), end.usage)
+        return execution(worker.key, worker.name, payloads, end)
 
     def stats(self) -> dict[str, Any]:
         return {"share": self.cfg.share, "deterministic_requests": self.sampler.deterministic,

@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 
 from cocoon.core.usage import Usage
-from cocoon.wire.messages import Request
+from cocoon.wire.messages import Request, ResponseEnd
 
 PASSED, FAILED, UNRESOLVED = "passed", "failed", "unresolved"
 
@@ -116,6 +116,9 @@ class Execution(msgspec.Struct, frozen=True):
     name: str
     digest: str  # content_digest of its answer
     usage: Usage
+    # the worker's signed receipt for this run (ledger/receipts.py, base64), when it sent one: its signature over the
+    # request and the exact answer bytes makes the evidence hold for whoever checks it, not only for this proxy
+    receipt: str | None = None
 
 
 class SpotEvidence(msgspec.Struct, frozen=True):
@@ -128,6 +131,12 @@ class SpotEvidence(msgspec.Struct, frozen=True):
     verdict: str  # failed | unresolved
     blamed: str | None  # the key of the worker the others agreed against
     runs: list[Execution]  # the client's answer first, then the check, then the referee when one ran
+
+
+def execution(worker: str, name: str, payloads: Iterable[bytes], end: ResponseEnd) -> Execution:
+    """One run as evidence: whose it was, what its answer said, and what its worker reported and signed."""
+    receipt = end.receipt.to_base64() if end.receipt is not None else None
+    return Execution(worker, name, content_digest(payloads), end.usage, receipt)
 
 
 def judge(runs: Sequence[Execution]) -> tuple[str, str | None]:

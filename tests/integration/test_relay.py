@@ -102,6 +102,8 @@ def test_the_relay_keeps_no_content_and_no_address_next_to_requests(relay_net: N
     stream = openai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": marker}], stream=True)
     first = next(iter(stream))
     relay_memory_mid = _readable_memory(relay["pid"])
+    # streamed chunk by chunk through the relay: the first chunk is here while the worker still generates the rest
+    assert relay_net.stats("proxy-1")["active_requests"] == 1
     text = (first.choices[0].delta.content or "") + "".join(c.choices[0].delta.content or "" for c in stream
                                                             if c.choices)
     answer_marker = " ".join(text.split()[10:30]).encode()  # twenty words in a row: this answer only

@@ -7,7 +7,8 @@ be served. Attacks, each through the real relay, proxy (gateway) and worker proc
 - a replayed encapsulation (the relay, or anyone on the path, sends a device's request again to get it served and
   charged twice): 400 `ohttp_replayed`, the first one served and charged once;
 - an oversized body: 413 `request_too_large`;
-- an encapsulation of something that is not a request: its error said inside the encapsulation.
+- an encapsulation of something that is not a request: its error said inside the encapsulation;
+- the same replay and tampering on a streamed (chunked) request.
 
 None is charged to the relay's channel, and no process crashes: a good request is served afterwards. (Before
 issue 10 there was no relay or gateway at all: every test here fails on the code before it.)
@@ -21,8 +22,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from cocoon.ohttp.encap import encapsulate_request
+from cocoon.ohttp.encap import CHUNKED_REQUEST_MEDIA_TYPE, CHUNKED_RESPONSE_MEDIA_TYPE, encapsulate_request
 from cocoon.ohttp.keys import KeyConfig, decode_keys
+from cocoon.wire import frames, oblivious
 from cocoon.wire.messages import ResponseEnd, ResponseError
 from tests import ohttputil
 from tests.netutil import Net, localnet, pid_alive
@@ -98,6 +100,28 @@ def test_replayed_encapsulation_is_served_and_charged_once(net: Net) -> None:
         assert _error(body)["code"] == "ohttp_replayed" and "received before" in _error(body)["message"]
     assert _paid(net) == paid + end.cost_nanoton
     assert net.stats("proxy-1")["ohttp"]["replays_refused"] >= 2
+    _still_serves(net)
+
+
+def test_replayed_chunked_encapsulation_is_refused(net: Net) -> None:
+    """The same attack on a streamed (chunked) request: its answer streams once, its replay is refused."""
+    config = ohttputil.gateway_keys(_relay(net))
+    enc, keys = encapsulate_request(config, oblivious.inner_request(ohttputil.chat(MODEL, "stream once", stream=True)),
+                                    chunked=True)
+    paid = _paid(net)
+    status, headers, body = ohttputil.post(_relay(net), enc, content_type=CHUNKED_REQUEST_MEDIA_TYPE)
+    assert status == 200 and headers["content-type"].startswith(CHUNKED_RESPONSE_MEDIA_TYPE)
+    opener = keys.chunk_opener()
+    answers = frames.FrameReader().feed(b"".join([*opener.feed(body), opener.close()]))
+    end = answers[-1]
+    assert isinstance(end, ResponseEnd) and end.cost_nanoton > 0 and _paid(net) == paid + end.cost_nanoton
+    status, _, body = ohttputil.post(_relay(net), enc, content_type=CHUNKED_REQUEST_MEDIA_TYPE)
+    assert status == 400 and _error(body)["code"] == "ohttp_replayed"
+    fresh, _ = encapsulate_request(config, b"anything", chunked=True)  # a new `enc`: not refused as a replay
+    tampered = fresh[:-1] + bytes([fresh[-1] ^ 1])
+    status, _, body = ohttputil.post(_relay(net), tampered, content_type=CHUNKED_REQUEST_MEDIA_TYPE)
+    assert status == 400 and _error(body)["code"] == "ohttp_decrypt_failed"
+    assert _paid(net) == paid + end.cost_nanoton
     _still_serves(net)
 
 

@@ -30,6 +30,8 @@ def test_the_inner_request_is_the_wire_request() -> None:
 @pytest.mark.parametrize(("inner", "says"), [
     (b"\x00\x01", "not Binary HTTP"),
     (bhttp.encode_request(bhttp.BhttpRequest(b"GET", b"https", b"cocoon", b"/elsewhere")), "must be POST"),
+    (bhttp.encode_request(bhttp.BhttpRequest(b"POST", b"https", b"cocoon", oblivious.MODELS_PATH, [], b"\xc1")),
+     "not a cocoon request"),
     (bhttp.encode_request(bhttp.BhttpRequest(b"POST", b"https", b"cocoon", oblivious.REQUEST_PATH, [], b"\xc1")),
      "not a cocoon request"),
 ])

@@ -222,3 +222,62 @@ def test_keyring_refuses_replays_and_bounds_its_memory() -> None:
     with pytest.raises(OhttpError) as err:
         ring.open(encapsulate_request(config, b"third")[0], 4.0)
     assert err.value.reason == "unknown_key"
+
+
+# -- chunked (draft-ietf-ohai-chunked-ohttp) --------------------------------------------------------------------
+def _chunked_exchange(chunks: list[bytes]) -> tuple[list[bytes], bytes, object]:
+    """A chunked request and its chunked response: the response's wire chunks, the whole response, the opener."""
+    key = GatewayKey.generate(9)
+    enc_request, client = encapsulate_request(key.config, b"the request", chunked=True)
+    opened, gateway = decapsulate_request(key, enc_request, chunked=True)
+    assert opened == b"the request"
+    with pytest.raises(OhttpError):  # a chunked request is not a plain one, nor the other way round
+        decapsulate_request(key, enc_request)
+    sealer = gateway.chunk_sealer()
+    wire = [sealer.head] + [sealer.seal(c) for c in chunks[:-1]] + [sealer.seal(chunks[-1], final=True)]
+    return wire, b"".join(wire), client.chunk_opener()
+
+
+def test_chunked_response_opens_as_it_arrives() -> None:
+    chunks = [b"one", b"", b"three" * 50, b"last"]
+    _, whole, opener = _chunked_exchange(chunks)
+    got: list[bytes] = []
+    for i in range(len(whole)):  # one byte at a time: every chunk opens as soon as it is complete
+        got += opener.feed(whole[i:i + 1])
+    got.append(opener.close())
+    assert got == chunks and opener.finished
+    with pytest.raises(OhttpError, match="after the final chunk"):
+        opener.feed(b"x")
+
+
+@pytest.mark.parametrize("attack", ["flip", "drop", "swap", "cut", "cut_final", "replay_chunk"])
+def test_chunked_response_refuses_a_changed_stream(attack: str) -> None:
+    wire, _, opener = _chunked_exchange([b"a1", b"b2", b"c3", b"end"])
+    head, *chunks = wire
+    if attack == "flip":
+        chunks[1] = chunks[1][:-1] + bytes([chunks[1][-1] ^ 1])
+    elif attack == "drop":
+        del chunks[1]
+    elif attack == "swap":
+        chunks[0], chunks[1] = chunks[1], chunks[0]
+    elif attack == "cut":
+        chunks = chunks[:2]
+    elif attack == "cut_final":
+        chunks[-1] = chunks[-1][:-3]
+    elif attack == "replay_chunk":
+        chunks.insert(1, chunks[0])
+    with pytest.raises(OhttpError) as err:
+        opener.feed(head + b"".join(chunks))
+        opener.close()
+    assert err.value.reason in ("decrypt_failed", "truncated")
+
+
+def test_chunked_request_errors() -> None:
+    key = GatewayKey.generate(9)
+    enc_request, _ = encapsulate_request(key.config, b"r", chunked=True)
+    with pytest.raises(OhttpError) as err:
+        decapsulate_request(key, enc_request[:-1], chunked=True)
+    assert err.value.reason == "decrypt_failed"
+    with pytest.raises(OhttpError) as err:  # a non-final chunk claiming more bytes than there are
+        decapsulate_request(key, enc_request[:7 + 32] + b"\x3f" + b"\x00" * 17, chunked=True)
+    assert err.value.reason == "malformed"

@@ -12,7 +12,7 @@ import msgspec
 from aiohttp import web
 
 from cocoon.client.crosssite import CrossSiteGuard
-from cocoon.client.oblivious import RelayCall, RelayLink
+from cocoon.client.oblivious import RelayCall, RelayLink, RelayStream
 from cocoon.client.payments import ClientPayments
 from cocoon.client.proxy_link import ProxyLink
 from cocoon.config import ClientConfig
@@ -190,7 +190,7 @@ class ClientApi:
                 call.cancel("API client disconnected")
                 self.stats.record("cancelled")
 
-    async def _next(self, call: Call | RelayCall) -> Answer:
+    async def _next(self, call: Call | RelayCall | RelayStream) -> Answer:
         """The proxy's next answer; ApiError (502) if our link to it broke meanwhile."""
         try:
             return await call.next(self.cfg.request_timeout_s)
@@ -200,7 +200,7 @@ class ClientApi:
                                 "it was not retried, since the proxy may have started it", type="api_error",
                            code=ErrorCode.PROXY_LINK_LOST, retry_after=1) from None
 
-    async def _whole(self, call: Call | RelayCall, ticket: int, timing: dict[str, str]) -> web.Response:
+    async def _whole(self, call: Call | RelayCall | RelayStream, ticket: int, timing: dict[str, str]) -> web.Response:
         parts: list[bytes] = []
         while True:
             msg = await self._next(call)
@@ -214,8 +214,8 @@ class ClientApi:
                 self._paid(ticket, ErrorCode.label(msg.code), msg)
                 raise msg.to_api()
 
-    async def _stream(self, request: web.Request, call: Call | RelayCall, ticket: int, timing: dict[str, str]
-                      ) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, call: Call | RelayCall | RelayStream, ticket: int,
+                      timing: dict[str, str]) -> web.StreamResponse:
         resp = await http.open_stream(request, timing)
         usage_chunk: bytes | None = None  # held back until the End says what the answer cost
         # Events already received are sent in one write (one chunk, one send), not one write each; nothing waits

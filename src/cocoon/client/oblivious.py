@@ -7,6 +7,10 @@ RA-TLS certificate and signature (`wire/oblivious.py` `SignedKeys`) and checked 
 the proxy's attestation against its policy. A relay that substitutes keys, or a proxy the policy refuses, gets
 nothing. A request refused for an unknown key id (the gateway rotated) is sent again once with fresh keys: it
 was never opened, so it cannot have been served or charged.
+
+A streamed request travels chunked (`message/ohttp-chunked-req`): its answers arrive as the worker produces them,
+each opened as its chunk completes (`RelayStream`); a relay that changes, drops, reorders or cuts off a chunk is
+caught by the chunk's AEAD (the counter and the final marker are bound in).
 """
 
 from __future__ import annotations
@@ -20,11 +24,19 @@ import msgspec
 
 from cocoon.attest.types import AttestationError
 from cocoon.core.errors import DECODE_ERRORS, ApiError, ErrorCode
-from cocoon.ohttp.encap import REQUEST_MEDIA_TYPE, RESPONSE_MEDIA_TYPE, OhttpError, encapsulate_request
+from cocoon.ohttp.encap import (
+    CHUNKED_REQUEST_MEDIA_TYPE,
+    CHUNKED_RESPONSE_MEDIA_TYPE,
+    REQUEST_MEDIA_TYPE,
+    RESPONSE_MEDIA_TYPE,
+    ChunkOpener,
+    OhttpError,
+    encapsulate_request,
+)
 from cocoon.ohttp.keys import KeyConfig
 from cocoon.ratls.cert import CertVerifier
-from cocoon.wire import oblivious
-from cocoon.wire.messages import Message, ModelsReply, Request, ResponseEnd, ResponseError
+from cocoon.wire import frames, oblivious
+from cocoon.wire.messages import Message, ModelsQuery, ModelsReply, Request, ResponseEnd, ResponseError
 
 KEYS_PATH = "/ohttp-keys"  # application/ohttp-keys (RFC 9458 §3.2), for any OHTTP client
 SIGNED_KEYS_PATH = "/ohttp-keys/signed"  # the same keys with the proxy's certificate and signature
@@ -60,6 +72,54 @@ class RelayCall:
 
     def cancel(self, reason: str = "") -> None:
         self.done = True  # the relay's HTTP request is over already: nothing runs any more
+
+
+class RelayStream:
+    """The answers to one streamed request, read from the relay's chunked response as they arrive, like a link's
+    `Call`."""
+
+    def __init__(self, response: aiohttp.ClientResponse, opener: ChunkOpener) -> None:
+        self._response = response
+        self._opener = opener
+        self._frames = frames.FrameReader()
+        self._ready: deque[Message] = deque()
+        self.call_id = 0
+        self.done = False
+
+    async def next(self, timeout: float | None = None) -> Message:
+        while not self._ready:
+            if self.done:
+                raise ApiError(502, "the gateway's answer ended before its last message", code=ErrorCode.UPSTREAM_ERROR)
+            await self._read(timeout)
+        msg = self._ready.popleft()
+        if isinstance(msg, _FINAL):
+            self.cancel()
+        return msg
+
+    async def _read(self, timeout: float | None) -> None:
+        try:
+            data = await asyncio.wait_for(self._response.content.readany(), timeout)
+            plain = self._opener.feed(data) if data else [self._opener.close()]
+            for chunk in plain:
+                self._ready.extend(self._frames.feed(chunk))
+        except OhttpError as exc:
+            self.cancel()
+            raise ApiError(502, f"the answer that came back through the relay is not the gateway's: {exc}",
+                           type="api_error", code=ErrorCode.OHTTP_DECRYPT_FAILED) from None
+        except (aiohttp.ClientError, TimeoutError, frames.FrameError) as exc:
+            self.cancel()
+            raise ApiError(502, f"the answer through the relay broke off: {type(exc).__name__} {exc}",
+                           type="api_error", code=ErrorCode.UPSTREAM_ERROR) from None
+        if self._opener.finished:
+            self.done = not self._ready
+
+    def ready(self) -> bool:
+        return bool(self._ready)
+
+    def cancel(self, reason: str = "") -> None:
+        """Stop reading: closing the relay's response makes it cancel the request at the proxy."""
+        self.done = True
+        self._response.close()
 
 
 class RelayLink:
@@ -100,22 +160,41 @@ class RelayLink:
             self._keys = (config, time.monotonic())
             return config
 
-    async def _send(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes, str]:
-        headers = {"Content-Type": REQUEST_MEDIA_TYPE} if body is not None else None
+    async def _open(self, method: str, path: str, body: bytes | None = None,
+                    content_type: str = REQUEST_MEDIA_TYPE) -> aiohttp.ClientResponse:
+        headers = {"Content-Type": content_type} if body is not None else None
         try:
-            async with self._http().request(method, self.relay_url + path, data=body, headers=headers) as resp:
-                return resp.status, await resp.read(), resp.headers.get("Content-Type", "")
+            return await self._http().request(method, self.relay_url + path, data=body, headers=headers)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ApiError(503, f"the relay at {self.relay_url} did not answer: {type(exc).__name__} {exc}",
                            type="service_unavailable", code=ErrorCode.PROXY_UNAVAILABLE, retry_after=2) from None
 
-    async def _exchange(self, inner: bytes) -> list[Message]:
-        """Encapsulate `inner`, send it through the relay, open the answer."""
+    async def _send(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes, str]:
+        resp = await self._open(method, path, body)
+        async with resp:
+            try:
+                return resp.status, await resp.read(), resp.headers.get("Content-Type", "")
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise ApiError(503, f"the relay at {self.relay_url} broke off: {type(exc).__name__} {exc}",
+                               type="service_unavailable", code=ErrorCode.PROXY_UNAVAILABLE, retry_after=2) from None
+
+    async def _exchange(self, inner: bytes, *, chunked: bool = False) -> list[Message] | RelayStream:
+        """Encapsulate `inner`, send it through the relay, open the answer (as it arrives when `chunked`)."""
         for attempt in range(2):
             config = await self.key_config(fresh=attempt > 0)
-            enc_request, keys = encapsulate_request(config, inner)
+            enc_request, keys = encapsulate_request(config, inner, chunked=chunked)
             self.requests += 1
-            status, body, content_type = await self._send("POST", GATEWAY_PATH, enc_request)
+            resp = await self._open("POST", GATEWAY_PATH, enc_request,
+                                    CHUNKED_REQUEST_MEDIA_TYPE if chunked else REQUEST_MEDIA_TYPE)
+            content_type = resp.headers.get("Content-Type", "")
+            if chunked and resp.status == 200 and content_type.startswith(CHUNKED_RESPONSE_MEDIA_TYPE):
+                return RelayStream(resp, keys.chunk_opener())
+            async with resp:
+                try:
+                    status, body = resp.status, await resp.read()
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    raise ApiError(502, f"the answer through the relay broke off: {type(exc).__name__} {exc}",
+                                   type="api_error", code=ErrorCode.UPSTREAM_ERROR) from None
             if status == 200 and content_type.startswith(RESPONSE_MEDIA_TYPE):
                 try:
                     return oblivious.read_answers(keys.open_response(body))
@@ -127,11 +206,15 @@ class RelayLink:
                 raise error
         raise AssertionError("unreachable")
 
-    async def call(self, req: Request) -> RelayCall:
-        return RelayCall(await self._exchange(oblivious.inner_request(req)))
+    async def call(self, req: Request) -> RelayCall | RelayStream:
+        """The answers to `req`: streamed requests chunked, as they come; others whole."""
+        answers = await self._exchange(oblivious.inner_request(req), chunked=req.stream)
+        return answers if isinstance(answers, RelayStream) else RelayCall(answers)
 
     async def models(self) -> ModelsReply:
-        answers = await self._exchange(oblivious.inner_models())
+        """The models the gateway's proxy serves, as a link's models query asks."""
+        answers = await self._exchange(oblivious.inner_models(ModelsQuery(call_id=0)))
+        assert isinstance(answers, list)
         reply = answers[0]
         if isinstance(reply, ResponseError):
             raise reply.to_api()

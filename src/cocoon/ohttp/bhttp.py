@@ -66,6 +66,17 @@ def encode_varint(n: int) -> bytes:
     return (n | 0xC000_0000_0000_0000).to_bytes(8, "big")
 
 
+def decode_varint(data: bytes) -> tuple[int, int]:
+    """The integer at the start of `data` and how many bytes it took; ValueError when `data` holds only part of
+    it (or nothing)."""
+    if not data:
+        raise ValueError("no bytes")
+    size = 1 << (data[0] >> 6)
+    if len(data) < size:
+        raise ValueError("a variable-length integer cut short")
+    return int.from_bytes(data[:size], "big") & ((1 << (8 * size - 2)) - 1), size
+
+
 class _Reader:
     def __init__(self, data: bytes) -> None:
         self.data = memoryview(data)

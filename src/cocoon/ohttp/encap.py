@@ -9,6 +9,12 @@ length, `prk = Extract(enc ‖ response_nonce, secret)`, `key = Expand(prk, "key
 
 Only the side holding the HPKE context (the requester, the gateway) can open or make the response; a relay in
 between sees sizes only.
+
+Chunked (draft-ietf-ohai-chunked-ohttp, `message/ohttp-chunked-req` / `-res`): the same with the labels
+"message/bhttp chunked request" / "... response"; the request's chunks are `Length (i) ‖ ciphertext` ended by a
+zero length and the final chunk sealed with the AAD "final" (a requester here sends one final chunk); the response
+is `response_nonce` then chunks sealed with `aead_nonce XOR counter`, the last one with AAD "final", so that a
+relay can neither drop, reorder nor cut short the answer unnoticed (`ChunkOpener`).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from pyhpke import AEADId, CipherSuite, KDFId, KEMId, KEMKeyPair
 from pyhpke.context_interface import ContextInterface
 
 from cocoon.core.errors import CocoonError
+from cocoon.ohttp.bhttp import decode_varint, encode_varint
 from cocoon.ohttp.keys import (
     AEAD_CHACHA20_POLY1305,
     AEAD_KEY_LEN,
@@ -37,14 +44,19 @@ from cocoon.ohttp.keys import (
 
 REQUEST_MEDIA_TYPE = "message/ohttp-req"
 RESPONSE_MEDIA_TYPE = "message/ohttp-res"
+CHUNKED_REQUEST_MEDIA_TYPE = "message/ohttp-chunked-req"
+CHUNKED_RESPONSE_MEDIA_TYPE = "message/ohttp-chunked-res"
 REQUEST_LABEL = b"message/bhttp request"
 RESPONSE_LABEL = b"message/bhttp response"
+CHUNKED_REQUEST_LABEL = b"message/bhttp chunked request"
+CHUNKED_RESPONSE_LABEL = b"message/bhttp chunked response"
+_FINAL = b"final"
 HEADER_LEN = 7
 
 
 class OhttpError(ValueError, CocoonError):
     """An encapsulated message that cannot be opened. `reason` is a short word for counters and error codes:
-    malformed | unknown_key | unsupported_suite | decrypt_failed."""
+    malformed | unknown_key | unsupported_suite | replayed | decrypt_failed | truncated."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -77,10 +89,12 @@ class ResponseKeys:
     context: ContextInterface
     enc: bytes
     aead_id: int
+    chunked: bool = False
 
     def _key_nonce(self, response_nonce: bytes) -> tuple[bytes, bytes]:
         nk = AEAD_KEY_LEN[self.aead_id]
-        secret = self.context.export(RESPONSE_LABEL, max(nk, AEAD_NONCE_LEN))
+        label = CHUNKED_RESPONSE_LABEL if self.chunked else RESPONSE_LABEL
+        secret = self.context.export(label, max(nk, AEAD_NONCE_LEN))
         prk = hmac.new(self.enc + response_nonce, secret, hashlib.sha256).digest()  # HKDF-Extract(salt, ikm)
         return _expand(prk, b"key", nk), _expand(prk, b"nonce", AEAD_NONCE_LEN)
 
@@ -108,8 +122,101 @@ class ResponseKeys:
                                                "way or sealed for another request") from None
 
 
-def encapsulate_request(config: KeyConfig, request: bytes, *, ephemeral: bytes | None = None
-                        ) -> tuple[bytes, ResponseKeys]:
+    def chunk_sealer(self, response_nonce: bytes | None = None) -> ChunkSealer:
+        """The gateway's side of a chunked response (a fixed nonce only for tests)."""
+        response_nonce = secrets.token_bytes(self.nonce_len) if response_nonce is None else response_nonce
+        return ChunkSealer(response_nonce, *self._key_nonce(response_nonce), self.aead_id)
+
+    def chunk_opener(self) -> ChunkOpener:
+        """The requester's side of a chunked response."""
+        return ChunkOpener(self)
+
+
+def _chunk_nonce(base: bytes, counter: int) -> bytes:
+    return bytes(a ^ b for a, b in zip(base, counter.to_bytes(len(base), "big"), strict=True))
+
+
+class ChunkSealer:
+    """Seals a chunked response chunk by chunk: `head` first, then each `seal(chunk)`, then `seal(last, final=True)`."""
+
+    def __init__(self, response_nonce: bytes, key: bytes, nonce: bytes, aead_id: int) -> None:
+        self.head = response_nonce
+        self._aead = _aead(aead_id, key)
+        self._nonce = nonce
+        self._counter = 0
+        self.finished = False
+
+    def seal(self, chunk: bytes, *, final: bool = False) -> bytes:
+        if self.finished:
+            raise OhttpError("malformed", "a chunked response has nothing after its final chunk")
+        ct = self._aead.encrypt(_chunk_nonce(self._nonce, self._counter), chunk, _FINAL if final else b"")
+        self._counter += 1
+        self.finished = final
+        return encode_varint(0) + ct if final else encode_varint(len(ct)) + ct
+
+
+class ChunkOpener:
+    """Opens a chunked response as its bytes arrive: `feed` returns the chunks that became complete; `finished`
+    once the final chunk opened. A chunk changed, dropped, reordered, or an answer cut before its final chunk,
+    does not open (OhttpError `decrypt_failed`, or `truncated` from `close`)."""
+
+    def __init__(self, keys: ResponseKeys) -> None:
+        self._keys = keys
+        self._buf = bytearray()
+        self._aead: AESGCM | ChaCha20Poly1305 | None = None
+        self._nonce = b""
+        self._counter = 0
+        self._final = False  # the final chunk's indicator was read: the rest of the stream is its ciphertext
+        self.finished = False
+
+    def feed(self, data: bytes) -> list[bytes]:
+        if self.finished and data:
+            raise OhttpError("malformed", "bytes after the final chunk of a chunked response")
+        self._buf += data
+        out: list[bytes] = []
+        if self._aead is None:
+            if len(self._buf) < self._keys.nonce_len:
+                return out
+            key, self._nonce = self._keys._key_nonce(bytes(self._buf[:self._keys.nonce_len]))
+            self._aead = _aead(self._keys.aead_id, key)
+            del self._buf[:self._keys.nonce_len]
+        while not self._final and self._buf:
+            try:
+                length, used = decode_varint(bytes(self._buf[:8]))
+            except ValueError:
+                break  # the length itself is not all here yet
+            if length == 0:
+                self._final = True
+                del self._buf[:used]
+                break
+            if len(self._buf) < used + length:
+                break
+            out.append(self._open(bytes(self._buf[used:used + length]), b""))
+            del self._buf[:used + length]
+        return out
+
+    def close(self) -> bytes:
+        """The final chunk, once the response's bytes have all arrived."""
+        if not self._final or self._aead is None:
+            raise OhttpError("truncated", "the chunked response ended before its final chunk: it was cut short")
+        last = self._open(bytes(self._buf), _FINAL)
+        self.finished = True
+        self._buf.clear()
+        return last
+
+    def _open(self, ct: bytes, aad: bytes) -> bytes:
+        assert self._aead is not None
+        try:
+            plain = self._aead.decrypt(_chunk_nonce(self._nonce, self._counter), ct, aad)
+        except InvalidTag:
+            raise OhttpError("decrypt_failed", f"chunk {self._counter} of the response does not open: it was changed, "
+                                               "dropped or reordered on the way") from None
+        self._counter += 1
+        return plain
+
+
+def encapsulate_request(config: KeyConfig, request: bytes, *, ephemeral: bytes | None = None,
+                        chunked: bool = False) -> tuple[bytes, ResponseKeys]:
     """`enc_request` for `request` to the gateway's `config`, and the keys that open its response. `ephemeral`
     (a raw X25519 private key) only for test vectors."""
     kdf_id, aead_id = config.usable_suite()
@@ -120,7 +227,10 @@ def encapsulate_request(config: KeyConfig, request: bytes, *, ephemeral: bytes |
     if ephemeral is not None:
         sk = suite.kem.deserialize_private_key(ephemeral)
         eks = KEMKeyPair(sk, suite.kem.deserialize_public_key(GatewayKey.from_private(0, ephemeral).config.public_key))
-    enc, ctx = suite.create_sender_context(pkr, REQUEST_LABEL + b"\x00" + hdr, eks=eks)
+    label = CHUNKED_REQUEST_LABEL if chunked else REQUEST_LABEL
+    enc, ctx = suite.create_sender_context(pkr, label + b"\x00" + hdr, eks=eks)
+    if chunked:  # one final chunk: a requester here has the whole request at hand
+        return hdr + enc + encode_varint(0) + ctx.seal(request, _FINAL), ResponseKeys(ctx, enc, aead_id, True)
     return hdr + enc + ctx.seal(request), ResponseKeys(ctx, enc, aead_id)
 
 
@@ -147,7 +257,8 @@ def read_header(enc_request: bytes) -> Header:
     return Header(key_id, kem_id, kdf_id, aead_id, enc_request[HEADER_LEN:HEADER_LEN + npk])
 
 
-def decapsulate_request(key: GatewayKey, enc_request: bytes) -> tuple[bytes, ResponseKeys]:
+def decapsulate_request(key: GatewayKey, enc_request: bytes, *, chunked: bool = False
+                        ) -> tuple[bytes, ResponseKeys]:
     """The gateway's side: the request inside `enc_request`, sealed to `key`, and the keys for its response."""
     head = read_header(enc_request)
     if head.key_id != key.config.key_id:
@@ -157,12 +268,33 @@ def decapsulate_request(key: GatewayKey, enc_request: bytes) -> tuple[bytes, Res
                                               f"offered by key {head.key_id}")
     suite = _suite(head.kdf_id, head.aead_id)
     hdr = enc_request[:HEADER_LEN]
+    label = CHUNKED_REQUEST_LABEL if chunked else REQUEST_LABEL
+    body = enc_request[HEADER_LEN + len(head.enc):]
     try:
         ctx = suite.create_recipient_context(head.enc, suite.kem.deserialize_private_key(key.private_key),
-                                             REQUEST_LABEL + b"\x00" + hdr)
-        request = ctx.open(enc_request[HEADER_LEN + len(head.enc):])
+                                             label + b"\x00" + hdr)
+        request = _open_chunks(ctx, body) if chunked else ctx.open(body)
+    except OhttpError:
+        raise
     except Exception as exc:  # pyhpke raises OpenError, or ValueError on a bad point: either way it does not open
         raise OhttpError("decrypt_failed", "the encapsulated request does not open under the key it names: "
                                            f"it was changed on the way or sealed to another key ({type(exc).__name__})"
                          ) from None
-    return request, ResponseKeys(ctx, head.enc, head.aead_id)
+    return request, ResponseKeys(ctx, head.enc, head.aead_id, chunked)
+
+
+def _open_chunks(ctx: ContextInterface, body: bytes) -> bytes:
+    """A chunked request's chunks, opened in order; the last one is the final chunk (after a zero length)."""
+    parts = []
+    while True:
+        try:
+            length, used = decode_varint(body)
+        except ValueError:
+            raise OhttpError("malformed", "the chunked request ends before its final chunk") from None
+        if length == 0:
+            parts.append(ctx.open(body[used:], _FINAL))
+            return b"".join(parts)
+        if len(body) < used + length:
+            raise OhttpError("malformed", "a chunk of the request is cut short")
+        parts.append(ctx.open(body[used:used + length], b""))
+        body = body[used + length:]

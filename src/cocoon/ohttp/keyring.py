@@ -65,9 +65,10 @@ class KeyRing:
         """`application/ohttp-keys`: the current configuration only, so that new requests use it."""
         return encode_keys([self.current(now)])
 
-    def open(self, enc_request: bytes, now: float) -> tuple[bytes, ResponseKeys]:
+    def open(self, enc_request: bytes, now: float, *, chunked: bool = False) -> tuple[bytes, ResponseKeys]:
         """The request inside `enc_request` and the keys for its response; OhttpError (reason `malformed`,
-        `unknown_key`, `unsupported_suite`, `replayed` or `decrypt_failed`) when it cannot be served."""
+        `unknown_key`, `unsupported_suite`, `replayed` or `decrypt_failed`) when it cannot be served; `chunked`: a
+        `message/ohttp-chunked-req`."""
         self._tick(now)
         head = read_header(enc_request)
         live = next((k for k in self._live if k.key.config.key_id == head.key_id), None)
@@ -78,7 +79,7 @@ class KeyRing:
         if head.enc in live.seen:
             self.replays += 1
             raise OhttpError("replayed", "this encapsulated request was received before: a replay is refused")
-        request, keys = decapsulate_request(live.key, enc_request)
+        request, keys = decapsulate_request(live.key, enc_request, chunked=chunked)
         live.seen.add(head.enc)
         if len(live.seen) >= self.max_requests and live.retire_at is None:
             self.rotate(now)

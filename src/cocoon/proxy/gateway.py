@@ -5,8 +5,11 @@ link, as the paying client of record. The gateway opens it with its current keys
 every `ohttp_rotate_s`, the previous one still accepted for `ohttp_overlap_s`; a replayed encapsulation is
 refused), runs the request inside exactly as a client's (`Forwarder.serve`, billed to the relay's channel),
 and answers the relay with the encapsulated answer plus, in the clear, what the relay pays: usage, cost and its
-voucher. What cannot be opened is answered in the clear (status and code: the relay shows it to the device) and
-charged nothing; what is wrong inside is answered inside the encapsulation.
+voucher. A chunked request (`OHTTP_CHUNKED_ENDPOINT`, `message/ohttp-chunked-req`) gets its answer chunk by
+chunk as the worker produces it (each answer frame sealed on its own, in order, the last chunk marked final);
+otherwise the answer is collected and encapsulated whole. What cannot be opened is answered in the clear
+(status and code: the relay shows it to the device) and charged nothing; what is wrong inside is answered inside
+the encapsulation.
 
 The key configuration reaches devices through the relay (`OHTTP_KEYS_ENDPOINT`), signed by this proxy's RA-TLS
 key (`wire/oblivious.py` `SignedKeys`), so a device verifies the attestation before it encapsulates.
@@ -23,15 +26,15 @@ import msgspec
 from cocoon.config import ProxyConfig
 from cocoon.core.errors import ApiError, ErrorCode
 from cocoon.core.usage import Usage
-from cocoon.ohttp.encap import OhttpError, ResponseKeys
+from cocoon.ohttp.encap import ChunkSealer, OhttpError, ResponseKeys
 from cocoon.ohttp.keyring import KeyRing
 from cocoon.proxy.forwarding import ClientLink, Forwarder
 from cocoon.ratls.cert import IdentityIssuer
-from cocoon.wire import oblivious
+from cocoon.wire import frames, oblivious
+from cocoon.wire.connection import Connection
 from cocoon.wire.messages import (
     Answer,
     Message,
-    ModelInfo,
     ModelsQuery,
     ModelsReply,
     Request,
@@ -43,27 +46,72 @@ from cocoon.wire.messages import (
 
 log = logging.getLogger(__name__)
 
-ENDPOINTS = frozenset({oblivious.OHTTP_ENDPOINT, oblivious.OHTTP_KEYS_ENDPOINT})
+ENDPOINTS = frozenset({oblivious.OHTTP_ENDPOINT, oblivious.OHTTP_CHUNKED_ENDPOINT, oblivious.OHTTP_KEYS_ENDPOINT})
 _ENVELOPE_BYTES = 4096  # what encapsulation, Binary HTTP and the wire request add around a body
 
 
-class _Collected:
-    """Where the inner request's answers go instead of a link: kept, then encapsulated whole."""
+def _for_device(msg: Answer) -> Answer:
+    """An answer as the device gets it: without the relay's voucher (the relay's money, not the user's)."""
+    return msgspec.structs.replace(msg, voucher=None) if isinstance(msg, ResponseEnd | ResponseError) else msg
+
+
+class _Out:
+    """Where the inner request's answers go instead of a link; remembers the last one (what the relay pays)."""
 
     def __init__(self) -> None:
-        self.answers: list[Answer] = []
+        self.last: Answer | None = None
 
     async def send(self, msg: Message) -> None:
-        self.answers.append(msg)  # type: ignore[arg-type]  # a RunningRequest sends answers only
+        self.last = msg  # type: ignore[assignment]  # a RunningRequest sends answers only
+        await self._deliver(_for_device(msg))  # type: ignore[arg-type]
+
+    async def _deliver(self, msg: Answer) -> None:
+        raise NotImplementedError
+
+
+class _Collected(_Out):
+    """Kept, then encapsulated whole."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answers: list[Answer] = []
+
+    async def _deliver(self, msg: Answer) -> None:
+        self.answers.append(msg)
+
+
+class _Streamed(_Out):
+    """Each answer sealed as a chunk and sent to the relay at once (the head and response nonce first)."""
+
+    def __init__(self, conn: Connection, call_id: int, sealer: ChunkSealer) -> None:
+        super().__init__()
+        self.conn = conn
+        self.call_id = call_id
+        self.sealer = sealer
+        self.started = False
+
+    async def _deliver(self, msg: Answer) -> None:
+        await self._start()
+        await self.conn.send(ResponseChunk(call_id=self.call_id, data=self.sealer.seal(frames.encode(msg))))
+
+    async def _start(self) -> None:
+        if not self.started:
+            self.started = True
+            await self.conn.send(ResponseHead(call_id=self.call_id, status=200))
+            await self.conn.send(ResponseChunk(call_id=self.call_id, data=self.sealer.head))
+
+    async def finish(self) -> None:
+        await self._start()
+        await self.conn.send(ResponseChunk(call_id=self.call_id, data=self.sealer.seal(b"", final=True)))
 
 
 class Gateway:
     def __init__(self, cfg: ProxyConfig, forwarder: Forwarder, identity: IdentityIssuer,
-                 models: Callable[[], list[ModelInfo]], clock: Callable[[], float] = time.monotonic) -> None:
+                 models: Callable[[ModelsQuery], ModelsReply], clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg = cfg
         self.forwarder = forwarder
         self.identity = identity
-        self.models = models
+        self.models = models  # how the proxy answers a models query on a link
         self.clock = clock
         self.ring = KeyRing(clock(), rotate_s=cfg.ohttp_rotate_s, overlap_s=cfg.ohttp_overlap_s)
         self.outcomes: dict[str, int] = {}  # counters only: the gateway keeps nothing per request
@@ -77,56 +125,60 @@ class Gateway:
 
     async def serve(self, client: ClientLink, req: Request) -> None:
         """Answer a relay's call `req.call_id` (an encapsulated request, or a request for the keys)."""
+        conn = client.conn
         try:
             if req.endpoint == oblivious.OHTTP_KEYS_ENDPOINT:
-                await self._answer(client, req.call_id, self.signed_keys(), Usage())
+                await conn.send(ResponseHead(call_id=req.call_id, status=200))
+                await conn.send(ResponseChunk(call_id=req.call_id, data=self.signed_keys()))
+                await conn.send(ResponseEnd(call_id=req.call_id, usage=Usage()))
                 return
-            answers, keys = await self._run(client, req)
+            chunked = req.endpoint == oblivious.OHTTP_CHUNKED_ENDPOINT
+            plain, keys = self._open(req, chunked)
         except ApiError as exc:
             self._count(ErrorCode.label(exc.code))
-            await client.conn.send(ResponseError.from_api(exc, req.call_id))
+            await conn.send(ResponseError.from_api(exc, req.call_id))
             return
-        last = answers[-1]
+        out = _Streamed(conn, req.call_id, keys.chunk_sealer()) if chunked else _Collected()
+        await self._run(client, plain, out)
+        last = out.last
         self._count("ok" if isinstance(last, ResponseEnd | ModelsReply) else "inner_error")
+        if isinstance(out, _Streamed):
+            await out.finish()
+        else:
+            await conn.send(ResponseHead(call_id=req.call_id, status=200))
+            sealed = keys.seal_response(oblivious.inner_response(out.answers))
+            await conn.send(ResponseChunk(call_id=req.call_id, data=sealed))
+        # in the clear, to the relay: what it pays for this answer, nothing of what the answer says
         paid = last if isinstance(last, ResponseEnd | ResponseError) else None
-        # the device gets its answer without the relay's voucher: that is the relay's money, not the user's
-        inner = [msgspec.structs.replace(a, voucher=None) if isinstance(a, ResponseEnd | ResponseError) else a
-                 for a in answers]
-        sealed = keys.seal_response(oblivious.inner_response(inner))
-        await self._answer(client, req.call_id, sealed, (paid.usage if paid else None) or Usage(),
-                           paid.cost_nanoton if paid else 0, paid.voucher if paid else None,
-                           paid.coefficient if paid else 0)
+        await conn.send(ResponseEnd(call_id=req.call_id, usage=(paid.usage if paid else None) or Usage(),
+                                    cost_nanoton=paid.cost_nanoton if paid else 0,
+                                    voucher=paid.voucher if paid else None,
+                                    coefficient=paid.coefficient if paid else 0))
 
-    async def _run(self, client: ClientLink, req: Request) -> tuple[list[Answer], ResponseKeys]:
+    def _open(self, req: Request, chunked: bool) -> tuple[bytes, ResponseKeys]:
         if len(req.body) > self.cfg.max_body_bytes + _ENVELOPE_BYTES:
             raise ApiError(413, f"the encapsulated request has {len(req.body)} bytes, over the gateway's limit of "
                                 f"{self.cfg.max_body_bytes + _ENVELOPE_BYTES}", code=ErrorCode.REQUEST_TOO_LARGE)
         try:
-            plain, keys = self.ring.open(req.body, self.clock())
+            return self.ring.open(req.body, self.clock(), chunked=chunked)
         except OhttpError as exc:
             raise oblivious.ohttp_api_error(exc) from None
+
+    async def _run(self, client: ClientLink, plain: bytes, out: _Out) -> None:
         try:
             inner = oblivious.read_inner(plain)
         except ApiError as exc:  # what is wrong inside is said inside: the relay learns nothing of it
-            return [ResponseError.from_api(exc, 0)], keys
+            await out.send(ResponseError.from_api(exc, 0))
+            return
         if isinstance(inner, ModelsQuery):
-            return [ModelsReply(call_id=0, models=self.models())], keys
-        # the inner request runs as the relay's, billed to its channel; its answers are collected, not sent
-        out = _Collected()
+            await out.send(self.models(inner))
+            return
+        # the inner request runs as the relay's, billed to its channel; its answers go to `out`, not to the link
         inner_client = ClientLink(conn=client.conn, key=client.key, account=client.account)
         await self.forwarder.serve(inner_client, msgspec.structs.replace(inner, call_id=0), out=out)
-        if not out.answers:
-            return [ResponseError.from_api(ApiError(502, "the request ended without an answer",
-                                                    code=ErrorCode.UPSTREAM_ERROR), 0)], keys
-        return out.answers, keys
-
-    async def _answer(self, client: ClientLink, call_id: int, data: bytes, usage: Usage, cost_nanoton: int = 0,
-                      voucher: object = None, coefficient: int = 0) -> None:
-        conn = client.conn
-        await conn.send(ResponseHead(call_id=call_id, status=200))
-        await conn.send(ResponseChunk(call_id=call_id, data=data))
-        await conn.send(ResponseEnd(call_id=call_id, usage=usage, cost_nanoton=cost_nanoton,
-                                    voucher=voucher, coefficient=coefficient))  # type: ignore[arg-type]
+        if out.last is None:
+            await out.send(ResponseError.from_api(ApiError(502, "the request ended without an answer",
+                                                           code=ErrorCode.UPSTREAM_ERROR), 0))
 
     def _count(self, outcome: str) -> None:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1

@@ -52,8 +52,7 @@ class ProxyServer:
                                    self.metrics, self.spot_checks)
         self.identity, self.verifier = make_node_identity("proxy", cfg, {"worker", "client"},
                                                           voucher_key=self.billing.key.public_key)
-        self.gateway = Gateway(cfg, self.forwarder, self.identity,
-                               lambda: self.registry.models(self.selector.active))
+        self.gateway = Gateway(cfg, self.forwarder, self.identity, self.models_reply)
         self.admission = Admission(cfg.admission)
         self.stats = StatsServer("proxy", cfg.name, self.metrics.registry, self.jsonstats, token=cfg.stats_token)
         self.port = 0
@@ -178,8 +177,11 @@ class ProxyServer:
             if task is not None:
                 task.cancel(msg.reason or "cancelled by the client")
         elif isinstance(msg, ModelsQuery):
-            models = self.registry.models(self.selector.active)
-            client.conn.send_nowait(ModelsReply(call_id=msg.call_id, models=models))
+            client.conn.send_nowait(self.models_reply(msg))
+
+    def models_reply(self, query: ModelsQuery) -> ModelsReply:
+        """The answer to a models query, on a link or through the gateway."""
+        return ModelsReply(call_id=query.call_id, models=self.registry.models(self.selector.active))
 
     async def _serve(self, client: ClientLink, req: Request) -> None:
         started = time.monotonic()

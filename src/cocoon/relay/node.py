@@ -1,6 +1,8 @@
 """The relay process: users' devices POST `message/ohttp-req` to `/ohttp`; each is forwarded, as it came, to the
 proxy's gateway on the relay's own attested link and paid from the relay's own channel (`client/node.py`
-`ProxyUpstream`, as `cocoon client` pays); the `message/ohttp-res` comes back as it came.
+`ProxyUpstream`, as `cocoon client` pays); the `message/ohttp-res` comes back as it came. A
+`message/ohttp-chunked-req` gets its `message/ohttp-chunked-res` passed on chunk by chunk as the gateway sends it
+(a streamed answer).
 
 What the relay keeps about users: counters per subscriber token (labelled by a hash of the token, never the
 token) and per outcome. It writes no line per request and never reads a device's address: nothing it logs,
@@ -25,13 +27,18 @@ from cocoon.config import ConfigError, RelayConfig, is_loopback
 from cocoon.core.errors import ApiError, ErrorCode
 from cocoon.core.ids import new_request_id
 from cocoon.observe.stats import StatsServer
-from cocoon.ohttp.encap import REQUEST_MEDIA_TYPE, RESPONSE_MEDIA_TYPE
+from cocoon.ohttp.encap import (
+    CHUNKED_REQUEST_MEDIA_TYPE,
+    CHUNKED_RESPONSE_MEDIA_TYPE,
+    REQUEST_MEDIA_TYPE,
+    RESPONSE_MEDIA_TYPE,
+)
 from cocoon.ohttp.keys import KEYS_MEDIA_TYPE
 from cocoon.openai import http
 from cocoon.runtime import serve_until
-from cocoon.wire.connection import LinkLost
-from cocoon.wire.messages import Request, ResponseChunk, ResponseEnd, ResponseError
-from cocoon.wire.oblivious import OHTTP_ENDPOINT, OHTTP_KEYS_ENDPOINT, SignedKeys
+from cocoon.wire.connection import Call, LinkLost
+from cocoon.wire.messages import Answer, Request, ResponseChunk, ResponseEnd, ResponseError, ResponseHead
+from cocoon.wire.oblivious import OHTTP_CHUNKED_ENDPOINT, OHTTP_ENDPOINT, OHTTP_KEYS_ENDPOINT, SignedKeys
 
 log = logging.getLogger(__name__)
 
@@ -113,24 +120,29 @@ class RelayNode:
         return web.Response(body=await self._signed_keys(), content_type=SIGNED_KEYS_MEDIA_TYPE)
 
     # -- encapsulated requests -----------------------------------------------------------------------------------
-    async def forward(self, request: web.Request) -> web.Response:
+    async def forward(self, request: web.Request) -> web.StreamResponse:
         outcome = "error"
         try:
-            self._admit(request)
+            chunked = self._admit(request)
             body = await http.read_body(request, self.cfg.max_body_bytes + ENVELOPE_BYTES)
             self.bytes_in += len(body)
-            req = Request(endpoint=OHTTP_ENDPOINT, model="", body=body, stream=False, include_usage=False,
-                          deadline=time.time() + self.cfg.request_timeout_s, request_id=new_request_id())
+            req = Request(endpoint=OHTTP_CHUNKED_ENDPOINT if chunked else OHTTP_ENDPOINT, model="", body=body,
+                          stream=chunked, include_usage=False, deadline=time.time() + self.cfg.request_timeout_s,
+                          request_id=new_request_id())
             payments = self.upstream.payments
             ticket = payments.begin(req.request_id) if payments is not None else 0
             try:
-                answer = b"".join(await self._answer(req, ticket))
+                if chunked:
+                    response = await self._stream(request, req, ticket)
+                else:
+                    answer = b"".join(await self._answer(req, ticket))
+                    self.bytes_out += len(answer)
+                    response = web.Response(body=answer, content_type=RESPONSE_MEDIA_TYPE)
             finally:
                 if payments is not None:  # a no-op once its end was seen
                     payments.end(ticket, None)
-            self.bytes_out += len(answer)
             outcome = "ok"
-            return web.Response(body=answer, content_type=RESPONSE_MEDIA_TYPE)
+            return response
         except ApiError as exc:
             outcome = ErrorCode.label(exc.code)
             if exc.code is ErrorCode.OHTTP_UNKNOWN_KEY:  # the device gets the current keys with the refusal
@@ -143,7 +155,9 @@ class RelayNode:
             self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
             self._requests.labels(outcome).inc()
 
-    def _admit(self, request: web.Request) -> None:
+    def _admit(self, request: web.Request) -> bool:
+        """Whether the device sent a chunked request; ApiError when it may not use the relay or sent something
+        else."""
         if self._tokens:
             scheme, _, token = request.headers.get("Authorization", "").partition(" ")
             label = next((label for known, label in self._tokens.items()
@@ -152,35 +166,71 @@ class RelayNode:
                 raise ApiError(401, "missing or unknown subscriber token: send `Authorization: Bearer <token>`",
                                type="authentication_error", code=ErrorCode.INVALID_API_KEY)
             self.per_subscriber[label] += 1
-        if request.content_type != REQUEST_MEDIA_TYPE:
-            raise ApiError(415, f"send an encapsulated request as `Content-Type: {REQUEST_MEDIA_TYPE}`, not "
-                                f"{request.content_type!r}", code=ErrorCode.UNSUPPORTED_MEDIA_TYPE)
+        if request.content_type not in (REQUEST_MEDIA_TYPE, CHUNKED_REQUEST_MEDIA_TYPE):
+            raise ApiError(415, f"send an encapsulated request as `Content-Type: {REQUEST_MEDIA_TYPE}` (or "
+                                f"{CHUNKED_REQUEST_MEDIA_TYPE}), not {request.content_type!r}",
+                           code=ErrorCode.UNSUPPORTED_MEDIA_TYPE)
+        return request.content_type == CHUNKED_REQUEST_MEDIA_TYPE
+
+    async def _call(self, req: Request, ticket: int | None) -> Call:
+        try:
+            return await self.upstream.link.call(req)
+        except ApiError:
+            if ticket is not None and self.upstream.payments is not None:
+                self.upstream.payments.unsent(ticket)  # it never reached a proxy: nothing can be charged for it
+            raise
+
+    async def _next(self, call: Call, ticket: int | None) -> Answer:
+        """The gateway's next answer; an error (the gateway's, or a broken link) raised as ApiError; its charge
+        to the payments at the end."""
+        try:
+            msg = await call.next(self.cfg.request_timeout_s)
+        except LinkLost:
+            raise ApiError(502, "the link to the proxy broke while the request was in flight",
+                           type="api_error", code=ErrorCode.PROXY_LINK_LOST, retry_after=1) from None
+        if isinstance(msg, ResponseEnd | ResponseError) and ticket is not None and self.upstream.payments:
+            self.upstream.payments.end(ticket, msg)
+        if isinstance(msg, ResponseError):
+            raise msg.to_api()
+        return msg
 
     async def _answer(self, req: Request, ticket: int | None) -> list[bytes]:
-        """The gateway's answer to `req` (its data chunks); its charge goes to the payments under `ticket`."""
-        payments = self.upstream.payments if ticket is not None else None
-        try:
-            call = await self.upstream.link.call(req)
-        except ApiError:
-            if payments is not None:  # it never reached a proxy: nothing can be charged for it
-                payments.unsent(ticket)  # type: ignore[arg-type]
-            raise
+        """The gateway's whole answer to `req` (its data chunks); its charge goes to the payments under `ticket`."""
+        call = await self._call(req, ticket)
         parts: list[bytes] = []
         try:
             while True:
-                try:
-                    msg = await call.next(self.cfg.request_timeout_s)
-                except LinkLost:
-                    raise ApiError(502, "the link to the proxy broke while the request was in flight",
-                                   type="api_error", code=ErrorCode.PROXY_LINK_LOST, retry_after=1) from None
+                msg = await self._next(call, ticket)
                 if isinstance(msg, ResponseChunk):
                     parts.append(msg.data)
-                elif isinstance(msg, ResponseEnd | ResponseError):
-                    if payments is not None:
-                        payments.end(ticket, msg)  # type: ignore[arg-type]
-                    if isinstance(msg, ResponseError):
-                        raise msg.to_api()
+                elif isinstance(msg, ResponseEnd):
                     return parts
+        finally:
+            if not call.done:
+                call.cancel("the device went away")
+
+    async def _stream(self, request: web.Request, req: Request, ticket: int) -> web.StreamResponse:
+        """A chunked answer, passed on to the device chunk by chunk as the gateway sends them."""
+        call = await self._call(req, ticket)
+        try:
+            first = await self._next(call, ticket)  # an error before the first chunk is the device's HTTP error
+            if not isinstance(first, ResponseHead):
+                raise ApiError(502, f"the gateway sent {type(first).__name__} before its head",
+                               code=ErrorCode.UPSTREAM_ERROR)
+            resp = web.StreamResponse(headers={"Content-Type": CHUNKED_RESPONSE_MEDIA_TYPE})
+            await resp.prepare(request)
+            while True:
+                try:
+                    msg = await self._next(call, ticket)
+                except ApiError:
+                    break  # headers are gone: the device sees the answer cut short before its final chunk
+                if isinstance(msg, ResponseChunk):
+                    self.bytes_out += len(msg.data)
+                    await resp.write(msg.data)
+                elif isinstance(msg, ResponseEnd):
+                    break
+            await resp.write_eof()
+            return resp
         finally:
             if not call.done:
                 call.cancel("the device went away")

@@ -28,6 +28,7 @@ from cocoon.wire import frames
 from cocoon.wire.messages import Answer, Message, ModelsQuery, Request
 
 OHTTP_ENDPOINT = "ohttp"  # Request.endpoint of an encapsulated request, relay -> proxy
+OHTTP_CHUNKED_ENDPOINT = "ohttp-chunked"  # the same, chunked: its answer comes back chunk by chunk
 OHTTP_KEYS_ENDPOINT = "ohttp-keys"  # Request.endpoint asking the gateway for its signed key configuration
 AUTHORITY = b"cocoon"
 REQUEST_PATH = b"/cocoon/request"
@@ -37,6 +38,7 @@ _KEYS_LABEL = b"cocoon ohttp keys v1\0"
 
 _encoder = msgspec.msgpack.Encoder()
 _request_decoder = msgspec.msgpack.Decoder(Request)
+_models_decoder = msgspec.msgpack.Decoder(ModelsQuery)
 
 # what each reason an encapsulation cannot be opened is answered with
 _OHTTP_ERRORS = {
@@ -59,8 +61,10 @@ def inner_request(req: Request) -> bytes:
         b"POST", b"https", AUTHORITY, REQUEST_PATH, [(b"content-type", CONTENT_TYPE)], _encoder.encode(req)))
 
 
-def inner_models() -> bytes:
-    return bhttp.encode_request(bhttp.BhttpRequest(b"GET", b"https", AUTHORITY, MODELS_PATH))
+def inner_models(query: ModelsQuery | None = None) -> bytes:
+    query = query if query is not None else ModelsQuery(call_id=0)
+    return bhttp.encode_request(bhttp.BhttpRequest(
+        b"POST", b"https", AUTHORITY, MODELS_PATH, [(b"content-type", CONTENT_TYPE)], _encoder.encode(query)))
 
 
 def read_inner(data: bytes) -> Request | ModelsQuery:
@@ -70,12 +74,12 @@ def read_inner(data: bytes) -> Request | ModelsQuery:
     except bhttp.BhttpError as exc:
         raise ApiError(400, f"the encapsulated request is not Binary HTTP: {exc}",
                        code=ErrorCode.OHTTP_MALFORMED) from None
-    if req.method == b"GET" and req.path == MODELS_PATH:
-        return ModelsQuery(call_id=0)
-    if req.method != b"POST" or req.path != REQUEST_PATH:
-        raise ApiError(400, f"the encapsulated request must be POST {REQUEST_PATH.decode()} or GET "
+    if req.method != b"POST" or req.path not in (REQUEST_PATH, MODELS_PATH):
+        raise ApiError(400, f"the encapsulated request must be POST {REQUEST_PATH.decode()} or "
                             f"{MODELS_PATH.decode()}", code=ErrorCode.OHTTP_MALFORMED)
     try:
+        if req.path == MODELS_PATH:
+            return msgspec.structs.replace(_models_decoder.decode(req.content), call_id=0)
         return _request_decoder.decode(req.content)
     except DECODE_ERRORS as exc:
         raise ApiError(400, f"the encapsulated request's content is not a cocoon request: {str(exc)[:200]}",

@@ -33,6 +33,7 @@ def test_stream_from_a_server_that_ignores_include_usage_is_still_metered(upstre
     generated = sum(1 for c in chunks if c.choices and c.choices[0].delta.content)
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == generated > 0
+    assert chunks[-1].usage.prompt_tokens > 0  # counted at the server's tokenize endpoint before generating
     worker = upstream_net.by_role("worker")[0]["name"]
     assert upstream_net.stats(worker)["tokens"]["completion"] >= generated
 

@@ -3,11 +3,14 @@ an engine honouring `n`, `best_of` and prompt arrays, or reporting whatever usag
 
 Run as a script (`python upstream.py PORT`). Every choice of every prompt generates `max_tokens` words. The usage
 it reports is honest (prompt words, generated words) unless the prompt holds `USAGE=<json object>`: then that object
-is reported as is. GET /stats says how many generation requests it served and how many tokens it generated.
+is reported as is. Like vLLM, it puts the usage so far in every streamed chunk when asked to
+(`stream_options.continuous_usage_stats`). A prompt holding `PACE=<seconds>` streams one chunk every that many
+seconds. GET /stats says how many generation requests it served and how many tokens it generated.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import sys
@@ -18,6 +21,7 @@ from aiohttp import web
 
 MODEL = "upstream-model"
 _USAGE = re.compile(r"USAGE=(\{[^}]*\})")
+_PACE = re.compile(r"PACE=([0-9.]+)")
 served = {"requests": 0, "generated": 0}
 
 
@@ -60,12 +64,18 @@ async def generate(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await resp.prepare(request)
     kind = "chat.completion.chunk" if endpoint == "chat" else "text_completion"
-    for _ in range(length):
+    options = body.get("stream_options") or {}
+    pace = _PACE.search(" ".join(prompts))
+    for step in range(length):
         for i in choices:
             piece = {"delta": {"content": "word "}} if endpoint == "chat" else {"text": "word "}
             chunk = {**head, "object": kind, "choices": [{"index": i, **piece, "finish_reason": None}]}
+            if options.get("continuous_usage_stats"):  # the usage so far, as vLLM reports it
+                chunk["usage"] = _usage(prompts, (step + 1) * len(choices))
             await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-    if (body.get("stream_options") or {}).get("include_usage"):
+        if pace:
+            await asyncio.sleep(float(pace.group(1)))
+    if options.get("include_usage"):
         final = {**head, "object": kind, "choices": [], "usage": usage}
         await resp.write(b"data: " + json.dumps(final).encode() + b"\n\n")
     await resp.write(b"data: [DONE]\n\n")

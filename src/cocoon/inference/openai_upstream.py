@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,7 +12,10 @@ import aiohttp
 import msgspec
 
 from cocoon.core.errors import DECODE_ERRORS, ApiError, ErrorCode
+from cocoon.core.usage import Usage
+from cocoon.inference import upstream_usage
 from cocoon.inference.base import Engine, PromptCounted
+from cocoon.inference.upstream_usage import ChunkUsage
 from cocoon.openai import sse
 from cocoon.openai.schema import Endpoint, OpenAIRequest
 
@@ -41,6 +45,10 @@ class OpenAIUpstreamEngine(Engine):
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._session: aiohttp.ClientSession | None = None
+        # what this server was found to do (module upstream_usage)
+        self._every_chunk = True  # False once it refused `continuous_usage_stats` (a strict schema)
+        self._chunk_usage: bool | None = None  # whether its first chunk carries usage (None: not known yet)
+        self._counts = True  # False once it answered that it has no upstream_usage.COUNT_PATH
 
     async def start(self) -> None:
         self._http()
@@ -61,24 +69,79 @@ class OpenAIUpstreamEngine(Engine):
                            type="api_error", code=ErrorCode.ENGINE_BAD_RESPONSE) from exc
 
     async def stream(self, req: OpenAIRequest, on_prompt: PromptCounted | None = None) -> AsyncIterator[bytes]:
-        # OpenAI-compatible servers report usage with their last payload only (the worker reads any earlier one):
-        # `on_prompt` is never called here
-        async with self._request("POST", _PATHS[req.endpoint], msgspec.json.encode(req), streaming=True) as resp:
+        # The prompt must be known before the first token is relayed (module upstream_usage says how)
+        counted = await self._count_prompt(req) if on_prompt is not None and not self._chunk_usage else None
+        body = req.to_body()
+        every_chunk = on_prompt is not None and self._every_chunk
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                resp = await stack.enter_async_context(self._request(
+                    "POST", _PATHS[req.endpoint], streaming=True,
+                    body=msgspec.json.encode(upstream_usage.asking_every_chunk(body) if every_chunk else body)))
+            except ApiError as exc:
+                if not (every_chunk and exc.status == 400 and upstream_usage.CONTINUOUS in exc.message):
+                    raise
+                # a server whose schema refuses the field: it has no per-chunk usage to give
+                log.info("the engine refuses per-chunk usage; no longer asked for",
+                         extra={"fields": {"engine": self.name}})
+                self._every_chunk = every_chunk = False
+                resp = await stack.enter_async_context(self._request(
+                    "POST", _PATHS[req.endpoint], msgspec.json.encode(body), streaming=True))
             if resp.content_type != "text/event-stream":
                 raise ApiError(502, f"the engine answered a streaming request with {resp.content_type}",
                                type="api_error", code=ErrorCode.ENGINE_BAD_RESPONSE)
+            usage = ChunkUsage(strip=every_chunk)
+            first = True
             decoder = sse.SSEDecoder()
             try:
                 async for chunk in resp.content.iter_any():
                     for payload in decoder.feed(chunk):
                         if payload == sse.DONE_PAYLOAD:
+                            if (tail := usage.tail()) is not None:
+                                yield tail
                             return
                         if payload.startswith(b'{"error"'):
                             # the headers said 200: an error event is the engine failing midway
                             raise _error_from_body(502, payload)
+                        payload = usage.feed(payload)
+                        if first and on_prompt is not None:
+                            self._chunk_usage = usage.prompt is not None
+                            prompt = usage.prompt or (Usage(prompt_tokens=counted) if counted is not None else None)
+                            if prompt is not None:
+                                on_prompt(prompt)
+                        first = False
                         yield payload
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise _unavailable("the engine's stream broke off", exc) from exc
+            if (tail := usage.tail()) is not None:
+                yield tail
+
+    async def _count_prompt(self, req: OpenAIRequest) -> int | None:
+        """The prompt's tokens as counted by the server's tokenizer, where it offers that (llama-cpp-python's
+        server does), or None. Asked before the generation: that server serves one request at a time."""
+        text, ids = upstream_usage.counted_text(req)
+        if not text:  # token ids only: counted already
+            return ids
+        if self._counts is False:
+            return None
+        url = self.base_url.removesuffix("/v1") + upstream_usage.COUNT_PATH
+        try:
+            async with self._http().post(
+                url, data=msgspec.json.encode({"input": text, "model": req.model}), headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s, sock_connect=_CONNECT_TIMEOUT_S),
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("cannot count the prompt's tokens", extra={"fields": {"engine_url": url, "error": repr(exc)}})
+            return None
+        count = upstream_usage.read_count(raw) if status == 200 else None
+        if count is None and status in (404, 405):  # not a server that counts: never asked again
+            self._counts = False
+            log.info("the engine does not count prompts", extra={"fields": {"engine": self.name, "status": status}})
+        elif count is None:
+            log.warning("the engine's prompt count is unreadable", extra={"fields": {"status": status}})
+        return count + ids if count is not None else None
 
     async def complete(self, req: OpenAIRequest) -> bytes:
         async with self._request("POST", _PATHS[req.endpoint], msgspec.json.encode(req)) as resp:

@@ -126,9 +126,11 @@ class Execution:
                                               has_usage=answer.usage is not None))
         await self._head()
         if self.usage is None:
-            # Some servers ignore include_usage; each streamed chunk is one generated token there. The prompt
-            # cannot be counted without the engine's tokenizer, so it goes unbilled rather than guessed.
-            self.usage = Usage(completion_tokens=generated)
+            # Some servers ignore include_usage; each streamed chunk is one generated token there. The prompt is
+            # what the engine counted before the first token (on_prompt), or goes unbilled rather than guessed.
+            prompt = self.prompt or Usage()
+            self.usage = Usage(prompt_tokens=prompt.prompt_tokens, cached_tokens=prompt.cached_tokens,
+                               completion_tokens=generated)
             log.warning("engine streamed without usage: metered %d completion tokens by chunk count", generated,
                         extra={"fields": {"engine": self.engine.name}})
             if self.req.include_usage and first is not None:

@@ -1,5 +1,6 @@
 """The client's over-charge check on its own (`cocoon.client.audit`), driven by a test clock: request ids, the
-log's figures, the deadline of an earlier run's doubt at its boundary, and a voucher seen twice."""
+log's figures, the deadline of an earlier run's doubt at its boundary, a voucher seen twice (issue 15: tests strong
+enough to catch a wrong line)."""
 
 from __future__ import annotations
 
@@ -57,3 +58,16 @@ def test_a_voucher_seen_again_after_the_deadline_does_not_end_the_doubt() -> Non
     now[0] = 20.0
     audit.end(audit.begin("r2"), seen=True, channel="ch", cost=0, voucher=voucher(1, 105))
     assert not audit.settled and (audit.overcharges, audit.unexplained_nanoton) == (0, 100)
+
+
+def test_an_answer_carrying_the_very_voucher_checked_keeps_the_check_exact() -> None:
+    """Past the earlier run's deadline, answers A and B: both carry voucher #1 (B was settled in it too), so the
+    check of #1 counts only answers it holds: it is exact, and ends the earlier run's doubt."""
+    now = [0.0]
+    audit = ChargeAudit(clock=lambda: now[0])
+    audit.open("ch", None, inherited_s=10)
+    now[0] = 20.0
+    a, b = audit.begin("a"), audit.begin("b")
+    audit.end(a, seen=True, channel="ch", cost=5, voucher=voucher(1, 112))
+    audit.end(b, seen=True, channel="ch", cost=7, voucher=voucher(1, 112))
+    assert audit.settled and (audit.overcharges, audit.unexplained_nanoton) == (0, 100)

@@ -19,7 +19,7 @@ import pytest
 
 from cocoon.wire.messages import ResponseChunk
 from tests import ohttputil
-from tests.netutil import Net, free_port, get_json, localnet
+from tests.netutil import Net, free_port, localnet
 
 MODEL = "fake-model"
 
@@ -27,8 +27,8 @@ MODEL = "fake-model"
 @pytest.fixture(scope="module")
 def relay_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
     state: Path = tmp_path_factory.mktemp("relaynet") / "state"
-    # 40 paced words: a long answer still streaming while the memory is read
-    with localnet(state, engine="fake", workers=1, relay=True, options=("reply_tokens=40", "tokens_per_s=40")) as net:
+    # 40 paced words (4 s): a long answer still streaming while the memory is read
+    with localnet(state, engine="fake", workers=1, relay=True, options=("reply_tokens=40", "tokens_per_s=10")) as net:
         yield net
 
 
@@ -101,9 +101,9 @@ def test_the_relay_keeps_no_content_and_no_address_next_to_requests(relay_net: N
     openai = relay_net.sdk()
     stream = openai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": marker}], stream=True)
     first = next(iter(stream))
-    relay_memory_mid = _readable_memory(relay["pid"])
     # streamed chunk by chunk through the relay: the first chunk is here while the worker still generates the rest
     assert relay_net.stats("proxy-1")["active_requests"] == 1
+    relay_memory_mid = _readable_memory(relay["pid"])
     text = (first.choices[0].delta.content or "") + "".join(c.choices[0].delta.content or "" for c in stream
                                                             if c.choices)
     answer_marker = " ".join(text.split()[10:30]).encode()  # twenty words in a row: this answer only
@@ -174,27 +174,27 @@ def test_the_readme_example_runs(relay_net: Net, tmp_path: Path) -> None:
     assert "cost" in done.stdout
 
 
-def test_relay_throughput(relay_net: Net, tmp_path: Path) -> None:
-    """Not a timing assertion: requests per second and latency through the relay, printed for the report."""
-    from cocoon.sdk import AsyncClient
+def test_the_sdk_straight_to_a_proxy_pays_from_its_own_channel(relay_net: Net) -> None:
+    """Without a relay: the SDK dials the proxy itself (RA-TLS, attestation checked), opens its own channel with its
+    own wallet (funded here as `cocoon up` funds its clients) and checks each charge, like `cocoon client`."""
+    from cocoon.config import ClientConfig
+    from cocoon.ledger.devnet import ledger_path
+    from cocoon.ledger.local import LocalLedger
+    from cocoon.nodekeys import NodeKeys
+    from cocoon.sdk import Client
 
-    async def run() -> tuple[float, float]:
-        async with AsyncClient(relay=relay_url(relay_net), state_dir=tmp_path / "sdk") as client:
-            body = {"model": MODEL, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
-            started = time.perf_counter()
-            for _ in range(20):
-                await client.chat.completions.create(**body)
-            sequential_ms = (time.perf_counter() - started) / 20 * 1000
-            gate = asyncio.Semaphore(16)
-
-            async def one() -> None:
-                async with gate:
-                    await client.chat.completions.create(**body)
-
-            started = time.perf_counter()
-            await asyncio.gather(*(one() for _ in range(100)))
-            return sequential_ms, 100 / (time.perf_counter() - started)
-
-    sequential_ms, per_s = asyncio.run(run())
-    print(f"\nrelay: {sequential_ms:.1f} ms per request one at a time, {per_s:.0f} requests/s at 16 in flight")
-    assert get_json(relay_net.node("relay-1")["stats_url"] + "/jsonstats")["unexplained_nanoton"] == 0
+    name = "sdk-direct"
+    wallet = NodeKeys("client", ClientConfig(name=name, state_dir=str(relay_net.state_dir))).wallet()
+    ledger = LocalLedger(ledger_path(relay_net.state_dir))
+    try:
+        ledger.fund(wallet, 20_000_000_000)
+    finally:
+        ledger.close()
+    proxy = f"127.0.0.1:{relay_net.stats('proxy-1')['port']}"
+    with Client(proxy=proxy, state_dir=relay_net.state_dir, name=name, payments=True) as client:
+        answer = client.chat.completions.create(model=MODEL, max_tokens=4,
+                                                messages=[{"role": "user", "content": "direct"}])
+        assert answer.usage.completion_tokens == 4 and answer.usage.cost_nanoton > 0
+        payments = client._async._core.upstream.payments
+        assert payments is not None and payments.charged_nanoton == answer.usage.cost_nanoton
+        assert payments.unexplained_nanoton == 0 and payments.overcharges == 0

@@ -171,6 +171,18 @@ def render(processes: list[dict[str, Any]]) -> Group:
                           f"{outcomes.get('ok', 0)}/{sum(outcomes.values())}", _pair(st.get("latency_ms")),
                           ton(st.get("charged_nanoton")), ton(st.get("balance_nanoton")), _errors(outcomes))
         parts.append(table)
+    if by_role.get("relay"):
+        table = Table(title="relays (counters only)", title_justify="left")
+        for col in ("name", "proxy", "requests ok/all", "subscribers", "bytes in/out", "paid", "balance", "errors"):
+            table.add_column(col, overflow="fold")
+        for p in by_role["relay"]:
+            st = p["stats"]
+            outcomes = st.get("requests") or {}
+            table.add_row(p["name"], _link(st.get("proxy_connected")),
+                          f"{outcomes.get('ok', 0)}/{sum(outcomes.values())}", str(len(st.get("per_subscriber") or {})),
+                          f"{st.get('bytes_in', 0)}/{st.get('bytes_out', 0)}", ton(st.get("vouchers_nanoton")),
+                          ton(st.get("balance_nanoton")), _errors(outcomes))
+        parts.append(table)
     for p in down:
         parts.append(Text(f"{p['role']} {p['name']}: no stats ({p['error']})", style="bold red"))
     if not processes:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import subprocess
 import sys
@@ -44,6 +45,10 @@ def test_localnet_names_the_relay_and_routes_the_client_through_it(relay_net: Ne
     stats = relay_net.stats("relay-1")
     assert stats["proxy_connected"] and stats["balance_nanoton"] > 0
     assert client["api_url"] == relay_net.api_url
+    shown = subprocess.run([sys.executable, "-m", "cocoon", "status", "--state-dir", str(relay_net.state_dir)],
+                           capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "400"})
+    assert shown.returncode == 0, shown.stderr
+    assert "relays (counters only)" in shown.stdout and "relay-1" in shown.stdout
 
 
 def test_a_chat_through_the_relay_is_answered_and_charged_to_the_relay(relay_net: Net) -> None:

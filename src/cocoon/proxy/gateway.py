@@ -139,18 +139,24 @@ class Gateway:
             await conn.send(ResponseError.from_api(exc, req.call_id))
             return
         out = _Streamed(conn, req.call_id, keys.chunk_sealer()) if chunked else _Collected()
-        await self._run(client, plain, out)
+        try:
+            await self._run(client, plain, out)
+            await self._finish(req.call_id, conn, keys, out)
+        except ConnectionError:  # the relay's link broke: the request settled what it delivered, nothing to send
+            self._count("relay_link_lost")
+
+    async def _finish(self, call_id: int, conn: Connection, keys: ResponseKeys, out: _Out) -> None:
         last = out.last
         self._count("ok" if isinstance(last, ResponseEnd | ModelsReply) else "inner_error")
         if isinstance(out, _Streamed):
             await out.finish()
         else:
-            await conn.send(ResponseHead(call_id=req.call_id, status=200))
-            sealed = keys.seal_response(oblivious.inner_response(out.answers))
-            await conn.send(ResponseChunk(call_id=req.call_id, data=sealed))
+            await conn.send(ResponseHead(call_id=call_id, status=200))
+            sealed = keys.seal_response(oblivious.inner_response(out.answers))  # type: ignore[attr-defined]
+            await conn.send(ResponseChunk(call_id=call_id, data=sealed))
         # in the clear, to the relay: what it pays for this answer, nothing of what the answer says
         paid = last if isinstance(last, ResponseEnd | ResponseError) else None
-        await conn.send(ResponseEnd(call_id=req.call_id, usage=(paid.usage if paid else None) or Usage(),
+        await conn.send(ResponseEnd(call_id=call_id, usage=(paid.usage if paid else None) or Usage(),
                                     cost_nanoton=paid.cost_nanoton if paid else 0,
                                     voucher=paid.voucher if paid else None,
                                     coefficient=paid.coefficient if paid else 0))

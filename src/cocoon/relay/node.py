@@ -219,17 +219,20 @@ class RelayNode:
                                code=ErrorCode.UPSTREAM_ERROR)
             resp = web.StreamResponse(headers={"Content-Type": CHUNKED_RESPONSE_MEDIA_TYPE})
             await resp.prepare(request)
-            while True:
-                try:
-                    msg = await self._next(call, ticket)
-                except ApiError:
-                    break  # headers are gone: the device sees the answer cut short before its final chunk
-                if isinstance(msg, ResponseChunk):
-                    self.bytes_out += len(msg.data)
-                    await resp.write(msg.data)
-                elif isinstance(msg, ResponseEnd):
-                    break
-            await resp.write_eof()
+            try:
+                while True:
+                    try:
+                        msg = await self._next(call, ticket)
+                    except ApiError:
+                        break  # headers are gone: the device sees the answer cut short before its final chunk
+                    if isinstance(msg, ResponseChunk):
+                        self.bytes_out += len(msg.data)
+                        await resp.write(msg.data)
+                    elif isinstance(msg, ResponseEnd):
+                        break
+                await resp.write_eof()
+            except ConnectionError:  # the device went away mid-answer: the call is cancelled below
+                pass
             return resp
         finally:
             if not call.done:

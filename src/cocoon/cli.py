@@ -155,6 +155,9 @@ def relay(config: ConfigOption) -> None:
 @app.command()
 def up(
     workers: Annotated[int, typer.Option("--workers", "-n", min=1, help="Number of workers.")] = 2,
+    proxies: Annotated[int, typer.Option("--proxies", min=1, help=(
+        "Number of proxies, each registered in the root registry; clients and workers find them there (nearest "
+        "first, failing over down the list) and every worker serves all of them."))] = 1,
     engine: Annotated[str, typer.Option(help=(
         "Worker engine: embedded (the bundled SmolLM2-135M on llama.cpp) | fake | openai:URL (any OpenAI-compatible "
         "server). fake answers every prompt with reply_tokens words (16), each piece token_bytes long (0: the "
@@ -177,7 +180,7 @@ def up(
         "Add an Oblivious HTTP relay (`cocoon relay`, role `relay` in localnet.json) and send the client's requests "
         "through it, encapsulated to the proxy's gateway; the relay pays."))] = False,
 ) -> None:
-    """Start a local network (ledger, proxy, workers, client) and keep it up until Ctrl-C or SIGTERM.
+    """Start a local network (ledger, proxies, workers, client) and keep it up until Ctrl-C or SIGTERM.
 
     Writes STATE_DIR/localnet.json with every process's role, name, pid and URLs, and `dashboard_url`: a page
     showing the whole network live (each process also has its own at STATS_URL/dashboard).
@@ -189,7 +192,8 @@ def up(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     sys.exit(run_up(state_dir, workers=workers, engine=engine, port=port, engine_options=options,
-                    max_active=max_active, ready_timeout_s=ready_timeout, port_range=port_range, relay=relay))
+                    max_active=max_active, ready_timeout_s=ready_timeout, port_range=port_range, relay=relay,
+                    proxies=proxies))
 
 
 @app.command()

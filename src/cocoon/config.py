@@ -167,6 +167,11 @@ class ProxyConfig(CommonConfig, kw_only=True, forbid_unknown_fields=True):
 
 class WorkerConfig(CommonConfig, kw_only=True, forbid_unknown_fields=True):
     proxy: str = "127.0.0.1:10100"
+    proxies: list[str] = []  # more proxies, after `proxy`, to serve or fail over to
+    # Find the proxies in the root registry instead (nearest first, re-read when it changes): `proxy`/`proxies`
+    # are then not used.
+    discover_proxies: bool = False
+    max_proxies: Annotated[int, msgspec.Meta(ge=1)] = 1  # proxies served at once, each over its own link
     engine: str = "embedded"  # embedded | fake | openai:URL
     engine_options: dict[str, Any] = {}
     coefficient: int = 1000
@@ -176,11 +181,18 @@ class WorkerConfig(CommonConfig, kw_only=True, forbid_unknown_fields=True):
     redeem_threshold_nanoton: int = 1_000_000_000  # redeem once this much is earned (a redeem costs ~0.0069 TON)
     chain_poll_s: float = 30.0
 
+    @property
+    def proxy_addresses(self) -> list[str]:
+        return pinned_proxies(self.proxy, self.proxies)
+
 
 class ClientConfig(CommonConfig, kw_only=True, forbid_unknown_fields=True):
     attestation: str = "none"  # clients run on ordinary servers
     proxy: str = "127.0.0.1:10100"
     proxies: list[str] = []  # more proxies to fail over to, tried in order after `proxy`
+    # Find the proxies in the root registry instead (nearest first, re-read when it changes): `proxy`/`proxies`
+    # are then not used.
+    discover_proxies: bool = False
     connect_timeout_s: float = 5.0  # a request waits this long for a proxy link before it gets 503
     api_host: str = "127.0.0.1"
     api_port: int = 10000
@@ -206,7 +218,7 @@ class ClientConfig(CommonConfig, kw_only=True, forbid_unknown_fields=True):
 
     @property
     def proxy_addresses(self) -> list[str]:
-        return [self.proxy, *(p for p in self.proxies if p != self.proxy)]
+        return pinned_proxies(self.proxy, self.proxies)
 
 
 class KeysConfig(CommonConfig, kw_only=True, forbid_unknown_fields=True):
@@ -231,6 +243,11 @@ class RelayConfig(ClientConfig, kw_only=True, forbid_unknown_fields=True):
     # the bearer tokens subscribers send (`Authorization: Bearer <token>`); each is counted, never logged. Empty:
     # anyone who reaches the relay may use it (only allowed on a loopback address)
     subscriber_tokens: list[str] = []
+
+
+def pinned_proxies(proxy: str, proxies: list[str]) -> list[str]:
+    """The proxies a config pins, in its order: `proxy`, then `proxies` (without repeating it)."""
+    return [proxy, *(p for p in proxies if p != proxy)]
 
 
 C = TypeVar("C", bound=CommonConfig)

@@ -136,29 +136,35 @@ class LocalNet:
     def __init__(self, state_dir: Path, *, workers: int, engine: str, port: int,
                  engine_options: dict[str, Any], max_active: int, attestation: str = "fake",
                  proxy_options: dict[str, Any] | None = None, ports: PortRange | None = None,
-                 relay: bool = False) -> None:
+                 relay: bool = False, proxies: int = 1) -> None:
         """`proxy_options`: ProxyConfig fields to set (limits, timeouts); `ports`: where every port comes from;
-        `relay`: a relay process (`cocoon relay`) that the client sends every request through."""
+        `relay`: a relay process (`cocoon relay`) that the client sends every request through; `proxies`: how many
+        proxies, each registered in the root, where clients and workers find them."""
         self.state_dir = state_dir.resolve()
         self.nodes: list[NodeProcess] = []
         self.ports = ports or PortRange()
         self.ports.reserve(port)
         self.dashboard: _DashboardThread | None = None
         private_dir(self.state_dir / "logs")  # the state dir holds keys: owner-only
-        self.proxy_port = self.ports.take()
-        proxy_addr = f"127.0.0.1:{self.proxy_port}"
         # every role pays or gets paid on one local chain in the state dir (ledger/devnet.py)
         common = {"state_dir": str(self.state_dir), "policy": "dev", "payments": True}
         self._common = common
-        self.proxy_cfg = ProxyConfig(name="proxy-1", port=self.proxy_port, attestation=attestation,
-                                     image="cocoon-proxy-dev", stats_port=self.ports.take(), **common,
-                                     **(proxy_options or {}))
-        self._add("proxy", self.proxy_cfg)
+        self.proxy_cfgs = [ProxyConfig(name=f"proxy-{i}", port=self.ports.take(), attestation=attestation,
+                                       image="cocoon-proxy-dev", stats_port=self.ports.take(), **common,
+                                       **(proxy_options or {})) for i in range(1, proxies + 1)]
+        for cfg in self.proxy_cfgs:
+            self._add("proxy", cfg)
+        self.proxy_cfg = self.proxy_cfgs[0]
+        self.proxy_port = self.proxy_cfg.port
+        proxy_addr = f"127.0.0.1:{self.proxy_port}"
+        # clients and workers find the proxies in the root registry; a worker serves every proxy
+        self._discovery = {"discover_proxies": True}
         options = dict(engine_options)
         if engine == "embedded" and "threads" not in options:
             options["threads"] = max(1, (os.cpu_count() or 2) // max(workers, 1))
-        self._worker = {"proxy": proxy_addr, "engine": engine, "engine_options": options,
-                        "attestation": attestation, "image": "cocoon-worker-dev", "max_active_requests": max_active}
+        self._worker = {"proxy": proxy_addr, "engine": engine, "engine_options": options, **self._discovery,
+                        "max_proxies": proxies, "attestation": attestation, "image": "cocoon-worker-dev",
+                        "max_active_requests": max_active}
         for i in range(1, workers + 1):
             self.add_worker(f"worker-{i}")
         self.relay_url = self.add_relay("relay-1").api_url if relay else None
@@ -175,7 +181,8 @@ class LocalNet:
         it pays nothing itself: the relay is the client of record."""
         common = {**self._common, "payments": False} if via_relay else self._common
         node = self._add("client", ClientConfig(name=name, proxy=f"127.0.0.1:{self.proxy_port}", api_port=port,
-                                                stats_port=self.ports.take(), via_relay=via_relay or "", **common))
+                                                stats_port=self.ports.take(), via_relay=via_relay or "",
+                                                **self._discovery, **common))
         node.api_url = f"http://127.0.0.1:{port}/v1"
         return node
 
@@ -212,17 +219,18 @@ class LocalNet:
 
         The wallets and the voucher key are each node's own, sealed to it: they are opened here through the
         key service each node uses (the fake platform's, on this machine)."""
-        endpoint = f"{self.proxy_cfg.host}:{self.proxy_port}"
-        proxy_keys = NodeKeys("proxy", self.proxy_cfg)
-        devnet.prepare(self.state_dir,
-                       proxies=[devnet.ProxySpec(endpoint, proxy_keys.wallet(), proxy_keys.voucher_key())],
+        specs = []
+        for cfg in self.proxy_cfgs:
+            keys = NodeKeys("proxy", cfg)
+            specs.append(devnet.ProxySpec(f"{cfg.host}:{cfg.port}", keys.wallet(), keys.voucher_key()))
+        devnet.prepare(self.state_dir, proxies=specs,
                        # a relay pays as a client: its wallet is sealed to the client role
                        parties=[NodeKeys("client" if n.role == "relay" else n.role, n.config).wallet()
                                 for n in self.nodes if n.role != "proxy"],
                        prices=self.proxy_cfg.prices, terms=Terms()).close()
 
     def start(self, timeout_s: float) -> None:
-        with console.status("starting the local ledger, proxy, workers and client…") as status:
+        with console.status("starting the local ledger, proxies, workers and client…") as status:
             self.prepare_ledger()
             for node in self.nodes:
                 self.spawn(node)
@@ -233,9 +241,9 @@ class LocalNet:
                 self._wait(lambda n=node: _get_json(f"{n.stats_url}/healthz") is not None, node, deadline)
             workers = [n for n in self.nodes if n.role == "worker"]
             status.update(f"loading the model on {len(workers)} worker(s) and linking them to the proxy…")
-            proxy = next(n for n in self.nodes if n.role == "proxy")
-            self._wait(lambda: len((_get_json(f"{proxy.stats_url}/jsonstats") or {}).get("workers", []))
-                       >= len(workers), proxy, deadline)
+            for proxy in (n for n in self.nodes if n.role == "proxy"):  # every worker serves every proxy
+                self._wait(lambda p=proxy: len((_get_json(f"{p.stats_url}/jsonstats") or {}).get("workers", []))
+                           >= len(workers), proxy, deadline)
             for client in (n for n in self.nodes if n.role in ("client", "relay") and not _via_relay(n)):
                 status.update(f"waiting for {client.name} to link to the proxy…")
                 self._wait(lambda c=client: (_get_json(f"{c.stats_url}/jsonstats") or {}).get("proxy_connected"),
@@ -377,13 +385,14 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 def run_up(state_dir: Path, *, workers: int, engine: str, port: int | None, engine_options: dict[str, Any],
-           max_active: int | None, ready_timeout_s: float, port_range: str | None = None, relay: bool = False) -> int:
+           max_active: int | None, ready_timeout_s: float, port_range: str | None = None, relay: bool = False,
+           proxies: int = 1) -> int:
     try:
         ports = PortRange.parse(port_range)
         api_port = port if port is not None else (10000 if ports.lo is None else ports.take())
         active = max_active if max_active is not None else default_max_active(engine, os.cpu_count() or 1)
         net = LocalNet(state_dir, workers=workers, engine=engine, port=api_port, engine_options=engine_options,
-                       max_active=active, ports=ports, relay=relay)
+                       max_active=active, ports=ports, relay=relay, proxies=proxies)
     except ValueError as exc:
         console.print(f"[red]cocoon up:[/] {exc}")
         return 2

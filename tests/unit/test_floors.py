@@ -23,7 +23,7 @@ FLOORS: list[set[str]] = [
     {"wire"},
     {"openai"},
     {"inference", "media"},
-    {"runtime", "nodekeys", "keyclient"},
+    {"runtime", "nodekeys", "keyclient", "discovery"},
     {"client", "proxy", "worker", "chain", "keys"},
     {"relay", "sdk"},  # built on the client: the relay pays as a client of record, the SDK is a client in-process
     {"cli", "ledger_cli", "log_cli", "localnet", "bench", "status", "__main__"},

@@ -32,31 +32,30 @@ def test_a_worker_keeps_its_payouts_and_redeems_them_when_due(tmp_path: Path,
             parties=[NodeKeys("worker", cfg).wallet()], prices=Prices(), terms=Terms()).close()
     payments = WorkerPayments(cfg)
     assert (payments.earned_nanoton, payments.redeemed_nanoton, payments.refused_vouchers) == (0, 0, 0)
-    payments.accept(Payout(call_id=1, fee_nanoton=1, voucher=sign_voucher(key, Tag.PAYOUT, "0:" + "0" * 64, 1, 1,
-                                                                          global_id=0)))
+    stray = sign_voucher(key, Tag.PAYOUT, "0:" + "0" * 64, 1, 1, global_id=0)
+    payments.accept(ENDPOINT, Payout(call_id=1, fee_nanoton=1, voucher=stray))
     assert payments.earned_nanoton == 0  # no channel found yet: nothing to keep
-    payments.open()
+    payments.open(ENDPOINT)
     try:
-        assert payments.purse is not None
-        channel, gid = payments.purse.channel, payments.ledger.global_id()
+        channel, gid = payments.purses[ENDPOINT].channel, payments.ledger.global_id()
 
         def payout(seqno: int, amount: int, fee: int, tag: Tag = Tag.PAYOUT) -> Payout:
             return Payout(call_id=seqno, fee_nanoton=fee,
                           voucher=sign_voucher(key, tag, channel, seqno, amount, global_id=gid))
 
         caplog.set_level(logging.INFO, logger="cocoon.worker.payments")
-        payments.accept(payout(1, TON // 4, TON // 4))
+        payments.accept(ENDPOINT, payout(1, TON // 4, TON // 4))
         assert "covers earlier requests" not in caplog.text
-        payments.accept(payout(3, 3 * TON // 4, TON // 4))  # #2 was lost on the way
+        payments.accept(ENDPOINT, payout(3, 3 * TON // 4, TON // 4))  # #2 was lost on the way
         assert "a payout voucher covers earlier requests too" in caplog.text
-        payments.accept(payout(4, TON, TON // 4, Tag.CHARGE))
-        payments.accept(payout(2, TON // 2, TON // 4))  # older than the one kept
+        payments.accept(ENDPOINT, payout(4, TON, TON // 4, Tag.CHARGE))
+        payments.accept(ENDPOINT, payout(2, TON // 2, TON // 4))  # older than the one kept
         assert (payments.refused_vouchers, payments.earned_nanoton) == (2, 3 * TON // 4)
         payments.redeem(False)  # below the threshold
         assert payments.redeemed_nanoton == 0 and "redeemed" not in caplog.text
         payments.redeem(True)
         assert payments.redeemed_nanoton == 3 * TON // 4 and "redeemed the payout voucher" in caplog.text
-        payments.accept(payout(5, 2 * TON, 5 * TON // 4))
+        payments.accept(ENDPOINT, payout(5, 2 * TON, 5 * TON // 4))
 
         async def until_redeemed() -> None:  # the background round redeems what reached the threshold
             task = asyncio.create_task(payments.run())
@@ -70,7 +69,7 @@ def test_a_worker_keeps_its_payouts_and_redeems_them_when_due(tmp_path: Path,
 
         asyncio.run(until_redeemed())
         assert payments.redeemed_nanoton == 2 * TON
-        payments.accept(payout(6, 2 * TON + 1, 1))  # below the threshold: the rounds leave it
+        payments.accept(ENDPOINT, payout(6, 2 * TON + 1, 1))  # below the threshold: the rounds leave it
         rounds: list[bool] = []
         redeem = payments.redeem
         payments.redeem = lambda force: (rounds.append(force), redeem(force))[1]  # type: ignore[method-assign]

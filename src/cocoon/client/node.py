@@ -10,11 +10,14 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
 
 from cocoon.attest.registry import registered_proxy_check
+from cocoon.attest.types import AttestationError, PeerIdentity
 from cocoon.client.api import ClientApi
 from cocoon.client.oblivious import RelayLink
 from cocoon.client.payments import ClientPayments
 from cocoon.client.proxy_link import ProxyLink, refuse_inbound
 from cocoon.config import ClientConfig, ConfigError, is_loopback
+from cocoon.discovery import proxy_directory
+from cocoon.ledger.base import LedgerError
 from cocoon.observe.stats import StatsServer
 from cocoon.runtime import identity_stats, make_node_identity, registry_head_path, serve_until
 from cocoon.wire.connection import hello
@@ -22,12 +25,6 @@ from cocoon.wire.dialer import Dialer
 from cocoon.wire.messages import ClientParams, Hello
 
 log = logging.getLogger(__name__)
-
-
-def proxy_addresses(cfg: ClientConfig) -> list[str]:
-    """The proxies this client may use, in order of preference: its configuration for now; discovery through
-    the root registry's proxy list replaces this source (the dialer asks it again before every round)."""
-    return cfg.proxy_addresses
 
 
 class ProxyUpstream:
@@ -39,11 +36,29 @@ class ProxyUpstream:
         self.identity, self.verifier = make_node_identity("client", cfg, {"proxy"})
         self.payments = ClientPayments(cfg, self.identity.current().public_key) if cfg.payments else None
         # paying through a proxy's contract: only the proxy registered at the address dialed may take the link
-        registered = registered_proxy_check(self.payments.ledger, registry_head_path(cfg)) if self.payments else None
-        self.dialer = Dialer(lambda: proxy_addresses(cfg), self.identity, self.verifier, self._hello,
-                             refuse_inbound, connect_timeout_s=cfg.connect_timeout_s, check_peer=registered)
+        self._registered = registered_proxy_check(self.payments.ledger, registry_head_path(cfg)) \
+            if self.payments else None
+        # the proxies to dial: pinned in the config, or found in the root registry (nearest first)
+        self.directory = proxy_directory(cfg, self.payments.ledger if self.payments else None)
+        self.dialer = Dialer(self.directory.addresses, self.identity, self.verifier, self._hello,
+                             refuse_inbound, connect_timeout_s=cfg.connect_timeout_s,
+                             check_peer=self._check_proxy if self.payments else None)
         self.link = ProxyLink(self.dialer, cfg.connect_timeout_s)
         self._topping_up: asyncio.Task[None] | None = None
+
+    def _check_proxy(self, address: str, peer: PeerIdentity) -> None:
+        """Only the proxy registered at the address dialed may take the link, and it has a funded channel before
+        the hello names it (blocking: runs in the dialer's thread)."""
+        assert self._registered is not None and self.payments is not None
+        self._registered(address, peer)
+        try:
+            self.payments.ensure_channel(address)
+        except LedgerError as exc:
+            raise AttestationError(f"no payment channel with the proxy at {address}: {exc}") from None
+
+    def link_changed(self, up: bool) -> None:
+        if not up:
+            self.directory.on_link_lost()
 
     def _hello(self) -> Hello:
         # called as each dial starts: `dialer.address` is the proxy being dialed, each has its own channel
@@ -51,13 +66,17 @@ class ProxyUpstream:
         return hello("client", self.cfg.name, client=params)
 
     async def start(self) -> None:
+        await self.directory.refresh(probe=True)
         if self.payments is not None:
-            await asyncio.to_thread(self.payments.open)  # the proxies see a funded channel from the first hello
+            # the proxies see a funded channel from the first hello
+            await asyncio.to_thread(self.payments.open, self.directory.addresses())
             self._topping_up = asyncio.create_task(self.payments.run())
+        self.directory.start()
         self.dialer.start()
 
     async def stop(self) -> None:
         await self.dialer.stop("client shutting down")
+        await self.directory.stop()
         if self._topping_up is not None:
             self._topping_up.cancel()
         if self.payments is not None:
@@ -66,7 +85,8 @@ class ProxyUpstream:
     def jsonstats(self) -> dict[str, Any]:
         return {
             "proxy": self.dialer.address,
-            "proxies": proxy_addresses(self.cfg),
+            "proxies": self.directory.addresses(),
+            "proxy_latency_ms": self.directory.latency_ms(),
             "proxy_connected": self.dialer.connected,
             "last_link_error": self.dialer.last_error,
             "identity": identity_stats(self.identity),
@@ -106,7 +126,13 @@ class ClientNode:
         Gauge("cocoon_client_active_requests", "API requests in flight", registry=registry).set_function(
             lambda: self.api.stats.active)
         if self.upstream is not None:
-            self.upstream.dialer.on_change = lambda up: connected.set(1 if up else 0)
+            upstream = self.upstream
+
+            def link_changed(up: bool) -> None:
+                connected.set(1 if up else 0)
+                upstream.link_changed(up)
+
+            upstream.dialer.on_change = link_changed
         self.stats = StatsServer("client", cfg.name, registry, self.jsonstats, token=cfg.stats_token)
         self._runner: web.AppRunner | None = None
         self.api_port = 0

@@ -40,7 +40,8 @@ class ClientPayments:
         self._in_doubt = vouchers_path(state, cfg.name).with_suffix(".in-doubt")
         self.policy = ChannelPolicy(deposit=cfg.deposit_nanoton, stake=cfg.stake_nanoton,
                                     top_up_below=cfg.top_up_below_nanoton, top_up_to=cfg.top_up_to_nanoton)
-        self.purses: dict[str, ClientPurse] = {}  # by proxy address (host:port)
+        self.purses: dict[str, ClientPurse] = {}  # by proxy address (host:port); grows as proxies are found
+        self._inherited_s: float | None = None
         self.balance_nanoton = 0  # what the channels still hold for new requests, as last read
         self.audit = ChargeAudit()
         self.refused_vouchers = 0  # invalid, or inconsistent with the voucher kept
@@ -50,25 +51,32 @@ class ClientPayments:
         # the root's prices, the current ones and the ones before: a proxy may settle at either around a change
         self._prices: tuple[Prices, ...] = (self.ledger.root_params().prices,)
 
-    def open(self) -> None:
-        """Open and fund a channel with every configured proxy registered in the root (blocking, before any
-        request)."""
+    def open(self, addresses: list[str] | None = None) -> None:
+        """Open and fund a channel with each of these proxies (by default the configured ones) that the root
+        registers (blocking, before any request); proxies found later get theirs before their first link
+        (`ensure_channel`)."""
         # an earlier run's requests may be charged until their deadline (and a little settling after it)
-        inherited_s = self.cfg.request_timeout_s + 30 if self._in_doubt.exists() else None
+        self._inherited_s = self.cfg.request_timeout_s + 30 if self._in_doubt.exists() else None
         self._in_doubt.touch()
-        for address in self.cfg.proxy_addresses:
+        for address in self.cfg.proxy_addresses if addresses is None else addresses:
             try:
-                proxy = self.ledger.find_proxy(address)
+                self.ensure_channel(address)
             except LedgerError as exc:
                 log.warning("no payment channel with this proxy", extra={"fields": {"proxy": address,
                                                                                     "reason": str(exc)}})
-                continue
-            purse = ClientPurse(self.ledger, self.wallet, proxy.address, self.vouchers, self.policy)
-            state = purse.ensure_open()
-            self.purses[address] = purse
-            self.audit.open(purse.channel, purse.latest(), inherited_s=inherited_s)
-            log.info("payment channel open", extra={"fields": {"proxy": address, "channel": purse.channel,
-                                                               "balance": state.balance, "stake": state.stake}})
+        self._refresh()
+
+    def ensure_channel(self, address: str) -> None:
+        """A funded channel with the proxy registered at `address` (blocking; LedgerError if none is)."""
+        if address in self.purses:
+            return
+        proxy = self.ledger.find_proxy(address)
+        purse = ClientPurse(self.ledger, self.wallet, proxy.address, self.vouchers, self.policy)
+        state = purse.ensure_open()
+        self.audit.open(purse.channel, purse.latest(), inherited_s=self._inherited_s)
+        self.purses[address] = purse
+        log.info("payment channel open", extra={"fields": {"proxy": address, "channel": purse.channel,
+                                                           "balance": state.balance, "stake": state.stake}})
         self._refresh()
 
     def client_params(self, address: str) -> ClientParams:
@@ -103,7 +111,7 @@ class ClientPayments:
     def _keep(self, request_id: str, voucher: Voucher) -> tuple[str | None, Voucher | None]:
         """The channel of ours `voucher` is for, and the voucher if it is valid (kept as the newest, or
         superseded by a newer one kept already)."""
-        purse = next((p for p in self.purses.values() if p.channel == voucher.contract), None)
+        purse = next((p for p in list(self.purses.values()) if p.channel == voucher.contract), None)
         try:
             if purse is None:
                 raise VoucherError(f"a voucher for {voucher.contract}, which is none of this client's channels")
@@ -147,7 +155,7 @@ class ClientPayments:
 
     @property
     def charged_nanoton(self) -> int:
-        return sum(p.charged for p in self.purses.values())
+        return sum(p.charged for p in list(self.purses.values()))
 
     async def run(self) -> None:
         """Top channels up when they run low; keep the balance figure fresh."""
@@ -159,13 +167,13 @@ class ClientPayments:
                 log.exception("channel top-up failed")
 
     def _top_up(self) -> None:
-        for address, purse in self.purses.items():
+        for address, purse in list(self.purses.items()):
             if purse.top_up_if_low() is not None:
                 log.info("topped up the payment channel", extra={"fields": {"proxy": address}})
         self._refresh()
 
     def _refresh(self) -> None:
-        self.balance_nanoton = sum(p.remaining() for p in self.purses.values())
+        self.balance_nanoton = sum(p.remaining() for p in list(self.purses.values()))
         prices = self.ledger.refresh().prices
         if prices != self._prices[0]:
             self._prices = (prices, self._prices[0])

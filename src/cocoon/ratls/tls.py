@@ -36,6 +36,11 @@ class HandshakeError(ConnectionError, CocoonError):
         self.reason = reason
 
 
+class SilentPeer(HandshakeError):
+    """The peer closed the connection before sending anything: a reachability probe (discovery.py), or a port
+    scan; nothing to warn about."""
+
+
 class _Verdict:
     """What the verify callback concluded about the peer, kept per connection."""
 
@@ -195,6 +200,7 @@ async def _handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     def flush() -> None:
         _pump(conn, writer)
 
+    received = False
     while True:
         try:
             conn.do_handshake()
@@ -203,9 +209,12 @@ async def _handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
             flush()
             data = await reader.read(_READ_SIZE)
             if not data:
+                if not received:
+                    raise SilentPeer("peer closed the connection without a byte") from None
                 raise HandshakeError(
                     verdict.reason or "peer closed the connection during the TLS handshake"
                 ) from None
+            received = True
             conn.bio_write(data)
         except SSL.Error as exc:
             flush()  # deliver our alert so the peer learns it was refused
@@ -285,6 +294,9 @@ async def serve(
         except TimeoutError:
             admission.timed_out(entry)
             writer.transport.abort()
+            return
+        except SilentPeer:
+            writer.close()
             return
         except (HandshakeError, OSError) as exc:
             if not entry.evicted:  # an eviction was counted and logged as such

@@ -47,7 +47,7 @@ class Dialer:
         for address in addresses():
             split_address(address)  # a malformed address is a configuration error: say so at start
         self.addresses = addresses
-        self.address = addresses()[0]  # the one linked, or last tried
+        self.address = next(iter(addresses()), "")  # the one linked, or last tried ("": none known yet)
         self.identity = identity
         self.verifier = verifier
         self.make_hello = make_hello
@@ -88,6 +88,8 @@ class Dialer:
         first = 0
         while True:
             addresses = list(self.addresses())
+            if not addresses:
+                self.last_error = "no proxy address known yet"
             for i in range(len(addresses)):
                 position = (first + i) % len(addresses)
                 conn = await self._dial(addresses[position])

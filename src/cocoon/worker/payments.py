@@ -25,32 +25,42 @@ class WorkerPayments:
         self.ledger = LocalLedger(ledger_path(state))
         self.wallet = NodeKeys("worker", cfg).wallet()  # sealed to this worker's role, image and name
         self.vouchers = VoucherBook(vouchers_path(state, cfg.name))
-        self.purse: WorkerPurse | None = None
-        self.redeemed_nanoton = 0
+        self._redeemed: dict[str, int] = {}  # what each channel has redeemed, as last read
+        self.purses: dict[str, WorkerPurse] = {}  # by proxy address (host:port): one channel per proxy served
         self.refused_vouchers = 0
 
-    def open(self) -> None:
-        """Find the proxy's contract and this worker's channel with it (blocking)."""
-        proxy = self.ledger.find_proxy(self.cfg.proxy)
-        self.purse = WorkerPurse(self.ledger, self.wallet, proxy.address, self.vouchers,
-                                 redeem_threshold=self.cfg.redeem_threshold_nanoton)
-        self.redeemed_nanoton = self.purse.redeemed()
+    def open(self, address: str) -> None:
+        """Find the contract of the proxy registered at `address` and this worker's channel with it (blocking;
+        LedgerError if no proxy is registered there)."""
+        if address in self.purses:
+            return
+        proxy = self.ledger.find_proxy(address)
+        purse = WorkerPurse(self.ledger, self.wallet, proxy.address, self.vouchers,
+                            redeem_threshold=self.cfg.redeem_threshold_nanoton)
+        self._redeemed[address] = purse.redeemed()
+        self.purses[address] = purse
 
     @property
     def earned_nanoton(self) -> int:
-        return self.purse.earned if self.purse else 0
+        return sum(p.earned for p in list(self.purses.values()))
 
-    def accept(self, payout: Payout) -> None:
-        if self.purse is None:
+    @property
+    def redeemed_nanoton(self) -> int:
+        return sum(self._redeemed.get(a, 0) for a in list(self.purses))
+
+    def accept(self, address: str, payout: Payout) -> None:
+        purse = self.purses.get(address)
+        if purse is None:
             return
         try:
-            difference = self.purse.accept(payout.voucher, payout.fee_nanoton)
+            difference = purse.accept(payout.voucher, payout.fee_nanoton)
         except VoucherError as exc:
             self.refused_vouchers += 1
-            log.error("refused a payout voucher", extra={"fields": {"reason": str(exc)}})
+            log.error("refused a payout voucher", extra={"fields": {"proxy": address, "reason": str(exc)}})
             return
         if difference:
-            log.info("a payout voucher covers earlier requests too", extra={"fields": {"nanoton": difference}})
+            log.info("a payout voucher covers earlier requests too", extra={"fields": {"proxy": address,
+                                                                                      "nanoton": difference}})
 
     async def run(self) -> None:
         while True:
@@ -61,11 +71,10 @@ class WorkerPayments:
                 log.exception("redeeming failed")
 
     def redeem(self, force: bool) -> None:
-        if self.purse is None:
-            return
-        if self.purse.redeem_if_due(force=force) is not None:
-            log.info("redeemed the payout voucher", extra={"fields": {"earned": self.purse.earned}})
-        self.redeemed_nanoton = self.purse.redeemed()
+        for address, purse in list(self.purses.items()):
+            if purse.redeem_if_due(force=force) is not None:
+                log.info("redeemed the payout voucher", extra={"fields": {"proxy": address, "earned": purse.earned}})
+            self._redeemed[address] = purse.redeemed()
 
     def close(self) -> None:
         self.vouchers.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from typing import Any
@@ -10,11 +11,14 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from cocoon.attest.registry import registered_proxy_check
+from cocoon.attest.types import AttestationError, PeerIdentity
 from cocoon.config import WorkerConfig
 from cocoon.core.ids import request_scope
 from cocoon.core.usage import KINDS, Usage
+from cocoon.discovery import proxy_directory
 from cocoon.inference.base import Engine
 from cocoon.inference.factory import make_engine
+from cocoon.ledger.base import LedgerError
 from cocoon.observe.series import Series
 from cocoon.observe.stats import StatsServer
 from cocoon.runtime import identity_stats, make_node_identity, own_image_hash, registry_head_path
@@ -51,12 +55,25 @@ class WorkerNode:
         self.payments = WorkerPayments(cfg) if cfg.payments else None
         self.models: list[str] = []
         # paid through the proxy's contract: only the proxy registered at the address dialed may take the link
-        registered = registered_proxy_check(self.payments.ledger, registry_head_path(cfg)) if self.payments else None
-        self.dialer = Dialer(lambda: [cfg.proxy], self.identity, self.verifier, self._hello, self._on_inbound,
-                             check_peer=registered)
-        self.dialer.on_change = lambda up: self.metrics.connected.set(1 if up else 0)
+        self._registered = registered_proxy_check(self.payments.ledger, registry_head_path(cfg)) \
+            if self.payments else None
+        # the proxies to serve: pinned in the config, or found in the root registry (nearest first); one link to
+        # each of up to `max_proxies` of them
+        self.directory = proxy_directory(cfg, self.payments.ledger if self.payments else None)
+        self.dialers: list[Dialer] = []
+        for i in range(cfg.max_proxies):
+            dialer = Dialer(functools.partial(self._addresses_for, i), self.identity, self.verifier, self._hello,
+                            functools.partial(self._on_inbound, i),
+                            check_peer=self._check_proxy if self.payments else None)
+            dialer.on_change = self._link_changed
+            self.dialers.append(dialer)
         self._served = 0
         self._usage_totals = dict.fromkeys(KINDS, 0)
+
+    @property
+    def dialer(self) -> Dialer:
+        """The first link (the only one of a worker serving one proxy)."""
+        return self.dialers[0]
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.stats.start(self.cfg.stats_host, self.cfg.stats_port)
@@ -66,14 +83,18 @@ class WorkerNode:
         log.info("engine ready", extra={"fields": {"engine": self.engine.name, "models": self.models,
                                                    "load_s": round(time.monotonic() - started, 3)}})
         redeeming = None
+        await self.directory.refresh(probe=True)
         if self.payments is not None:
-            await asyncio.to_thread(self.payments.open)
             redeeming = asyncio.create_task(self.payments.run())
-        self.dialer.start()
+        self.directory.start()
+        for dialer in self.dialers:
+            dialer.start()
         try:
             await stop.wait()
         finally:
-            await self.dialer.stop("worker shutting down")
+            for dialer in self.dialers:
+                await dialer.stop("worker shutting down")
+            await self.directory.stop()
             if redeeming is not None:
                 redeeming.cancel()
             if self.payments is not None:
@@ -83,6 +104,27 @@ class WorkerNode:
             await self.engine.close()
             await self.stats.stop()
 
+    def _addresses_for(self, i: int) -> list[str]:
+        """Where link `i` may go: the proxies no other link of this worker is linked to, dialing or retrying, so
+        that its links serve distinct proxies (a link whose proxy went away keeps trying it, or a new one)."""
+        taken = {d.address for j, d in enumerate(self.dialers) if j != i and d.address}
+        return [a for a in self.directory.addresses() if a not in taken]
+
+    def _link_changed(self, up: bool) -> None:
+        self.metrics.connected.set(sum(d.connected for d in self.dialers))
+        if not up:
+            self.directory.on_link_lost()
+
+    def _check_proxy(self, address: str, peer: PeerIdentity) -> None:
+        """Paid through the proxy's contract: only the proxy registered at the address dialed may take the link
+        (blocking: runs in the dialer's thread), and its channel is found before the hello."""
+        assert self.payments is not None and self._registered is not None
+        self._registered(address, peer)
+        try:
+            self.payments.open(address)
+        except LedgerError as exc:
+            raise AttestationError(f"no payment channel with the proxy at {address}: {exc}") from None
+
     def _hello(self) -> Hello:
         owner = self.payments.wallet.address if self.payments else self.cfg.owner
         params = WorkerParams(models=self.models, coefficient=self.cfg.coefficient,
@@ -90,10 +132,10 @@ class WorkerNode:
                               owner=owner, supports_tools=self.engine.supports_tools)
         return hello("worker", self.cfg.name, worker=params)
 
-    def _on_inbound(self, conn: Connection, msg: Inbound) -> None:
+    def _on_inbound(self, link: int, conn: Connection, msg: Inbound) -> None:
         if isinstance(msg, Payout):
             if self.payments is not None:
-                self.payments.accept(msg)
+                self.payments.accept(self.dialers[link].address, msg)
         elif isinstance(msg, Request):
             task = conn.spawn(self._execute(conn, msg))
             self.running[msg.call_id] = task
@@ -149,9 +191,11 @@ class WorkerNode:
             "model_hash": self.engine.model_hash,
             "identity": identity_stats(self.identity, self.image_hash),
             "series": self.series.snapshot(),
-            "proxy": self.cfg.proxy,
-            "proxy_connected": self.dialer.connected,
-            "last_link_error": self.dialer.last_error,
+            "proxy": next((d.address for d in self.dialers if d.connected), self.dialers[0].address),
+            "proxy_connected": any(d.connected for d in self.dialers),
+            "proxies": [{"address": d.address, "connected": d.connected} for d in self.dialers],
+            "proxy_latency_ms": self.directory.latency_ms(),
+            "last_link_error": next((d.last_error for d in self.dialers if d.last_error), None),
             "active_requests": len(self.running),
             "max_active_requests": self.cfg.max_active_requests,
             "served": self._served,

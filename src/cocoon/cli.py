@@ -22,6 +22,7 @@ from cocoon.config import (
 )
 from cocoon.ledger_cli import app as ledger_app
 from cocoon.log_cli import app as log_app
+from cocoon.receipt_cli import app as receipt_app
 
 app = typer.Typer(help="cocoon: confidential, attested, paid AI inference.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -426,6 +427,7 @@ def gen_cert(
 
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(log_app, name="log")
+app.add_typer(receipt_app, name="receipt")
 app.add_typer(chain_app, name="chain")
 
 

@@ -70,13 +70,14 @@ def setup_logging(role: str, cfg: CommonConfig) -> None:
 
 
 def make_node_identity(role: str, cfg: CommonConfig, accept_roles: set[str], *, ledger: Ledger | None = None,
-                       voucher_key: bytes = b"") -> tuple[IdentityIssuer, CertVerifier]:
+                       voucher_key: bytes = b"", model_hash: bytes = b"", model_hash_declared: bool = False
+                       ) -> tuple[IdentityIssuer, CertVerifier]:
     """This process's attested identity (its certificate renewed as it ages), and the verifier for the peers
     it accepts.
 
     The claims carry the hash of the configuration that decides trust, the policy and a worker's engine
-    (`cocoon.attest.trustconfig`), and a proxy's `voucher_key`. A policy that takes image hashes or engines from
-    the root registry reads `ledger`, by default the local ledger in the state directory.
+    (`cocoon.attest.trustconfig`), a proxy's `voucher_key`, a worker's `model_hash`. A policy that takes image
+    hashes or engines from the root registry reads `ledger`, by default the local ledger in the state directory.
     """
     policy = load_policy(cfg.policy)
     config = trust_config(role, cfg, policy)
@@ -93,7 +94,8 @@ def make_node_identity(role: str, cfg: CommonConfig, accept_roles: set[str], *, 
     # the node's key is sealed to its role, image and name (nodekeys.py): the same after every restart
     identity = IdentityIssuer(role, backend, lifetime_s=cfg.cert_lifetime_s, hpke_key=X25519PrivateKey.generate(),
                               private_key=NodeKeys(role, cfg, backend).identity_key(), config=config,
-                              voucher_key=voucher_key)
+                              voucher_key=voucher_key, model_hash=model_hash,
+                              model_hash_declared=model_hash_declared)
     log.info("attested identity", extra={"fields": {"policy": policy.name, "config_hash": config.digest().hex(),
                                                     "engine_origin": config.engine_origin or None}})
     return identity, CertVerifier(policy, accept_roles, registry=registry, collateral=collateral)

@@ -27,15 +27,18 @@ from cocoon.ledger.base import TON, Terms
 from cocoon.ledger.contracts import Tag
 from cocoon.ledger.devnet import ProxySpec, prepare, vouchers_path
 from cocoon.ledger.pricing import price_request
+from cocoon.ledger.receipts import Receipt, request_digest
 from cocoon.ledger.vouchers import Voucher, sign_voucher
 from cocoon.ledger.wallet import Wallet
 from cocoon.nodekeys import NodeKeys
 from cocoon.proxy.billing import Account, Billing, open_ledger
+from cocoon.proxy.receipts import countersign
 from cocoon.wire.messages import Request, ResponseEnd, ResponseError
 
 ENDPOINT = "127.0.0.1:10100"
 TLS_KEY = b"\x55" * 32
 WORKER = "worker-key"
+WORKER_KEY = Wallet(b"\x66" * 32)  # signs the worker's receipts
 BODY = b'{"messages": "' + b"x" * 400 + b'"}'  # a body that can hold every prompt these tests report
 
 
@@ -72,8 +75,12 @@ class Proxy:
         finally:
             self.billing.end(res)
         assert not settled.beyond
+        receipt = Receipt(request_id=request_id, request_hash=request_digest(BODY), answer_hash=bytes(32),
+                          model="m", usage=usage, coefficient=coefficient, worker_key=WORKER_KEY.public_key,
+                          issued_at=0).sign(WORKER_KEY.sign)
         return ResponseEnd(call_id=0, usage=settled.usage, cost_nanoton=settled.charge.client_cost,
-                           voucher=settled.client_voucher, coefficient=coefficient)
+                           voucher=settled.client_voucher, coefficient=coefficient,
+                           receipt=countersign(receipt, self.billing.key, settled, coefficient))
 
     def charged(self) -> int:
         assert self.account is not None
@@ -85,6 +92,11 @@ class Proxy:
     def close(self) -> None:
         asyncio.run(self.billing.stop())
         self.billing.ledger.close()
+
+
+def ended(payments: ClientPayments, ticket: int, last: ResponseEnd | ResponseError | None) -> None:
+    """`last` reaches the client with the receipt it carries (checked by the client API, client/receipts.py)."""
+    payments.end(ticket, last, last.receipt if isinstance(last, ResponseEnd) else None)
 
 
 def start_proxy(state: Path) -> Proxy:
@@ -131,11 +143,12 @@ class Flight:
 
 def finish(proxy: Proxy, payments: ClientPayments, f: Flight) -> None:
     if f.fate == "lost":
-        payments.end(f.ticket, None)
+        ended(payments, f.ticket, None)
     elif f.fate == "refused":
-        payments.end(f.ticket, ResponseError(call_id=0, status=429, message="busy", code="concurrency_limit_exceeded"))
+        ended(payments, f.ticket, ResponseError(call_id=0, status=429, message="busy",
+                                               code="concurrency_limit_exceeded"))
     else:
-        payments.end(f.ticket, f.answer)
+        ended(payments, f.ticket, f.answer)
 
 
 def settle(proxy: Proxy, f: Flight) -> None:
@@ -220,7 +233,7 @@ def test_a_voucher_above_every_answer_it_can_cover_is_caught_once_they_ended(
         inflated = sign_voucher(proxy.billing.key, Tag.CHARGE, honest.voucher.contract, honest.voucher.seqno + 100,
                                 honest.voucher.amount + 5000, global_id=honest.voucher.global_id)
         flights[2].answer = ResponseEnd(call_id=0, usage=honest.usage, cost_nanoton=honest.cost_nanoton,
-                                        voucher=inflated, coefficient=1000)
+                                        voucher=inflated, coefficient=1000, receipt=honest.receipt)
         later = [Flight("answered", Usage(completion_tokens=2)), Flight("lost", Usage(completion_tokens=2))]
         with caplog.at_level(logging.WARNING, logger="cocoon.client"):
             finish(proxy, payments, flights[2])
@@ -265,7 +278,7 @@ def test_an_answer_priced_above_the_coefficient_its_proxy_names_is_caught(proxy:
     try:
         usage = Usage(prompt_tokens=20, completion_tokens=40)
         ticket = payments.begin(rid())
-        payments.end(ticket, proxy.settle(rid(), usage, 1000, priced_at=2000))
+        ended(payments, ticket, proxy.settle(rid(), usage, 1000, priced_at=2000))
         fair = price_request(usage, proxy.prices(), 1000).client_cost
         assert fair > 0
         assert (payments.overcharges, payments.overpriced_nanoton) == (1, fair)  # charged 2 × fair
@@ -288,8 +301,8 @@ def test_the_coefficient_is_checked_against_the_clients_cap(proxy: Proxy, cap: i
         usage = Usage(prompt_tokens=20, completion_tokens=40)
         ticket = payments.begin(rid())
         end = proxy.settle(rid(), usage, named or 1000)
-        payments.end(ticket, ResponseEnd(call_id=0, usage=usage, cost_nanoton=end.cost_nanoton, voucher=end.voucher,
-                                         coefficient=named))
+        ended(payments, ticket, ResponseEnd(call_id=0, usage=usage, cost_nanoton=end.cost_nanoton,
+                                          voucher=end.voucher, coefficient=named, receipt=end.receipt))
         at_cap = price_request(usage, proxy.prices(), cap or 0).client_cost
         assert payments.overcharges == int(overpriced)
         assert payments.overpriced_nanoton == (end.cost_nanoton - at_cap if overpriced else 0)
@@ -302,7 +315,7 @@ def test_a_worker_above_the_cap_is_caught_even_when_priced_within_it(proxy: Prox
     try:
         usage = Usage(completion_tokens=40)
         ticket = payments.begin(rid())
-        payments.end(ticket, proxy.settle(rid(), usage, 1500, priced_at=1000))
+        ended(payments, ticket, proxy.settle(rid(), usage, 1500, priced_at=1000))
         assert (payments.overcharges, payments.overpriced_nanoton) == (1, 0)  # nothing charged beyond the cap
     finally:
         payments.close()
@@ -314,7 +327,8 @@ def test_an_older_proxy_priced_above_the_cap_is_caught(proxy: Proxy) -> None:
         usage = Usage(completion_tokens=40)
         ticket = payments.begin(rid())
         end = proxy.settle(rid(), usage, 1000, priced_at=1100)
-        payments.end(ticket, ResponseEnd(call_id=0, usage=usage, cost_nanoton=end.cost_nanoton, voucher=end.voucher))
+        ended(payments, ticket, ResponseEnd(call_id=0, usage=usage, cost_nanoton=end.cost_nanoton,
+                                          voucher=end.voucher, receipt=end.receipt))
         assert payments.overcharges == 1
     finally:
         payments.close()
@@ -325,7 +339,7 @@ def test_a_cost_without_usage_is_an_overcharge(proxy: Proxy) -> None:
     try:
         ticket = payments.begin(rid())
         end = proxy.settle(rid(), Usage(completion_tokens=5))
-        payments.end(ticket, ResponseError(call_id=0, status=502, message="broke", cost_nanoton=end.cost_nanoton,
+        ended(payments, ticket, ResponseError(call_id=0, status=502, message="broke", cost_nanoton=end.cost_nanoton,
                                            voucher=end.voucher, coefficient=1000))
         assert (payments.overcharges, payments.overpriced_nanoton) == (1, end.cost_nanoton)
     finally:
@@ -340,7 +354,7 @@ def test_invalid_or_inconsistent_vouchers_are_refused_not_kept(proxy: Proxy, for
         tickets = [payments.begin(rid()) for _ in range(3)]
         first, second = (proxy.settle(rid(), Usage(completion_tokens=n)) for n in (5, 6))
         assert first.voucher is not None and second.voucher is not None
-        payments.end(tickets[1], second)
+        ended(payments, tickets[1], second)
         v, key, net = second.voucher, proxy.billing.key, second.voucher.global_id
         bad = {
             "other_key": sign_voucher(Wallet(b"\x01" * 32), Tag.CHARGE, v.contract, v.seqno + 1, v.amount + 1,
@@ -353,10 +367,10 @@ def test_invalid_or_inconsistent_vouchers_are_refused_not_kept(proxy: Proxy, for
             "same_seqno_other_amount": sign_voucher(key, Tag.CHARGE, v.contract, v.seqno, v.amount - 1,
                                                     global_id=net),
         }[forgery]
-        payments.end(tickets[2], ResponseEnd(call_id=0, usage=Usage(), voucher=bad))
+        ended(payments, tickets[2], ResponseEnd(call_id=0, usage=Usage(), voucher=bad))
         assert payments.refused_vouchers == 1
         assert payments.charged_nanoton == v.amount  # the kept voucher is still the genuine newest
-        payments.end(tickets[0], first)  # the genuine older one: superseded, not refused
+        ended(payments, tickets[0], first)  # the genuine older one: superseded, not refused
         assert (payments.refused_vouchers, payments.superseded_vouchers, payments.overcharges) == (1, 1, 0)
     finally:
         payments.close()
@@ -368,7 +382,7 @@ def test_a_voucher_is_kept_even_when_older_ones_arrive_after_it(proxy: Proxy) ->
         tickets = [payments.begin(rid()) for _ in range(3)]
         ends = [proxy.settle(rid(), Usage(completion_tokens=n)) for n in (1, 2, 3)]
         for ticket, end in reversed(list(zip(tickets, ends, strict=True))):
-            payments.end(ticket, end)
+            ended(payments, ticket, end)
         newest: Voucher | None = ends[-1].voucher
         assert newest is not None and payments.charged_nanoton == newest.amount == proxy.charged()
         assert (payments.superseded_vouchers, payments.refused_vouchers, payments.unexplained_nanoton) == (2, 0, 0)
@@ -385,7 +399,7 @@ def test_an_earlier_runs_unseen_answers_are_unexplained_not_an_overcharge(proxy:
     after = proxy.client()
     try:
         ticket = after.begin(rid())
-        after.end(ticket, proxy.settle(rid(), Usage(completion_tokens=4)))
+        ended(after, ticket, proxy.settle(rid(), Usage(completion_tokens=4)))
         assert (after.unexplained_nanoton, after.overcharges) == (lost.cost_nanoton, 0)
     finally:
         after.close()
@@ -448,7 +462,7 @@ def test_a_channel_running_low_is_topped_up_and_the_balance_figure_follows(proxy
         proxy.account = asyncio.run(proxy.billing.open_account(TLS_KEY, payments.client_params(ENDPOINT)))
         ticket = payments.begin(rid())
         end = proxy.settle(rid(), Usage(completion_tokens=50))
-        payments.end(ticket, end)
+        ended(payments, ticket, end)
         assert payments.audit.settled and end.cost_nanoton > 0
 
         async def until_topped_up() -> None:  # the background round does it
@@ -524,12 +538,12 @@ def test_answers_priced_at_the_prices_before_a_change_still_pass(proxy: Proxy) -
         usage = Usage(completion_tokens=40)
         for prices in (old, dearer):
             ticket = payments.begin(rid())
-            payments.end(ticket, ResponseError(call_id=0, status=502, message="broke", usage=usage,
+            ended(payments, ticket, ResponseError(call_id=0, status=502, message="broke", usage=usage,
                                                cost_nanoton=price_request(usage, prices, 1000).client_cost,
                                                coefficient=1000))
         assert payments.overcharges == 0
         ticket = payments.begin(rid())  # one nanoTON with no usage to show for it is one too many
-        payments.end(ticket, ResponseError(call_id=0, status=502, message="broke", cost_nanoton=1, coefficient=1000))
+        ended(payments, ticket, ResponseError(call_id=0, status=502, message="broke", cost_nanoton=1, coefficient=1000))
         assert (payments.overcharges, payments.overpriced_nanoton) == (1, 1)
     finally:
         payments.close()
@@ -581,3 +595,29 @@ def test_the_doubt_ends_at_the_first_exact_check_and_a_later_excess_is_an_overch
     audit.end(c, seen=True, channel="ch", cost=5, voucher=_voucher(2, 20))  # 5 more than c's answer
     audit.end(b, seen=True, channel="ch", cost=0)
     assert (audit.overcharges, audit.unexplained_nanoton, audit.settled) == (1, 5, True)
+
+
+def test_a_voucher_is_accepted_only_up_to_the_receipts_the_client_holds(proxy: Proxy) -> None:
+    """Issue 11 item 2: two answers charged, one backed by a receipt and one whose receipt failed the client's check
+    (or never came): the voucher covering both is explained only up to the first; the second's charge is an
+    over-charge, and the receipt book keeps both charges, with the one receipt, for a dispute."""
+    payments = proxy.client()
+    try:
+        backed = Flight("answered", Usage(completion_tokens=3))
+        unbacked = Flight("answered", Usage(completion_tokens=9))
+        for f in (backed, unbacked):
+            f.ticket = payments.begin(f.request_id)
+            settle(proxy, f)
+        assert isinstance(backed.answer, ResponseEnd) and isinstance(unbacked.answer, ResponseEnd)
+        ended(payments, backed.ticket, backed.answer)
+        payments.end(unbacked.ticket, unbacked.answer, None)
+        cost = unbacked.answer.cost_nanoton
+        assert cost > 0 and (payments.unbacked_answers, payments.unbacked_nanoton) == (1, cost)
+        assert (payments.unexplained_nanoton, payments.overcharges) == (cost, 1)
+        assert unbacked.answer.voucher is not None
+        rows = {r["request_id"]: r for r in payments.receipts.charges(unbacked.answer.voucher.contract)}
+        assert rows[unbacked.request_id]["receipt"] is None and rows[unbacked.request_id]["cost_nanoton"] == cost
+        held = rows[backed.request_id]["receipt"]
+        assert held is not None and held.request_id == backed.request_id and held.verify().cost_nanoton > 0
+    finally:
+        payments.close()

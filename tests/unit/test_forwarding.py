@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from prometheus_client import generate_latest
 
+from cocoon.attest.types import PeerIdentity
 from cocoon.config import ProxyConfig
 from cocoon.core.errors import ErrorCode
 from cocoon.core.usage import Usage
@@ -87,6 +88,8 @@ class FakeWorkerLink:
         self.requests: list[Request] = []
         self.calls: list[FakeCall] = []
         self.sent: list[Message] = []
+        self.peer = PeerIdentity(role="worker", kind="fake", public_key=bytes(32), image_hash=None, cert_sha256=b"",
+                                 not_after=0.0)  # whose key its receipts must be signed with
 
     async def request(self, req: Request) -> FakeCall:
         call = FakeCall(len(self.calls) + 1)

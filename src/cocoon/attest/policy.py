@@ -14,6 +14,8 @@ A policy file is TOML with the fields of `Policy`:
     tcb_statuses = ["UpToDate"]             # optional; default UpToDate and SWHardeningNeeded
     config_hashes = ["<64 lowercase hex>"]  # optional: `cocoon attest config-hash` of the allowed configurations
     remote_engines = "registry"             # engines outside the image: "any" (default), "registry", "refuse"
+    model_hashes = "registry"               # the weights' SHA-256 a worker claims, per model: "any" (default) or
+                                            # "registry": listed in the root registry for each model it serves
     max_cert_age_s = 86400
     max_skew_s = 300
 
@@ -71,8 +73,11 @@ class RegistryView(Protocol):
 
     def allows_engine(self, model: str, origin: str) -> bool: ...
 
+    def allows_model(self, model: str, weights_sha256: str) -> bool: ...
+
 
 RemoteEngines = Literal["any", "registry", "refuse"]
+ModelHashes = Literal["any", "registry"]
 _PLURAL = {"proxy": "proxies", "worker": "workers"}
 _ENGINE_STRICTNESS: dict[str, int] = {"any": 0, "registry": 1, "refuse": 2}
 
@@ -89,6 +94,9 @@ class RolePolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Engines outside the measured image (an `openai:` engine off the worker's machine see every prompt in the
     # clear): "any"; "registry": only for the models the root registry lists with that origin; "refuse".
     remote_engines: RemoteEngines = "any"
+    # The weights a worker serves (its claims' model_hash, inference/weights.py): "any"; "registry": only a hash the
+    # root registry lists for every model the worker announces (a worker stating none is refused).
+    model_hashes: ModelHashes = "any"
     max_cert_age_s: float = 86400 * 2
     max_skew_s: float = 300
 
@@ -144,7 +152,7 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     @property
     def needs_registry(self) -> bool:
         return any(rules.image_hashes == "registry" or rules.remote_engines == "registry"
-                   for rules in self.roles.values())
+                   or rules.model_hashes == "registry" for rules in self.roles.values())
 
     def rules_for(self, role: str) -> RolePolicy:
         rules = self.roles.get(role)
@@ -226,10 +234,15 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                                        f"{reason}")
 
     def check_engine_models(self, role: str, engine_origin: str, models: Iterable[str],
-                            registry: RegistryView | None) -> None:
+                            registry: RegistryView | None, *, model_hash: bytes = b"") -> None:
         """Refuses a peer that serves `models` from an engine at `engine_origin` outside its image, unless this
-        policy allows remote engines for the role, or the root registry lists that origin for every model."""
+        policy allows remote engines for the role, or the root registry lists that origin for every model; and,
+        where the policy takes model hashes from the registry, one whose weights (`model_hash`, from its claims)
+        the registry does not list for every model it serves."""
         rules = self.rules_for(role)
+        models = sorted(set(models))
+        if rules.model_hashes == "registry":
+            self._check_model_hash(role, model_hash, models, registry)
         if not runs_outside(engine_origin) or rules.remote_engines == "any":
             return
         if rules.remote_engines == "refuse":
@@ -244,6 +257,20 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                 f"engine at {engine_origin} runs outside the measured image, and the root registry (version "
                 f"{registry.version}) does not list it for model(s) {refused}: refused for role {role!r} by policy "
                 f"{self.name!r}")
+
+    def _check_model_hash(self, role: str, model_hash: bytes, models: list[str],
+                          registry: RegistryView | None) -> None:
+        if not model_hash:
+            raise AttestationError(f"the {role} states no model hash; policy {self.name!r} serves only weights the "
+                                   "root registry lists")
+        if registry is None:
+            raise AttestationError(f"policy {self.name!r} takes the model hashes of role {role!r} from the root "
+                                   "registry, but no registry is connected")
+        refused = [m for m in models if not registry.allows_model(m, model_hash.hex())]
+        if refused:
+            raise AttestationError(
+                f"model hash {model_hash.hex()} is not listed in the root registry (version {registry.version}) "
+                f"for model(s) {refused}: refused for role {role!r} by policy {self.name!r}")
 
     def weakness(self, peer: Policy, registry: RegistryView | None) -> str | None:
         """Why `peer` (another node's own policy) would admit a proxy or worker that this policy refuses; None
@@ -285,6 +312,8 @@ def _admits_more(theirs: RolePolicy, mine: RolePolicy, role: str, registry: Regi
         return "admits configurations this policy refuses"
     if _ENGINE_STRICTNESS[theirs.remote_engines] < _ENGINE_STRICTNESS[mine.remote_engines]:
         return f"admits remote engines {theirs.remote_engines!r} (this policy: {mine.remote_engines!r})"
+    if mine.model_hashes == "registry" and theirs.model_hashes != "registry":
+        return "admits model hashes the root registry does not list"
     return None
 
 
@@ -340,7 +369,8 @@ PRODUCTION_POLICY = Policy(
     name="production",
     roles={
         "proxy": RolePolicy(kinds=_TDX, image_hashes="registry"),
-        "worker": RolePolicy(kinds=_TDX, image_hashes="registry", remote_engines="registry"),
+        "worker": RolePolicy(kinds=_TDX, image_hashes="registry", remote_engines="registry",
+                             model_hashes="registry"),
         "client": _CLIENTS,
     },
     production_safe=True,

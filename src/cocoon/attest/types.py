@@ -81,6 +81,8 @@ class PeerIdentity(msgspec.Struct, frozen=True):
     engine: str = ""  # a worker's engine kind, and its origin when it runs outside the worker's process
     engine_origin: str = ""
     voucher_key: bytes = b""  # a proxy's voucher key
+    model_hash: bytes = b""  # a worker's weights' SHA-256, as its claims state it
+    model_hash_declared: bool = False  # declared by its operator rather than measured in its image
 
     @property
     def key_id(self) -> str:

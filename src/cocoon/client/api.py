@@ -6,7 +6,7 @@ import hmac
 import logging
 import time
 from collections import deque
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from aiohttp import web
@@ -15,10 +15,12 @@ from cocoon.client.crosssite import CrossSiteGuard
 from cocoon.client.oblivious import RelayCall, RelayLink, RelayStream
 from cocoon.client.payments import ClientPayments
 from cocoon.client.proxy_link import ProxyLink
+from cocoon.client.receipts import check_receipt
 from cocoon.config import ClientConfig
 from cocoon.core.errors import DECODE_ERRORS, ApiError, ErrorCode
 from cocoon.core.ids import REQUEST_ID_HEADER, request_id_from, request_scope
 from cocoon.core.usage import KINDS, Usage
+from cocoon.ledger.receipts import AnswerHasher, Receipt, ReceiptError, answer_digest
 from cocoon.observe.series import Series
 from cocoon.openai import http, schema, sse
 from cocoon.wire.connection import Call, LinkLost
@@ -27,6 +29,7 @@ from cocoon.wire.messages import Answer, Request, ResponseChunk, ResponseEnd, Re
 log = logging.getLogger(__name__)
 
 REGION_HEADER = "cocoon-region"
+RECEIPT_HEADER = "x-cocoon-receipt"  # a non-streamed answer's receipt, base64 (a stream's is in `usage.receipt`)
 _REQUEST_ID = web.RequestKey("request_id", str)
 
 
@@ -44,6 +47,7 @@ class ClientStats:
         self.series = Series()
         self.models: dict[str, Series] = {}
         self.recent_errors: deque[dict[str, Any]] = deque(maxlen=20)
+        self.receipts = {"held": 0, "missing": 0, "refused": 0}  # answers' receipts: checked, absent, failing
 
     def answered(self, model: str, seconds: float, first_token_s: float | None) -> None:
         """A request a worker answered (its model is served): how long it took, and its first token."""
@@ -158,7 +162,7 @@ class ClientApi:
     async def _answer(self, request: web.Request, req: Request, model: str, ticket: int, started: float
                       ) -> web.StreamResponse:
         try:
-            call = await self.link.call(req)
+            call, proxy_key = await self.link.request(req)
         except ApiError:
             if self.payments is not None:  # it never reached a proxy: nothing can be charged for it
                 self.payments.unsent(ticket)
@@ -177,9 +181,10 @@ class ClientApi:
             timing = {"x-cocoon-client-ms": f"{(headed_at - started) * 1000:.1f}",
                       "x-cocoon-proxy-ms": f"{first.proxy_ms:.1f}",
                       "x-cocoon-worker-ms": f"{first.worker_ms:.1f}"}
+            answering = _Answering(req, ticket, proxy_key)
             if req.stream:
-                return await self._stream(request, call, ticket, timing)
-            return await self._whole(call, ticket, timing)
+                return await self._stream(request, call, answering, timing)
+            return await self._whole(call, answering, timing)
         finally:
             self.stats.active -= 1
             if headed_at is not None:
@@ -200,24 +205,32 @@ class ClientApi:
                                 "it was not retried, since the proxy may have started it", type="api_error",
                            code=ErrorCode.PROXY_LINK_LOST, retry_after=1) from None
 
-    async def _whole(self, call: Call | RelayCall | RelayStream, ticket: int, timing: dict[str, str]) -> web.Response:
+    async def _whole(self, call: Call | RelayCall | RelayStream, answering: _Answering, timing: dict[str, str]
+                     ) -> web.Response:
         parts: list[bytes] = []
         while True:
             msg = await self._next(call)
             if isinstance(msg, ResponseChunk):
                 parts.append(msg.data)
             elif isinstance(msg, ResponseEnd):
-                self._paid(ticket, "ok", msg)
-                body = with_cost(b"".join(parts), msg.cost_nanoton)
-                return web.Response(body=body, content_type="application/json", headers=timing)
+                answer = b"".join(parts)
+                receipt = self._receipt(answering, msg, answer_digest([answer]))
+                self._paid(answering.ticket, "ok", msg, receipt)
+                body = with_cost(answer, msg.cost_nanoton)
+                headers = {**timing, RECEIPT_HEADER: receipt.to_base64()} if receipt is not None else timing
+                return web.Response(body=body, content_type="application/json", headers=headers)
             elif isinstance(msg, ResponseError):
-                self._paid(ticket, ErrorCode.label(msg.code), msg)
+                self._paid(answering.ticket, ErrorCode.label(msg.code), msg)
                 raise msg.to_api()
 
-    async def _stream(self, request: web.Request, call: Call | RelayCall | RelayStream, ticket: int,
+    async def _stream(self, request: web.Request, call: Call | RelayCall | RelayStream, answering: _Answering,
                       timing: dict[str, str]) -> web.StreamResponse:
         resp = await http.open_stream(request, timing)
-        usage_chunk: bytes | None = None  # held back until the End says what the answer cost
+        # a usage chunk is held back until the next message: if it is the End, the chunk carries the answer's cost
+        # and receipt; otherwise it goes out as it came (payloads keep their order: the receipt hashes them so)
+        usage_chunk: bytes | None = None
+        answer = AnswerHasher()
+        ticket = answering.ticket
         # Events already received are sent in one write (one chunk, one send), not one write each; nothing waits
         # for more: the batch goes out as soon as the next answer is not already here.
         batch: list[bytes] = []
@@ -231,14 +244,19 @@ class ClientApi:
                 batch.append(sse.event(exc.to_json()))
                 break
             if isinstance(msg, ResponseChunk):
+                answer.update(msg.data, has_usage=msg.has_usage)
+                if usage_chunk is not None:
+                    batch.append(sse.event(usage_chunk))
+                    usage_chunk = None
                 if msg.has_usage:
                     usage_chunk = msg.data
                 else:
                     batch.append(sse.event(msg.data))
             elif isinstance(msg, ResponseEnd):
-                self._paid(ticket, "ok", msg)
+                receipt = self._receipt(answering, msg, answer.digest())
+                self._paid(ticket, "ok", msg, receipt)
                 if usage_chunk is not None:
-                    batch.append(sse.event(with_cost(usage_chunk, msg.cost_nanoton)))
+                    batch.append(sse.event(with_cost(usage_chunk, msg.cost_nanoton, receipt)))
                 batch.append(sse.DONE)
                 break
             elif isinstance(msg, ResponseError):
@@ -249,18 +267,41 @@ class ClientApi:
         await resp.write_eof(b"".join(batch))
         return resp
 
-    def _paid(self, ticket: int, outcome: str, last: ResponseEnd | ResponseError) -> None:
-        """The proxy's last message about a request: count it, and hand its charge to the payments."""
+    def _receipt(self, answering: _Answering, end: ResponseEnd, answer_hash: bytes) -> Receipt | None:
+        """The answer's receipt if it holds (client/receipts.py); None, counted and logged, when absent or not."""
+        try:
+            receipt = check_receipt(end, req=answering.req, answer_hash=answer_hash, proxy_key=answering.proxy_key)
+        except ReceiptError as exc:
+            missing = end.receipt is None
+            self.stats.receipts["missing" if missing else "refused"] += 1
+            log.log(logging.INFO if missing else logging.ERROR, "answer without a valid receipt",
+                    extra={"fields": {"reason": str(exc)}})
+            return None
+        self.stats.receipts["held"] += 1
+        return receipt
+
+    def _paid(self, ticket: int, outcome: str, last: ResponseEnd | ResponseError, receipt: Receipt | None = None
+              ) -> None:
+        """The proxy's last message about a request: count it, and hand its charge (and receipt) to the payments."""
         self.stats.record(outcome, last)
         if self.payments is not None:
-            self.payments.end(ticket, last)
+            self.payments.end(ticket, last, receipt)
+
+
+class _Answering(NamedTuple):
+    """What checking one answer's receipt and paying for it needs: the request sent, its payments ticket, and the
+    voucher key of the attested proxy it went to."""
+
+    req: Request
+    ticket: int
+    proxy_key: bytes
 
 
 def wire_request(endpoint: str, parsed: Any, cfg: ClientConfig, request_id: str, region: str = "") -> Request:
     """The wire `Request` for a parsed OpenAI request (`openai/schema.py`): what a proxy (or, encapsulated, a
     relay's gateway) is sent. The SDK builds its requests here too."""
     return Request(
-        endpoint=endpoint, model=parsed.model, body=msgspec.json.encode(parsed.to_body()),
+        endpoint=endpoint, model=parsed.model, body=schema.forwarded_body(parsed),
         stream=parsed.stream, include_usage=parsed.include_usage,
         deadline=time.time() + cfg.request_timeout_s, request_id=request_id,
         max_coefficient=cfg.default_max_coefficient, features=parsed.engine_features(),
@@ -268,9 +309,9 @@ def wire_request(endpoint: str, parsed: Any, cfg: ClientConfig, request_id: str,
     )
 
 
-def with_cost(payload: bytes, cost_nanoton: int) -> bytes:
+def with_cost(payload: bytes, cost_nanoton: int, receipt: Receipt | None = None) -> bytes:
     """The answer's JSON with `usage.cost_nanoton` (what the client paid for it) added, so an app can bill its own
-    users; a payload without a usage object is returned as is."""
+    users, and `usage.receipt` (base64) when it has one; a payload without a usage object is returned as is."""
     try:
         answer = msgspec.json.decode(payload)
     except DECODE_ERRORS:
@@ -279,6 +320,8 @@ def with_cost(payload: bytes, cost_nanoton: int) -> bytes:
     if not isinstance(usage, dict):
         return payload
     usage["cost_nanoton"] = cost_nanoton
+    if receipt is not None:
+        usage["receipt"] = receipt.to_base64()
     return msgspec.json.encode(answer)
 
 

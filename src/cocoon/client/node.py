@@ -97,6 +97,8 @@ class ProxyUpstream:
                 "unseen_answers": self.payments.audit.unseen_answers,
                 "overcharges": self.payments.overcharges,
                 "overpriced_nanoton": self.payments.overpriced_nanoton,
+                "unbacked_answers": self.payments.unbacked_answers,
+                "unbacked_nanoton": self.payments.unbacked_nanoton,
                 "channels": {a: p.channel for a, p in self.payments.purses.items()}} if self.payments else {}),
         }
 
@@ -178,6 +180,7 @@ class ClientNode:
             "tokens": dict(s.usage),
             # what the proxies charged for completed requests (by their answers' costs), settled on chain or not
             "charged_nanoton": s.charged_nanoton,
+            "receipts": dict(s.receipts),  # answers' receipts: held (checked), missing, refused
             "series": s.series.snapshot(),
             "latency_ms": s.series.recent("latency_ms"),
             "ttft_ms": s.series.recent("ttft_ms"),

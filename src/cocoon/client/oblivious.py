@@ -211,6 +211,11 @@ class RelayLink:
         answers = await self._exchange(oblivious.inner_request(req), chunked=req.stream)
         return answers if isinstance(answers, RelayStream) else RelayCall(answers)
 
+    async def request(self, req: Request) -> tuple[RelayCall | RelayStream, bytes]:
+        """As `ProxyLink.request`; no voucher key: through a relay, the relay pays, and an answer's receipt is
+        checked for its signatures and hashes, not for whose voucher key countersigned it."""
+        return await self.call(req), b""
+
     async def models(self) -> ModelsReply:
         """The models the gateway's proxy serves, as a link's models query asks."""
         answers = await self._exchange(oblivious.inner_models(ModelsQuery(call_id=0)))

@@ -3,7 +3,12 @@ the charge vouchers the proxies sign (the newest kept), and two checks of every 
 
 - its cost is at most its usage at the prices on chain times the worker's coefficient (the proxy names it), and
   that coefficient is within this client's cap;
-- the vouchers charge no more than the answers received (client/audit.py, whatever order answers end in).
+- the vouchers charge no more than the answers received (client/audit.py, whatever order answers end in), and
+  only answers backed by a receipt this client checked count (client/receipts.py): a voucher is accepted up to the
+  charges its receipts back, anything beyond is an over-charge. The one exception is a stream broken off after its
+  first token, which no worker could sign for: the proxy charges it by its own count, and the client saw it break.
+
+Every charge seen is kept with its receipt (`ReceiptBook`): the evidence `cocoon ledger dispute` exports.
 
 Chain operations run in threads; checking and storing a voucher (a signature check and one SQLite write) is
 done inline as each answer ends.
@@ -15,12 +20,14 @@ import asyncio
 import logging
 
 from cocoon.client.audit import ChargeAudit
+from cocoon.client.receipts import ReceiptBook, receipts_path
 from cocoon.config import ClientConfig, Prices
 from cocoon.ledger.base import LedgerError
 from cocoon.ledger.devnet import ledger_path, vouchers_path
 from cocoon.ledger.local import LocalLedger
 from cocoon.ledger.pricing import price_request
 from cocoon.ledger.purse import ChannelPolicy, ClientPurse
+from cocoon.ledger.receipts import Receipt
 from cocoon.ledger.vouchers import Voucher, VoucherBook, VoucherError
 from cocoon.nodekeys import NodeKeys
 from cocoon.wire.messages import ClientParams, ResponseEnd, ResponseError
@@ -36,6 +43,9 @@ class ClientPayments:
         self.ledger = LocalLedger(ledger_path(state))
         self.wallet = NodeKeys("client", cfg).wallet()  # sealed to this client's role (and image) and name
         self.vouchers = VoucherBook(vouchers_path(state, cfg.name))
+        self.receipts = ReceiptBook(receipts_path(state, cfg.name))
+        self.unbacked_answers = 0  # answers charged without a receipt that holds: their charge is not accepted
+        self.unbacked_nanoton = 0
         # present while this client runs, and after a run that may have been charged for answers it never saw
         self._in_doubt = vouchers_path(state, cfg.name).with_suffix(".in-doubt")
         self.policy = ChannelPolicy(deposit=cfg.deposit_nanoton, stake=cfg.stake_nanoton,
@@ -94,9 +104,10 @@ class ClientPayments:
         """Request `ticket` could not be sent."""
         self.audit.end(ticket, seen=True)
 
-    def end(self, ticket: int, last: ResponseEnd | ResponseError | None) -> None:
+    def end(self, ticket: int, last: ResponseEnd | ResponseError | None, receipt: Receipt | None = None) -> None:
         """Request `ticket` ended with `last` from the proxy (None: its end never came: a lost link, a client that
-        hung up). Check its charge and keep its voucher. A ticket already ended is ignored."""
+        hung up), backed by `receipt` (checked by the caller: client/receipts.py). Check its charge and keep its
+        voucher and receipt. A ticket already ended is ignored."""
         if last is None:
             self.audit.end(ticket, seen=False)
             return
@@ -106,7 +117,18 @@ class ClientPayments:
         channel, valid = None, None
         if last.voucher is not None:
             channel, valid = self._keep(request_id, last.voucher)
-        self.audit.end(ticket, seen=True, channel=channel, cost=last.cost_nanoton, voucher=valid)
+        cost = last.cost_nanoton
+        if receipt is None and isinstance(last, ResponseEnd) and cost:
+            # charged for an answer no receipt backs: the voucher is not accepted for it (the audit counts it as
+            # unexplained, an over-charge once the voucher is checked)
+            self.unbacked_answers += 1
+            self.unbacked_nanoton += cost
+            log.error("an answer was charged without a receipt that holds; its charge is contested",
+                      extra={"fields": {"request_id": request_id, "cost_nanoton": cost}})
+            cost = 0
+        if valid is not None and request_id:
+            self.receipts.record(request_id, valid, last.cost_nanoton, receipt)
+        self.audit.end(ticket, seen=True, channel=channel, cost=cost, voucher=valid)
 
     def _keep(self, request_id: str, voucher: Voucher) -> tuple[str | None, Voucher | None]:
         """The channel of ours `voucher` is for, and the voucher if it is valid (kept as the newest, or
@@ -183,4 +205,5 @@ class ClientPayments:
         if self.audit.settled:
             self._in_doubt.unlink(missing_ok=True)
         self.vouchers.close()
+        self.receipts.close()
         self.ledger.close()

@@ -32,9 +32,14 @@ class ProxyLink:
         return conn
 
     async def call(self, req: Request) -> Call:
+        return (await self.request(req))[0]
+
+    async def request(self, req: Request) -> tuple[Call, bytes]:
+        """The call sending `req`, and the voucher key of the attested proxy it went to (which countersigns the
+        answer's receipt)."""
         conn = await self._connection()
         try:
-            return await conn.request(req)
+            return await conn.request(req), conn.peer.voucher_key
         except ConnectionError as exc:
             raise ApiError(503, f"proxy link failed: {exc}", type="service_unavailable",
                            code=ErrorCode.PROXY_UNAVAILABLE, retry_after=2) from None

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 from cocoon.core.usage import Usage
+from cocoon.inference.weights import ModelHash, declared_hash
 from cocoon.openai.schema import OpenAIRequest
 
 PromptCounted = Callable[[Usage], None]
@@ -27,6 +29,19 @@ class Engine(ABC):
     name: str
     model_hash: str | None = None  # hex SHA-256 of the weights, where the engine can read them (dashboards)
     supports_tools: bool = False  # the fields of `cocoon.openai.schema.TOOL_FIELDS`
+    declared: ModelHash | None = None  # the weights' hash as the operator declared it (`model_hash` option)
+
+    def declare(self, model_hash: str | None) -> None:
+        """Take the operator's `model_hash` option (ValueError unless a hex SHA-256)."""
+        if model_hash is not None:
+            self.declared = declared_hash(model_hash)
+            self.model_hash = model_hash
+
+    def weights(self, cache_file: Path | None = None) -> ModelHash | None:
+        """The SHA-256 of the weights this engine serves, known before `start` (what the worker's claims carry):
+        measured where the engine reads the weights itself, else as declared; None when neither. `cache_file`
+        keeps measured hashes across restarts (inference/weights.py)."""
+        return self.declared
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Load models or open connections."""

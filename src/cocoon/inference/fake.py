@@ -26,13 +26,14 @@ class FakeEngine(LocalEngine):
     name = "fake"
 
     def __init__(self, model: str = "fake-model", reply_tokens: int = 16, token_bytes: int = 0,
-                 tokens_per_s: float = 0.0) -> None:
+                 tokens_per_s: float = 0.0, model_hash: str | None = None) -> None:
         if reply_tokens < 0 or token_bytes < 0 or tokens_per_s < 0:
             raise ValueError("reply_tokens, token_bytes and tokens_per_s must not be negative")
         self.model_id = model
         self.reply_tokens = reply_tokens
         self.token_bytes = token_bytes
         self.tokens_per_s = tokens_per_s
+        self.declare(model_hash)  # a fake engine has no weights: what its operator says is all there is
         self.generated_tokens = 0  # every token ever produced: lets tests see that cancellation stopped work
 
     async def generate(self, req: GenRequest, usage: Tally) -> AsyncIterator[str]:

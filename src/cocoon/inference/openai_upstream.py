@@ -38,8 +38,10 @@ class OpenAIUpstreamEngine(Engine):
     name = "openai"
     supports_tools = True
 
-    def __init__(self, base_url: str, api_key: str | None = None, timeout_s: float = 600) -> None:
+    def __init__(self, base_url: str, api_key: str | None = None, timeout_s: float = 600,
+                 model_hash: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        self.declare(model_hash)  # its weights are out of this worker's reach: the operator declares them
         self.timeout_s = timeout_s
         self._headers = {"Content-Type": "application/json"}
         if api_key:

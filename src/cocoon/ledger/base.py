@@ -47,6 +47,13 @@ def engine_entry(model: str, origin: str) -> str:
     return hashlib.sha256(b"cocoon-engine-v1\0" + model.encode() + b"\0" + origin.encode()).hexdigest()
 
 
+def model_entry(model: str, weights_sha256: str) -> str:
+    """The registry entry (hex SHA-256) that lets workers serve `model` from the weights whose SHA-256 (hex) is
+    `weights_sha256` (what their claims carry: inference/weights.py). In the model list, apart from engine entries
+    by its domain prefix."""
+    return hashlib.sha256(b"cocoon-model-v1\0" + model.encode() + b"\0" + weights_sha256.encode()).hexdigest()
+
+
 class Terms(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The root's rules for channels beyond the prices: close delays (seconds) and minimum stakes (nanoTON)."""
 
@@ -80,6 +87,10 @@ class RootParams(msgspec.Struct, frozen=True):
     def allows_engine(self, model: str, origin: str) -> bool:
         """Whether workers may serve `model` from an engine outside their image at `origin`."""
         return engine_entry(model, origin) in self.model_hashes
+
+    def allows_model(self, model: str, weights_sha256: str) -> bool:
+        """Whether workers may serve `model` from the weights with this SHA-256 (hex)."""
+        return model_entry(model, weights_sha256) in self.model_hashes
 
 
 class LedgerError(CocoonError):

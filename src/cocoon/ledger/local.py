@@ -31,6 +31,7 @@ from cocoon.ledger.base import (
     Terms,
     engine_entry,
     image_hash_hex,
+    model_entry,
 )
 from cocoon.ledger.chain import LocalChain, Receipt
 from cocoon.ledger.contracts import MIN_OP_VALUE, HashKind, code, describe_exit
@@ -139,6 +140,12 @@ class LocalLedger(OnChainLedger):
         """Let workers serve `model` from an engine outside their image at `origin` (`scheme://host:port`), or
         stop letting them."""
         entry = bytes.fromhex(engine_entry(model, origin))
+        self._owner_send("set_hash", layouts.set_hash(HashKind.MODEL, entry, allowed))
+        return self.refresh()
+
+    def allow_model(self, model: str, weights_sha256: str, allowed: bool = True) -> RootParams:
+        """Let workers serve `model` from the weights with this SHA-256 (hex), or stop letting them."""
+        entry = bytes.fromhex(model_entry(model, image_hash_hex(weights_sha256)))
         self._owner_send("set_hash", layouts.set_hash(HashKind.MODEL, entry, allowed))
         return self.refresh()
 

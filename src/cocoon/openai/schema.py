@@ -306,6 +306,12 @@ _CHAT_DECODER = msgspec.json.Decoder(ChatCompletionRequest)
 _COMPLETION_DECODER = msgspec.json.Decoder(CompletionRequest)
 
 
+def forwarded_body(request: OpenAIRequest) -> bytes:
+    """The body the client API forwards for a decoded request: its fields as sent, re-encoded compactly (what the
+    worker runs, and what a receipt's request hash covers)."""
+    return msgspec.json.encode(request.to_body())
+
+
 def decode_request(endpoint: str, raw: bytes) -> OpenAIRequest:
     """Decode a body for `endpoint` with every check that does not depend on a client's configuration; raise
     `ApiError` (400) naming the bad field."""

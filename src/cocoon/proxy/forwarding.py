@@ -37,11 +37,13 @@ from cocoon.core.ids import request_scope
 from cocoon.core.usage import Usage
 from cocoon.ledger.books import Settled
 from cocoon.ledger.pricing import Charge
+from cocoon.ledger.receipts import Receipt, ReceiptError
 from cocoon.proxy.attempts import Attempts, Verdict, deadline_after, judge
 from cocoon.proxy.backlog import Backlog, Want
 from cocoon.proxy.billing import Account, Billing, Reservation
 from cocoon.proxy.limits import ClientLimiter
 from cocoon.proxy.metrics import ProxyMetrics
+from cocoon.proxy.receipts import check_receipt, countersign
 from cocoon.proxy.registry import WorkerLink, WorkerRegistry
 from cocoon.proxy.rerun import SpotChecker
 from cocoon.proxy.selection import Selector
@@ -92,6 +94,7 @@ class Forwarder:
         self.metrics = metrics
         self.spot_checks = spot_checks  # re-runs a share of deterministic requests elsewhere (proxy/rerun.py)
         self.outcomes: dict[str, int] = {}
+        self.receipts = {"countersigned": 0, "missing": 0, "refused": 0}  # workers' receipts, by what became of them
 
     async def serve(self, client: ClientLink, req: Request, out: Outbound | None = None) -> None:
         """Answer `req`, the client's call `req.call_id`, on its link (or to `out`); every line logged meanwhile
@@ -272,6 +275,7 @@ class RunningRequest:
                 proxy_ms = (now - self.routed) * 1000
                 self.fwd.metrics.first_byte.observe(now - self.routed)
                 settled = self._settle(worker, call, msg.usage)
+                receipt = self._receipt(worker, msg, settled)
                 for part in held:
                     if isinstance(part, ResponseHead):
                         await out.send(msgspec.structs.replace(part, call_id=call_id, proxy_ms=proxy_ms))
@@ -280,7 +284,7 @@ class RunningRequest:
                 await out.send(msgspec.structs.replace(
                     msg, call_id=call_id, proxy_ms=proxy_ms, usage=settled.usage,
                     cost_nanoton=settled.charge.client_cost, voucher=settled.client_voucher,
-                    coefficient=worker.params.coefficient))
+                    coefficient=worker.params.coefficient, receipt=receipt))
                 if not settled.beyond:  # an answer charged at its bounds is no success of its worker
                     self.fwd.selector.record_whole(worker, (now - sent_at) * 1000, settled.usage.completion_tokens)
                 if self.spot is not None:
@@ -330,7 +334,7 @@ class RunningRequest:
                     await out.send(msgspec.structs.replace(
                         msg, call_id=call_id, proxy_ms=(now - self.routed) * 1000, usage=done.usage,
                         cost_nanoton=done.charge.client_cost, voucher=done.client_voucher,
-                        coefficient=worker.params.coefficient))
+                        coefficient=worker.params.coefficient, receipt=self._receipt(worker, msg, done)))
                     if not done.beyond:
                         self.fwd.selector.record_stream(worker, (head_at - sent_at) * 1000, (now - head_at) * 1000,
                                                         done.usage.completion_tokens)
@@ -367,6 +371,24 @@ class RunningRequest:
             checks.submit(self.spot, worker, end)
 
     # -- settlement --------------------------------------------------------------------------------------------
+    def _receipt(self, worker: WorkerLink, end: ResponseEnd, settled: Settled) -> Receipt | None:
+        """The worker's receipt for this answer, checked and countersigned with its charge (proxy/receipts.py);
+        None when it sent none or one that does not hold (which counts against it as a misreport)."""
+        fwd = self.fwd
+        try:
+            receipt = check_receipt(end.receipt, req=self.req, worker=worker.conn.peer,
+                                    coefficient=worker.params.coefficient, reported=end.usage)
+        except ReceiptError as exc:
+            missing = end.receipt is None
+            fwd.receipts["missing" if missing else "refused"] += 1
+            if not missing:
+                fwd.selector.record_misreport(worker)
+            log.warning("answer without a valid receipt", extra={"fields": {"worker": worker.name,
+                                                                            "reason": str(exc)}})
+            return None
+        fwd.receipts["countersigned"] += 1
+        return countersign(receipt, fwd.billing.key, settled, worker.params.coefficient)
+
     def _settle(self, worker: WorkerLink, call: Call, usage: Usage) -> Settled:
         """Charge the answer (once: the books refuse a second settlement of one request id), pay its worker, count
         its tokens against its paying party's limits."""

@@ -218,6 +218,7 @@ class ProxyServer:
             "ohttp": self.gateway.stats(),
             # re-executions of deterministic requests on other workers: verdicts, and their cost to the proxy
             "spot_checks": self.spot_checks.stats(),
+            "receipts": dict(self.forwarder.receipts),
             "active_requests": sum(self.selector.active(w) for w in workers),
             "waiting_requests": len(self.backlog),
             "limits": {"client_max_concurrent": self.cfg.client_max_concurrent,

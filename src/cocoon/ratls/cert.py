@@ -62,11 +62,15 @@ class Claims(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defau
     engine: str = ""
     engine_origin: str = ""
     voucher_key: bytes = b""  # a proxy's raw Ed25519 voucher key, as the root registry lists it with its endpoint
+    # a worker's: the SHA-256 of the weights it serves (inference/weights.py), measured in its image, or declared by
+    # its operator for an engine it cannot read (`model_hash_declared`)
+    model_hash: bytes = b""
+    model_hash_declared: bool = False
 
     def __post_init__(self) -> None:
         if len(self.public_key) != 32:
             raise ValueError(f"claims public_key has {len(self.public_key)} bytes, expected 32 (Ed25519)")
-        for name in ("hpke_public_key", "config_hash", "voucher_key"):
+        for name in ("hpke_public_key", "config_hash", "voucher_key", "model_hash"):
             value = getattr(self, name)
             if value and len(value) != 32:
                 raise ValueError(f"claims {name} has {len(value)} bytes, expected 32")
@@ -139,7 +143,8 @@ class IdentityIssuer:
     def __init__(self, role: str, backend: AttestationBackend, *, lifetime_s: int = 86400,
                  reissue_fraction: float = 1 / 24, private_key: Ed25519PrivateKey | None = None,
                  hpke_key: X25519PrivateKey | None = None, config: TrustConfig | None = None,
-                 voucher_key: bytes = b"", clock: Callable[[], float] = time.time) -> None:
+                 voucher_key: bytes = b"", model_hash: bytes = b"", model_hash_declared: bool = False,
+                 clock: Callable[[], float] = time.time) -> None:
         self.role = role
         self.backend = backend
         self.lifetime_s = lifetime_s
@@ -148,13 +153,16 @@ class IdentityIssuer:
         self.hpke_key = hpke_key
         self.config = config
         self.voucher_key = voucher_key
+        self.model_hash = model_hash
+        self.model_hash_declared = model_hash_declared
         self.clock = clock
         self._identity = self._issue()
 
     def _issue(self) -> Identity:
         return make_identity(self.role, self.backend, lifetime_s=self.lifetime_s, now=self.clock(),
                              private_key=self.private_key, hpke_key=self.hpke_key, config=self.config,
-                             voucher_key=self.voucher_key)
+                             voucher_key=self.voucher_key, model_hash=self.model_hash,
+                             model_hash_declared=self.model_hash_declared)
 
     def current(self) -> Identity:
         if self.clock() - self._identity.claims.issued_at >= self.reissue_after_s:
@@ -180,11 +188,14 @@ def make_identity(
     hpke_key: X25519PrivateKey | None = None,
     config: TrustConfig | None = None,
     voucher_key: bytes = b"",
+    model_hash: bytes = b"",
+    model_hash_declared: bool = False,
 ) -> Identity:
     """A fresh RA-TLS certificate for `role`, quoted by `backend` (a new key unless one is given).
 
     With `hpke_key`, the claims carry its public half, so that a key service can seal keys to this node. With
-    `config`, they carry its hash and what peers read in clear (policy, engine); a proxy names its `voucher_key`.
+    `config`, they carry its hash and what peers read in clear (policy, engine); a proxy names its `voucher_key`,
+    a worker the `model_hash` of its weights.
     """
     now = time.time() if now is None else now
     key = private_key or Ed25519PrivateKey.generate()
@@ -200,6 +211,8 @@ def make_identity(
         engine=config.engine if config else "",
         engine_origin=config.engine_origin if config else "",
         voucher_key=voucher_key,
+        model_hash=model_hash,
+        model_hash_declared=model_hash_declared,
     )
     encoded = claims.encode()
     quote = backend.quote(Claims.report_data_for(encoded))
@@ -359,6 +372,8 @@ class CertVerifier:
             engine=claims.engine,
             engine_origin=claims.engine_origin,
             voucher_key=claims.voucher_key,
+            model_hash=claims.model_hash,
+            model_hash_declared=claims.model_hash_declared,
         )
         valid_from = max(not_before, claims.issued_at) - skew
         valid_until = min(not_after + skew, claims.issued_at + rules.max_cert_age_s)
@@ -367,10 +382,11 @@ class CertVerifier:
         return peer, valid_from, valid_until
 
     def check_engine_models(self, peer: PeerIdentity, models: Iterable[str]) -> None:
-        """Refuses (AttestationError) a peer serving `models` from an engine outside its image that the policy
-        and the current root registry do not allow; run when the models are announced and at every re-check."""
+        """Refuses (AttestationError) a peer serving `models` from an engine outside its image, or from weights,
+        that the policy and the current root registry do not allow; run when the models are announced and at every
+        re-check."""
         registry = self.registry.current() if self.registry else None
-        self.policy.check_engine_models(peer.role, peer.engine_origin, models, registry)
+        self.policy.check_engine_models(peer.role, peer.engine_origin, models, registry, model_hash=peer.model_hash)
 
     @staticmethod
     def _check_self_signed(cert: x509.Certificate, key: Ed25519PublicKey) -> None:

@@ -13,11 +13,13 @@ import msgspec
 from cocoon.core.errors import ApiError, ErrorCode
 from cocoon.core.usage import Usage
 from cocoon.inference.base import Engine
+from cocoon.ledger.receipts import AnswerHasher
 from cocoon.openai import schema
 from cocoon.openai.http import internal_error
 from cocoon.openai.schema import OpenAIRequest, StreamOptions
 from cocoon.wire.messages import Message, Request, ResponseChunk, ResponseEnd, ResponseError, ResponseHead
 from cocoon.worker.metering import MeteringError, read_answer, usage_chunk
+from cocoon.worker.notary import Notary
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +27,15 @@ Send = Callable[[Message], Awaitable[None]]
 
 
 class Execution:
-    """One request's run; `usage` is what the engine reported, the basis of billing."""
+    """One request's run; `usage` is what the engine reported, the basis of billing. With a `notary`, its end
+    carries a receipt over the payloads sent."""
 
-    def __init__(self, engine: Engine, req: Request, send: Send) -> None:
+    def __init__(self, engine: Engine, req: Request, send: Send, notary: Notary | None = None) -> None:
         self.engine = engine
         self.req = req
         self.send = send
+        self.notary = notary
+        self.answer = AnswerHasher()  # over the payloads sent, in order: the receipt's answer_hash
         self.started = time.monotonic()
         self.usage: Usage | None = None
         self.prompt: Usage | None = None  # the prompt as the engine counted it before the first token, if it did
@@ -66,7 +71,9 @@ class Execution:
         except Exception as exc:
             await self._fail(internal_error(exc, "request failed", self._fields()))
             return
-        await self.send(ResponseEnd(call_id=self.req.call_id, usage=self.usage or Usage(), worker_ms=self._ms()))
+        usage = self.usage or Usage()
+        receipt = self.notary.receipt(self.req, usage, self.answer.digest()) if self.notary is not None else None
+        await self.send(ResponseEnd(call_id=self.req.call_id, usage=usage, worker_ms=self._ms(), receipt=receipt))
 
     def _fields(self, **more: Any) -> dict[str, Any]:
         return {"engine": self.engine.name, **more}  # request_id: added by the request's log scope
@@ -122,8 +129,8 @@ class Execution:
                 if answer.usage_only and not self.req.include_usage:
                     continue
                 await self._head()
-                await self.send(ResponseChunk(call_id=self.req.call_id, data=payload, tokens=int(answer.generated),
-                                              has_usage=answer.usage is not None))
+                await self._chunk(ResponseChunk(call_id=self.req.call_id, data=payload, tokens=int(answer.generated),
+                                                has_usage=answer.usage is not None))
         await self._head()
         if self.usage is None:
             # Some servers ignore include_usage; each streamed chunk is one generated token there. The prompt is
@@ -134,8 +141,13 @@ class Execution:
             log.warning("engine streamed without usage: metered %d completion tokens by chunk count", generated,
                         extra={"fields": {"engine": self.engine.name}})
             if self.req.include_usage and first is not None:
-                await self.send(ResponseChunk(call_id=self.req.call_id, data=usage_chunk(first, self.usage),
-                                              has_usage=True))
+                await self._chunk(ResponseChunk(call_id=self.req.call_id, data=usage_chunk(first, self.usage),
+                                                has_usage=True))
+
+    async def _chunk(self, chunk: ResponseChunk) -> None:
+        if self.notary is not None:
+            self.answer.update(chunk.data, has_usage=chunk.has_usage)
+        await self.send(chunk)
 
     def _prompt_counted(self, usage: Usage) -> None:
         self.prompt = usage.prompt_only()
@@ -146,4 +158,4 @@ class Execution:
         if self.usage is None:
             raise MeteringError("engine answered without reporting usage; refusing to serve unmetered")
         await self._head()
-        await self.send(ResponseChunk(call_id=self.req.call_id, data=data))
+        await self._chunk(ResponseChunk(call_id=self.req.call_id, data=data, has_usage=True))

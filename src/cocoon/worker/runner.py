@@ -16,6 +16,7 @@ from cocoon.config import WorkerConfig
 from cocoon.core.ids import request_scope
 from cocoon.core.usage import KINDS, Usage
 from cocoon.discovery import proxy_directory
+from cocoon.fsutil import private_dir, write_atomically
 from cocoon.inference.base import Engine
 from cocoon.inference.factory import make_engine
 from cocoon.ledger.base import LedgerError
@@ -26,6 +27,7 @@ from cocoon.wire.connection import Connection, hello
 from cocoon.wire.dialer import Dialer
 from cocoon.wire.messages import Cancel, Hello, Inbound, Payout, Request, WorkerParams
 from cocoon.worker.execution import Execution
+from cocoon.worker.notary import Notary
 from cocoon.worker.payments import WorkerPayments
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,12 @@ class WorkerNode:
         self.cfg = cfg
         self.engine = engine or make_engine(cfg.engine, **cfg.engine_options)
         self.metrics = WorkerMetrics()
-        self.identity, self.verifier = make_node_identity("worker", cfg, {"proxy"})
+        # the weights' hash, in the claims (before the engine loads: hashed once per file, cached in the state dir)
+        weights = self.engine.weights(cfg.state_path / "weights-sha256.json")
+        model_hash = bytes.fromhex(weights.sha256) if weights else b""
+        declared = bool(weights and weights.declared)
+        self.identity, self.verifier = make_node_identity("worker", cfg, {"proxy"}, model_hash=model_hash,
+                                                          model_hash_declared=declared)
         self.image_hash = own_image_hash(cfg)
         self.stats = StatsServer("worker", cfg.name, self.metrics.registry, self.jsonstats, token=cfg.stats_token)
         self.series = Series()  # requests ended and tokens generated, for the dashboards
@@ -67,6 +74,12 @@ class WorkerNode:
                             check_peer=self._check_proxy if self.payments else None)
             dialer.on_change = self._link_changed
             self.dialers.append(dialer)
+        # every answer's receipt is signed with the RA-TLS key its certificate attests (the same after reissues)
+        payments = self.payments
+        prices = (lambda: payments.ledger.root_params().prices) if payments is not None else None
+        self.notary = Notary(self.identity.private_key.sign, self.identity.public_key, cfg.coefficient,
+                             image_hash=bytes.fromhex(self.image_hash) if self.image_hash else b"",
+                             model_hash=model_hash, model_hash_declared=declared, prices=prices)
         self._served = 0
         self._usage_totals = dict.fromkeys(KINDS, 0)
 
@@ -76,6 +89,10 @@ class WorkerNode:
         return self.dialers[0]
 
     async def run(self, stop: asyncio.Event) -> None:
+        # public: the key, quote and claims that anyone checking this worker's receipts needs (`cocoon receipt
+        # verify --cert`); later certificates are reissued for the same key and claims
+        cert_file = private_dir(self.cfg.state_path) / f"{self.cfg.name}.cert.pem"
+        write_atomically(cert_file, self.identity.current().cert_pem, 0o644)
         await self.stats.start(self.cfg.stats_host, self.cfg.stats_port)
         started = time.monotonic()
         await self.engine.start()
@@ -149,7 +166,7 @@ class WorkerNode:
             await self._run(conn, req)
 
     async def _run(self, conn: Connection, req: Request) -> None:
-        execution = Execution(self.engine, req, conn.send)
+        execution = Execution(self.engine, req, conn.send, self.notary)
         started = time.monotonic()
         self.metrics.active.inc()
         outcome = "error"

@@ -1,0 +1,48 @@
+"""The proxy's side of receipts (ledger/receipts.py): check what the worker signed against what the proxy knows of
+the request and the worker's link, then countersign it with the charge and the voucher.
+
+The proxy never parses answers, so the answer hash is the client's to check; everything else a worker signs is
+checked here: its signature by the key of the attested link the answer came on, the request (id, model, body
+hash), the usage it reported, its coefficient and image hash. A receipt that fails is not countersigned: the
+answer reaches the client without one, and the failure counts against the worker.
+"""
+
+from __future__ import annotations
+
+import time
+
+from cocoon.attest.types import PeerIdentity
+from cocoon.core.usage import Usage
+from cocoon.ledger.books import Settled
+from cocoon.ledger.receipts import Receipt, ReceiptError, request_digest
+from cocoon.ledger.wallet import Wallet
+from cocoon.wire.messages import Request
+
+
+def check_receipt(receipt: Receipt | None, *, req: Request, worker: PeerIdentity, coefficient: int,
+                  reported: Usage) -> Receipt:
+    """`receipt` if the worker on this link signed it for this request and this usage; ReceiptError otherwise."""
+    if receipt is None:
+        raise ReceiptError("the worker sent no receipt")
+    receipt.verify_worker()
+    if receipt.worker_key != worker.public_key:
+        raise ReceiptError("the receipt is signed by another key than the worker's attested one")
+    mismatches = [name for name, ok in (
+        ("request_id", receipt.request_id == req.request_id),
+        ("model", receipt.model == req.model),
+        ("endpoint", receipt.endpoint == req.endpoint),
+        ("request_hash", receipt.request_hash == request_digest(req.body)),
+        ("usage", receipt.usage == reported),
+        ("coefficient", receipt.coefficient == coefficient),
+        ("image_hash", receipt.image_hash == (worker.image_hash or b"")),
+        ("model_hash", receipt.model_hash == worker.model_hash),
+    ) if not ok]
+    if mismatches:
+        raise ReceiptError(f"the receipt does not match the request or the worker's link: {', '.join(mismatches)}")
+    return receipt
+
+
+def countersign(receipt: Receipt, key: Wallet, settled: Settled, coefficient: int) -> Receipt:
+    """`receipt` with what the proxy charged for it and the voucher including it, signed by its voucher `key`."""
+    return receipt.countersign(key.sign, key.public_key, usage=settled.usage, cost_nanoton=settled.charge.client_cost,
+                               coefficient=coefficient, voucher=settled.client_voucher, signed_at=int(time.time()))

@@ -1,0 +1,36 @@
+"""The worker's receipts: one per answer, signed with its attested RA-TLS key (ledger/receipts.py says what a
+receipt states and which bytes its hashes cover)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cocoon.config import Prices
+from cocoon.core.usage import Usage
+from cocoon.ledger.pricing import price_request
+from cocoon.ledger.receipts import Receipt, Sign, request_digest
+from cocoon.wire.messages import Request
+
+
+@dataclass(frozen=True)
+class Notary:
+    """What every receipt of this worker states besides the answer: its key (and signer), image, weights and price.
+    `prices`: the registry's current prices, when this worker reads the registry (its cost is then priced)."""
+
+    sign: Sign
+    worker_key: bytes
+    coefficient: int
+    image_hash: bytes = b""
+    model_hash: bytes = b""
+    model_hash_declared: bool = False
+    prices: Callable[[], Prices] | None = None
+
+    def receipt(self, req: Request, usage: Usage, answer_hash: bytes) -> Receipt:
+        cost = price_request(usage, self.prices(), self.coefficient).client_cost if self.prices else None
+        return Receipt(request_id=req.request_id, request_hash=request_digest(req.body), answer_hash=answer_hash,
+                       model=req.model, usage=usage, coefficient=self.coefficient, worker_key=self.worker_key,
+                       issued_at=int(time.time()), endpoint=req.endpoint, model_hash=self.model_hash,
+                       model_hash_declared=self.model_hash_declared, cost_nanoton=cost,
+                       image_hash=self.image_hash).sign(self.sign)

@@ -200,3 +200,42 @@ def redeem(name: Name = "worker-1", state_dir: StateDir = Path(".cocoon")) -> No
     _run("redeem", lambda: worker.redeem_if_due(force=True))
     typer.echo(f"wallet change {ton(ledger.balance(worker.wallet.address) - before)} TON; redeemed "
                f"{ton(worker.redeemed())} TON of {ton(worker.earned)} TON earned")
+
+
+@app.command()
+def dispute(name: Name = "client-1", state_dir: StateDir = Path(".cocoon"),
+            request_id: Annotated[str | None, typer.Option(help="Only this request's charge (the vouchers' totals "
+                                                                 "are still given).")] = None,
+            out: Annotated[Path | None, typer.Option(help="Write the evidence here (default: standard output).")
+                           ] = None) -> None:
+    """Export the evidence for a contested charge: per channel, the newest charge voucher, every charge the client
+    saw with the receipt backing it, and the amount no receipt backs (JSON)."""
+    import json
+
+    from cocoon.client.receipts import ReceiptBook, dispute_evidence, receipts_path
+
+    path = receipts_path(state_dir, name)
+    if not path.exists() or not vouchers_path(state_dir, name).exists():
+        typer.echo(f"error: {name} keeps no receipts and vouchers in {state_dir} (a client with payments on does)",
+                   err=True)
+        raise typer.Exit(2)
+    book, vouchers = ReceiptBook(path), VoucherBook(vouchers_path(state_dir, name))
+    try:
+        channels = dispute_evidence(book, vouchers, request_id)
+    finally:
+        book.close()
+        vouchers.close()
+    if request_id is not None and not channels:
+        typer.echo(f"error: {name} saw no charge for request {request_id}", err=True)
+        raise typer.Exit(1)
+    evidence = json.dumps({"client": name, "channels": channels}, indent=1)
+    if out is not None:
+        out.write_text(evidence + "\n")
+    else:
+        typer.echo(evidence)
+    for ch in channels:  # the summary goes where it does not mix with the JSON
+        voucher = ch["voucher"]
+        typer.echo(f"channel {ch['channel']}: voucher #{voucher['seqno'] if voucher else '-'} charges "
+                   f"{ton(voucher['amount_nanoton'] if voucher else 0)} TON; receipts back "
+                   f"{ton(ch['backed_nanoton'])} TON, broken streams {ton(ch['broken_stream_nanoton'])} TON; "
+                   f"contested {ton(ch['contested_nanoton'])} TON", err=out is None)

@@ -167,3 +167,32 @@ def test_the_client_counts_the_receipts_it_checked(net: Net) -> None:
     assert stats["receipts"]["held"] >= 1 and stats["receipts"]["refused"] == 0 and stats["receipts"]["missing"] == 0
     assert net.stats("proxy-1")["receipts"]["refused"] == 0
     assert stats["unbacked_answers"] == 0 and stats["overcharges"] == 0
+
+
+def test_ledger_dispute_exports_every_charge_with_its_receipt(net: Net, tmp_path: Path) -> None:
+    """Issue 11 item 2: the client's evidence: the newest voucher, every charge with the receipt backing it; on
+    honest traffic nothing is contested."""
+    _, _, header = ask(net, chat("evidence, please"))
+    assert header is not None
+    request_id = Receipt.from_base64(header).request_id
+    out = tmp_path / "evidence.json"
+    result = subprocess.run([sys.executable, "-m", "cocoon", "ledger", "dispute", "--state-dir", str(net.state_dir),
+                             "--name", "client-1", "--out", str(out)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "contested 0.000000000 TON" in result.stdout
+    (channel,) = json.loads(out.read_text())["channels"]
+    charges = {c["request_id"]: c for c in channel["charges"]}
+    assert charges[request_id]["receipt"] == header
+    assert all(Receipt.from_base64(c["receipt"]).verify().cost_nanoton == c["cost_nanoton"]
+               for c in charges.values())
+    assert channel["contested_nanoton"] == 0 and channel["unbacked_nanoton"] == 0
+    assert channel["voucher"]["amount_nanoton"] == channel["backed_nanoton"] == sum(
+        c["cost_nanoton"] for c in charges.values())
+
+    one = subprocess.run([sys.executable, "-m", "cocoon", "ledger", "dispute", "--state-dir", str(net.state_dir),
+                          "--request-id", request_id], capture_output=True, text=True, timeout=60)
+    assert one.returncode == 0 and [c["request_id"] for c in json.loads(one.stdout)["channels"][0]["charges"]] \
+        == [request_id]
+    missing = subprocess.run([sys.executable, "-m", "cocoon", "ledger", "dispute", "--state-dir", str(net.state_dir),
+                              "--request-id", "no-such-request"], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "saw no charge for request no-such-request" in missing.stderr

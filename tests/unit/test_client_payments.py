@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from cocoon.client.audit import ChargeAudit
 from cocoon.client.payments import ClientPayments
+from cocoon.client.receipts import dispute_evidence
 from cocoon.config import ClientConfig, Prices, ProxyConfig
 from cocoon.core.ids import new_request_id as rid
 from cocoon.core.usage import Usage
@@ -615,9 +616,16 @@ def test_a_voucher_is_accepted_only_up_to_the_receipts_the_client_holds(proxy: P
         assert cost > 0 and (payments.unbacked_answers, payments.unbacked_nanoton) == (1, cost)
         assert (payments.unexplained_nanoton, payments.overcharges) == (cost, 1)
         assert unbacked.answer.voucher is not None
-        rows = {r["request_id"]: r for r in payments.receipts.charges(unbacked.answer.voucher.contract)}
-        assert rows[unbacked.request_id]["receipt"] is None and rows[unbacked.request_id]["cost_nanoton"] == cost
-        held = rows[backed.request_id]["receipt"]
+        rows = {c.request_id: c for c in payments.receipts.charges(unbacked.answer.voucher.contract)}
+        assert rows[unbacked.request_id].receipt is None and rows[unbacked.request_id].cost_nanoton == cost
+        held = rows[backed.request_id].receipt
         assert held is not None and held.request_id == backed.request_id and held.verify().cost_nanoton > 0
+        # the evidence for a dispute: the voucher, both charges, and exactly the unbacked one's cost contested
+        (channel,) = dispute_evidence(payments.receipts, payments.vouchers)
+        assert channel["contested_nanoton"] == channel["unbacked_nanoton"] == cost
+        assert channel["voucher"]["amount_nanoton"] == payments.charged_nanoton
+        assert {c["request_id"] for c in channel["charges"]} == {backed.request_id, unbacked.request_id}
+        (only,) = dispute_evidence(payments.receipts, payments.vouchers, unbacked.request_id)[0]["charges"]
+        assert only["request_id"] == unbacked.request_id and only["receipt"] is None
     finally:
         payments.close()

@@ -127,7 +127,7 @@ class ClientPayments:
                       extra={"fields": {"request_id": request_id, "cost_nanoton": cost}})
             cost = 0
         if valid is not None and request_id:
-            self.receipts.record(request_id, valid, last.cost_nanoton, receipt)
+            self.receipts.record(request_id, valid, last.cost_nanoton, receipt, broken=isinstance(last, ResponseError))
         self.audit.end(ticket, seen=True, channel=channel, cost=cost, voucher=valid)
 
     def _keep(self, request_id: str, voucher: Voucher) -> tuple[str | None, Voucher | None]:

@@ -13,11 +13,14 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+import msgspec
 
 from cocoon.fsutil import open_sqlite
+from cocoon.ledger.contracts import Tag
 from cocoon.ledger.receipts import Receipt, ReceiptError, request_digest
-from cocoon.ledger.vouchers import Voucher
+from cocoon.ledger.vouchers import Voucher, VoucherBook
 from cocoon.wire.messages import Request, ResponseEnd
 
 
@@ -44,11 +47,14 @@ def check_receipt(end: ResponseEnd, *, req: Request, answer_hash: bytes, proxy_k
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS receipts (
-    request_id TEXT NOT NULL, at REAL NOT NULL, channel TEXT NOT NULL, voucher_seqno INTEGER NOT NULL,
-    cost_nanoton INTEGER NOT NULL, receipt BLOB, PRIMARY KEY (channel, request_id)
+    channel TEXT NOT NULL, request_id TEXT NOT NULL, at REAL NOT NULL, voucher_seqno INTEGER NOT NULL,
+    cost_nanoton INTEGER NOT NULL, broken INTEGER NOT NULL, voucher BLOB NOT NULL, receipt BLOB,
+    PRIMARY KEY (channel, request_id)
 );
-CREATE INDEX IF NOT EXISTS receipts_by_seqno ON receipts (channel, voucher_seqno);
 """
+
+
+_VOUCHER = msgspec.msgpack.Decoder(Voucher)
 
 
 def receipts_path(state_dir: Path, name: str) -> Path:
@@ -56,9 +62,10 @@ def receipts_path(state_dir: Path, name: str) -> Path:
 
 
 class ReceiptBook:
-    """Every charge this client saw, per channel: its cost, the voucher seqno that carried it, and the receipt
-    backing it (NULL: charged without one, a stream broken off after its first token, which the proxy charges by
-    its own count). Written as each answer ends; read by `cocoon ledger dispute`."""
+    """Every charge this client saw, per channel: its cost, the voucher that carried it, and the receipt backing it
+    (none: an answer whose receipt did not hold or never came, or a stream broken off after its first token
+    (`broken`), which no worker signs for and the proxy charges by its own count). Written as each answer ends;
+    read by `cocoon ledger dispute`."""
 
     def __init__(self, path: str | Path) -> None:
         # NORMAL: no fsync per answer; a power cut may lose the newest rows, not corrupt the book
@@ -66,23 +73,20 @@ class ReceiptBook:
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
 
-    def record(self, request_id: str, voucher: Voucher, cost_nanoton: int, receipt: Receipt | None) -> None:
+    def record(self, request_id: str, voucher: Voucher, cost_nanoton: int, receipt: Receipt | None, *,
+               broken: bool = False) -> None:
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO receipts VALUES (?, ?, ?, ?, ?, ?)",
-                             (request_id, time.time(), voucher.contract, voucher.seqno, cost_nanoton,
-                              receipt.encode() if receipt is not None else None))
+            self._db.execute("INSERT OR REPLACE INTO receipts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                             (voucher.contract, request_id, time.time(), voucher.seqno, cost_nanoton, int(broken),
+                              msgspec.msgpack.encode(voucher), receipt.encode() if receipt is not None else None))
 
-    def charges(self, channel: str, up_to_seqno: int | None = None) -> list[dict[str, Any]]:
-        """The charges seen on `channel` (oldest first), those carried by vouchers up to `up_to_seqno` if given."""
-        query = "SELECT request_id, at, voucher_seqno, cost_nanoton, receipt FROM receipts WHERE channel = ?"
-        args: tuple[Any, ...] = (channel,)
-        if up_to_seqno is not None:
-            query += " AND voucher_seqno <= ?"
-            args += (up_to_seqno,)
+    def charges(self, channel: str) -> list[Charged]:
+        """The charges seen on `channel`, in the order of the vouchers that carried them."""
         with self._lock:
-            rows = self._db.execute(query + " ORDER BY voucher_seqno, at", args).fetchall()
-        return [{"request_id": r[0], "at": r[1], "voucher_seqno": r[2], "cost_nanoton": r[3],
-                 "receipt": Receipt.decode(r[4]) if r[4] is not None else None} for r in rows]
+            rows = self._db.execute("SELECT request_id, at, cost_nanoton, broken, voucher, receipt FROM receipts "
+                                    "WHERE channel = ? ORDER BY voucher_seqno, at", (channel,)).fetchall()
+        return [Charged(r[0], r[1], r[2], bool(r[3]), _VOUCHER.decode(r[4]),
+                        Receipt.decode(r[5]) if r[5] is not None else None) for r in rows]
 
     def channels(self) -> list[str]:
         with self._lock:
@@ -90,3 +94,46 @@ class ReceiptBook:
 
     def close(self) -> None:
         self._db.close()
+
+
+class Charged(NamedTuple):
+    """One charge as the client saw it end."""
+
+    request_id: str
+    at: float  # unix time
+    cost_nanoton: int
+    broken: bool  # a stream broken off after its first token: charged by the proxy's count, no receipt possible
+    voucher: Voucher  # the cumulative voucher its answer carried
+    receipt: Receipt | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"request_id": self.request_id, "at": round(self.at, 3), "cost_nanoton": self.cost_nanoton,
+                "broken_stream": self.broken, "voucher": voucher_json(self.voucher),
+                "receipt": self.receipt.to_base64() if self.receipt is not None else None}
+
+
+def voucher_json(v: Voucher) -> dict[str, Any]:
+    return {"tag": Tag(v.tag).name.lower(), "global_id": v.global_id, "contract": v.contract, "seqno": v.seqno,
+            "amount_nanoton": v.amount, "signature": v.signature.hex()}
+
+
+def dispute_evidence(book: ReceiptBook, vouchers: VoucherBook, request_id: str | None = None) -> list[dict[str, Any]]:
+    """Per channel: the newest charge voucher kept, what the receipts held here back of it, what broken streams
+    account for, and what nothing here backs (`contested_nanoton`: the amount to dispute), with every charge and
+    its receipt (only `request_id`'s when given). A channel's vouchers are cumulative since it opened: charges from
+    before this book, and answers whose end never reached the client, are in the contested amount too."""
+    out = []
+    for channel in book.channels():
+        charges = book.charges(channel)
+        latest = vouchers.latest(channel, Tag.CHARGE)
+        backed = sum(c.cost_nanoton for c in charges if c.receipt is not None)
+        broken = sum(c.cost_nanoton for c in charges if c.receipt is None and c.broken)
+        unbacked = sum(c.cost_nanoton for c in charges if c.receipt is None and not c.broken)
+        shown = [c for c in charges if request_id is None or c.request_id == request_id]
+        if request_id is not None and not shown:
+            continue
+        out.append({"channel": channel, "voucher": voucher_json(latest) if latest else None,
+                    "backed_nanoton": backed, "broken_stream_nanoton": broken, "unbacked_nanoton": unbacked,
+                    "contested_nanoton": max((latest.amount if latest else 0) - backed - broken, 0),
+                    "charges": [c.to_json() for c in shown]})
+    return out

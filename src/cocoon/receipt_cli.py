@@ -11,6 +11,7 @@ model hash. One line and exit 0 when everything holds; `refused: <reason>` and e
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -158,7 +159,7 @@ def verify(
         line = _verify(request.read_bytes(), response.read_bytes(),
                        receipt.read_bytes() if receipt is not None else None,
                        cert.read_bytes() if cert is not None else None, policy, ledger)
-    except (CocoonError, AttestationError, OSError, ValueError, *DECODE_ERRORS) as exc:
+    except (CocoonError, AttestationError, OSError, ValueError, sqlite3.Error, *DECODE_ERRORS) as exc:
         typer.echo(f"refused: {_reason(exc)}")
         raise typer.Exit(1) from None
     typer.echo(line)

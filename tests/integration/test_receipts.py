@@ -19,6 +19,7 @@ import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from cocoon.ledger.local import LocalLedger
 from cocoon.ledger.receipts import Receipt
 from cocoon.ledger.wallet import Wallet
 from tests.netutil import Net, localnet
@@ -196,3 +197,23 @@ def test_ledger_dispute_exports_every_charge_with_its_receipt(net: Net, tmp_path
     missing = subprocess.run([sys.executable, "-m", "cocoon", "ledger", "dispute", "--state-dir", str(net.state_dir),
                               "--request-id", "no-such-request"], capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and "saw no charge for request no-such-request" in missing.stderr
+
+
+def test_the_registry_vouches_for_the_countersigning_proxy_the_worker_image_and_its_weights(
+        net: Net, tmp_path: Path) -> None:
+    """`--ledger`: the countersigning key is a registered proxy's (cocoon up registers it), and the receipt holds
+    only once the root lists the worker's image and, for its model, its weights."""
+    request, answer, header = ask(net, chat("is this worker registered?"))
+    assert header is not None
+    receipt = Receipt.from_base64(header)
+    ledger = ("--ledger", str(net.state_dir / "ledger.sqlite"))
+    refused(verify(tmp_path, request, answer, header, *ledger), f"image {receipt.image_hash.hex()} is not in the root")
+    owner = LocalLedger(net.state_dir / "ledger.sqlite")
+    try:
+        owner.set_allowed_images("worker", [receipt.image_hash])
+        refused(verify(tmp_path, request, answer, header, *ledger), f"does not list model hash {WEIGHTS}")
+        owner.allow_model(MODEL, WEIGHTS)
+    finally:
+        owner.close()
+    ok = verify(tmp_path, request, answer, header, *ledger)
+    assert ok.returncode == 0 and "registered proxy and worker image" in ok.stdout, ok.stdout + ok.stderr

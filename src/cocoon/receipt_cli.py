@@ -33,11 +33,7 @@ InFile = Annotated[Path, typer.Option(exists=True, dir_okay=False, readable=True
 def answer_payloads(body: bytes) -> list[bytes]:
     """The payloads of an answer as the client API delivered it: an SSE stream's events (without `[DONE]`), or the
     one JSON body of a non-streamed answer."""
-    if not body.lstrip().startswith(b"data:"):
-        return [body]
-    decoder = sse.SSEDecoder()
-    events = decoder.feed(body if body.endswith(b"\n\n") else body + b"\n\n")
-    return [e for e in events if e != sse.DONE_PAYLOAD]
+    return sse.payloads(body) if sse.looks_like_stream(body) else [body]
 
 
 def receipt_in_stream(payloads: list[bytes]) -> str | None:

@@ -16,6 +16,17 @@ def event(payload: bytes) -> bytes:
     return b"data: " + payload + b"\n\n"
 
 
+def looks_like_stream(body: bytes) -> bool:
+    """Whether a whole answer body is an SSE stream (its first event's `data:`) rather than one JSON document."""
+    return body.lstrip().startswith(b"data:")
+
+
+def payloads(text: bytes) -> list[bytes]:
+    """The `data` of every event of a whole SSE text, in order, without the final `[DONE]`."""
+    events = SSEDecoder().feed(text if text.endswith(b"\n\n") else text + b"\n\n")
+    return [e for e in events if e != DONE_PAYLOAD]
+
+
 class SSEDecoder:
     """Turns a byte stream into the `data` of each server-sent event, however the stream was chunked.
 

@@ -97,7 +97,7 @@ class Proxy:
 
 def ended(payments: ClientPayments, ticket: int, last: ResponseEnd | ResponseError | None) -> None:
     """`last` reaches the client with the receipt it carries (checked by the client API, client/receipts.py)."""
-    payments.end(ticket, last, last.receipt if isinstance(last, ResponseEnd) else None)
+    payments.end(ticket, last, last.receipt if isinstance(last, ResponseEnd) else None, checked=True)
 
 
 def start_proxy(state: Path) -> Proxy:
@@ -611,7 +611,7 @@ def test_a_voucher_is_accepted_only_up_to_the_receipts_the_client_holds(proxy: P
             settle(proxy, f)
         assert isinstance(backed.answer, ResponseEnd) and isinstance(unbacked.answer, ResponseEnd)
         ended(payments, backed.ticket, backed.answer)
-        payments.end(unbacked.ticket, unbacked.answer, None)
+        payments.end(unbacked.ticket, unbacked.answer, None, checked=True)
         cost = unbacked.answer.cost_nanoton
         assert cost > 0 and (payments.unbacked_answers, payments.unbacked_nanoton) == (1, cost)
         assert (payments.unexplained_nanoton, payments.overcharges) == (cost, 1)
@@ -627,5 +627,21 @@ def test_a_voucher_is_accepted_only_up_to_the_receipts_the_client_holds(proxy: P
         assert {c["request_id"] for c in channel["charges"]} == {backed.request_id, unbacked.request_id}
         (only,) = dispute_evidence(payments.receipts, payments.vouchers, unbacked.request_id)[0]["charges"]
         assert only["request_id"] == unbacked.request_id and only["receipt"] is None
+    finally:
+        payments.close()
+
+
+def test_a_caller_that_cannot_check_receipts_leaves_the_charge_to_the_other_checks(proxy: Proxy) -> None:
+    """A relay pays for answers sealed to its devices: it sees no receipt it could check, and its charges are not
+    contested for lacking one (the price and voucher checks still hold), nor kept as evidence."""
+    payments = proxy.client()
+    try:
+        f = Flight("answered", Usage(completion_tokens=5))
+        f.ticket = payments.begin(f.request_id)
+        settle(proxy, f)
+        assert isinstance(f.answer, ResponseEnd) and f.answer.voucher is not None
+        payments.end(f.ticket, f.answer)
+        assert (payments.unbacked_answers, payments.overcharges, payments.unexplained_nanoton) == (0, 0, 0)
+        assert payments.receipts.charges(f.answer.voucher.contract) == []
     finally:
         payments.close()

@@ -285,7 +285,7 @@ class ClientApi:
         """The proxy's last message about a request: count it, and hand its charge (and receipt) to the payments."""
         self.stats.record(outcome, last)
         if self.payments is not None:
-            self.payments.end(ticket, last, receipt)
+            self.payments.end(ticket, last, receipt, checked=True)
 
 
 class _Answering(NamedTuple):

@@ -104,10 +104,13 @@ class ClientPayments:
         """Request `ticket` could not be sent."""
         self.audit.end(ticket, seen=True)
 
-    def end(self, ticket: int, last: ResponseEnd | ResponseError | None, receipt: Receipt | None = None) -> None:
+    def end(self, ticket: int, last: ResponseEnd | ResponseError | None, receipt: Receipt | None = None, *,
+            checked: bool = False) -> None:
         """Request `ticket` ended with `last` from the proxy (None: its end never came: a lost link, a client that
-        hung up), backed by `receipt` (checked by the caller: client/receipts.py). Check its charge and keep its
-        voucher and receipt. A ticket already ended is ignored."""
+        hung up). Check its charge and keep its voucher. `checked`: the caller checked the answer's receipt
+        (client/receipts.py), which is `receipt`, or None when it did not hold: the charge is accepted only with
+        one, and both are kept as evidence. A caller that cannot check receipts (a relay paying for answers sealed
+        to someone else) leaves the charge to the other checks. A ticket already ended is ignored."""
         if last is None:
             self.audit.end(ticket, seen=False)
             return
@@ -118,7 +121,7 @@ class ClientPayments:
         if last.voucher is not None:
             channel, valid = self._keep(request_id, last.voucher)
         cost = last.cost_nanoton
-        if receipt is None and isinstance(last, ResponseEnd) and cost:
+        if checked and receipt is None and isinstance(last, ResponseEnd) and cost:
             # charged for an answer no receipt backs: the voucher is not accepted for it (the audit counts it as
             # unexplained, an over-charge once the voucher is checked)
             self.unbacked_answers += 1
@@ -126,7 +129,7 @@ class ClientPayments:
             log.error("an answer was charged without a receipt that holds; its charge is contested",
                       extra={"fields": {"request_id": request_id, "cost_nanoton": cost}})
             cost = 0
-        if valid is not None and request_id:
+        if checked and valid is not None and request_id:
             self.receipts.record(request_id, valid, last.cost_nanoton, receipt, broken=isinstance(last, ResponseError))
         self.audit.end(ticket, seen=True, channel=channel, cost=cost, voucher=valid)
 

@@ -25,9 +25,9 @@ from tests.netutil import get_json
 def net_factory(tmp_path: Path) -> Iterator[Any]:
     nets: list[LocalNet] = []
 
-    def make(workers: int) -> LocalNet:
-        net = LocalNet(tmp_path / "state", workers=workers, engine="fake", port=free_port(), max_active=4,
-                       engine_options={"reply_tokens": 12},
+    def make(workers: int, engine: str = "fake") -> LocalNet:
+        net = LocalNet(tmp_path / "state", workers=workers, engine=engine, port=free_port(), max_active=4,
+                       engine_options={"reply_tokens": 12} if engine == "fake" else {},
                        proxy_options={"spot_checks": SpotCheckConfig(share=1.0, bench_after=2)})
         nets.append(net)
         return net
@@ -37,15 +37,17 @@ def net_factory(tmp_path: Path) -> Iterator[Any]:
         net.stop()
 
 
-def chat(net: LocalNet, i: int, *, stream: bool) -> int:
+def chat(net: LocalNet, i: int, *, stream: bool, model: str = "fake-model", max_tokens: int | None = None) -> int:
     """One deterministic chat request (temperature 0, its own prompt); what the client was charged for it."""
-    body: dict[str, Any] = {"model": "fake-model", "stream": stream, "temperature": 0,
+    body: dict[str, Any] = {"model": model, "stream": stream, "temperature": 0,
                             "messages": [{"role": "user", "content": f"question number {i} about spot checks"}]}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
     if stream:
         body["stream_options"] = {"include_usage": True}
     req = urllib.request.Request(f"{net.client.api_url}/chat/completions", data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
+    with urllib.request.urlopen(req, timeout=120) as resp:
         raw = resp.read()
     if not stream:
         return int(json.loads(raw)["usage"]["cost_nanoton"])
@@ -89,6 +91,19 @@ def test_honest_deterministic_workers_never_mismatch(net_factory: Any) -> None:
     (client,) = stats["books"]["clients"].values()
     assert client["requests"] == requests
     assert client["charged_nanoton"] == sum(costs)
+
+
+def test_honest_workers_running_the_real_model_agree_at_temperature_zero(net_factory: Any) -> None:
+    """The embedded engine (llama.cpp, greedy at temperature 0, no prompt cache reuse) answers alike on two workers,
+    whole or streamed: a check of an honest worker never fails for want of determinism."""
+    net = net_factory(2, engine="embedded")
+    net.start(180)
+    requests = 8
+    for i in range(requests):
+        chat(net, i, stream=i % 2 == 0, model="SmolLM2-135M-Instruct", max_tokens=12)
+    spot = settled(net, requests, timeout_s=180)["spot_checks"]
+    assert spot["failed"] == spot["unresolved"] == 0
+    assert spot["passed"] >= requests // 2, spot
 
 
 def test_a_worker_serving_another_model_under_the_same_name_is_caught_and_gets_no_more_traffic(

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from cocoon.config import SpotCheckConfig
+from cocoon.ledger.receipts import Receipt
 from cocoon.localnet import LocalNet, free_port
 from tests.netutil import get_json
 
@@ -130,6 +131,10 @@ def test_a_worker_serving_another_model_under_the_same_name_is_caught_and_gets_n
     digests = {run["name"]: run["digest"] for run in evidence["runs"]}
     assert len(digests) == 3 and len(set(digests.values())) == 2  # two honest runs agree against the liar's
     assert digests["worker-liar"] not in {d for n, d in digests.items() if n != "worker-liar"}
+    for run in evidence["runs"]:  # each run stands on its worker's own signed receipt
+        receipt = Receipt.from_base64(run["receipt"])
+        receipt.verify_worker()
+        assert receipt.worker_key.hex() == run["worker"]
     for name in ("worker-1", "worker-2"):
         assert reputation[name]["spot_checks"]["failed"] == 0
         assert reputation[name]["spot_checks"]["passed"] > 0

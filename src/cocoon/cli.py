@@ -159,6 +159,12 @@ def up(
     proxies: Annotated[int, typer.Option("--proxies", min=1, help=(
         "Number of proxies, each registered in the root registry; clients and workers find them there (nearest "
         "first, failing over down the list) and every worker serves all of them."))] = 1,
+    clients: Annotated[int, typer.Option("--clients", min=1, help=(
+        "Number of clients, each with its own API port (the first on --port) and its own channels."))] = 1,
+    hosts: Annotated[bool, typer.Option("--hosts", help=(
+        "Root only: every process but the clients on a host of its own (a Linux network namespace with its own "
+        "address on a private bridge, 10.213.0.0/24), with a key service the proxies and workers take their keys "
+        "from; everything created is removed at the stop (and what a crashed run left, at the next start)."))] = False,
     engine: Annotated[str, typer.Option(help=(
         "Worker engine: embedded (the bundled SmolLM2-135M on llama.cpp) | fake | openai:URL (any OpenAI-compatible "
         "server). fake answers every prompt with reply_tokens words (16), each piece token_bytes long (0: the "
@@ -194,7 +200,7 @@ def up(
         raise typer.BadParameter(str(exc)) from None
     sys.exit(run_up(state_dir, workers=workers, engine=engine, port=port, engine_options=options,
                     max_active=max_active, ready_timeout_s=ready_timeout, port_range=port_range, relay=relay,
-                    proxies=proxies))
+                    proxies=proxies, clients=clients, hosts=hosts))
 
 
 @app.command()

@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -25,10 +26,21 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from cocoon.config import ClientConfig, CommonConfig, ProxyConfig, RelayConfig, WorkerConfig, dump_config
+from cocoon.attest.fake import fake_image_hash
+from cocoon.config import (
+    ClientConfig,
+    CommonConfig,
+    KeysConfig,
+    ProxyConfig,
+    RelayConfig,
+    WorkerConfig,
+    dump_config,
+)
 from cocoon.fsutil import private_dir, write_atomically
+from cocoon.hosts import Host, HostNetwork, unavailable_reason
 from cocoon.ledger import devnet
 from cocoon.ledger.base import Terms
+from cocoon.ledger.local import LocalLedger
 from cocoon.nodekeys import NodeKeys
 from cocoon.observe.netview import Member, NetworkDashboard
 
@@ -47,10 +59,14 @@ class NodeProcess:
     config: CommonConfig
     proc: subprocess.Popen[bytes] | None = None
     api_url: str | None = None
+    host: Host | None = None  # with --hosts: the namespace it runs in
 
     @property
     def stats_url(self) -> str:
-        return f"http://127.0.0.1:{self.stats_port}"
+        return f"http://{self.config.stats_host}:{self.stats_port}"
+
+    def stats(self, path: str = "/jsonstats") -> Any:
+        return _get_json(f"{self.stats_url}{path}", self.config.stats_token)
 
     def describe(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"role": self.role, "name": self.name, "pid": self.proc.pid if self.proc else None,
@@ -58,6 +74,8 @@ class NodeProcess:
                                  "log": str(self.log_path)}
         if self.api_url:
             entry["api_url"] = self.api_url
+        if self.host is not None:
+            entry.update(netns=self.host.netns, address=self.host.address)
         return entry
 
 
@@ -136,11 +154,16 @@ class LocalNet:
     def __init__(self, state_dir: Path, *, workers: int, engine: str, port: int,
                  engine_options: dict[str, Any], max_active: int, attestation: str = "fake",
                  proxy_options: dict[str, Any] | None = None, ports: PortRange | None = None,
-                 relay: bool = False, proxies: int = 1) -> None:
+                 relay: bool = False, proxies: int = 1, clients: int = 1, hosts: bool = False) -> None:
         """`proxy_options`: ProxyConfig fields to set (limits, timeouts); `ports`: where every port comes from;
         `relay`: a relay process (`cocoon relay`) that the client sends every request through; `proxies`: how many
-        proxies, each registered in the root, where clients and workers find them."""
+        proxies, each registered in the root, where clients and workers find them; `clients`: how many clients (the
+        first's API on `port`); `hosts`: every process but the clients in a network namespace of its own
+        (hosts.py), with a key service (`cocoon keys`) that the proxies and workers take their keys from."""
         self.state_dir = state_dir.resolve()
+        self.hostnet = HostNetwork() if hosts else None
+        # stats ports off loopback need a token: one for the whole network, kept in the configs (0600 state dir)
+        self._stats_token = secrets.token_hex(16) if hosts else None
         self.nodes: list[NodeProcess] = []
         self.ports = ports or PortRange()
         self.ports.reserve(port)
@@ -149,9 +172,16 @@ class LocalNet:
         # every role pays or gets paid on one local chain in the state dir (ledger/devnet.py)
         common = {"state_dir": str(self.state_dir), "policy": "dev", "payments": True}
         self._common = common
-        self.proxy_cfgs = [ProxyConfig(name=f"proxy-{i}", port=self.ports.take(), attestation=attestation,
-                                       image="cocoon-proxy-dev", stats_port=self.ports.take(), **common,
-                                       **(proxy_options or {})) for i in range(1, proxies + 1)]
+        self.key_service = self._add_key_service("keys-1") if hosts else ""
+        keys = {"key_service": self.key_service} if hosts else {}
+        self.proxy_cfgs = []
+        for i in range(1, proxies + 1):
+            name = f"proxy-{i}"
+            placed = self._placed(name)
+            self.proxy_cfgs.append(ProxyConfig(
+                name=name, port=self.ports.take(), attestation=attestation, image="cocoon-proxy-dev",
+                stats_port=self.ports.take(), **{"host": placed["stats_host"]} if hosts else {}, **placed, **keys,
+                **common, **(proxy_options or {})))
         for cfg in self.proxy_cfgs:
             self._add("proxy", cfg)
         self.proxy_cfg = self.proxy_cfgs[0]
@@ -164,16 +194,33 @@ class LocalNet:
             options["threads"] = max(1, (os.cpu_count() or 2) // max(workers, 1))
         self._worker = {"proxy": proxy_addr, "engine": engine, "engine_options": options, **self._discovery,
                         "max_proxies": proxies, "attestation": attestation, "image": "cocoon-worker-dev",
-                        "max_active_requests": max_active}
+                        "max_active_requests": max_active, **keys}
         for i in range(1, workers + 1):
             self.add_worker(f"worker-{i}")
         self.relay_url = self.add_relay("relay-1").api_url if relay else None
         self.add_client("client-1", port, via_relay=self.relay_url)
+        for i in range(2, clients + 1):
+            self.add_client(f"client-{i}", self.ports.take(), via_relay=self.relay_url)
+
+    def _placed(self, name: str) -> dict[str, Any]:
+        """With --hosts, the config fields that put process `name` on a host of its own: its stats port on its
+        address (with the network's token); nothing otherwise."""
+        if self.hostnet is None:
+            return {}
+        return {"stats_host": self.hostnet.plan(name).address, "stats_token": self._stats_token}
+
+    def _add_key_service(self, name: str) -> str:
+        """The key service on a host of its own (before start()); the address nodes reach it at."""
+        placed = self._placed(name)
+        cfg = KeysConfig(name=name, host=placed["stats_host"], port=self.ports.take(), image="cocoon-keys-dev",
+                         stats_port=self.ports.take(), state_dir=self._common["state_dir"], policy="dev", **placed)
+        self._add("keys", cfg)
+        return f"{cfg.host}:{cfg.port}"
 
     def add_worker(self, name: str, **options: Any) -> NodeProcess:
         """One more worker process like the others, with `options` (WorkerConfig fields) of its own; before
         start(), or after it and then spawn()ed."""
-        return self._add("worker", WorkerConfig(name=name, stats_port=self.ports.take(),
+        return self._add("worker", WorkerConfig(name=name, stats_port=self.ports.take(), **self._placed(name),
                                                 **{**self._worker, **options}, **self._common))
 
     def add_client(self, name: str, port: int, via_relay: str | None = None) -> NodeProcess:
@@ -197,7 +244,8 @@ class LocalNet:
     def _add(self, role: str, cfg: CommonConfig) -> NodeProcess:
         path = self.state_dir / f"{cfg.name}.toml"
         path.write_text(dump_config(cfg))
-        node = NodeProcess(role, cfg.name, path, self.state_dir / "logs" / f"{cfg.name}.log", cfg.stats_port, cfg)
+        node = NodeProcess(role, cfg.name, path, self.state_dir / "logs" / f"{cfg.name}.log", cfg.stats_port, cfg,
+                           host=self.hostnet.hosts.get(cfg.name) if self.hostnet else None)
         self.nodes.append(node)
         return node
 
@@ -207,8 +255,9 @@ class LocalNet:
 
     def spawn(self, node: NodeProcess) -> None:
         log = node.log_path.open("ab")
+        argv = [sys.executable, "-m", "cocoon", node.role, "--config", str(node.config_path)]
         node.proc = subprocess.Popen(
-            [sys.executable, "-m", "cocoon", node.role, "--config", str(node.config_path)],
+            node.host.command(argv) if node.host else argv,
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
             start_new_session=True,  # Ctrl-C reaches `cocoon up` only; it stops the children in order
         )
@@ -226,27 +275,50 @@ class LocalNet:
         devnet.prepare(self.state_dir, proxies=specs,
                        # a relay pays as a client: its wallet is sealed to the client role
                        parties=[NodeKeys("client" if n.role == "relay" else n.role, n.config).wallet()
-                                for n in self.nodes if n.role != "proxy"],
+                                for n in self.nodes if n.role not in ("proxy", "keys")],
                        prices=self.proxy_cfg.prices, terms=Terms()).close()
+
+    def allow_images(self) -> None:
+        """The registry allows the network's proxy and worker images: the key service hands keys only to those."""
+        ledger = LocalLedger(devnet.ledger_path(self.state_dir), default_prices=self.proxy_cfg.prices, terms=Terms())
+        try:
+            for role in ("proxy", "worker"):
+                images = {n.config.image for n in self.nodes if n.role == role}
+                ledger.set_allowed_images(role, [fake_image_hash(image) for image in sorted(images)])
+        finally:
+            ledger.close()
+
+    def start_hosts(self, deadline: float) -> None:
+        """With --hosts: the namespaces and the bridge, then the key service, which the nodes' keys come from."""
+        assert self.hostnet is not None
+        self.hostnet.create()
+        self.allow_images()
+        keys = next(n for n in self.nodes if n.role == "keys")
+        self.spawn(keys)
+        self._wait(lambda: keys.stats("/healthz") is not None, keys, deadline)
 
     def start(self, timeout_s: float) -> None:
         with console.status("starting the local ledger, proxies, workers and client…") as status:
+            deadline = time.monotonic() + timeout_s
+            if self.hostnet is not None:
+                status.update("creating a host (network namespace) per process and starting the key service…")
+                self.start_hosts(deadline)
             self.prepare_ledger()
             for node in self.nodes:
-                self.spawn(node)
+                if node.proc is None:
+                    self.spawn(node)
             self.write_state()
-            deadline = time.monotonic() + timeout_s
             for node in self.nodes:
                 status.update(f"waiting for {node.name} ({node.role}) to answer on {node.stats_url}…")
-                self._wait(lambda n=node: _get_json(f"{n.stats_url}/healthz") is not None, node, deadline)
+                self._wait(lambda n=node: n.stats("/healthz") is not None, node, deadline)
             workers = [n for n in self.nodes if n.role == "worker"]
             status.update(f"loading the model on {len(workers)} worker(s) and linking them to the proxy…")
             for proxy in (n for n in self.nodes if n.role == "proxy"):  # every worker serves every proxy
-                self._wait(lambda p=proxy: len((_get_json(f"{p.stats_url}/jsonstats") or {}).get("workers", []))
+                self._wait(lambda p=proxy: len((p.stats() or {}).get("workers", []))
                            >= len(workers), proxy, deadline)
             for client in (n for n in self.nodes if n.role in ("client", "relay") and not _via_relay(n)):
                 status.update(f"waiting for {client.name} to link to the proxy…")
-                self._wait(lambda c=client: (_get_json(f"{c.stats_url}/jsonstats") or {}).get("proxy_connected"),
+                self._wait(lambda c=client: (c.stats() or {}).get("proxy_connected"),
                            client, deadline)
 
     def _wait(self, ready: Any, node: NodeProcess, deadline: float) -> None:
@@ -304,7 +376,7 @@ class LocalNet:
 
     def stop(self, grace_s: float = 10.0) -> None:
         # Client first (no new requests), then workers, then the proxy that settles the books.
-        for role in ("client", "relay", "worker", "proxy"):
+        for role in ("client", "relay", "worker", "proxy", "keys"):
             procs = [n.proc for n in self.nodes if n.role == role and n.proc and n.proc.poll() is None]
             for p in procs:
                 with contextlib.suppress(ProcessLookupError):
@@ -318,6 +390,8 @@ class LocalNet:
                     p.wait()
         if self.dashboard is not None:
             self.dashboard.stop()
+        if self.hostnet is not None:
+            self.hostnet.destroy()
         with contextlib.suppress(FileNotFoundError):
             (self.state_dir / LOCALNET_FILE).unlink()
 
@@ -367,11 +441,12 @@ def _via_relay(node: NodeProcess) -> bool:
     return bool(getattr(node.config, "via_relay", ""))
 
 
-def _get_json(url: str) -> Any:
+def _get_json(url: str, token: str | None = None) -> Any:
     import urllib.request
 
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=1) as resp:
             return json.loads(resp.read())
     except (OSError, ValueError):
         return None
@@ -386,13 +461,16 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 def run_up(state_dir: Path, *, workers: int, engine: str, port: int | None, engine_options: dict[str, Any],
            max_active: int | None, ready_timeout_s: float, port_range: str | None = None, relay: bool = False,
-           proxies: int = 1) -> int:
+           proxies: int = 1, clients: int = 1, hosts: bool = False) -> int:
+    if hosts and (reason := unavailable_reason()):
+        console.print(f"[red]cocoon up --hosts:[/] {reason}")
+        return 2
     try:
         ports = PortRange.parse(port_range)
         api_port = port if port is not None else (10000 if ports.lo is None else ports.take())
         active = max_active if max_active is not None else default_max_active(engine, os.cpu_count() or 1)
         net = LocalNet(state_dir, workers=workers, engine=engine, port=api_port, engine_options=engine_options,
-                       max_active=active, ports=ports, relay=relay, proxies=proxies)
+                       max_active=active, ports=ports, relay=relay, proxies=proxies, clients=clients, hosts=hosts)
     except ValueError as exc:
         console.print(f"[red]cocoon up:[/] {exc}")
         return 2

@@ -26,7 +26,7 @@ FLOORS: list[set[str]] = [
     {"runtime", "nodekeys", "keyclient", "discovery"},
     {"client", "proxy", "worker", "chain", "keys"},
     {"relay", "sdk"},  # built on the client: the relay pays as a client of record, the SDK is a client in-process
-    {"cli", "ledger_cli", "log_cli", "receipt_cli", "localnet", "bench", "status", "__main__"},
+    {"cli", "ledger_cli", "log_cli", "receipt_cli", "localnet", "hosts", "bench", "status", "__main__"},
 ]
 FLOOR = {unit: level for level, units in enumerate(FLOORS) for unit in units}
 

@@ -60,6 +60,7 @@ class RelayNode:
             raise ConfigError("a relay forwards to a proxy itself: `via_relay` makes no sense here")
         self.cfg = cfg
         self.upstream = ProxyUpstream(cfg)
+        self.upstream.dialer.on_change = self.upstream.link_changed  # a lost proxy moves it down the directory
         self._tokens = {token.encode(): subscriber_label(token) for token in cfg.subscriber_tokens}
         # counters only: per subscriber (by label) and per outcome
         self.per_subscriber: dict[str, int] = dict.fromkeys(self._tokens.values(), 0)

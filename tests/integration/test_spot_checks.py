@@ -148,3 +148,9 @@ def test_a_worker_serving_another_model_under_the_same_name_is_caught_and_gets_n
     assert stats["spot_checks"]["failed"] >= 2
     proxy = next(n for n in net.nodes if n.role == "proxy")
     assert "spot check mismatch" in proxy.log_path.read_text()
+    with urllib.request.urlopen(f"{proxy.stats_url}/metrics", timeout=5) as resp:
+        metrics = resp.read().decode()
+    label = 'cocoon_proxy_spot_checks_total{verdict="failed"}'
+    failed = next(line for line in metrics.splitlines() if line.startswith(label))
+    assert float(failed.split()[-1]) == stats["spot_checks"]["failed"]
+    assert "cocoon_proxy_spot_check_cost_nanoton_total" in metrics

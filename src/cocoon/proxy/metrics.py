@@ -31,6 +31,10 @@ class ProxyMetrics:
         self.first_byte = _Timed(Histogram("cocoon_proxy_first_byte_seconds", "Time to the answer's first byte",
                                            registry=r), lambda s: self.series.sample("ttft_ms", s * 1000))
         self.charged = Counter("cocoon_proxy_charged_nanoton", "Charged to clients", registry=r)
+        self.spot_checks = Counter("cocoon_proxy_spot_checks", "Spot checks of deterministic requests by verdict "
+                                   "(passed, failed, unresolved, skipped)", ["verdict"], registry=r)
+        self.spot_check_cost = Counter("cocoon_proxy_spot_check_cost_nanoton", "Worker fees the spot checks' "
+                                       "re-executions are worth: the proxy's cost, never a client's", registry=r)
         self.beyond_bounds = Counter("cocoon_proxy_usage_beyond_bounds", "Token counts workers reported beyond what "
                                      "the request could produce (charged at the bound)", ["kind"], registry=r)
 

@@ -23,6 +23,7 @@ from cocoon.config import Prices, SpotCheckConfig
 from cocoon.core.ids import new_request_id, request_scope
 from cocoon.ledger.pricing import price_request
 from cocoon.proxy.backlog import Backlog
+from cocoon.proxy.metrics import ProxyMetrics
 from cocoon.proxy.registry import WorkerLink, WorkerRegistry
 from cocoon.proxy.selection import Selector
 from cocoon.proxy.spotcheck import (
@@ -50,8 +51,10 @@ def image_of(worker: WorkerLink) -> str | None:
 
 class SpotChecker:
     def __init__(self, cfg: SpotCheckConfig, registry: WorkerRegistry, selector: Selector[WorkerLink],
-                 backlog: Backlog[WorkerLink], prices: Callable[[], Prices], rng: random.Random | None = None) -> None:
+                 backlog: Backlog[WorkerLink], prices: Callable[[], Prices], rng: random.Random | None = None,
+                 metrics: ProxyMetrics | None = None) -> None:
         self.cfg = cfg
+        self.metrics = metrics
         self.registry = registry
         self.selector = selector
         self.backlog = backlog
@@ -70,7 +73,7 @@ class SpotChecker:
     def submit(self, sample: Sample, worker: WorkerLink, end: ResponseEnd) -> None:
         """The sampled request's answer reached its client from `worker`: check it in the background."""
         if len(self._tasks) >= self.cfg.max_in_flight:
-            self.counts["skipped"] += 1
+            self._count("skipped")
             return
         original = execution(worker.key, worker.name, sample.payloads, end)
         task = asyncio.get_running_loop().create_task(self._check(sample.req, worker, original))
@@ -102,12 +105,12 @@ class SpotChecker:
             if len(runs) == 2 and runs[1].digest == original.digest:
                 break
         if len(runs) < 2:
-            self.counts["skipped"] += 1
+            self._count("skipped")
             log.info("spot check skipped: no other free worker of the same model and image",
                      extra={"fields": {"worker": worker.name, "model": req.model}})
             return
         verdict, blamed = judge(runs)
-        self.counts[verdict] += 1
+        self._count(verdict)
         evidence = None if verdict == PASSED else SpotEvidence(
             request_id=req.request_id, model=req.model, image_hash=image, checked_at=time.time(), verdict=verdict,
             blamed=blamed, runs=runs)
@@ -160,8 +163,16 @@ class SpotChecker:
             call.cancel("spot check over")
         self.runs += 1
         self.tokens += end.usage.total_tokens
-        self.cost_nanoton += price_request(end.usage, self.prices(), worker.params.coefficient).worker_fee
+        fee = price_request(end.usage, self.prices(), worker.params.coefficient).worker_fee
+        self.cost_nanoton += fee
+        if self.metrics is not None:
+            self.metrics.spot_check_cost.inc(fee)
         return execution(worker.key, worker.name, payloads, end)
+
+    def _count(self, verdict: str) -> None:
+        self.counts[verdict] += 1
+        if self.metrics is not None:
+            self.metrics.spot_checks.labels(verdict).inc()
 
     def stats(self) -> dict[str, Any]:
         return {"share": self.cfg.share, "deterministic_requests": self.sampler.deterministic,

@@ -236,8 +236,10 @@ class LocalNet:
     def add_relay(self, name: str) -> NodeProcess:
         """A relay process, before start(): devices' Oblivious HTTP in, the proxy's gateway out, its own channel."""
         port = self.ports.take()
+        # in the root namespace like the clients (with --hosts): a VPN provider's server outside the network, finding
+        # the proxies in the root registry as they do
         node = self._add("relay", RelayConfig(name=name, proxy=f"127.0.0.1:{self.proxy_port}", api_port=port,
-                                              stats_port=self.ports.take(), **self._common))
+                                              stats_port=self.ports.take(), **self._discovery, **self._common))
         node.api_url = f"http://127.0.0.1:{port}"
         return node
 

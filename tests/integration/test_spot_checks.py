@@ -17,7 +17,10 @@ from typing import Any
 import pytest
 
 from cocoon.config import SpotCheckConfig
+from cocoon.ledger.devnet import ledger_path
+from cocoon.ledger.local import LocalLedger
 from cocoon.ledger.receipts import Receipt
+from cocoon.ledger.translog import HeadStore, RegistryLog
 from cocoon.localnet import LocalNet, free_port
 from tests.netutil import get_json
 
@@ -92,6 +95,12 @@ def test_honest_deterministic_workers_never_mismatch(net_factory: Any) -> None:
     (client,) = stats["books"]["clients"].values()
     assert client["requests"] == requests
     assert client["charged_nanoton"] == sum(costs)
+    # the client and the workers checked their proxy's registration against the registry's log, and kept its head
+    chain = LocalLedger(ledger_path(net.state_dir))
+    log = RegistryLog.read(chain)
+    chain.close()
+    for name in ("client-1", "worker-1", "worker-2"):
+        assert HeadStore(net.state_dir / f"{name}.registry-head.json").load() == log.head
 
 
 def test_honest_workers_running_the_real_model_agree_at_temperature_zero(net_factory: Any) -> None:

@@ -77,6 +77,19 @@ def _links() -> list[dict[str, object]]:
     return json.loads(_ip("-j", "link", "show").stdout or "[]")
 
 
+def busy_reason() -> str | None:
+    """Why another run's hosts are in the way (its pid), or None when no live run holds them."""
+    with LOCK_FILE.open("a+b") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().decode(errors="replace").strip() or "?"
+            return (f"another cocoon up --hosts (pid {holder}) runs on this machine: its namespaces and range "
+                    f"({RANGE}) are in use")
+    return None
+
+
 def clean_if_unused() -> list[str]:
     """`clean`, unless a live run holds the hosts (its lock): what a crashed run left, removed."""
     with LOCK_FILE.open("a+b") as lock:
@@ -180,18 +193,18 @@ class HostNetwork:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().decode(errors="replace").strip() or "?"
             lock.close()
-            raise HostsUnavailable(f"another cocoon up --hosts (pid {holder}) runs on this machine: its namespaces "
-                                   f"and range ({RANGE}) are in use") from None
+            raise HostsUnavailable(busy_reason() or f"another cocoon up --hosts holds {LOCK_FILE}") from None
         lock.truncate(0)
         lock.write(str(os.getpid()).encode())
         lock.flush()
         self._lock = lock
 
     def destroy(self) -> None:
-        """Remove every namespace, link and bridge of this run (idempotent)."""
+        """Remove every namespace, link and bridge of this run (idempotent); nothing when this run did not take the
+        hosts (another run holds them)."""
+        if self._lock is None:
+            return
         for host in self.hosts.values():
             _ip("netns", "delete", host.netns, check=False)
             _ip("link", "delete", host.veth, check=False)

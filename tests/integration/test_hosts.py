@@ -17,7 +17,7 @@ from cocoon.hosts import BRIDGE, HostNetwork, HostsUnavailable
 
 
 def need_hosts() -> None:
-    reason = hosts.unavailable_reason()
+    reason = hosts.unavailable_reason() or hosts.busy_reason()
     if reason:
         print(f"\nSKIPPED: {reason}", file=sys.__stderr__)  # said aloud, not only in pytest's skip summary
         pytest.skip(reason)

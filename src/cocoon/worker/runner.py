@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
 import time
 from typing import Any
 
@@ -68,6 +69,7 @@ class WorkerNode:
         # each of up to `max_proxies` of them
         self.directory = proxy_directory(cfg, self.payments.ledger if self.payments else None)
         self.dialers: list[Dialer] = []
+        self._checking = threading.Lock()
         for i in range(cfg.max_proxies):
             dialer = Dialer(functools.partial(self._addresses_for, i), self.identity, self.verifier, self._hello,
                             functools.partial(self._on_inbound, i),
@@ -136,11 +138,12 @@ class WorkerNode:
         """Paid through the proxy's contract: only the proxy registered at the address dialed may take the link
         (blocking: runs in the dialer's thread), and its channel is found before the hello."""
         assert self.payments is not None and self._registered is not None
-        self._registered(address, peer)
-        try:
-            self.payments.open(address)
-        except LedgerError as exc:
-            raise AttestationError(f"no payment channel with the proxy at {address}: {exc}") from None
+        with self._checking:  # one link's check at a time: they share the registry's head file and the purses
+            self._registered(address, peer)
+            try:
+                self.payments.open(address)
+            except LedgerError as exc:
+                raise AttestationError(f"no payment channel with the proxy at {address}: {exc}") from None
 
     def _hello(self) -> Hello:
         owner = self.payments.wallet.address if self.payments else self.cfg.owner

@@ -36,12 +36,12 @@ class _View(msgspec.Struct):
     choices: list[msgspec.Raw] | None = None
 
 
-class Count(msgspec.Struct):
-    count: int = msgspec.field(default=-1)
+class _CountAnswer(msgspec.Struct):
+    count: int = -1  # absent: not a count
 
 
 _view = msgspec.json.Decoder(_View)
-_count = msgspec.json.Decoder(Count)
+_count = msgspec.json.Decoder(_CountAnswer)
 
 
 def asking_every_chunk(body: dict[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from cocoon.core.usage import Usage
 from cocoon.inference.fake import FakeEngine
 from cocoon.inference.openai_upstream import OpenAIUpstreamEngine
 from cocoon.inference.server import serve
-from cocoon.inference.upstream_usage import ChunkUsage, counted_text
+from cocoon.inference.upstream_usage import ChunkUsage, counted_text, read_count
 from cocoon.openai import schema
 from cocoon.openai.schema import Endpoint, OpenAIRequest
 from cocoon.wire.messages import Request, ResponseChunk, ResponseEnd, ResponseHead
@@ -81,6 +81,12 @@ def test_the_counted_text_is_the_prompts_own() -> None:
     assert counted_text(typed("completions", {"model": MODEL, "prompt": ["one", "two"]})) == ("one\ntwo", 0)
     assert counted_text(typed("completions", {"model": MODEL, "prompt": [[1, 2, 3], [4]]})) == ("", 4)
     assert counted_text(typed("completions", {"model": MODEL, "prompt": [4, 5]})) == ("", 2)
+
+
+def test_only_a_count_is_read_as_one() -> None:
+    assert read_count(b'{"count": 12}') == 12
+    assert [read_count(raw) for raw in (b'{"tokens": [1, 2]}', b'{"count": -3}', b'{"count": "7"}', b"<html>")] == [
+        None] * 4
 
 
 @pytest.fixture

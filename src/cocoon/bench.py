@@ -7,6 +7,11 @@ time of every process (from /proc/PID/stat) is divided by the requests answered:
 machines, and a busy shared machine, better than wall-clock rates do.
 The network run pays on the local chain; the report ends with the client's check of what it was charged (every
 figure 0 on this honest traffic but the amounts charged and the vouchers superseded).
+
+The network run is sealed end to end (every client's default); the same network also serves a second client
+configured plain (`seal_requests = false`), measured the same way, so `sealed_ratio` (sealed / plain req/s) is
+what sealing costs on the whole path, and `hpke` what it costs in CPU per request, measured in this process
+(seal to the candidates, open, seal and open every chunk of an answer).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from rich.table import Table
 
 from cocoon.localnet import LocalNet, free_port
 from cocoon.openai import sse
+from cocoon.seal import SealKey, seal_request
 
 # what the client's /jsonstats says about its payments, in the report
 PAYMENT_FIGURES = ("charged_nanoton", "vouchers_nanoton", "refused_vouchers", "superseded_vouchers",
@@ -194,6 +200,36 @@ def measured(url: str, requests: int, concurrency: int, pids: dict[str, int]) ->
     return result, meter.per_request_ms(result.requests)
 
 
+def hpke_cost(candidates: int, rounds: int = 200) -> dict[str, float]:
+    """Microseconds of CPU per request that sealing adds, in this process: the client sealing a body to
+    `candidates` keys, one worker opening it, sealing an answer of CHUNKS chunks and its end, and the client
+    opening them."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    keys = [SealKey(X25519PrivateKey.generate()) for _ in range(candidates)]
+    body = json.dumps({"model": "fake-model", "stream": True, "max_tokens": CHUNKS,
+                       "messages": [{"role": "user", "content": "benchmark prompt"}]}).encode()
+    chunk = b"x" * CHUNK_BYTES
+    parts = {"seal_request": 0.0, "open_request": 0.0, "answer": 0.0}
+    for _ in range(rounds):
+        t0 = time.process_time()
+        sealed = seal_request(body, [k.public_key for k in keys], b"envelope")
+        t1 = time.process_time()
+        opened = keys[0].open(sealed.sealed, b"envelope")
+        t2 = time.process_time()
+        opener = sealed.answer(keys[0].key_id)
+        for _ in range(CHUNKS):
+            opener.open(opened.answer.seal(chunk))
+        opener.end(opened.answer.end())
+        t3 = time.process_time()
+        parts["seal_request"] += t1 - t0
+        parts["open_request"] += t2 - t1
+        parts["answer"] += t3 - t2
+    per = {name: round(total * 1e6 / rounds, 1) for name, total in parts.items()}
+    return {"candidates": candidates, **{f"{name}_us": v for name, v in per.items()},
+            "total_us": round(sum(per.values()), 1)}
+
+
 def run_bench(requests: int, concurrency: int, workers: int, as_json: bool,
               c1_requests: int = C1_REQUESTS) -> dict[str, Any]:
     engine_port = free_port()
@@ -215,6 +251,7 @@ def run_bench(requests: int, concurrency: int, workers: int, as_json: bool,
         with tempfile.TemporaryDirectory(prefix="cocoon-bench-") as state:
             net = LocalNet(Path(state), workers=workers, engine=f"openai:{engine_url}", port=free_port(),
                            engine_options={}, max_active=concurrency)
+            plain_client = net.add_client("client-plain", free_port(), seal_requests=False)
             net.start(timeout_s=60)
             api = net.client.api_url or ""
             console.print(f"network: same load through client→proxy→{workers} worker(s)→engine at {api}")
@@ -226,6 +263,14 @@ def run_bench(requests: int, concurrency: int, workers: int, as_json: bool,
             network1, network1_cpu = measured(api, c1_requests, 1, pids)
             with urllib.request.urlopen(net.client.stats_url + "/jsonstats", timeout=5) as resp:
                 client = json.loads(resp.read())
+            plain_api = plain_client.api_url or ""
+            console.print(f"plain: the same load through a client that does not seal, at {plain_api}")
+            assert plain_client.proc is not None
+            plain_pids = {**{k: v for k, v in pids.items() if k != net.client.name},
+                          net.client.name: plain_client.proc.pid}  # under the sealed client's name: same columns
+            asyncio.run(run_load(plain_api, "fake-model", warm, concurrency))
+            plain, plain_cpu = measured(plain_api, requests, concurrency, plain_pids)
+            plain1, plain1_cpu = measured(plain_api, c1_requests, 1, plain_pids)
             net.stop()
             net = None
     finally:
@@ -245,6 +290,11 @@ def run_bench(requests: int, concurrency: int, workers: int, as_json: bool,
         "direct_ttfb_p50_ms": round(direct.pct(direct.ttfb_ms, 0.5), 2),
         "network_ttfb_p50_ms": round(network.pct(network.ttfb_ms, 0.5), 2),
         "direct_errors": direct.errors, "network_errors": network.errors,
+        # the network run is sealed end to end; the same network through a client configured plain:
+        "plain_rps": round(plain.rps, 1), "plain_p50_ms": round(plain.pct(plain.latencies_ms, 0.5), 2),
+        "plain_c1_p50_ms": round(plain1.pct(plain1.latencies_ms, 0.5), 2), "plain_errors": plain.errors + plain1.errors,
+        "sealed_ratio": round(network.rps / plain.rps, 3) if plain.rps else None,
+        "hpke": hpke_cost(net_candidates(workers)),
         "client_payments": {k: client.get(k) for k in PAYMENT_FIGURES},
         "c1_requests": c1_requests,
         "direct_c1_p50_ms": round(direct1.pct(direct1.latencies_ms, 0.5), 2),
@@ -254,12 +304,21 @@ def run_bench(requests: int, concurrency: int, workers: int, as_json: bool,
         "direct_c1_errors": direct1.errors, "network_c1_errors": network1.errors,
         # per process role, over each measured phase (loadgen: this process, the benchmark's HTTP client)
         "cpu_ms_per_request": {"direct": direct_cpu, "network": network_cpu,
-                               "direct_c1": direct1_cpu, "network_c1": network1_cpu},
+                               "direct_c1": direct1_cpu, "network_c1": network1_cpu,
+                               "plain": plain_cpu, "plain_c1": plain1_cpu},
         "machine": machine(),
     }
     if not as_json:
         _print(report, direct, network)
     return report
+
+
+def net_candidates(workers: int) -> int:
+    """How many workers each of the benchmark's sealed requests is sealed to (the client's default, at most every
+    worker)."""
+    from cocoon.config import ClientConfig
+
+    return min(workers, ClientConfig(name="bench").seal_candidates)
 
 
 def _print(report: dict[str, Any], direct: LoadResult, network: LoadResult) -> None:
@@ -301,8 +360,17 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{report[f'{path}_c1_p50_ms']} | {report[f'{path}_c1_ttfb_p50_ms']} | "
                      f"{report[f'{path}_errors'] + report[f'{path}_c1_errors']} |")
     added = report["network_c1_p50_ms"] - report["direct_c1_p50_ms"]
+    hpke = report["hpke"]
+    sealing = report["network_c1_p50_ms"] - report["plain_c1_p50_ms"]
     lines += ["", f"ratio network/direct (req/s): **{report['ratio']}**; added at concurrency 1: "
                   f"**{added:.2f} ms** p50.", "",
+              f"The network run is sealed end to end; through a client configured plain the same network gave "
+              f"{report['plain_rps']} req/s (p50 {report['plain_p50_ms']} ms, at concurrency 1 "
+              f"{report['plain_c1_p50_ms']} ms): sealed/plain **{report['sealed_ratio']}**, {sealing:+.2f} ms at "
+              f"concurrency 1. HPKE and the sealed chunks cost {hpke['total_us']} µs of CPU per request "
+              f"(sealing to {hpke['candidates']} workers {hpke['seal_request_us']} µs, opening "
+              f"{hpke['open_request_us']} µs, {report['chunks_per_answer']} chunks sealed and opened "
+              f"{hpke['answer_us']} µs).", "",
               "CPU ms per request (user+system, from /proc, over each measured phase):", "",
               "| phase | " + " | ".join(roles) + " |", "|---|" + "---|" * len(roles)]
     for phase, per in cpu.items():

@@ -163,6 +163,9 @@ class ProxyConfig(CommonConfig, kw_only=True, forbid_unknown_fields=True):
     # still accepted for `ohttp_overlap_s` (devices that fetched the configuration just before the rotation)
     ohttp_rotate_s: float = 3600.0
     ohttp_overlap_s: float = 300.0
+    # how many workers' certificates a client asking to seal a request gets (picked at random among those serving
+    # the model): the candidates it may seal to, among which retries move
+    seal_candidates: Annotated[int, msgspec.Meta(ge=1, le=16)] = 8
 
 
 class WorkerConfig(CommonConfig, kw_only=True, forbid_unknown_fields=True):
@@ -204,6 +207,11 @@ class ClientConfig(CommonConfig, kw_only=True, forbid_unknown_fields=True):
     # the proxy reserves each request's money at this coefficient (the registry allows up to its max_coefficient)
     default_max_coefficient: Annotated[int, msgspec.Meta(gt=0)] = 2000
     request_timeout_s: float = 600.0
+    # Sealed end to end (cocoon/seal): each body is sealed to workers whose attestation this client verified itself,
+    # so the proxy relays ciphertext only. `false` sends bodies in the clear to the proxy: for debugging only, and
+    # said loudly at start. A request is sealed to up to `seal_candidates` workers, any of which the proxy may use.
+    seal_requests: bool = True
+    seal_candidates: Annotated[int, msgspec.Meta(ge=1, le=16)] = 4
     # the payment channel with each proxy (nanoTON): the first deposit and the stake in it, then automatic
     # top-ups to `top_up_to_nanoton` whenever less than `top_up_below_nanoton` is left for new requests
     deposit_nanoton: int = 10_000_000_000

@@ -154,7 +154,8 @@ class LocalNet:
     def __init__(self, state_dir: Path, *, workers: int, engine: str, port: int,
                  engine_options: dict[str, Any], max_active: int, attestation: str = "fake",
                  proxy_options: dict[str, Any] | None = None, ports: PortRange | None = None,
-                 relay: bool = False, proxies: int = 1, clients: int = 1, hosts: bool = False) -> None:
+                 relay: bool = False, proxies: int = 1, clients: int = 1, hosts: bool = False,
+                 client_options: dict[str, Any] | None = None) -> None:
         """`proxy_options`: ProxyConfig fields to set (limits, timeouts); `ports`: where every port comes from;
         `relay`: a relay process (`cocoon relay`) that the client sends every request through; `proxies`: how many
         proxies, each registered in the root, where clients and workers find them; `clients`: how many clients (the
@@ -198,7 +199,7 @@ class LocalNet:
         for i in range(1, workers + 1):
             self.add_worker(f"worker-{i}")
         self.relay_url = self.add_relay("relay-1").api_url if relay else None
-        self.add_client("client-1", port, via_relay=self.relay_url)
+        self.add_client("client-1", port, via_relay=self.relay_url, **(client_options or {}))
         for i in range(2, clients + 1):
             self.add_client(f"client-{i}", self.ports.take(), via_relay=self.relay_url)
 
@@ -223,13 +224,13 @@ class LocalNet:
         return self._add("worker", WorkerConfig(name=name, stats_port=self.ports.take(), **self._placed(name),
                                                 **{**self._worker, **options}, **self._common))
 
-    def add_client(self, name: str, port: int, via_relay: str | None = None) -> NodeProcess:
+    def add_client(self, name: str, port: int, via_relay: str | None = None, **options: Any) -> NodeProcess:
         """One more client process, before start(): its own key, so the proxy sees another client. Through a relay
-        it pays nothing itself: the relay is the client of record."""
+        it pays nothing itself: the relay is the client of record. `options`: ClientConfig fields of its own."""
         common = {**self._common, "payments": False} if via_relay else self._common
         node = self._add("client", ClientConfig(name=name, proxy=f"127.0.0.1:{self.proxy_port}", api_port=port,
                                                 stats_port=self.ports.take(), via_relay=via_relay or "",
-                                                **self._discovery, **common))
+                                                **self._discovery, **common, **options))
         node.api_url = f"http://127.0.0.1:{port}/v1"
         return node
 

@@ -25,13 +25,14 @@ from typing import Any, TypeVar
 import msgspec
 
 from cocoon.client.api import wire_request, with_cost
-from cocoon.client.node import ProxyUpstream
+from cocoon.client.node import ProxyUpstream, request_sealer
 from cocoon.client.oblivious import RelayLink
 from cocoon.config import ClientConfig
 from cocoon.core.errors import DECODE_ERRORS, ApiError, ErrorCode
 from cocoon.core.ids import new_request_id
 from cocoon.openai import schema
 from cocoon.runtime import make_node_identity
+from cocoon.seal import SealError
 from cocoon.wire.messages import Request, ResponseChunk, ResponseEnd, ResponseError, ResponseHead
 
 __all__ = ["ApiError", "AsyncClient", "Client", "Obj"]
@@ -110,8 +111,10 @@ class _Core:
             _, verifier = make_node_identity("client", cfg, {"proxy"})
             self.relay = RelayLink(cfg.via_relay, verifier, timeout_s=cfg.request_timeout_s,
                                    subscriber_token=cfg.subscriber_token)
+            self.sealer = request_sealer(cfg, verifier, self.relay)
         else:
             self.upstream = ProxyUpstream(cfg)
+            self.sealer = request_sealer(cfg, self.upstream.verifier, self.upstream.link)
         self._started = False
 
     async def start(self) -> None:
@@ -139,8 +142,11 @@ class _Core:
         ticket = payments.begin(req.request_id) if payments is not None else 0
         try:
             try:
-                call = await (self.relay.call(req) if self.relay is not None
-                              else self.upstream.link.call(req))  # type: ignore[union-attr]
+                if self.sealer is not None:  # sealed to the workers it verified
+                    call, _ = await self.sealer.request(req)
+                else:
+                    call = await (self.relay.call(req) if self.relay is not None
+                                  else self.upstream.link.call(req))  # type: ignore[union-attr]
             except ApiError:
                 if payments is not None:
                     payments.unsent(ticket)
@@ -156,6 +162,10 @@ class _Core:
                         yield msg
                     if isinstance(msg, ResponseEnd):
                         return
+            except SealError:  # an answer changed on the way: never accepted as charged
+                if payments is not None:
+                    payments.disown(ticket)
+                raise
             finally:
                 if not call.done:
                     call.cancel("the SDK's caller stopped reading")

@@ -3,7 +3,11 @@ payments on), every deterministic request re-run on another worker of the same m
 
 Honest deterministic workers never mismatch, over many requests; a worker answering with another model under the
 same name (here a fake engine configured to answer shorter) is blamed by the referee, benched, and gets no more
-traffic. The checks are the proxy's cost: the client is charged for its own requests only."""
+traffic. The checks are the proxy's cost: the client is charged for its own requests only.
+
+The client sends its bodies in the clear (`seal_requests = false`): a sealed request (every client's default) is
+opaque to the proxy, which can neither tell it is deterministic nor compare its answers, so it is never checked
+(docs/ARCHITECTURE.md §9)."""
 
 from __future__ import annotations
 
@@ -32,7 +36,8 @@ def net_factory(tmp_path: Path) -> Iterator[Any]:
     def make(workers: int, engine: str = "fake") -> LocalNet:
         net = LocalNet(tmp_path / "state", workers=workers, engine=engine, port=free_port(), max_active=4,
                        engine_options={"reply_tokens": 12} if engine == "fake" else {},
-                       proxy_options={"spot_checks": SpotCheckConfig(share=1.0, bench_after=2)})
+                       proxy_options={"spot_checks": SpotCheckConfig(share=1.0, bench_after=2)},
+                       client_options={"seal_requests": False})
         nets.append(net)
         return net
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
 import signal
 import subprocess
@@ -24,11 +25,12 @@ def proxy_config(tmp_path: Path, port: int, stats: int, extra: str = "") -> Path
 
 
 @contextlib.contextmanager
-def role_process(role: str, config: Path, log: Path, *args: str, max_open_files: int | None = None
-                 ) -> Iterator[subprocess.Popen[bytes]]:
+def role_process(role: str, config: Path, log: Path, *args: str, max_open_files: int | None = None,
+                 script: Path | None = None, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
     """`cocoon ROLE --config CONFIG` (or, with `args`, `cocoon ROLE ARGS…`), its output in `log`; stopped (then
     killed) on exit. `max_open_files` lowers the process's file descriptor limit (RLIMIT_NOFILE), to reach
-    resource exhaustion with few connections."""
+    resource exhaustion with few connections. `script`: a Python file that runs the role its own way (an attacker's
+    node), given the same arguments; `env`: more environment variables."""
 
     def limit() -> None:
         if max_open_files is not None:
@@ -36,9 +38,11 @@ def role_process(role: str, config: Path, log: Path, *args: str, max_open_files:
 
     command = [*args] if args else ["--config", str(config)]
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "cocoon", role, *command],
+        program = [str(script)] if script is not None else ["-m", "cocoon", role]
+        proc = subprocess.Popen([sys.executable, *program, *command],
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                preexec_fn=limit if max_open_files is not None else None)
+                                preexec_fn=limit if max_open_files is not None else None,
+                                env={**os.environ, **env} if env else None)
     try:
         yield proc
     finally:

@@ -51,8 +51,12 @@ def _report() -> dict:
             "direct_errors": 0, "network_errors": 0, "c1_requests": 5, "direct_c1_p50_ms": 1.1,
             "network_c1_p50_ms": 6.7, "direct_c1_ttfb_p50_ms": 0.9, "network_c1_ttfb_p50_ms": 5.0,
             "direct_c1_errors": 0, "network_c1_errors": 1,
+            "plain_rps": 400.0, "plain_p50_ms": 80.0, "plain_c1_p50_ms": 6.2, "plain_errors": 0, "sealed_ratio": 0.75,
+            "hpke": {"candidates": 1, "seal_request_us": 300.0, "open_request_us": 250.0, "answer_us": 150.0,
+                     "total_us": 700.0},
             "cpu_ms_per_request": {"direct": {"loadgen": 0.4, "engine": 0.5, "total": 0.9}, "network": cpu,
-                                   "direct_c1": {"loadgen": 0.8, "engine": 0.8, "total": 1.6}, "network_c1": cpu},
+                                   "direct_c1": {"loadgen": 0.8, "engine": 0.8, "total": 1.6}, "network_c1": cpu,
+                                   "plain": cpu, "plain_c1": cpu},
             "machine": {"cores": 2, "cpu_model": "Test CPU"}}
 
 
@@ -64,6 +68,14 @@ def test_readme_block_is_replaced_between_markers_only(tmp_path: Path) -> None:
     assert "stale 0.42" not in text and text.startswith("# before\n") and text.endswith("after\n")
     assert "2 cores, Test CPU" in text and "| network | 300.0 |" in text and "5.60 ms" in text
     assert "| network_c1 | 0.4 | 1.1 | 0.7 | 0.4 | 0.6 | 3.2 |" in text
+    assert "sealed/plain **0.75**, +0.50 ms at concurrency 1" in text and "700.0 µs of CPU per request" in text
+
+
+def test_the_hpke_cost_covers_each_part_of_a_sealed_request() -> None:
+    cost = bench.hpke_cost(candidates=2, rounds=3)
+    assert cost["candidates"] == 2
+    parts = [cost["seal_request_us"], cost["open_request_us"], cost["answer_us"]]
+    assert all(p > 0 for p in parts) and cost["total_us"] == pytest.approx(sum(parts), abs=0.2)
 
 
 def test_readme_without_markers_is_refused(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from cocoon.client.oblivious import RelayCall, RelayLink, RelayStream
 from cocoon.client.payments import ClientPayments
 from cocoon.client.proxy_link import ProxyLink
 from cocoon.client.receipts import check_receipt
+from cocoon.client.sealing import RequestSealer, SealedCall
 from cocoon.config import ClientConfig
 from cocoon.core.errors import DECODE_ERRORS, ApiError, ErrorCode
 from cocoon.core.ids import REQUEST_ID_HEADER, request_id_from, request_scope
@@ -23,10 +24,13 @@ from cocoon.core.usage import KINDS, Usage
 from cocoon.ledger.receipts import AnswerHasher, Receipt, ReceiptError, answer_digest
 from cocoon.observe.series import Series
 from cocoon.openai import http, schema, sse
+from cocoon.seal import SealError
 from cocoon.wire.connection import Call, LinkLost
 from cocoon.wire.messages import Answer, Request, ResponseChunk, ResponseEnd, ResponseError, ResponseHead
 
 log = logging.getLogger(__name__)
+
+AnyCall = Call | RelayCall | RelayStream | SealedCall  # a request's answers, however they travel
 
 REGION_HEADER = "cocoon-region"
 RECEIPT_HEADER = "x-cocoon-receipt"  # a non-streamed answer's receipt, base64 (a stream's is in `usage.receipt`)
@@ -77,10 +81,11 @@ class ClientStats:
 
 
 class ClientApi:
-    def __init__(self, cfg: ClientConfig, link: ProxyLink | RelayLink, payments: ClientPayments | None = None
-                 ) -> None:
+    def __init__(self, cfg: ClientConfig, link: ProxyLink | RelayLink, payments: ClientPayments | None = None,
+                 sealer: RequestSealer | None = None) -> None:
         self.cfg = cfg
         self.link = link
+        self.sealer = sealer  # seals every request (cocoon/seal); None: in the clear to the proxy (debugging only)
         self.stats = ClientStats()
         self.payments = payments
         self.guard = CrossSiteGuard(cfg.api_host, check_host=cfg.api_key is None)
@@ -162,7 +167,7 @@ class ClientApi:
     async def _answer(self, request: web.Request, req: Request, model: str, ticket: int, started: float
                       ) -> web.StreamResponse:
         try:
-            call, proxy_key = await self.link.request(req)
+            call, proxy_key = await (self.sealer.request(req) if self.sealer is not None else self.link.request(req))
         except ApiError:
             if self.payments is not None:  # it never reached a proxy: nothing can be charged for it
                 self.payments.unsent(ticket)
@@ -185,6 +190,9 @@ class ClientApi:
             if req.stream:
                 return await self._stream(request, call, answering, timing)
             return await self._whole(call, answering, timing)
+        except SealError:
+            self._disown(ticket)
+            raise
         finally:
             self.stats.active -= 1
             if headed_at is not None:
@@ -195,7 +203,14 @@ class ClientApi:
                 call.cancel("API client disconnected")
                 self.stats.record("cancelled")
 
-    async def _next(self, call: Call | RelayCall | RelayStream) -> Answer:
+    def _disown(self, ticket: int) -> None:
+        """A sealed answer that did not open (changed, reordered, cut short on the way): never accepted as charged,
+        so a voucher charging for it is unexplained (the client's audit counts it)."""
+        self.stats.record(ErrorCode.SEALED_ANSWER_INVALID)
+        if self.payments is not None:
+            self.payments.disown(ticket)
+
+    async def _next(self, call: AnyCall) -> Answer:
         """The proxy's next answer; ApiError (502) if our link to it broke meanwhile."""
         try:
             return await call.next(self.cfg.request_timeout_s)
@@ -205,7 +220,7 @@ class ClientApi:
                                 "it was not retried, since the proxy may have started it", type="api_error",
                            code=ErrorCode.PROXY_LINK_LOST, retry_after=1) from None
 
-    async def _whole(self, call: Call | RelayCall | RelayStream, answering: _Answering, timing: dict[str, str]
+    async def _whole(self, call: AnyCall, answering: _Answering, timing: dict[str, str]
                      ) -> web.Response:
         parts: list[bytes] = []
         while True:
@@ -223,7 +238,7 @@ class ClientApi:
                 self._paid(answering.ticket, ErrorCode.label(msg.code), msg)
                 raise msg.to_api()
 
-    async def _stream(self, request: web.Request, call: Call | RelayCall | RelayStream, answering: _Answering,
+    async def _stream(self, request: web.Request, call: AnyCall, answering: _Answering,
                       timing: dict[str, str]) -> web.StreamResponse:
         resp = await http.open_stream(request, timing)
         # a usage chunk is held back until the next message: if it is the End, the chunk carries the answer's cost
@@ -241,6 +256,8 @@ class ClientApi:
             try:
                 msg = await self._next(call)
             except ApiError as exc:  # headers are gone already: the error is the stream's last event
+                if isinstance(exc, SealError):  # nothing more of this answer is believed
+                    self._disown(ticket)
                 batch.append(sse.event(exc.to_json()))
                 break
             if isinstance(msg, ResponseChunk):

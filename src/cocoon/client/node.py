@@ -15,16 +15,30 @@ from cocoon.client.api import ClientApi
 from cocoon.client.oblivious import RelayLink
 from cocoon.client.payments import ClientPayments
 from cocoon.client.proxy_link import ProxyLink, refuse_inbound
+from cocoon.client.sealing import RequestSealer
 from cocoon.config import ClientConfig, ConfigError, is_loopback
 from cocoon.discovery import proxy_directory
 from cocoon.ledger.base import LedgerError
 from cocoon.observe.stats import StatsServer
+from cocoon.ratls.cert import CertVerifier
 from cocoon.runtime import identity_stats, make_node_identity, registry_head_path, serve_until
 from cocoon.wire.connection import hello
 from cocoon.wire.dialer import Dialer
 from cocoon.wire.messages import ClientParams, Hello
 
 log = logging.getLogger(__name__)
+
+
+def request_sealer(cfg: ClientConfig, verifier: CertVerifier, link: ProxyLink | RelayLink) -> RequestSealer | None:
+    """What seals each request to workers this client verifies itself, under the policy it verifies proxies with
+    (`verifier`'s, for role `worker`); None (bodies in the clear to the proxy) only when configured so, said
+    loudly."""
+    if not cfg.seal_requests:
+        log.warning("seal_requests is off: request bodies and answers travel in the clear to the proxy, which can "
+                    "read them; use this for debugging only", extra={"fields": {"seal_requests": False}})
+        return None
+    workers = CertVerifier(verifier.policy, {"worker"}, registry=verifier.registry, collateral=verifier.collateral)
+    return RequestSealer(link, workers, cfg.seal_candidates)
 
 
 class ProxyUpstream:
@@ -118,11 +132,12 @@ class ClientNode:
             self.identity, verifier = make_node_identity("client", cfg, {"proxy"})
             self.relay = RelayLink(cfg.via_relay, verifier, timeout_s=cfg.request_timeout_s,
                                    subscriber_token=cfg.subscriber_token)
-            self.api = ClientApi(cfg, self.relay)
+            self.api = ClientApi(cfg, self.relay, sealer=request_sealer(cfg, verifier, self.relay))
         else:
             self.upstream = ProxyUpstream(cfg)
             self.identity = self.upstream.identity
-            self.api = ClientApi(cfg, self.upstream.link, payments=self.upstream.payments)
+            self.api = ClientApi(cfg, self.upstream.link, payments=self.upstream.payments,
+                                 sealer=request_sealer(cfg, self.upstream.verifier, self.upstream.link))
         registry = CollectorRegistry()
         connected = Gauge("cocoon_client_proxy_connected", "1 while the proxy link is up", registry=registry)
         Gauge("cocoon_client_active_requests", "API requests in flight", registry=registry).set_function(

@@ -216,9 +216,10 @@ class RelayLink:
         checked for its signatures and hashes, not for whose voucher key countersigned it."""
         return await self.call(req), b""
 
-    async def models(self) -> ModelsReply:
-        """The models the gateway's proxy serves, as a link's models query asks."""
-        answers = await self._exchange(oblivious.inner_models(ModelsQuery(call_id=0)))
+    async def models(self, seal_for: str = "") -> ModelsReply:
+        """The models the gateway's proxy serves, as a link's models query asks (with `seal_for`, also the
+        certificates of workers serving that model, to seal a request to)."""
+        answers = await self._exchange(oblivious.inner_models(ModelsQuery(call_id=0, seal_for=seal_for)))
         assert isinstance(answers, list)
         reply = answers[0]
         if isinstance(reply, ResponseError):

@@ -104,6 +104,11 @@ class ClientPayments:
         """Request `ticket` could not be sent."""
         self.audit.end(ticket, seen=True)
 
+    def disown(self, ticket: int) -> None:
+        """Request `ticket`'s answer was refused (a sealed answer changed on the way): this client accepts no charge
+        for it, so a voucher charging for it counts as unexplained."""
+        self.audit.end(ticket, seen=True)
+
     def end(self, ticket: int, last: ResponseEnd | ResponseError | None, receipt: Receipt | None = None, *,
             checked: bool = False) -> None:
         """Request `ticket` ended with `last` from the proxy (None: its end never came: a lost link, a client that

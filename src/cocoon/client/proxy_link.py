@@ -44,10 +44,11 @@ class ProxyLink:
             raise ApiError(503, f"proxy link failed: {exc}", type="service_unavailable",
                            code=ErrorCode.PROXY_UNAVAILABLE, retry_after=2) from None
 
-    async def models(self) -> ModelsReply:
+    async def models(self, seal_for: str = "") -> ModelsReply:
+        """The models the proxy serves; with `seal_for`, also the certificates of workers serving that model."""
         conn = await self._connection()
         try:
-            reply = await conn.query_models()
+            reply = await conn.query_models(seal_for=seal_for)
         except (TimeoutError, ConnectionError, LinkLost) as exc:
             raise ApiError(503, f"proxy did not list its models: {exc!r}", type="service_unavailable",
                            code=ErrorCode.PROXY_UNAVAILABLE, retry_after=2) from None

@@ -153,9 +153,10 @@ class Billing:
             log.warning("worker without a payout channel", extra={"fields": {"owner": owner, "reason": str(exc)}})
 
     # ---- the request path ----
-    def admit(self, req: Request, account: Account, coefficient: int) -> Reservation:
-        """Before any work: take the request's id for its paying party, bound what it can produce, and hold its
-        maximum cost at `coefficient`. Raises a 400 (no usable id or choices), 409 (the id is in flight or was
+    def admit(self, req: Request, account: Account, coefficient: int, body_bytes: int | None = None) -> Reservation:
+        """Before any work: take the request's id for its paying party, bound what it can produce (its prompt by
+        `body_bytes`, the body's plaintext length: `len(req.body)` unless it is sealed), and hold its maximum cost
+        at `coefficient`. Raises a 400 (no usable id or choices), 409 (the id is in flight or was
         answered before) or 402 (the channel cannot cover it)."""
         request_id = req.request_id
         if not is_request_id(request_id):
@@ -169,16 +170,16 @@ class Billing:
         except DuplicateRequest as exc:
             raise ApiError(409, str(exc), code=ErrorCode.DUPLICATE_REQUEST_ID, param="request_id") from None
         try:
-            return self._reserve(req, account, coefficient)
+            return self._reserve(req, account, coefficient, len(req.body) if body_bytes is None else body_bytes)
         except BaseException:
             self.books.end(request_id, account.id)
             raise
 
-    def _reserve(self, req: Request, account: Account, coefficient: int) -> Reservation:
+    def _reserve(self, req: Request, account: Account, coefficient: int, body_bytes: int) -> Reservation:
         # the request's own cap, or `default_max_tokens` when it set none: the worker holds the engine to it, with
         # payments off too (the books still record every charge, held to these bounds)
         cap = req.max_tokens if req.max_tokens is not None else self.cfg.default_max_tokens
-        bounds = Bounds(prompt_tokens=len(req.body), completion_tokens=cap * req.choices)
+        bounds = Bounds(prompt_tokens=body_bytes, completion_tokens=cap * req.choices)
         cost = max_cost(bounds, self.ledger.root_params().prices, coefficient)
         res = Reservation(req.request_id, account, bounds, cap, coefficient, cost)
         if self.settlement is None:

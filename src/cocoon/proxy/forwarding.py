@@ -50,6 +50,7 @@ from cocoon.proxy.selection import Selector
 from cocoon.proxy.spotcheck import Sample
 from cocoon.proxy.validation import check_request
 from cocoon.proxy.watchdog import Watchdog
+from cocoon.seal import peek
 from cocoon.wire.connection import Call, Connection, LinkLost
 from cocoon.wire.messages import (
     Answer,
@@ -132,7 +133,7 @@ class RunningRequest:
     it has been charged. `run` takes it through `_admit`, `_route` (its attempts), `_relay_stream` or `_relay_whole`
     and `_settle`; `_finish` gives back what admission took, whatever happened."""
 
-    __slots__ = ("asked", "client", "fwd", "limited", "out", "req", "res", "routed", "spot", "started")
+    __slots__ = ("asked", "client", "fwd", "limited", "out", "req", "res", "routed", "sealed_to", "spot", "started")
 
     def __init__(self, fwd: Forwarder, client: ClientLink, req: Request, out: Outbound | None = None) -> None:
         self.fwd = fwd
@@ -145,6 +146,7 @@ class RunningRequest:
         self.started = time.monotonic()
         self.routed = 0.0  # event-loop time when it started looking for a worker: what `proxy_ms` counts from
         self.spot: Sample | None = None  # set when its answer is to be spot-checked: the payloads relayed
+        self.sealed_to: frozenset[bytes] = frozenset()  # a sealed request: the key ids of the workers that can open it
 
     async def run(self) -> None:
         self.fwd.metrics.active.inc()
@@ -166,12 +168,15 @@ class RunningRequest:
     # -- admission ---------------------------------------------------------------------------------------------
     def _admit(self) -> Reservation:
         fwd, req, account = self.fwd, self.asked, self.client.account
-        check_request(req, max_body_bytes=fwd.cfg.max_body_bytes, max_tokens_limit=fwd.cfg.max_tokens_limit)
+        body_bytes = check_request(req, max_body_bytes=fwd.cfg.max_body_bytes,
+                                   max_tokens_limit=fwd.cfg.max_tokens_limit)
         fwd.limiter.admit(account.limits_key)
         self.limited = True
         if not fwd.registry.knows(req.model):
             raise model_not_found(req.model)
-        self.res = res = fwd.billing.admit(req, account, fwd.price_cap(req))
+        if req.sealed:
+            self.sealed_to = frozenset(peek(req.body).key_ids)
+        self.res = res = fwd.billing.admit(req, account, fwd.price_cap(req), body_bytes)
         if res.max_tokens != req.max_tokens:
             self.req = msgspec.structs.replace(req, max_tokens=res.max_tokens)
         if fwd.spot_checks is not None:
@@ -208,7 +213,7 @@ class RunningRequest:
         # never a worker dearer than the coefficient reserved for: its charge could exceed the reservation
         want = Want(req.model, req.region, res.coefficient, tuple(req.features))
         while attempts.more(loop.time()):
-            worker = await fwd.backlog.acquire(want, tuple(attempts.tried),
+            worker = await fwd.backlog.acquire(want, self._excluded(attempts.tried),
                                                attempts.wait_s(loop.time(), cfg.queue_timeout_s))
             try:
                 return await self._attempt(worker, attempts.deadline)
@@ -222,6 +227,22 @@ class RunningRequest:
             finally:
                 fwd.backlog.release(worker)
         raise attempts.give_up(loop.time())
+
+    def _excluded(self, tried: list[WorkerLink]) -> tuple[WorkerLink, ...]:
+        """The workers this attempt may not go to: those tried, and for a sealed request every worker it was not
+        sealed to. When no linked worker it was sealed to is left untried (they restarted with new keys, or left,
+        or failed it), it is refused with `seal_keys_stale` before any token: the client seals it again to the
+        workers linked now (once), so a retry still reaches a worker that joined since."""
+        if not self.sealed_to:
+            return tuple(tried)
+        model = self.req.model
+        excluded = [w for w in self.fwd.registry.workers() if w.seal_key_id not in self.sealed_to]
+        if not any(w.seal_key_id in self.sealed_to and model in w.params.models and w not in tried
+                   for w in self.fwd.registry.workers()):
+            raise ApiError(503, f"no worker serving `{model}` that this request was sealed to is linked to the proxy "
+                                f"and untried ({len(tried)} tried); seal it again to the workers linked now",
+                           type="service_unavailable", code=ErrorCode.SEAL_KEYS_STALE, retry_after=1)
+        return (*tried, *excluded)
 
     async def _attempt(self, worker: WorkerLink, deadline: float) -> str:
         cfg = self.fwd.cfg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ class WorkerLink:
     key: str  # hex public key: stable across reconnects
     name: str
     connected_at: float = field(default_factory=time.time)
+    seal_key_id: bytes = b""  # the key id of the HPKE key in its attested claims, that requests are sealed to
 
 
 class WorkerRegistry:
@@ -53,6 +55,12 @@ class WorkerRegistry:
     def knows(self, model: str) -> bool:
         seen = self._last_seen.get(model)
         return model in self._serving or (seen is not None and time.time() - seen < MODEL_MEMORY_S)
+
+    def certificates(self, model: str, limit: int) -> list[bytes]:
+        """The certificates of at most `limit` workers serving `model` that hold a key to seal to, picked at random
+        each time, so that clients sealing to a few candidates spread their requests over every worker."""
+        holders = [link for link in self._links if model in link.params.models and link.seal_key_id]
+        return [link.conn.stream.peer_der for link in random.sample(holders, min(limit, len(holders)))]
 
     def models(self, active: Callable[[WorkerLink], int]) -> list[ModelInfo]:
         """Each served model with its worker count and free slots (`active`: requests a worker is running)."""

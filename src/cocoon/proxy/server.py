@@ -25,6 +25,7 @@ from cocoon.proxy.selection import Selector
 from cocoon.ratls import tls
 from cocoon.ratls.admission import Admission
 from cocoon.runtime import identity_stats, make_node_identity, serve_until
+from cocoon.seal import key_id
 from cocoon.wire.connection import Connection, ProtocolError, accept_hello
 from cocoon.wire.messages import Cancel, Hello, Inbound, ModelsQuery, ModelsReply, Request
 
@@ -116,7 +117,9 @@ class ProxyServer:
             assert hello.worker is not None  # admit() lets no worker in without its params
             models = hello.worker.models
             conn.peer_check = lambda peer: self.verifier.check_engine_models(peer, models)
-            link = WorkerLink(conn=conn, params=hello.worker, key=key, name=hello.name)
+            hpke_key = stream.peer.hpke_public_key
+            link = WorkerLink(conn=conn, params=hello.worker, key=key, name=hello.name,
+                              seal_key_id=key_id(hpke_key) if hpke_key else b"")
             await self.billing.open_worker(key, hello.worker.owner)
             self.registry.add(link)
             self.selector.add(link)
@@ -180,8 +183,11 @@ class ProxyServer:
             client.conn.send_nowait(self.models_reply(msg))
 
     def models_reply(self, query: ModelsQuery) -> ModelsReply:
-        """The answer to a models query, on a link or through the gateway."""
-        return ModelsReply(call_id=query.call_id, models=self.registry.models(self.selector.active))
+        """The answer to a models query, on a link or through the gateway; with `seal_for`, the certificates of
+        some workers serving that model (cocoon/seal: the client verifies them and seals to them)."""
+        certificates = self.registry.certificates(query.seal_for, self.cfg.seal_candidates) if query.seal_for else []
+        return ModelsReply(call_id=query.call_id, models=self.registry.models(self.selector.active),
+                           certificates=certificates)
 
     async def _serve(self, client: ClientLink, req: Request) -> None:
         started = time.monotonic()

@@ -6,6 +6,10 @@ before it takes a worker's slot, holds money or counts against a limit: an unkno
 reserves money for and the worker holds the engine to) above `max_tokens_limit` (400). The body is scanned once,
 without building it (msgspec skips the fields of an object it has no use for); the worker decodes it with the
 OpenAI schema and refuses what that finds at once.
+
+A sealed body (cocoon/seal) cannot be scanned: its structure is checked without a key (`peek`), and its plaintext
+length, which the ciphertext's gives exactly, is held to `max_body_bytes` and bounds its prompt for billing like
+a plain body's length. The worker it was sealed to opens it and refuses what the schema refuses.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import msgspec
 
 from cocoon.core.errors import ApiError, ErrorCode
 from cocoon.openai.schema import ENDPOINTS, unknown_endpoint
+from cocoon.seal import peek
 from cocoon.wire.messages import Request
 
 
@@ -24,12 +29,15 @@ class _AnyObject(msgspec.Struct):
 _OBJECT = msgspec.json.Decoder(_AnyObject)
 
 
-def check_request(req: Request, *, max_body_bytes: int, max_tokens_limit: int) -> None:
-    """Raise the ApiError a client gets for a request no worker should be asked to serve."""
+def check_request(req: Request, *, max_body_bytes: int, max_tokens_limit: int) -> int:
+    """Raise the ApiError a client gets for a request no worker should be asked to serve; else the body's length
+    in bytes (a sealed body's plaintext length), what bounds its prompt."""
     if req.endpoint not in ENDPOINTS:
         raise unknown_endpoint(req.endpoint)
-    if len(req.body) > max_body_bytes:
-        raise ApiError(413, f"the request body is {len(req.body)} bytes, above this proxy's limit of "
+    body_bytes = peek(req.body).body_len if req.sealed else len(req.body)
+    if body_bytes > max_body_bytes:
+        sealed = "sealed " if req.sealed else ""
+        raise ApiError(413, f"the {sealed}request body is {body_bytes} bytes, above this proxy's limit of "
                             f"{max_body_bytes}", code=ErrorCode.REQUEST_TOO_LARGE)
     if req.max_tokens is not None:
         if req.max_tokens < 1:
@@ -38,6 +46,8 @@ def check_request(req: Request, *, max_body_bytes: int, max_tokens_limit: int) -
         if req.max_tokens > max_tokens_limit:
             raise ApiError(400, f"`max_tokens` is {req.max_tokens}, above this proxy's limit of {max_tokens_limit} "
                                 f"tokens", code=ErrorCode.MAX_TOKENS_EXCEEDED, param="max_tokens")
+    if req.sealed:
+        return body_bytes
     try:
         _OBJECT.decode(req.body)
     except msgspec.ValidationError:
@@ -46,3 +56,4 @@ def check_request(req: Request, *, max_body_bytes: int, max_tokens_limit: int) -
         raise ApiError(400, f"request body is not valid JSON: {exc}", code=ErrorCode.INVALID_JSON) from None
     except RecursionError:
         raise ApiError(400, "request body is nested too deeply", code=ErrorCode.INVALID_JSON) from None
+    return body_bytes

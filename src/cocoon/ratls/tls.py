@@ -124,6 +124,11 @@ class TlsStream:
         return self.peer
 
     @property
+    def peer_der(self) -> bytes:
+        """The peer's certificate (DER), as it presented it: what a proxy hands clients to seal to a worker."""
+        return self._peer_der
+
+    @property
     def peername(self) -> str:
         addr = self._writer.get_extra_info("peername")
         return f"{addr[0]}:{addr[1]}" if addr else "?"

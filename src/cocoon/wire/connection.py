@@ -165,9 +165,9 @@ class Connection:
         await self.send(msgspec.structs.replace(req, call_id=call.call_id))
         return call
 
-    async def query_models(self, timeout: float = 5.0) -> Answer:
+    async def query_models(self, timeout: float = 5.0, seal_for: str = "") -> Answer:
         call = self.open_call()
-        await self.send(ModelsQuery(call_id=call.call_id))
+        await self.send(ModelsQuery(call_id=call.call_id, seal_for=seal_for))
         try:
             return await call.next(timeout)
         finally:

@@ -23,6 +23,9 @@ PROTOCOL_VERSION = 2
 MIN_PROTOCOL_VERSION = 1
 
 
+SEAL_ENVELOPE_VERSION = 1  # of what `Request.envelope` encodes
+
+
 class Frame(msgspec.Struct, tag_field="t"):
     """Base of every message that is a frame of its own; `t` names its type on the wire."""
 
@@ -115,10 +118,20 @@ class Request(Frame, tag="req", omit_defaults=True):
     # how many choices the body makes the engine generate: `n` (or `best_of` when larger) for each of its prompts.
     # The proxy reserves max_tokens for each; the worker refuses a body asking for more.
     choices: int = 1
+    # `body` is a request sealed to its candidate workers' keys (cocoon/seal), bound to `envelope()`: only a
+    # worker it was sealed to can read it, and the proxy routes on the fields above
+    sealed: bool = False
 
     def __post_init__(self) -> None:
         if self.max_tokens == 0:  # what peers before `None` sent for "unset": never a cap of zero tokens
             self.max_tokens = None
+
+    def envelope(self) -> bytes:
+        """The cleartext fields a sealed body is bound to (its associated data): a proxy that changes any of them
+        makes the body fail to open. `max_tokens` is not among them: the proxy sets it to the cap it reserved
+        for, and the worker holds the engine to the lower of that and the body's own."""
+        return msgspec.msgpack.encode([SEAL_ENVELOPE_VERSION, self.request_id, self.endpoint, self.model, self.stream,
+                                       self.include_usage, self.choices, self.features, self.region, self.deadline])
 
 
 class ResponseHead(Frame, tag="head"):
@@ -131,6 +144,7 @@ class ResponseHead(Frame, tag="head"):
     # the prompt as the engine counted it before the first token (completion tokens 0), when it did: what a stream
     # broken off later is charged for its prompt
     usage: Usage | None = None
+    seal_key_id: bytes = b""  # a sealed request: the key id of the worker that opened it (its answer's key)
 
 
 class ResponseChunk(Frame, tag="chunk"):
@@ -155,6 +169,7 @@ class ResponseEnd(Frame, tag="end"):
     # the answer's receipt (ledger/receipts.py): signed by the worker (worker -> proxy), then countersigned with the
     # charge and voucher (proxy -> client); None from peers before receipts
     receipt: Receipt | None = None
+    sealed_end: bytes = b""  # a sealed answer's end marker (cocoon/seal), sealed after its last chunk
 
 
 class ResponseError(Frame, tag="error"):
@@ -203,6 +218,7 @@ class Cancel(Frame, tag="cancel"):
 
 class ModelsQuery(Frame, tag="models"):
     call_id: int = msgspec.field(name="id")
+    seal_for: str = ""  # also the certificates of workers serving this model, to seal a request to (cocoon/seal)
 
 
 class ModelInfo(msgspec.Struct, frozen=True):
@@ -214,6 +230,9 @@ class ModelInfo(msgspec.Struct, frozen=True):
 class ModelsReply(Frame, tag="models_reply"):
     call_id: int = msgspec.field(name="id")
     models: list[ModelInfo]
+    # for `ModelsQuery.seal_for`: RA-TLS certificates (DER) of workers serving it, each carrying the HPKE key
+    # requests are sealed to; the client verifies each itself before sealing to it
+    certificates: list[bytes] = []
 
 
 Message = (

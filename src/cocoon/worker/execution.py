@@ -17,9 +17,11 @@ from cocoon.ledger.receipts import AnswerHasher
 from cocoon.openai import schema
 from cocoon.openai.http import internal_error
 from cocoon.openai.schema import OpenAIRequest, StreamOptions
+from cocoon.seal import AnswerDigest, AnswerSealer
 from cocoon.wire.messages import Message, Request, ResponseChunk, ResponseEnd, ResponseError, ResponseHead
 from cocoon.worker.metering import MeteringError, read_answer, usage_chunk
 from cocoon.worker.notary import Notary
+from cocoon.worker.sealing import Unsealer
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +30,22 @@ Send = Callable[[Message], Awaitable[None]]
 
 class Execution:
     """One request's run; `usage` is what the engine reported, the basis of billing. With a `notary`, its end
-    carries a receipt over the payloads sent."""
+    carries a receipt over the payloads sent. A sealed request is opened with `unsealer`, its answer sealed chunk
+    by chunk and closed with the end marker; its receipt also covers the sealed request and answer, which the
+    proxy can check without the plaintext."""
 
-    def __init__(self, engine: Engine, req: Request, send: Send, notary: Notary | None = None) -> None:
+    def __init__(self, engine: Engine, req: Request, send: Send, notary: Notary | None = None,
+                 unsealer: Unsealer | None = None) -> None:
         self.engine = engine
         self.req = req
         self.send = send
         self.notary = notary
         self.answer = AnswerHasher()  # over the payloads sent, in order: the receipt's answer_hash
+        self.unsealer = unsealer
+        self.body = req.body  # the plaintext body (a sealed request's, once opened)
+        self.sealer: AnswerSealer | None = None
+        self.sealed_answer = AnswerDigest()  # over the sealed payloads and end marker: the receipt's sealed hash
+        self.seal_key_id = b""  # the key a sealed request opened with: its answer's head names it
         self.started = time.monotonic()
         self.usage: Usage | None = None
         self.prompt: Usage | None = None  # the prompt as the engine counted it before the first token, if it did
@@ -48,11 +58,19 @@ class Execution:
         if not self._head_sent:
             self._head_sent = True
             await self.send(ResponseHead(call_id=self.req.call_id, status=200, worker_ms=self._ms(),
-                                         usage=self.prompt))
+                                         usage=self.prompt, seal_key_id=self.seal_key_id))
+
+    def _open(self) -> None:
+        if self.unsealer is None:
+            raise ApiError(400, "this worker holds no key to open sealed requests", code=ErrorCode.SEAL_KEY_UNKNOWN)
+        opened = self.unsealer.open(self.req, time.time())
+        self.body, self.sealer, self.seal_key_id = opened.body, opened.answer, self.unsealer.key.key_id
 
     async def run(self) -> None:
         """Run the request and send its answer; every failure but a lost link becomes an error answer at once."""
         try:
+            if self.req.sealed:
+                self._open()
             request = self._engine_request()
             if self.req.stream:
                 await self._stream(request)
@@ -72,8 +90,16 @@ class Execution:
             await self._fail(internal_error(exc, "request failed", self._fields()))
             return
         usage = self.usage or Usage()
-        receipt = self.notary.receipt(self.req, usage, self.answer.digest()) if self.notary is not None else None
-        await self.send(ResponseEnd(call_id=self.req.call_id, usage=usage, worker_ms=self._ms(), receipt=receipt))
+        sealed_end = b""
+        if self.sealer is not None:
+            sealed_end = self.sealer.end()
+            self.sealed_answer.add(sealed_end)
+        receipt = None
+        if self.notary is not None:
+            receipt = self.notary.receipt(self.req, usage, self.answer.digest(), body=self.body,
+                                          sealed_answer_hash=self.sealed_answer.digest() if self.sealer else b"")
+        await self.send(ResponseEnd(call_id=self.req.call_id, usage=usage, worker_ms=self._ms(), receipt=receipt,
+                                    sealed_end=sealed_end))
 
     def _fields(self, **more: Any) -> dict[str, Any]:
         return {"engine": self.engine.name, **more}  # request_id: added by the request's log scope
@@ -85,7 +111,7 @@ class Execution:
     def _engine_request(self) -> OpenAIRequest:
         """The body decoded once, the way the engine gets it: a peer may have skipped its client's checks, so
         what fails the schema is refused here (400) rather than failing in the engine."""
-        request = schema.decode_request(self.req.endpoint, self.req.body)
+        request = schema.decode_request(self.req.endpoint, self.body)
         features = request.engine_features()
         if features and not self.engine.supports_tools:
             raise ApiError(400, f"the `{self.engine.name}` engine serving `{self.req.model}` does not support "
@@ -147,6 +173,9 @@ class Execution:
     async def _chunk(self, chunk: ResponseChunk) -> None:
         if self.notary is not None:
             self.answer.update(chunk.data, has_usage=chunk.has_usage)
+        if self.sealer is not None:  # the proxy relays the sealed payload only
+            chunk = msgspec.structs.replace(chunk, data=self.sealer.seal(chunk.data))
+            self.sealed_answer.add(chunk.data)
         await self.send(chunk)
 
     def _prompt_counted(self, usage: Usage) -> None:

@@ -11,6 +11,7 @@ from cocoon.config import Prices
 from cocoon.core.usage import Usage
 from cocoon.ledger.pricing import price_request
 from cocoon.ledger.receipts import Receipt, Sign, request_digest
+from cocoon.seal import request_digest as sealed_request_digest
 from cocoon.wire.messages import Request
 
 
@@ -27,10 +28,16 @@ class Notary:
     model_hash_declared: bool = False
     prices: Callable[[], Prices] | None = None
 
-    def receipt(self, req: Request, usage: Usage, answer_hash: bytes) -> Receipt:
+    def receipt(self, req: Request, usage: Usage, answer_hash: bytes, *, body: bytes | None = None,
+                sealed_answer_hash: bytes = b"") -> Receipt:
+        """The signed receipt of one answer. `body`: the plaintext body run (a sealed request's, once opened; by
+        default `req.body`). A sealed request's receipt also states the hashes of the sealed request and answer as
+        they crossed the proxy (`sealed_answer_hash`: cocoon.seal.AnswerDigest), which the proxy checks."""
         cost = price_request(usage, self.prices(), self.coefficient).client_cost if self.prices else None
-        return Receipt(request_id=req.request_id, request_hash=request_digest(req.body), answer_hash=answer_hash,
-                       model=req.model, usage=usage, coefficient=self.coefficient, worker_key=self.worker_key,
-                       issued_at=int(time.time()), endpoint=req.endpoint, model_hash=self.model_hash,
-                       model_hash_declared=self.model_hash_declared, cost_nanoton=cost,
-                       image_hash=self.image_hash).sign(self.sign)
+        sealed = {"sealed_request_hash": sealed_request_digest(req.body),
+                  "sealed_answer_hash": sealed_answer_hash} if req.sealed else {}
+        return Receipt(request_id=req.request_id, request_hash=request_digest(req.body if body is None else body),
+                       answer_hash=answer_hash, model=req.model, usage=usage, coefficient=self.coefficient,
+                       worker_key=self.worker_key, issued_at=int(time.time()), endpoint=req.endpoint,
+                       model_hash=self.model_hash, model_hash_declared=self.model_hash_declared, cost_nanoton=cost,
+                       image_hash=self.image_hash, **sealed).sign(self.sign)

@@ -30,6 +30,7 @@ from cocoon.wire.messages import Cancel, Hello, Inbound, Payout, Request, Worker
 from cocoon.worker.execution import Execution
 from cocoon.worker.notary import Notary
 from cocoon.worker.payments import WorkerPayments
+from cocoon.worker.sealing import Unsealer
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,9 @@ class WorkerNode:
         self.identity, self.verifier = make_node_identity("worker", cfg, {"proxy"}, model_hash=model_hash,
                                                           model_hash_declared=declared)
         self.image_hash = own_image_hash(cfg)
+        # requests sealed to the HPKE key in this worker's claims (made at start, never stored) open here only
+        hpke_key = self.identity.hpke_key
+        self.unsealer = Unsealer(hpke_key) if hpke_key is not None else None
         self.stats = StatsServer("worker", cfg.name, self.metrics.registry, self.jsonstats, token=cfg.stats_token)
         self.series = Series()  # requests ended and tokens generated, for the dashboards
         self.running: dict[int, asyncio.Task[None]] = {}
@@ -169,7 +173,7 @@ class WorkerNode:
             await self._run(conn, req)
 
     async def _run(self, conn: Connection, req: Request) -> None:
-        execution = Execution(self.engine, req, conn.send, self.notary)
+        execution = Execution(self.engine, req, conn.send, self.notary, self.unsealer)
         started = time.monotonic()
         self.metrics.active.inc()
         outcome = "error"

@@ -50,7 +50,7 @@ from cocoon.proxy.selection import Selector
 from cocoon.proxy.spotcheck import Sample
 from cocoon.proxy.validation import check_request
 from cocoon.proxy.watchdog import Watchdog
-from cocoon.seal import peek
+from cocoon.seal import AnswerDigest, peek
 from cocoon.wire.connection import Call, Connection, LinkLost
 from cocoon.wire.messages import (
     Answer,
@@ -292,11 +292,22 @@ class RunningRequest:
             if isinstance(msg, ResponseHead | ResponseChunk):
                 held.append(msg)
             elif isinstance(msg, ResponseEnd):
+                checked = None
+                if self.req.sealed:  # usage must be signed over what is relayed before anything is settled
+                    sealed = AnswerDigest()
+                    for part in held:
+                        if isinstance(part, ResponseChunk):
+                            sealed.add(part.data)
+                    sealed.add(msg.sealed_end)
+                    checked = self._checked(worker, msg, sealed.digest())
+                    if checked is None:  # nothing reached the client: another worker may answer it, charged once
+                        raise _Retry(upstream_failed(f"worker {worker.name} answered a sealed request without a "
+                                                     "receipt over the sealed answer"))
                 now = loop.time()
                 proxy_ms = (now - self.routed) * 1000
                 self.fwd.metrics.first_byte.observe(now - self.routed)
                 settled = self._settle(worker, call, msg.usage)
-                receipt = self._receipt(worker, msg, settled)
+                receipt = self._receipt(worker, msg, settled, checked)
                 for part in held:
                     if isinstance(part, ResponseHead):
                         await out.send(msgspec.structs.replace(part, call_id=call_id, proxy_ms=proxy_ms))
@@ -330,6 +341,7 @@ class RunningRequest:
         delivered = 0  # completion tokens the client has received
         settled = False
         spot = self.spot
+        sealed = AnswerDigest() if self.req.sealed else None  # the sealed answer as relayed, for its receipt
         try:
             while True:  # the hot path: one frame in, one frame out
                 try:
@@ -348,14 +360,26 @@ class RunningRequest:
                     delivered += msg.tokens
                     if spot is not None:
                         spot.payloads.append(msg.data)
+                    if sealed is not None:
+                        sealed.add(msg.data)
                 elif isinstance(msg, ResponseEnd):
                     settled = True
+                    checked = None
+                    if sealed is not None:  # the worker's usage holds only signed over what was relayed
+                        sealed.add(msg.sealed_end)
+                        checked = self._checked(worker, msg, sealed.digest())
+                        if checked is None:
+                            broken = self._broken_stream(worker, call, ApiError(
+                                502, f"worker {worker.name} ended a sealed answer without a receipt over it",
+                                type="api_error", code=ErrorCode.WORKER_FAILED), _delivered(prompt, delivered))
+                            await out.send(broken)
+                            return ErrorCode.label(broken.code)
                     done = self._settle(worker, call, msg.usage)
                     now = loop.time()
                     await out.send(msgspec.structs.replace(
                         msg, call_id=call_id, proxy_ms=(now - self.routed) * 1000, usage=done.usage,
                         cost_nanoton=done.charge.client_cost, voucher=done.client_voucher,
-                        coefficient=worker.params.coefficient, receipt=self._receipt(worker, msg, done)))
+                        coefficient=worker.params.coefficient, receipt=self._receipt(worker, msg, done, checked)))
                     if not done.beyond:
                         self.fwd.selector.record_stream(worker, (head_at - sent_at) * 1000, (now - head_at) * 1000,
                                                         done.usage.completion_tokens)
@@ -392,13 +416,23 @@ class RunningRequest:
             checks.submit(self.spot, worker, end)
 
     # -- settlement --------------------------------------------------------------------------------------------
-    def _receipt(self, worker: WorkerLink, end: ResponseEnd, settled: Settled) -> Receipt | None:
-        """The worker's receipt for this answer, checked and countersigned with its charge (proxy/receipts.py);
-        None when it sent none or one that does not hold (which counts against it as a misreport)."""
+    def _receipt(self, worker: WorkerLink, end: ResponseEnd, settled: Settled, checked: Receipt | None = None
+                 ) -> Receipt | None:
+        """The worker's receipt for this answer (`checked` already: a sealed one's), countersigned with its charge;
+        None when it sent none or one that does not hold."""
+        receipt = checked if checked is not None else self._checked(worker, end)
+        if receipt is None:
+            return None
+        return countersign(receipt, self.fwd.billing.key, settled, worker.params.coefficient)
+
+    def _checked(self, worker: WorkerLink, end: ResponseEnd, sealed_answer_hash: bytes = b"") -> Receipt | None:
+        """The worker's receipt for this answer if it holds (proxy/receipts.py); None when it sent none or one that
+        does not hold (which counts against it as a misreport)."""
         fwd = self.fwd
         try:
             receipt = check_receipt(end.receipt, req=self.req, worker=worker.conn.peer,
-                                    coefficient=worker.params.coefficient, reported=end.usage)
+                                    coefficient=worker.params.coefficient, reported=end.usage,
+                                    sealed_answer_hash=sealed_answer_hash)
         except ReceiptError as exc:
             missing = end.receipt is None
             fwd.receipts["missing" if missing else "refused"] += 1
@@ -408,7 +442,7 @@ class RunningRequest:
                                                                             "reason": str(exc)}})
             return None
         fwd.receipts["countersigned"] += 1
-        return countersign(receipt, fwd.billing.key, settled, worker.params.coefficient)
+        return receipt
 
     def _settle(self, worker: WorkerLink, call: Call, usage: Usage) -> Settled:
         """Charge the answer (once: the books refuse a second settlement of one request id), pay its worker, count

@@ -5,6 +5,11 @@ The proxy never parses answers, so the answer hash is the client's to check; eve
 checked here: its signature by the key of the attested link the answer came on, the request (id, model, body
 hash), the usage it reported, its coefficient and image hash. A receipt that fails is not countersigned: the
 answer reaches the client without one, and the failure counts against the worker.
+
+A sealed request (cocoon/seal) is opaque here: the plaintext hashes are the client's to check, and the proxy checks
+instead the hashes of the sealed request and of the sealed answer as it relayed them (`sealed_answer_hash`,
+cocoon.seal.AnswerDigest over each sealed chunk and the end marker). Usage crossing the proxy is then signed by the
+worker over exactly what the proxy saw, and the proxy checks it before it settles (proxy/forwarding.py).
 """
 
 from __future__ import annotations
@@ -16,12 +21,14 @@ from cocoon.core.usage import Usage
 from cocoon.ledger.books import Settled
 from cocoon.ledger.receipts import Receipt, ReceiptError, request_digest
 from cocoon.ledger.wallet import Wallet
+from cocoon.seal import request_digest as sealed_request_digest
 from cocoon.wire.messages import Request
 
 
 def check_receipt(receipt: Receipt | None, *, req: Request, worker: PeerIdentity, coefficient: int,
-                  reported: Usage) -> Receipt:
-    """`receipt` if the worker on this link signed it for this request and this usage; ReceiptError otherwise."""
+                  reported: Usage, sealed_answer_hash: bytes = b"") -> Receipt:
+    """`receipt` if the worker on this link signed it for this request and this usage (and, for a sealed request,
+    over the sealed request and the sealed answer `sealed_answer_hash` as relayed); ReceiptError otherwise."""
     if receipt is None:
         raise ReceiptError("the worker sent no receipt")
     receipt.verify_worker()
@@ -31,7 +38,9 @@ def check_receipt(receipt: Receipt | None, *, req: Request, worker: PeerIdentity
         ("request_id", receipt.request_id == req.request_id),
         ("model", receipt.model == req.model),
         ("endpoint", receipt.endpoint == req.endpoint),
-        ("request_hash", receipt.request_hash == request_digest(req.body)),
+        *((("sealed_request_hash", receipt.sealed_request_hash == sealed_request_digest(req.body)),
+           ("sealed_answer_hash", receipt.sealed_answer_hash == sealed_answer_hash)) if req.sealed else
+          (("request_hash", receipt.request_hash == request_digest(req.body)),)),
         ("usage", receipt.usage == reported),
         ("coefficient", receipt.coefficient == coefficient),
         ("image_hash", receipt.image_hash == (worker.image_hash or b"")),

@@ -93,41 +93,49 @@ def _files_holding(root: Path, needle: bytes) -> list[str]:
 
 def test_the_relay_keeps_no_content_and_no_address_next_to_requests(relay_net: Net) -> None:
     """A unique marker in the prompt, and the answer it brings, are in the client's memory but never in the relay's
-    memory (read while a long answer streams, and after), its logs or any file; the relay's log holds no line per
-    request and never the device's address (a fixed source port)."""
+    or the proxy's memory (the request is sealed to the worker inside the encapsulation; both read while a long
+    answer streams, and after), their logs or any file; the relay's log holds no line per request and never the
+    device's address (a fixed source port)."""
     marker = f"zq{time.time_ns()}marker"
     relay, = relay_net.by_role("relay")
+    proxy, = relay_net.by_role("proxy")
     client, = relay_net.by_role("client")
     relay_log = Path(relay["log"])
     logged_before = relay_log.read_text().count("\n")
     source_port = free_port()
     url = relay_url(relay_net)
     config = ohttputil.gateway_keys(url)
-    # through the client process (--via-relay), streamed, read from memory while it streams
+    # through the client process (--via-relay, sealed), streamed, read from memory while it streams
     openai = relay_net.sdk()
     stream = openai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": marker}], stream=True)
     first = next(iter(stream))
     # streamed chunk by chunk through the relay: the first chunk is here while the worker still generates the rest
     assert relay_net.stats("proxy-1")["active_requests"] == 1
     relay_memory_mid = _readable_memory(relay["pid"])
+    proxy_memory_mid = _readable_memory(proxy["pid"])
     text = (first.choices[0].delta.content or "") + "".join(c.choices[0].delta.content or "" for c in stream
                                                             if c.choices)
     answer_marker = " ".join(text.split()[10:30]).encode()  # twenty words in a row: this answer only
     assert len(answer_marker) > 60
-    # and from a device of our own, from a known source port
-    enc, keys = ohttputil.encapsulate(config, ohttputil.chat(MODEL, marker))
+    proxy_memory_after = _readable_memory(proxy["pid"])
+    # and from a device of our own (encapsulated, not sealed: the proxy may read this one), from a known source port
+    device_marker = f"zd{time.time_ns()}device"
+    enc, keys = ohttputil.encapsulate(config, ohttputil.chat(MODEL, device_marker))
     status, _, body = ohttputil.post(url, enc, source_port=source_port)
     assert status == 200
     device_text = b"".join(m.data for m in ohttputil.answers(keys, body) if isinstance(m, ResponseChunk))
-    assert json.loads(device_text)["choices"][0]["message"]["content"] == text  # the same prompt, the same answer
+    device_answer = json.loads(device_text)["choices"][0]["message"]["content"]
+    device_answer_marker = " ".join(device_answer.split()[10:30]).encode()
     relay_memory_after = _readable_memory(relay["pid"])
     client_memory = _readable_memory(client["pid"])
     assert marker.encode() in client_memory  # the reading works: the user's side holds it in the clear
-    for memory in (relay_memory_mid, relay_memory_after):
+    for memory in (relay_memory_mid, relay_memory_after, proxy_memory_mid, proxy_memory_after):
         assert marker.encode() not in memory
         assert answer_marker not in memory
-    assert _files_holding(relay_net.state_dir, marker.encode()) == []
-    assert _files_holding(relay_net.state_dir, answer_marker) == []
+    for needle in (device_marker.encode(), device_answer_marker):
+        assert needle not in relay_memory_after
+    for needle in (marker.encode(), answer_marker, device_marker.encode(), device_answer_marker):
+        assert _files_holding(relay_net.state_dir, needle) == []
     new_lines = relay_log.read_text().splitlines()[logged_before:]
     assert not [line for line in new_lines if "request_id" in line or str(source_port) in line], new_lines
     assert str(source_port).encode() not in relay_log.read_bytes()

@@ -186,21 +186,25 @@ def up(
     relay: Annotated[bool, typer.Option(help=(
         "Add an Oblivious HTTP relay (`cocoon relay`, role `relay` in localnet.json) and send the client's requests "
         "through it, encapsulated to the proxy's gateway; the relay pays."))] = False,
+    workloads: Annotated[str, typer.Option(
+        metavar="LIST", help="What each worker serves, comma-separated: llm (the engine's models), media "
+                             "(transcoding: POST /v1/media/transcode).")] = "llm,media",
 ) -> None:
     """Start a local network (ledger, proxies, workers, client) and keep it up until Ctrl-C or SIGTERM.
 
     Writes STATE_DIR/localnet.json with every process's role, name, pid and URLs, and `dashboard_url`: a page
     showing the whole network live (each process also has its own at STATS_URL/dashboard).
     """
-    from cocoon.localnet import parse_options, run_up
+    from cocoon.localnet import parse_options, parse_workloads, run_up
 
     try:
         options = parse_options(engine_option or [])
+        served = parse_workloads(workloads)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     sys.exit(run_up(state_dir, workers=workers, engine=engine, port=port, engine_options=options,
                     max_active=max_active, ready_timeout_s=ready_timeout, port_range=port_range, relay=relay,
-                    proxies=proxies, clients=clients, hosts=hosts))
+                    proxies=proxies, clients=clients, hosts=hosts, workloads=served))
 
 
 @app.command()

@@ -6,7 +6,7 @@ import ipaddress
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -39,6 +39,9 @@ class Prices(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     completion_multiplier: int = 4000
     reasoning_multiplier: int = 4000
     max_coefficient: int = 10_000
+    # nanoTON per second of input media (the media workload), at coefficient 1000
+    price_per_media_second: int = 20_000
+    worker_fee_per_media_second: int = 16_000
 
 
 class MediaLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -137,6 +140,7 @@ class ProxyConfig(CommonConfig, kw_only=True, forbid_unknown_fields=True):
     # What the proxy forwards (proxy/validation.py): a body a worker would take whole, a cap it would honour. The
     # same names and defaults as the client API's own limits; a peer that skips its client's checks meets these.
     max_body_bytes: int = 1024 * 1024
+    max_media_seconds: float = 3600.0  # the most input a media job may declare (and be reserved for)
     max_tokens_limit: int = 4096  # a limit, not a cap: a request asking for more `max_tokens` gets 400
     # Timeouts, each answered with its own error code. Streamed requests wait `first_token_timeout_s` for a
     # worker's first token (then move to another worker) and `idle_timeout_s` between tokens; a non-streamed
@@ -183,6 +187,9 @@ class WorkerConfig(CommonConfig, kw_only=True, forbid_unknown_fields=True):
     owner: str = ""  # payout wallet; with payments on, empty means the wallet in STATE_DIR/NAME.wallet
     redeem_threshold_nanoton: int = 1_000_000_000  # redeem once this much is earned (a redeem costs ~0.0069 TON)
     chain_poll_s: float = 30.0
+    # what the worker serves: `llm` (its engine's models) and/or `media` (transcoding with PyAV, cocoon/media)
+    workloads: list[Literal["llm", "media"]] = msgspec.field(default_factory=lambda: ["llm", "media"])
+    media: MediaLimits = MediaLimits()
 
     @property
     def proxy_addresses(self) -> list[str]:
@@ -203,6 +210,10 @@ class ClientConfig(CommonConfig, kw_only=True, forbid_unknown_fields=True):
     max_body_bytes: int = 1024 * 1024
     max_tokens_limit: int = 4096  # a limit, not a cap: a request asking for more `max_tokens` gets 400
     max_prompt_chars: int = 200_000
+    # media uploads (POST /v1/media/transcode): the largest file taken, and the most input seconds a job declares
+    # when it sets no `duration` (what the proxy reserves money for)
+    max_media_bytes: Annotated[int, msgspec.Meta(gt=0)] = 256 * 1024 * 1024
+    max_media_seconds: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
     # the dearest worker price coefficient (per-mille of the list price) this client's requests may be served at;
     # the proxy reserves each request's money at this coefficient (the registry allows up to its max_coefficient)
     default_max_coefficient: Annotated[int, msgspec.Meta(gt=0)] = 2000

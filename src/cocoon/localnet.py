@@ -155,12 +155,13 @@ class LocalNet:
                  engine_options: dict[str, Any], max_active: int, attestation: str = "fake",
                  proxy_options: dict[str, Any] | None = None, ports: PortRange | None = None,
                  relay: bool = False, proxies: int = 1, clients: int = 1, hosts: bool = False,
-                 client_options: dict[str, Any] | None = None) -> None:
+                 client_options: dict[str, Any] | None = None, workloads: list[str] | None = None) -> None:
         """`proxy_options`: ProxyConfig fields to set (limits, timeouts); `ports`: where every port comes from;
         `relay`: a relay process (`cocoon relay`) that the client sends every request through; `proxies`: how many
         proxies, each registered in the root, where clients and workers find them; `clients`: how many clients (the
         first's API on `port`); `hosts`: every process but the clients in a network namespace of its own
-        (hosts.py), with a key service (`cocoon keys`) that the proxies and workers take their keys from."""
+        (hosts.py), with a key service (`cocoon keys`) that the proxies and workers take their keys from;
+        `workloads`: what the workers serve (WorkerConfig's default: llm and media)."""
         self.state_dir = state_dir.resolve()
         self.hostnet = HostNetwork() if hosts else None
         # stats ports off loopback need a token: one for the whole network, kept in the configs (0600 state dir)
@@ -195,7 +196,8 @@ class LocalNet:
             options["threads"] = max(1, (os.cpu_count() or 2) // max(workers, 1))
         self._worker = {"proxy": proxy_addr, "engine": engine, "engine_options": options, **self._discovery,
                         "max_proxies": proxies, "attestation": attestation, "image": "cocoon-worker-dev",
-                        "max_active_requests": max_active, **keys}
+                        "max_active_requests": max_active, **keys,
+                        **({"workloads": workloads} if workloads is not None else {})}
         for i in range(1, workers + 1):
             self.add_worker(f"worker-{i}")
         self.relay_url = self.add_relay("relay-1").api_url if relay else None
@@ -462,9 +464,22 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
+WORKLOADS = ("llm", "media")
+
+
+def parse_workloads(text: str) -> list[str]:
+    """`llm,media` as a list; ValueError naming what is not a workload."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in WORKLOADS]
+    if unknown or not names:
+        raise ValueError(f"workloads are a comma-separated list of {', '.join(WORKLOADS)}, not {text!r}")
+    return list(dict.fromkeys(names))
+
+
 def run_up(state_dir: Path, *, workers: int, engine: str, port: int | None, engine_options: dict[str, Any],
            max_active: int | None, ready_timeout_s: float, port_range: str | None = None, relay: bool = False,
-           proxies: int = 1, clients: int = 1, hosts: bool = False) -> int:
+           proxies: int = 1, clients: int = 1, hosts: bool = False,
+           workloads: list[str] | None = None) -> int:
     if hosts and (reason := unavailable_reason()):
         console.print(f"[red]cocoon up --hosts:[/] {reason}")
         return 2
@@ -473,7 +488,8 @@ def run_up(state_dir: Path, *, workers: int, engine: str, port: int | None, engi
         api_port = port if port is not None else (10000 if ports.lo is None else ports.take())
         active = max_active if max_active is not None else default_max_active(engine, os.cpu_count() or 1)
         net = LocalNet(state_dir, workers=workers, engine=engine, port=api_port, engine_options=engine_options,
-                       max_active=active, ports=ports, relay=relay, proxies=proxies, clients=clients, hosts=hosts)
+                       max_active=active, ports=ports, relay=relay, proxies=proxies, clients=clients, hosts=hosts,
+                       workloads=workloads)
     except ValueError as exc:
         console.print(f"[red]cocoon up:[/] {exc}")
         return 2

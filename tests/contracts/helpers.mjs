@@ -37,6 +37,7 @@ export const DEFAULT_PARAMS = {
   client_close_delay: 3600, proxy_close_delay: 86400,
   min_client_stake: toNano('1'), min_proxy_stake: toNano('10'),
   max_coefficient: 10000,
+  price_per_media_second: 20000n, worker_fee_per_media_second: 16000n,
 };
 
 // The global id (ConfigParam 19) of the sandbox's default config, a mainnet snapshot: what vouchers bind here.
@@ -47,11 +48,16 @@ export function keyPair(name) {
 }
 
 // ---- storage ----
+// Media prices are the optional tail of Params: left out when `p` has none (the layout before media was priced).
 export function paramsCell(p = DEFAULT_PARAMS) {
-  return beginCell().storeCoins(p.price_per_token).storeCoins(p.worker_fee_per_token)
+  const b = beginCell().storeCoins(p.price_per_token).storeCoins(p.worker_fee_per_token)
     .storeUint(p.prompt, 32).storeUint(p.cached, 32).storeUint(p.completion, 32).storeUint(p.reasoning, 32)
     .storeUint(p.client_close_delay, 32).storeUint(p.proxy_close_delay, 32)
-    .storeCoins(p.min_client_stake).storeCoins(p.min_proxy_stake).storeUint(p.max_coefficient, 32).endCell();
+    .storeCoins(p.min_client_stake).storeCoins(p.min_proxy_stake).storeUint(p.max_coefficient, 32);
+  if (p.price_per_media_second !== undefined) {
+    b.storeCoins(p.price_per_media_second).storeCoins(p.worker_fee_per_media_second);
+  }
+  return b.endCell();
 }
 
 export function codesCell(codes = CODE) {

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { Address } from '@ton/core';
 import {
   world, body, txOn, ERR, DEFAULT_PARAMS, CODE, GLOBAL_ID, keyPair, proxyInitData, contractAddress, toNano, beginCell,
-  Cell,
+  Cell, paramsCell,
 } from './helpers.mjs';
 
 const version = async (w) => (await w.get(w.root, 'get_version')).stackReader.readNumber();
@@ -31,6 +31,39 @@ test('root: get-methods return the deployed parameters, codes and registry', asy
   assert.equal(await allowed(3, 7), -1);
   assert.equal(await allowed(3, 8), 0);
   assert.equal(await allowed(1, 7), 0);
+});
+
+const mediaPrices = async (w) => {
+  const r = (await w.get(w.root, 'get_media_prices')).stackReader;
+  return [r.readBigNumber(), r.readBigNumber()];
+};
+
+test('root: holds the price per second of media beside the token prices, within the same rules', async () => {
+  const w = await world();
+  assert.deepEqual(await mediaPrices(w), [20000n, 16000n]);
+  const v0 = await version(w);
+  let r = await w.owner.send({ to: w.root, value: toNano('0.05'), body: body.setParams(
+    { ...DEFAULT_PARAMS, price_per_media_second: 30000n, worker_fee_per_media_second: 25000n }) });
+  assert.ok(txOn(r, w.root).success);
+  assert.equal(await version(w), v0 + 1);
+  assert.deepEqual(await mediaPrices(w), [30000n, 25000n]);
+  // a worker fee above the client's price per second would pay out more than it charges
+  r = await w.owner.send({ to: w.root, value: toNano('0.05'), body: body.setParams(
+    { ...DEFAULT_PARAMS, price_per_media_second: 100n, worker_fee_per_media_second: 101n }) });
+  assert.equal(txOn(r, w.root).exitCode, ERR.bad_params);
+  assert.deepEqual(await mediaPrices(w), [30000n, 25000n]);
+  // parameters in the layout before media (no tail) are still accepted: media is then free, and get_params unchanged
+  const { price_per_media_second: _p, worker_fee_per_media_second: _f, ...old } = DEFAULT_PARAMS;
+  r = await w.owner.send({ to: w.root, value: toNano('0.05'), body: body.setParams({ ...old, price_per_token: 25n }) });
+  assert.ok(txOn(r, w.root).success);
+  assert.deepEqual(await mediaPrices(w), [0n, 0n]);
+  const p = (await w.get(w.root, 'get_params')).stackReader;
+  assert.equal(p.readBigNumber(), 25n);
+  // anything after the media tail is malformed
+  const extra = beginCell().storeSlice(paramsCell(DEFAULT_PARAMS).beginParse()).storeUint(1, 8).endCell();
+  r = await w.owner.send({ to: w.root, value: toNano('0.05'),
+    body: beginCell().storeUint(0x52000001, 32).storeUint(0, 64).storeRef(extra).endCell() });
+  assert.notEqual(txOn(r, w.root).exitCode, 0);
 });
 
 test('root: registers a proxy at the address derived from its code, key and the root parameters', async () => {

@@ -288,3 +288,24 @@ async def test_a_request_refused_for_money_frees_its_id(billing: Billing) -> Non
         billing.admit(request(max_tokens=10**9, request_id="r1"), account, 1000)
     assert refused.value.status == 402
     billing.end(billing.admit(request(max_tokens=10, request_id="r1"), account, 1000))  # not a duplicate
+
+
+async def test_a_media_job_reserves_its_declared_seconds_and_is_charged_what_it_processed(billing: Billing) -> None:
+    alice = open_purse(billing, "alice")
+    account = await billing.open_account(TLS_KEY, claim(alice, TLS_KEY))
+    prices = billing.ledger.root_params().prices
+    job = Request(call_id=1, endpoint="media", model="media", body=b"{}", stream=True, include_usage=False,
+                  deadline=0, request_id="m1", parts=True, max_media_ms=90_000)
+    res = billing.admit(job, account, 2000)
+    assert (res.bounds, res.max_tokens) == (Bounds(0, 0, media_ms=90_000), None)
+    assert res.max_cost == 90 * prices.price_per_media_second * 2  # 90 s at twice the list price
+    assert billing.books.available(alice.channel) == 2 * TON - res.max_cost
+    settled = billing.settle(res, "w" * 64, "w1", "media", Usage(media_ms=2_500), 1000)
+    assert settled.charge.client_cost == 2_500 * prices.price_per_media_second // 1000
+    assert settled.charge.worker_fee == 2_500 * prices.worker_fee_per_media_second // 1000
+    billing.end(res)
+    # a report beyond what was reserved is charged at the reservation
+    res = billing.admit(msgspec.structs.replace(job, request_id="m2", max_media_ms=1_000), account, 1000)
+    held = billing.settle(res, "w" * 64, "w1", "media", Usage(media_ms=5_000), 1000)
+    assert held.usage == Usage(media_ms=1_000) and held.beyond == ("media_ms",)
+    assert held.charge.client_cost == res.max_cost

@@ -56,7 +56,9 @@ def net(tmp_path: Path) -> Net:
 
 
 def test_genesis_deploys_the_root_with_its_params_and_the_proxy_with_its_stake(tmp_path: Path) -> None:
-    prices = Prices(price_per_token=30, worker_fee_per_token=25, max_coefficient=3000)
+    # the media prices too: the root holds them beside the token prices (get_media_prices)
+    prices = Prices(price_per_token=30, worker_fee_per_token=25, max_coefficient=3000, price_per_media_second=7_000,
+                    worker_fee_per_media_second=5_000)
     terms = Terms(client_close_delay=60, proxy_close_delay=120, min_client_stake=TON, min_proxy_stake=2 * TON)
     ledger = LocalLedger(tmp_path / "l.sqlite", default_prices=prices, terms=terms)
     params = ledger.root_params()

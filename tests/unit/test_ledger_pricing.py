@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from cocoon.config import Prices
 from cocoon.core.usage import Usage
-from cocoon.ledger.pricing import Bounds, max_cost, price_request, weighted_tokens
+from cocoon.ledger.pricing import Bounds, Charge, max_cost, price_request, weighted_tokens
 
 counts = st.integers(0, 100_000)
 
@@ -100,3 +100,17 @@ def test_a_report_beyond_its_bounds_names_what_went_beyond() -> None:
          ("cached_tokens", "reasoning_tokens"))
     within = Usage(prompt_tokens=300, cached_tokens=300, completion_tokens=20, reasoning_tokens=20)
     assert bounds.hold(within) == (within, ())
+
+
+def test_media_is_priced_per_second_of_input_exactly() -> None:
+    prices = Prices(price_per_media_second=20_000, worker_fee_per_media_second=16_000)
+    assert price_request(Usage(media_ms=2000), prices, 1000) == Charge(40_000, 32_000)
+    assert price_request(Usage(media_ms=1), prices, 1500) == Charge(30, 24)  # 1 ms at 1.5x
+    assert price_request(Usage(media_ms=1), Prices(price_per_media_second=999, worker_fee_per_media_second=1),
+                         1000) == Charge(0, 0)  # rounded down, once
+    bounds = Bounds(prompt_tokens=0, completion_tokens=0, media_ms=1500)
+    held, beyond = bounds.hold(Usage(media_ms=2000))
+    assert held == Usage(media_ms=1500) and beyond == ("media_ms",)
+    assert bounds.hold(Usage(media_ms=1500)) == (Usage(media_ms=1500), ())
+    assert max_cost(bounds, prices, 1000) == 30_000
+    assert max_cost(Bounds(0, 0, media_ms=1), Prices(price_per_media_second=1), 1000) == 1  # rounded up

@@ -38,3 +38,29 @@ def test_what_a_worker_can_read_passes() -> None:
     check_request(request(max_tokens=64), **LIMITS)
     check_request(request(b'{"model": "m", "messages": [{"role": ["user"]}]}', endpoint="completions"), **LIMITS)
     check_request(request(b'{"pad": "' + b"x" * 19_980 + b'"}'), **LIMITS)  # at the limit
+
+
+def media(**fields: object) -> Request:
+    base: dict[str, object] = {"endpoint": "media", "model": "media", "body": b'{"format": "ogg", "codec": "opus"}',
+                               "stream": True, "include_usage": False, "deadline": 0, "parts": True,
+                               "max_media_ms": 1000}
+    return Request(**{**base, **fields})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("req", "status", "code", "param"), [
+    (media(parts=False), 400, "invalid_request", None),
+    (media(model="fake-model"), 400, "invalid_request", None),
+    (media(max_tokens=5), 400, "invalid_request", None),
+    (media(max_media_ms=0), 413, "media_too_large", "duration"),
+    (media(max_media_ms=60_001), 413, "media_too_large", "duration"),
+    (media(body=b"[1]"), 400, "invalid_type", None),
+    (request(parts=True), 400, "invalid_request", None),
+], ids=["no_parts", "not_routed_to_media", "max_tokens", "no_bound", "above_bound", "not_object", "chat_parts"])
+def test_media_jobs_refused(req: Request, status: int, code: str, param: str | None) -> None:
+    with pytest.raises(ApiError) as caught:
+        check_request(req, **LIMITS, max_media_ms=60_000)
+    assert (caught.value.status, caught.value.code, caught.value.param) == (status, code, param)
+
+
+def test_a_media_job_within_its_bound_passes() -> None:
+    check_request(media(max_media_ms=60_000), **LIMITS, max_media_ms=60_000)

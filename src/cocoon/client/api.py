@@ -12,6 +12,7 @@ import msgspec
 from aiohttp import web
 
 from cocoon.client.crosssite import CrossSiteGuard
+from cocoon.client.media import MediaApi
 from cocoon.client.oblivious import RelayCall, RelayLink, RelayStream
 from cocoon.client.payments import ClientPayments
 from cocoon.client.proxy_link import ProxyLink
@@ -26,7 +27,14 @@ from cocoon.observe.series import Series
 from cocoon.openai import http, schema, sse
 from cocoon.seal import SealError
 from cocoon.wire.connection import Call, LinkLost
-from cocoon.wire.messages import Answer, Request, ResponseChunk, ResponseEnd, ResponseError, ResponseHead
+from cocoon.wire.messages import (
+    Answer,
+    Request,
+    ResponseChunk,
+    ResponseEnd,
+    ResponseError,
+    ResponseHead,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +53,7 @@ class ClientStats:
         self.outcomes: dict[str, int] = {}
         self.usage = dict.fromkeys(KINDS, 0)
         self.charged_nanoton = 0
+        self.media_ms = 0  # input media processed (the media workload), as charged
         self.active = 0
         # for the dashboards: requests, errors and latency over the last minutes, per-model latency, and the
         # last errors (time and code only: never a message, which may quote the request)
@@ -77,6 +86,7 @@ class ClientStats:
             return
         for kind, n in u.by_kind():
             self.usage[kind] += n
+        self.media_ms += u.media_ms
         self.charged_nanoton += last.cost_nanoton
 
 
@@ -97,7 +107,16 @@ class ClientApi:
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
+        media = MediaApi(self)
+        app.router.add_post("/v1/media/transcode", media.transcode)
+        app.router.add_get("/v1/media/formats", media.formats)
         return app
+
+    def request_id(self, request: web.Request) -> str:
+        return request[_REQUEST_ID]
+
+    def region(self, request: web.Request) -> str:
+        return requested_region(request)
 
     # -- plumbing ----------------------------------------------------------------------------------------------
     @web.middleware
@@ -175,9 +194,9 @@ class ClientApi:
         self.stats.active += 1
         headed_at: float | None = None
         try:
-            first = await self._next(call)
+            first = await self.next_answer(call)
             if isinstance(first, ResponseError):
-                self._paid(ticket, ErrorCode.label(first.code), first)
+                self.paid(ticket, ErrorCode.label(first.code), first)
                 raise first.to_api()
             if not isinstance(first, ResponseHead):
                 raise ApiError(502, f"proxy sent {type(first).__name__} before the answer head",
@@ -210,7 +229,7 @@ class ClientApi:
         if self.payments is not None:
             self.payments.disown(ticket)
 
-    async def _next(self, call: AnyCall) -> Answer:
+    async def next_answer(self, call: AnyCall) -> Answer:
         """The proxy's next answer; ApiError (502) if our link to it broke meanwhile."""
         try:
             return await call.next(self.cfg.request_timeout_s)
@@ -224,18 +243,18 @@ class ClientApi:
                      ) -> web.Response:
         parts: list[bytes] = []
         while True:
-            msg = await self._next(call)
+            msg = await self.next_answer(call)
             if isinstance(msg, ResponseChunk):
                 parts.append(msg.data)
             elif isinstance(msg, ResponseEnd):
                 answer = b"".join(parts)
                 receipt = self._receipt(answering, msg, answer_digest([answer]))
-                self._paid(answering.ticket, "ok", msg, receipt)
+                self.paid(answering.ticket, "ok", msg, receipt)
                 body = with_cost(answer, msg.cost_nanoton)
                 headers = {**timing, RECEIPT_HEADER: receipt.to_base64()} if receipt is not None else timing
                 return web.Response(body=body, content_type="application/json", headers=headers)
             elif isinstance(msg, ResponseError):
-                self._paid(answering.ticket, ErrorCode.label(msg.code), msg)
+                self.paid(answering.ticket, ErrorCode.label(msg.code), msg)
                 raise msg.to_api()
 
     async def _stream(self, request: web.Request, call: AnyCall, answering: _Answering,
@@ -254,7 +273,7 @@ class ClientApi:
                 await resp.write(b"".join(batch))
                 batch.clear()
             try:
-                msg = await self._next(call)
+                msg = await self.next_answer(call)
             except ApiError as exc:  # headers are gone already: the error is the stream's last event
                 if isinstance(exc, SealError):  # nothing more of this answer is believed
                     self._disown(ticket)
@@ -271,14 +290,14 @@ class ClientApi:
                     batch.append(sse.event(msg.data))
             elif isinstance(msg, ResponseEnd):
                 receipt = self._receipt(answering, msg, answer.digest())
-                self._paid(ticket, "ok", msg, receipt)
+                self.paid(ticket, "ok", msg, receipt)
                 if usage_chunk is not None:
                     batch.append(sse.event(with_cost(usage_chunk, msg.cost_nanoton, receipt)))
                 batch.append(sse.DONE)
                 break
             elif isinstance(msg, ResponseError):
                 # Headers are gone already: the error travels as a final SSE event, the way OpenAI does.
-                self._paid(ticket, ErrorCode.label(msg.code), msg)
+                self.paid(ticket, ErrorCode.label(msg.code), msg)
                 batch.append(sse.event(msg.to_api().to_json()))
                 break
         await resp.write_eof(b"".join(batch))
@@ -297,7 +316,7 @@ class ClientApi:
         self.stats.receipts["held"] += 1
         return receipt
 
-    def _paid(self, ticket: int, outcome: str, last: ResponseEnd | ResponseError, receipt: Receipt | None = None
+    def paid(self, ticket: int, outcome: str, last: ResponseEnd | ResponseError, receipt: Receipt | None = None
               ) -> None:
         """The proxy's last message about a request: count it, and hand its charge (and receipt) to the payments."""
         self.stats.record(outcome, last)

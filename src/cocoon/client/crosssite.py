@@ -5,6 +5,10 @@ Without an API key, the loopback API would serve any web page its operator opens
 the page reads the answer too. So a keyless API answers only the `Host` names it is known by, every API refuses
 requests that a browser marks as coming from another origin (`Origin`, `Sec-Fetch-Site`), and bodies must be
 `application/json`, which a page can send cross-origin only after a preflight this API never grants.
+
+The one exception is the media upload (`MULTIPART_PATHS`), which is `multipart/form-data` as curl and every HTTP
+library send files; a page can post such a form without a preflight, so there the `Host`, `Origin` and
+`Sec-Fetch-Site` checks (which browsers apply to form posts too) are what refuses it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from cocoon.core.errors import ApiError, ErrorCode
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 _SAME_SITE = ("same-origin", "none")  # `none`: typed by the user, not sent by a page
+MULTIPART_PATHS = frozenset({"/v1/media/transcode"})  # file uploads (client/media.py)
 
 
 def host_name(host: str) -> str:
@@ -51,7 +56,8 @@ class CrossSiteGuard:
         if site is not None and site.lower() not in _SAME_SITE:
             raise ApiError(403, f"cross-origin requests from web pages are refused (`Sec-Fetch-Site: {site}`)",
                            type="permission_error", code=ErrorCode.CROSS_ORIGIN_REQUEST)
-        if request.method == hdrs.METH_POST and request.content_type != "application/json":
+        if request.method == hdrs.METH_POST and request.content_type != "application/json" and not (
+                request.path in MULTIPART_PATHS and request.content_type == "multipart/form-data"):
             raise ApiError(415, f"request bodies must be JSON sent as `Content-Type: application/json`, not "
                                 f"`{request.content_type}`", code=ErrorCode.UNSUPPORTED_MEDIA_TYPE)
 

@@ -193,6 +193,7 @@ class ClientNode:
             "active_requests": s.active,
             "requests": dict(s.outcomes),
             "tokens": dict(s.usage),
+            "media_seconds": s.media_ms / 1000,  # input media processed by the media workload
             # what the proxies charged for completed requests (by their answers' costs), settled on chain or not
             "charged_nanoton": s.charged_nanoton,
             "receipts": dict(s.receipts),  # answers' receipts: held (checked), missing, refused

@@ -37,9 +37,14 @@ class ProxyLink:
     async def request(self, req: Request) -> tuple[Call, bytes]:
         """The call sending `req`, and the voucher key of the attested proxy it went to (which countersigns the
         answer's receipt)."""
+        conn, call = await self.open(req)
+        return call, conn.peer.voucher_key
+
+    async def open(self, req: Request) -> tuple[Connection, Call]:
+        """Send `req`; the link it went on (where the parts of its body go, and its attested proxy), and the call."""
         conn = await self._connection()
         try:
-            return await conn.request(req), conn.peer.voucher_key
+            return conn, await conn.request(req)
         except ConnectionError as exc:
             raise ApiError(503, f"proxy link failed: {exc}", type="service_unavailable",
                            code=ErrorCode.PROXY_UNAVAILABLE, retry_after=2) from None

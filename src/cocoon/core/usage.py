@@ -14,12 +14,14 @@ KINDS = ("prompt", "cached", "completion", "reasoning")
 
 class Usage(msgspec.Struct, frozen=True, omit_defaults=True):
     """Tokens of one answer. `cached_tokens` are part of `prompt_tokens`, `reasoning_tokens` of
-    `completion_tokens` (as in OpenAI's usage object)."""
+    `completion_tokens` (as in OpenAI's usage object). A media job counts the input it processed instead, in
+    milliseconds (`media_ms`); it is not a token kind (`by_kind` and `total_tokens` leave it out)."""
 
     prompt_tokens: Count = 0
     cached_tokens: Count = 0
     completion_tokens: Count = 0
     reasoning_tokens: Count = 0
+    media_ms: Count = 0
 
     @property
     def total_tokens(self) -> int:

@@ -25,7 +25,8 @@ def params_cell(prices: Prices, terms: Terms) -> Cell:
             .store_uint(prices.completion_multiplier, 32).store_uint(prices.reasoning_multiplier, 32)
             .store_uint(terms.client_close_delay, 32).store_uint(terms.proxy_close_delay, 32)
             .store_coins(terms.min_client_stake).store_coins(terms.min_proxy_stake)
-            .store_uint(prices.max_coefficient, 32).end_cell())
+            .store_uint(prices.max_coefficient, 32)
+            .store_coins(prices.price_per_media_second).store_coins(prices.worker_fee_per_media_second).end_cell())
 
 
 def codes_cell() -> Cell:

@@ -88,9 +88,10 @@ class OnChainLedger(Ledger):
     def read_root(self) -> RootParams:
         (version,) = self.run_get(self.root, "get_version")
         p = self.run_get(self.root, "get_params")
+        media = self.run_get(self.root, "get_media_prices")
         prices = Prices(price_per_token=p[0], worker_fee_per_token=p[1], prompt_multiplier=p[2],
                         cached_multiplier=p[3], completion_multiplier=p[4], reasoning_multiplier=p[5],
-                        max_coefficient=p[10])
+                        max_coefficient=p[10], price_per_media_second=media[0], worker_fee_per_media_second=media[1])
         terms = Terms(client_close_delay=p[6], proxy_close_delay=p[7], min_client_stake=p[8], min_proxy_stake=p[9])
         log_size, _root, log_signed_size, *_ = self.run_get(self.root, "get_log")
         return RootParams(version=version, prices=prices, terms=terms,

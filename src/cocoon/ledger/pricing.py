@@ -11,6 +11,13 @@ negative because worker_fee_per_token ≤ price_per_token (the root contract ref
 amounts are what the books add up: summing per request means at most one nanoTON per request stays with the
 client and one with the proxy.
 
+Media (the media workload) is priced per second of input processed, counted in milliseconds:
+
+    cost     = ⌊media_ms × coefficient × price_per_media_second / 10⁶⌋      (10⁶ = ms per second × per-mille)
+    fee      = ⌊media_ms × coefficient × worker_fee_per_media_second / 10⁶⌋
+
+added to the tokens' amounts before the one rounding (an answer has either, but nothing needs it to).
+
 Reservations (`max_cost`) round up instead: they must cover any answer the request can produce. What a request
 can produce is its `Bounds`, and a worker's report is held to them (`Bounds.hold`) before it is priced, so that
 no report, however absurd, is charged beyond what was reserved.
@@ -48,9 +55,11 @@ def weighted_tokens(usage: Usage, prices: Prices) -> int:
 
 def price_request(usage: Usage, prices: Prices, coefficient: int) -> Charge:
     weighted = weighted_tokens(usage, prices) * coefficient
+    media = usage.media_ms * coefficient
     return Charge(
-        client_cost=weighted * prices.price_per_token // _PER_MILLE_SQUARED,
-        worker_fee=weighted * prices.worker_fee_per_token // _PER_MILLE_SQUARED,
+        client_cost=(weighted * prices.price_per_token + media * prices.price_per_media_second) // _PER_MILLE_SQUARED,
+        worker_fee=(weighted * prices.worker_fee_per_token + media * prices.worker_fee_per_media_second)
+        // _PER_MILLE_SQUARED,
     )
 
 
@@ -59,6 +68,7 @@ class Bounds(NamedTuple):
 
     prompt_tokens: int
     completion_tokens: int
+    media_ms: int = 0  # input media a job may process (its declared duration bound)
 
     def hold(self, usage: Usage) -> tuple[Usage, tuple[str, ...]]:
         """`usage` held to these bounds, and the names of the counts that went beyond them (cached tokens are part
@@ -66,7 +76,8 @@ class Bounds(NamedTuple):
         prompt = min(usage.prompt_tokens, self.prompt_tokens)
         completion = min(usage.completion_tokens, self.completion_tokens)
         held = Usage(prompt_tokens=prompt, cached_tokens=min(usage.cached_tokens, prompt),
-                     completion_tokens=completion, reasoning_tokens=min(usage.reasoning_tokens, completion))
+                     completion_tokens=completion, reasoning_tokens=min(usage.reasoning_tokens, completion),
+                     media_ms=min(usage.media_ms, self.media_ms))
         if held == usage:
             return usage, ()
         beyond = tuple(name for name in Usage.__struct_fields__ if getattr(held, name) != getattr(usage, name))
@@ -78,4 +89,5 @@ def max_cost(bounds: Bounds, prices: Prices, coefficient: int) -> int:
     completion and reasoning rates; rounded up."""
     weighted = (bounds.prompt_tokens * max(prices.prompt_multiplier, prices.cached_multiplier)
                 + bounds.completion_tokens * max(prices.completion_multiplier, prices.reasoning_multiplier))
-    return -(-weighted * coefficient * prices.price_per_token // _PER_MILLE_SQUARED)
+    return -(-(weighted * prices.price_per_token + bounds.media_ms * prices.price_per_media_second) * coefficient
+             // _PER_MILLE_SQUARED)

@@ -13,9 +13,6 @@ import msgspec
 
 from cocoon.core.errors import DECODE_ERRORS, ApiError, ErrorCode, bad_request
 
-ENDPOINT = "media"  # the wire `Request.endpoint` of a transcoding job
-MODEL = "media"  # the name media jobs are routed by (`Request.model`): the workload, not a language model
-
 FIELDS = ("format", "codec", "bitrate", "sample_rate", "width", "height", "start", "duration")
 _BITRATE = re.compile(r"^(\d+(?:\.\d+)?)([kKmM]?)$")
 MAX_BITRATE = 100_000_000  # bits per second: beyond any codec offered here

@@ -36,7 +36,7 @@ from cocoon.ledger.settlement import ProxySettlement, SettlementPolicy
 from cocoon.ledger.vouchers import VoucherError
 from cocoon.ledger.wallet import Wallet, raw_address
 from cocoon.nodekeys import KeysUnavailable, NodeKeys
-from cocoon.wire.messages import ClientParams, Request
+from cocoon.wire.messages import MEDIA_ENDPOINT, ClientParams, Request
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class Reservation:
     request_id: str
     account: Account
     bounds: Bounds
-    max_tokens: int  # the output cap of each choice, which the worker holds the engine to
+    max_tokens: int | None  # the output cap of each choice, which the worker holds the engine to (None: media)
     coefficient: int  # the dearest worker it may be routed to: what `max_cost` was computed at
     max_cost: int  # held against the client's channel when payments are on
 
@@ -178,8 +178,12 @@ class Billing:
     def _reserve(self, req: Request, account: Account, coefficient: int, body_bytes: int) -> Reservation:
         # the request's own cap, or `default_max_tokens` when it set none: the worker holds the engine to it, with
         # payments off too (the books still record every charge, held to these bounds)
-        cap = req.max_tokens if req.max_tokens is not None else self.cfg.default_max_tokens
-        bounds = Bounds(prompt_tokens=body_bytes, completion_tokens=cap * req.choices)
+        cap: int | None
+        if req.endpoint == MEDIA_ENDPOINT:  # a media job: the input it declared it may process, and no tokens
+            cap, bounds = None, Bounds(prompt_tokens=0, completion_tokens=0, media_ms=req.max_media_ms)
+        else:
+            cap = req.max_tokens if req.max_tokens is not None else self.cfg.default_max_tokens
+            bounds = Bounds(prompt_tokens=body_bytes, completion_tokens=cap * req.choices)
         cost = max_cost(bounds, self.ledger.root_params().prices, coefficient)
         res = Reservation(req.request_id, account, bounds, cap, coefficient, cost)
         if self.settlement is None:

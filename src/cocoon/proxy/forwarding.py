@@ -48,6 +48,7 @@ from cocoon.proxy.registry import WorkerLink, WorkerRegistry
 from cocoon.proxy.rerun import SpotChecker
 from cocoon.proxy.selection import Selector
 from cocoon.proxy.spotcheck import Sample
+from cocoon.proxy.uploads import Upload
 from cocoon.proxy.validation import check_request
 from cocoon.proxy.watchdog import Watchdog
 from cocoon.seal import AnswerDigest, peek
@@ -78,6 +79,7 @@ class ClientLink:
     key: str  # the link's RA-TLS key (hex): names the link in logs; limits and money go by `account`
     account: Account
     inflight: dict[int, asyncio.Task[None]] = field(default_factory=dict)  # by the client's call_id
+    uploads: dict[int, Upload] = field(default_factory=dict)  # `parts` requests' bodies, by the client's call_id
 
 
 class Forwarder:
@@ -96,12 +98,13 @@ class Forwarder:
         self.spot_checks = spot_checks  # re-runs a share of deterministic requests elsewhere (proxy/rerun.py)
         self.outcomes: dict[str, int] = {}
         self.receipts = {"countersigned": 0, "missing": 0, "refused": 0}  # workers' receipts, by what became of them
+        self.media_ms = 0  # input media processed and charged (the media workload)
 
     async def serve(self, client: ClientLink, req: Request, out: Outbound | None = None) -> None:
         """Answer `req`, the client's call `req.call_id`, on its link (or to `out`); every line logged meanwhile
         carries its request_id."""
         with request_scope(req.request_id):
-            await RunningRequest(self, client, req, out).run()
+            await RunningRequest(self, client, req, out, client.uploads.get(req.call_id)).run()
 
     def price_cap(self, req: Request) -> int:
         """The dearest worker coefficient this request may be served at: the client's cap, never above the root
@@ -133,12 +136,15 @@ class RunningRequest:
     it has been charged. `run` takes it through `_admit`, `_route` (its attempts), `_relay_stream` or `_relay_whole`
     and `_settle`; `_finish` gives back what admission took, whatever happened."""
 
-    __slots__ = ("asked", "client", "fwd", "limited", "out", "req", "res", "routed", "sealed_to", "spot", "started")
+    __slots__ = ("asked", "client", "fwd", "limited", "out", "req", "res", "routed", "sealed_to", "spot", "started",
+                 "upload")
 
-    def __init__(self, fwd: Forwarder, client: ClientLink, req: Request, out: Outbound | None = None) -> None:
+    def __init__(self, fwd: Forwarder, client: ClientLink, req: Request, out: Outbound | None = None,
+                 upload: Upload | None = None) -> None:
         self.fwd = fwd
         self.client = client
         self.out: Outbound = out if out is not None else client.conn
+        self.upload = upload  # the body's parts, for a `parts` request (proxy/uploads.py)
         self.asked = req  # as the client sent it
         self.req = req  # as it is forwarded: `max_tokens` is the cap its money was reserved for
         self.res: Reservation | None = None
@@ -169,7 +175,11 @@ class RunningRequest:
     def _admit(self) -> Reservation:
         fwd, req, account = self.fwd, self.asked, self.client.account
         body_bytes = check_request(req, max_body_bytes=fwd.cfg.max_body_bytes,
-                                   max_tokens_limit=fwd.cfg.max_tokens_limit)
+                                   max_tokens_limit=fwd.cfg.max_tokens_limit,
+                                   max_media_ms=round(fwd.cfg.max_media_seconds * 1000))
+        if req.parts and self.upload is None:  # e.g. inside an encapsulated request: nothing would carry its parts
+            raise ApiError(400, "a request whose body comes in parts must come on a link that carries them",
+                           code=ErrorCode.INVALID_REQUEST)
         fwd.limiter.admit(account.limits_key)
         self.limited = True
         if not fwd.registry.knows(req.model):
@@ -179,7 +189,7 @@ class RunningRequest:
         self.res = res = fwd.billing.admit(req, account, fwd.price_cap(req), body_bytes)
         if res.max_tokens != req.max_tokens:
             self.req = msgspec.structs.replace(req, max_tokens=res.max_tokens)
-        if fwd.spot_checks is not None:
+        if fwd.spot_checks is not None and not req.parts:  # a body in parts cannot be run twice
             self.spot = fwd.spot_checks.sample(self.req)
         return res
 
@@ -190,6 +200,9 @@ class RunningRequest:
         if self.limited:
             fwd.limiter.release(self.client.account.limits_key)
         self.client.inflight.pop(self.asked.call_id, None)
+        if self.upload is not None:
+            self.client.uploads.pop(self.asked.call_id, None)
+            self.upload.close()
         fwd.metrics.active.dec()
         fwd.metrics.requests.labels(outcome).inc()
         fwd.outcomes[outcome] = fwd.outcomes.get(outcome, 0) + 1
@@ -219,6 +232,8 @@ class RunningRequest:
                 return await self._attempt(worker, attempts.deadline)
             except _Retry as retry:
                 attempts.failed(worker, retry.error)
+                if self.upload is not None and self.upload.forwarded:
+                    raise retry.error from None  # its body went to that worker: no other can have it
                 fwd.metrics.retries.labels(ErrorCode.label(retry.error.code)).inc()
                 # the code, not the message: a worker chooses its words, and a log keeps only what we can bound
                 log.info("moving a request to another worker", extra={"fields": {
@@ -255,9 +270,14 @@ class RunningRequest:
         except ConnectionError as exc:
             self.fwd.selector.record_failure(worker)
             raise _Retry(upstream_failed(f"worker {worker.name} link failed: {exc}")) from None
-        # a non-streamed answer's first token comes with its last: the worker has `whole_timeout_s` for all of it
+        # a non-streamed answer's first token comes with its last: the worker has `whole_timeout_s` for all of it,
+        # and so for taking a `parts` request's body and answering its first chunk (a media job's whole work)
+        quick = self.req.stream and not self.req.parts
         watchdog = Watchdog(call, worker.name, idle_s=cfg.idle_timeout_s, deadline=deadline,
-                            first_token_s=cfg.first_token_timeout_s if self.req.stream else cfg.whole_timeout_s)
+                            first_token_s=cfg.first_token_timeout_s if quick else cfg.whole_timeout_s)
+        pump = None
+        if self.upload is not None:
+            pump = asyncio.create_task(self.upload.pump(worker.conn, call, self.client.conn, self.asked.call_id))
         try:
             if self.req.stream:
                 return await self._relay_stream(worker, call, watchdog)
@@ -265,6 +285,8 @@ class RunningRequest:
         finally:
             watchdog.stop()
             call.cancel("proxy stopped relaying")
+            if pump is not None:
+                pump.cancel()
 
     async def _before_first_token(self, worker: WorkerLink, call: Call) -> Answer:
         """The worker's next answer while nothing reached the client; raises _Retry when another worker may do
@@ -407,8 +429,9 @@ class RunningRequest:
         settled = self._settle(worker, call, usage) if delivered else Settled(Charge(0, 0), None, None)
         log.info("stream broke after its first token", extra={"fields": {
             "worker": worker.name, "code": ErrorCode.label(error.code), "delivered_tokens": delivered}})
-        told = error.with_message(f"the answer broke off after {delivered} tokens: {error.message}; "
-                                  f"only its prompt and the delivered tokens are charged", retry_after=None)
+        told = error if self.req.parts else error.with_message(
+            f"the answer broke off after {delivered} tokens: {error.message}; only its prompt and the delivered "
+            f"tokens are charged", retry_after=None)
         return ResponseError.from_api(told, self.asked.call_id, usage=settled.usage if delivered else None,
                                       cost_nanoton=settled.charge.client_cost, voucher=settled.client_voucher,
                                       coefficient=worker.params.coefficient)
@@ -466,6 +489,9 @@ class RunningRequest:
         for kind, n in usage.by_kind():
             if n:
                 fwd.metrics.tokens.labels(kind).inc(n)
+        if usage.media_ms:
+            fwd.media_ms += usage.media_ms
+            fwd.metrics.media_seconds.inc(usage.media_ms / 1000)
         fwd.metrics.charged.inc(settled.charge.client_cost)
         return settled
 

@@ -35,6 +35,8 @@ class ProxyMetrics:
                                    "(passed, failed, unresolved, skipped)", ["verdict"], registry=r)
         self.spot_check_cost = Counter("cocoon_proxy_spot_check_cost_nanoton", "Worker fees the spot checks' "
                                        "re-executions are worth: the proxy's cost, never a client's", registry=r)
+        self.media_seconds = Counter("cocoon_proxy_media_seconds", "Input media processed (media workload)",
+                                     registry=r)
         self.beyond_bounds = Counter("cocoon_proxy_usage_beyond_bounds", "Token counts workers reported beyond what "
                                      "the request could produce (charged at the bound)", ["kind"], registry=r)
 

@@ -7,8 +7,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import msgspec
+
 from cocoon.wire.connection import Connection
-from cocoon.wire.messages import ModelInfo, WorkerParams
+from cocoon.wire.messages import MEDIA_WORKLOAD, MediaParams, ModelInfo, WorkerParams
 
 # A model seen recently but with no worker right now is "temporarily unavailable" (503), not unknown (404).
 MODEL_MEMORY_S = 3600.0
@@ -32,7 +34,7 @@ class WorkerRegistry:
 
     def add(self, link: WorkerLink) -> None:
         self._links.add(link)
-        for model in link.params.models:
+        for model in link.params.served:
             self._serving[model] = self._serving.get(model, 0) + 1
             self._last_seen[model] = time.time()
 
@@ -40,7 +42,7 @@ class WorkerRegistry:
         if link not in self._links:
             return
         self._links.discard(link)
-        for model in link.params.models:
+        for model in link.params.served:
             self._serving[model] -= 1
             if not self._serving[model]:
                 del self._serving[model]
@@ -67,6 +69,17 @@ class WorkerRegistry:
         free: dict[str, int] = dict.fromkeys(self._serving, 0)
         for link in self._links:
             slots = max(link.params.max_active_requests - active(link), 0)
-            for model in link.params.models:
+            for model in link.params.served:
                 free[model] += slots
-        return [ModelInfo(id=m, workers=self._serving[m], free_slots=free[m]) for m in sorted(self._serving)]
+        # the media workload is routed like a model but is none: its workers are counted by `media_workers`
+        return [ModelInfo(id=m, workers=self._serving[m], free_slots=free[m]) for m in sorted(self._serving)
+                if m != MEDIA_WORKLOAD]
+
+    def media_workers(self) -> int:
+        return self._serving.get(MEDIA_WORKLOAD, 0)
+
+    def media(self) -> list[MediaParams]:
+        """What the connected workers serving the media workload can do, each distinct announcement once."""
+        distinct = {msgspec.msgpack.encode(link.params.media): link.params.media for link in self._links
+                    if link.params.media is not None}
+        return list(distinct.values())

@@ -62,7 +62,7 @@ class _Group(Generic[W]):
 
 def _group_keys(params: WorkerParams) -> list[tuple[str, bool]]:
     capabilities = (False, True) if params.supports_tools else (False,)
-    return [(model, tools) for model in dict.fromkeys(params.models) for tools in capabilities]
+    return [(model, tools) for model in dict.fromkeys(params.served) for tools in capabilities]
 
 
 class Selector(Generic[W]):

@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 
 from cocoon.config import ProxyConfig
+from cocoon.core.errors import ApiError, ErrorCode
 from cocoon.observe.stats import StatsServer
 from cocoon.proxy.backlog import Backlog
 from cocoon.proxy.billing import Billing, open_ledger
@@ -22,12 +23,24 @@ from cocoon.proxy.registry import WorkerLink, WorkerRegistry
 from cocoon.proxy.reputation import ReputationBook, ReputationSummary
 from cocoon.proxy.rerun import SpotChecker
 from cocoon.proxy.selection import Selector
+from cocoon.proxy.uploads import Upload
 from cocoon.ratls import tls
 from cocoon.ratls.admission import Admission
 from cocoon.runtime import identity_stats, make_node_identity, serve_until
 from cocoon.seal import key_id
 from cocoon.wire.connection import Connection, ProtocolError, accept_hello
-from cocoon.wire.messages import Cancel, Hello, Inbound, ModelsQuery, ModelsReply, Request
+from cocoon.wire.messages import (
+    Cancel,
+    ChunkAck,
+    Hello,
+    Inbound,
+    ModelsQuery,
+    ModelsReply,
+    Request,
+    RequestPart,
+    ResponseError,
+)
+from cocoon.wire.parts import WINDOW
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +174,9 @@ class ProxyServer:
         if hello.role != "worker":
             return
         params = hello.worker
-        if params is None or not params.models or params.max_active_requests < 1:
-            raise ProtocolError("a worker's hello must name its models and at least one concurrent request")
+        if params is None or not params.served or params.max_active_requests < 1:
+            raise ProtocolError("a worker's hello must name its models or workloads and at least one concurrent "
+                                "request")
         ceiling = self.ledger.refresh().prices.max_coefficient
         if not 0 < params.coefficient <= ceiling:
             raise ProtocolError(f"price coefficient {params.coefficient} is outside 1..{ceiling} (per-mille of the "
@@ -173,7 +187,11 @@ class ProxyServer:
         log.warning("ignoring %s from a worker", type(msg).__name__)
 
     def _on_client_message(self, client: ClientLink, msg: Inbound) -> None:
-        if isinstance(msg, Request):
+        if isinstance(msg, RequestPart | ChunkAck):
+            self._on_upload(client, msg)
+        elif isinstance(msg, Request):
+            if msg.parts:
+                client.uploads[msg.call_id] = Upload()
             client.inflight[msg.call_id] = client.conn.spawn(self._serve(client, msg))
         elif isinstance(msg, Cancel):
             task = client.inflight.pop(msg.call_id, None)
@@ -187,7 +205,27 @@ class ProxyServer:
         some workers serving that model (cocoon/seal: the client verifies them and seals to them)."""
         certificates = self.registry.certificates(query.seal_for, self.cfg.seal_candidates) if query.seal_for else []
         return ModelsReply(call_id=query.call_id, models=self.registry.models(self.selector.active),
-                           certificates=certificates)
+                           certificates=certificates, media=self.registry.media(),
+                           media_workers=self.registry.media_workers())
+
+    def _on_upload(self, client: ClientLink, msg: RequestPart | ChunkAck) -> None:
+        """A part of a `parts` request's body, or the client's pace for its answer (proxy/uploads.py). Frames for a
+        request that ended are dropped; a client sending parts beyond its credit loses that request."""
+        upload = client.uploads.get(msg.call_id)
+        if upload is None:
+            return
+        if isinstance(msg, ChunkAck):
+            upload.chunks_taken(msg.taken)
+        elif not upload.feed(msg):
+            log.warning("a client sent body parts beyond its credit: request refused")
+            task = client.inflight.pop(msg.call_id, None)
+            client.uploads.pop(msg.call_id, None)
+            upload.close()
+            if task is not None:
+                task.cancel("body parts beyond credit")
+            refused = ApiError(400, f"body parts were sent beyond the credit the proxy gave ({WINDOW} parts ahead of "
+                                    f"its acknowledgements): request refused", code=ErrorCode.INVALID_REQUEST)
+            client.conn.send_nowait(ResponseError.from_api(refused, msg.call_id))
 
     async def _serve(self, client: ClientLink, req: Request) -> None:
         started = time.monotonic()
@@ -220,11 +258,13 @@ class ProxyServer:
             "reputation": [msgspec.to_builtins(s) for s in reputation],
             "clients": len(self.clients),
             "models": [m.id for m in self.registry.models(self.selector.active)],
+            "media_workers": self.registry.media_workers(),
             "requests": dict(self.forwarder.outcomes),
             "ohttp": self.gateway.stats(),
             # re-executions of deterministic requests on other workers: verdicts, and their cost to the proxy
             "spot_checks": self.spot_checks.stats(),
             "receipts": dict(self.forwarder.receipts),
+            "media_seconds": self.forwarder.media_ms / 1000,  # input media processed and charged
             "active_requests": sum(self.selector.active(w) for w in workers),
             "waiting_requests": len(self.backlog),
             "limits": {"client_max_concurrent": self.cfg.client_max_concurrent,

@@ -19,7 +19,7 @@ import msgspec
 from cocoon.core.errors import ApiError, ErrorCode
 from cocoon.openai.schema import ENDPOINTS, unknown_endpoint
 from cocoon.seal import peek
-from cocoon.wire.messages import Request
+from cocoon.wire.messages import MEDIA_ENDPOINT, MEDIA_WORKLOAD, Request
 
 
 class _AnyObject(msgspec.Struct):
@@ -29,11 +29,15 @@ class _AnyObject(msgspec.Struct):
 _OBJECT = msgspec.json.Decoder(_AnyObject)
 
 
-def check_request(req: Request, *, max_body_bytes: int, max_tokens_limit: int) -> int:
+def check_request(req: Request, *, max_body_bytes: int, max_tokens_limit: int, max_media_ms: int = 0) -> int:
     """Raise the ApiError a client gets for a request no worker should be asked to serve; else the body's length
     in bytes (a sealed body's plaintext length), what bounds its prompt."""
-    if req.endpoint not in ENDPOINTS:
+    if req.endpoint == MEDIA_ENDPOINT:
+        _check_media(req, max_media_ms)
+    elif req.endpoint not in ENDPOINTS:
         raise unknown_endpoint(req.endpoint)
+    elif req.parts:
+        raise ApiError(400, f"a `{req.endpoint}` request has no body parts", code=ErrorCode.INVALID_REQUEST)
     body_bytes = peek(req.body).body_len if req.sealed else len(req.body)
     if body_bytes > max_body_bytes:
         sealed = "sealed " if req.sealed else ""
@@ -57,3 +61,14 @@ def check_request(req: Request, *, max_body_bytes: int, max_tokens_limit: int) -
     except RecursionError:
         raise ApiError(400, "request body is nested too deeply", code=ErrorCode.INVALID_JSON) from None
     return body_bytes
+
+
+def _check_media(req: Request, max_media_ms: int) -> None:
+    """A media job: its input follows in parts, and the input it may process (what is reserved) is bounded."""
+    if not req.parts or req.model != MEDIA_WORKLOAD or req.max_tokens is not None:
+        raise ApiError(400, f"a media job is routed to `{MEDIA_WORKLOAD}`, with its input in parts and no max_tokens",
+                       code=ErrorCode.INVALID_REQUEST)
+    if not 0 < req.max_media_ms <= max_media_ms:
+        raise ApiError(413, f"a media job may process at most {max_media_ms / 1000:g} s of input here, and must "
+                            f"declare how much (it declared {req.max_media_ms} ms)", code=ErrorCode.MEDIA_TOO_LARGE,
+                       param="duration")

@@ -20,7 +20,21 @@ import msgspec
 from cocoon.attest.types import AttestationError, PeerIdentity
 from cocoon.ratls.tls import TlsStream
 from cocoon.wire import frames
-from cocoon.wire.messages import Answer, Hello, Inbound, Message, ModelsQuery, Request, ResponseEnd, ResponseError
+from cocoon.wire.messages import (
+    Answer,
+    ChunkAck,
+    Hello,
+    Inbound,
+    Message,
+    ModelsQuery,
+    PartAck,
+    Request,
+    RequestPart,
+    ResponseEnd,
+    ResponseError,
+    ToCall,
+)
+from cocoon.wire.parts import Credit
 from cocoon.wire.protocol import ConnectionLost, LinkLost, LinkProtocol, LinkState, ProtocolError, hello
 
 __all__ = ["Call", "Connection", "ConnectionLost", "LinkLost", "ProtocolError", "accept_hello", "dial_hello",
@@ -38,16 +52,32 @@ _FINAL = frozenset((ResponseEnd, ResponseError))
 
 class Call:
     """An outgoing request: its answers arrive on `queue` in order, ending with an end or error; `next()` raises
-    LinkLost instead if the link breaks first. `write` sends the bytes of a frame (a cancel) on the link."""
+    LinkLost instead if the link breaks first. `write` sends the bytes of a frame (a cancel) on the link. The call
+    is its own sink (wire/protocol.py): PartAcks move its upload `credit` rather than reaching `queue`."""
 
-    __slots__ = ("_proto", "_write", "call_id", "done", "queue")
+    __slots__ = ("_proto", "_write", "call_id", "credit", "done", "queue")
 
     def __init__(self, proto: LinkProtocol, write: Callable[[bytes], None]) -> None:
         self._proto = proto
         self._write = write
         self.queue: asyncio.Queue[Answer | None] = asyncio.Queue()  # None: the link broke
-        self.call_id = proto.open_call(self.queue)
+        self.credit: Credit | None = None  # made by the first part sent (Connection.send_part)
+        self.call_id = proto.open_call(self)
         self.done = False
+
+    def put_nowait(self, msg: ToCall | None) -> None:
+        if type(msg) is PartAck:
+            if self.credit is not None:
+                self.credit.took(msg.taken)
+            return
+        if msg is None and self.credit is not None:
+            self.credit.fail()
+        self.queue.put_nowait(msg)  # type: ignore[arg-type]
+
+    def ack_chunks(self, taken: int) -> None:
+        """Tell the callee we took `taken` chunks of its answer so far (a `parts` request's answer is paced)."""
+        if not self.done and not self._proto.closed:
+            self._write(_encode(ChunkAck(call_id=self.call_id, taken=taken)))
 
     async def next(self, timeout: float | None = None) -> Answer:
         try:  # an answer already here needs no timer: wait_for costs a task and a timer handle per message
@@ -72,6 +102,8 @@ class Call:
         if self.done:
             return
         self.done = True
+        if self.credit is not None:
+            self.credit.fail()
         frame = self._proto.cancel_call(self.call_id, reason)
         if frame:
             self._write(frame)
@@ -164,6 +196,17 @@ class Connection:
         call = self.open_call()
         await self.send(msgspec.structs.replace(req, call_id=call.call_id))
         return call
+
+    async def send_part(self, call: Call, data: bytes, last: bool) -> None:
+        """Send the next part of `call`'s body once the callee's credit allows (wire/parts.py); ConnectionError when
+        the call or link ended first."""
+        if call.credit is None:
+            call.credit = Credit()
+        await call.credit.wait()
+        if call.done:
+            raise ConnectionLost("the call ended")
+        call.credit.spend()
+        await self.send(RequestPart(call_id=call.call_id, data=data, last=last))
 
     async def query_models(self, timeout: float = 5.0, seal_for: str = "") -> Answer:
         call = self.open_call()

@@ -17,9 +17,12 @@ from cocoon.core.usage import Usage
 from cocoon.ledger.receipts import Receipt
 from cocoon.ledger.vouchers import Voucher
 
-# 2: Payout frames (proxy -> worker); sent only on links that negotiated 2. Every other addition is a field with
-# a default, which older peers ignore.
-PROTOCOL_VERSION = 2
+# 2: Payout frames (proxy -> worker); sent only on links that negotiated 2.
+# 3: RequestPart, PartAck and ChunkAck frames: a request's body continued in parts, and both directions paced
+# (wire/parts.py); sent only on links that negotiated 3. Every other addition is a field with a default, which older
+# peers ignore.
+PROTOCOL_VERSION = 3
+PARTS_VERSION = 3
 MIN_PROTOCOL_VERSION = 1
 
 
@@ -32,6 +35,7 @@ class Frame(msgspec.Struct, tag_field="t"):
 
 # the name media jobs are routed by (`Request.model`) and a worker serving them counts under: a workload, not a model
 MEDIA_WORKLOAD = "media"
+MEDIA_ENDPOINT = "media"  # the `Request.endpoint` of a transcoding job (its body: cocoon/media/job.py's JSON)
 
 
 class MediaParams(msgspec.Struct, frozen=True):
@@ -121,6 +125,12 @@ class Request(Frame, tag="req", omit_defaults=True):
     # `body` is a request sealed to its candidate workers' keys (cocoon/seal), bound to `envelope()`: only a
     # worker it was sealed to can read it, and the proxy routes on the fields above
     sealed: bool = False
+    # the body continues in RequestPart frames (the media workload's input), and the answer's chunks wait for the
+    # caller's ChunkAck (wire/parts.py); only on links that negotiated PARTS_VERSION
+    parts: bool = False
+    # the most input media the job may process, in milliseconds: what the proxy reserves money for, and what the
+    # worker holds the job to (like max_tokens); 0 for requests that are not media
+    max_media_ms: int = 0
 
     def __post_init__(self) -> None:
         if self.max_tokens == 0:  # what peers before `None` sent for "unset": never a cap of zero tokens
@@ -203,6 +213,29 @@ class ResponseError(Frame, tag="error"):
                         retry_after=self.retry_after)
 
 
+class RequestPart(Frame, tag="part"):
+    """Caller -> callee: the next piece of a `parts` request's body; `last` ends it. Sent only within the credit
+    the callee's PartAcks give (wire/parts.py)."""
+
+    call_id: int = msgspec.field(name="id")
+    data: bytes
+    last: bool = False
+
+
+class PartAck(Frame, tag="part_ack"):
+    """Callee -> caller: how many parts of the call's body the callee has taken so far (cumulative)."""
+
+    call_id: int = msgspec.field(name="id")
+    taken: int
+
+
+class ChunkAck(Frame, tag="chunk_ack"):
+    """Caller -> callee: how many ResponseChunks of a `parts` request's answer the caller has taken (cumulative)."""
+
+    call_id: int = msgspec.field(name="id")
+    taken: int
+
+
 class Payout(Frame, tag="payout"):
     """Proxy -> worker after settling one of its requests: what it earned and the new cumulative voucher."""
 
@@ -233,11 +266,16 @@ class ModelsReply(Frame, tag="models_reply"):
     # for `ModelsQuery.seal_for`: RA-TLS certificates (DER) of workers serving it, each carrying the HPKE key
     # requests are sealed to; the client verifies each itself before sealing to it
     certificates: list[bytes] = []
+    media: list[MediaParams] = []  # what the connected workers serving the media workload can do (distinct)
+    media_workers: int = 0  # connected workers serving the media workload (`models` lists language models only)
 
 
 Message = (
     Hello | HelloAck | Refuse | Ping | Pong | Request | ResponseHead | ResponseChunk | ResponseEnd
-    | ResponseError | Cancel | ModelsQuery | ModelsReply | Payout
+    | ResponseError | Cancel | ModelsQuery | ModelsReply | Payout | RequestPart | PartAck | ChunkAck
 )
-Inbound = Request | Cancel | ModelsQuery | Payout  # what a link hands to its owner rather than to a call
+# what a link hands to its owner rather than to a call
+Inbound = Request | Cancel | ModelsQuery | Payout | RequestPart | ChunkAck
 Answer = ResponseHead | ResponseChunk | ResponseEnd | ResponseError | ModelsReply
+# what the protocol hands to a call's sink: its answers, and the PartAcks a `Call` keeps apart (its upload credit)
+ToCall = Answer | PartAck

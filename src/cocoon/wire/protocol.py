@@ -30,7 +30,6 @@ from cocoon.wire import frames
 from cocoon.wire.messages import (
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
-    Answer,
     Cancel,
     Hello,
     HelloAck,
@@ -39,6 +38,7 @@ from cocoon.wire.messages import (
     Ping,
     Pong,
     Refuse,
+    ToCall,
 )
 
 
@@ -58,7 +58,7 @@ class LinkLost(CocoonError):
 class Sink(Protocol):
     """Where a call's answers go, in order; `None` once the link is lost (an asyncio.Queue in the driver)."""
 
-    def put_nowait(self, item: Answer | None, /) -> None: ...
+    def put_nowait(self, item: ToCall | None, /) -> None: ...
 
 
 class LinkState(Enum):
@@ -68,7 +68,7 @@ class LinkState(Enum):
     CLOSED = "closed"
 
 
-_ANSWERS = frozenset(get_args(Answer))
+_ANSWERS = frozenset(get_args(ToCall))
 _INBOUND = frozenset(get_args(Inbound))
 
 

@@ -21,13 +21,25 @@ from cocoon.fsutil import private_dir, write_atomically
 from cocoon.inference.base import Engine
 from cocoon.inference.factory import make_engine
 from cocoon.ledger.base import LedgerError
+from cocoon.media.formats import capabilities
 from cocoon.observe.series import Series
 from cocoon.observe.stats import StatsServer
 from cocoon.runtime import identity_stats, make_node_identity, own_image_hash, registry_head_path
 from cocoon.wire.connection import Connection, hello
 from cocoon.wire.dialer import Dialer
-from cocoon.wire.messages import Cancel, Hello, Inbound, Payout, Request, WorkerParams
+from cocoon.wire.messages import (
+    MEDIA_ENDPOINT,
+    Cancel,
+    ChunkAck,
+    Hello,
+    Inbound,
+    Payout,
+    Request,
+    RequestPart,
+    WorkerParams,
+)
 from cocoon.worker.execution import Execution
+from cocoon.worker.media import MediaExecution
 from cocoon.worker.notary import Notary
 from cocoon.worker.payments import WorkerPayments
 from cocoon.worker.sealing import Unsealer
@@ -64,6 +76,8 @@ class WorkerNode:
         self.stats = StatsServer("worker", cfg.name, self.metrics.registry, self.jsonstats, token=cfg.stats_token)
         self.series = Series()  # requests ended and tokens generated, for the dashboards
         self.running: dict[int, asyncio.Task[None]] = {}
+        # by link and call_id, while their input arrives and their output leaves
+        self.media_jobs: dict[tuple[Connection, int], MediaExecution] = {}
         self.payments = WorkerPayments(cfg) if cfg.payments else None
         self.models: list[str] = []
         # paid through the proxy's contract: only the proxy registered at the address dialed may take the link
@@ -88,6 +102,8 @@ class WorkerNode:
                              model_hash=model_hash, model_hash_declared=declared, prices=prices)
         self._served = 0
         self._usage_totals = dict.fromkeys(KINDS, 0)
+        self._media_ms = 0
+        self._media_jobs = 0
 
     @property
     def dialer(self) -> Dialer:
@@ -102,7 +118,7 @@ class WorkerNode:
         await self.stats.start(self.cfg.stats_host, self.cfg.stats_port)
         started = time.monotonic()
         await self.engine.start()
-        self.models = await self.engine.models()
+        self.models = await self.engine.models() if "llm" in self.cfg.workloads else []
         log.info("engine ready", extra={"fields": {"engine": self.engine.name, "models": self.models,
                                                    "load_s": round(time.monotonic() - started, 3)}})
         redeeming = None
@@ -153,14 +169,30 @@ class WorkerNode:
         owner = self.payments.wallet.address if self.payments else self.cfg.owner
         params = WorkerParams(models=self.models, coefficient=self.cfg.coefficient,
                               max_active_requests=self.cfg.max_active_requests, region=self.cfg.region,
-                              owner=owner, supports_tools=self.engine.supports_tools)
+                              owner=owner, supports_tools=self.engine.supports_tools,
+                              media=capabilities(self.cfg.media) if "media" in self.cfg.workloads else None)
         return hello("worker", self.cfg.name, worker=params)
 
     def _on_inbound(self, link: int, conn: Connection, msg: Inbound) -> None:
         if isinstance(msg, Payout):
             if self.payments is not None:
                 self.payments.accept(self.dialers[link].address, msg)
+        elif isinstance(msg, RequestPart | ChunkAck):
+            job = self.media_jobs.get((conn, msg.call_id))
+            if job is None:
+                return  # for a job that ended
+            if isinstance(msg, ChunkAck):
+                job.chunks_taken(msg.taken)
+            elif not job.feed(msg):
+                log.warning("the proxy sent body parts beyond its credit: job cancelled")
+                task = self.running.get(msg.call_id)
+                if task is not None:
+                    task.cancel("body parts beyond credit")
         elif isinstance(msg, Request):
+            if msg.endpoint == MEDIA_ENDPOINT and "media" in self.cfg.workloads:
+                # now, not in its task: its parts may be in the very bytes that brought it
+                self.media_jobs[conn, msg.call_id] = MediaExecution(msg, conn.send, self.cfg.media,
+                                                                    self.cfg.state_path / "media")
             task = conn.spawn(self._execute(conn, msg))
             self.running[msg.call_id] = task
         elif isinstance(msg, Cancel):
@@ -173,7 +205,8 @@ class WorkerNode:
             await self._run(conn, req)
 
     async def _run(self, conn: Connection, req: Request) -> None:
-        execution = Execution(self.engine, req, conn.send, self.notary, self.unsealer)
+        execution: Execution | MediaExecution = self.media_jobs.get((conn, req.call_id)) or Execution(
+            self.engine, req, conn.send, self.notary, self.unsealer)
         started = time.monotonic()
         self.metrics.active.inc()
         outcome = "error"
@@ -187,20 +220,25 @@ class WorkerNode:
             outcome = "link_lost"
         finally:
             self.running.pop(req.call_id, None)
+            self.media_jobs.pop((conn, req.call_id), None)
             self.metrics.active.dec()
             self.metrics.requests.labels(outcome).inc()
             self.series.sample("latency_ms", (time.monotonic() - started) * 1000)
             usage = execution.usage or Usage()
             log.info("request done", extra={"fields": {
                 "outcome": outcome, "model": req.model, "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens, "ms": round((time.monotonic() - started) * 1000, 1)}})
+                "completion_tokens": usage.completion_tokens, "media_ms": usage.media_ms,
+                "ms": round((time.monotonic() - started) * 1000, 1)}})
             if execution.usage is not None:
                 self._count(execution)
 
-    def _count(self, execution: Execution) -> None:
+    def _count(self, execution: Execution | MediaExecution) -> None:
         u = execution.usage
         assert u is not None
         self._served += 1
+        if u.media_ms:
+            self._media_ms += u.media_ms
+            self._media_jobs += 1
         self.series.count("requests")
         self.series.count("completion_tokens", u.completion_tokens)
         for kind, n in u.by_kind():
@@ -224,6 +262,8 @@ class WorkerNode:
             "max_active_requests": self.cfg.max_active_requests,
             "served": self._served,
             "tokens": dict(self._usage_totals),
+            "workloads": list(self.cfg.workloads),
+            "media": {"jobs": self._media_jobs, "seconds": self._media_ms / 1000},
             "image_hash": self.image_hash,
             **({"wallet": self.payments.wallet.address, "earned_nanoton": self.payments.earned_nanoton,
                 "redeemed_nanoton": self.payments.redeemed_nanoton,

@@ -191,6 +191,10 @@ class TonLedger(OnChainLedger):
 
     def close(self) -> None:
         self._stop.set()
+        # a sync round in progress finishes before the transport (and what it reads) goes away: closing under it
+        # crashed the process once (SQLite read on a closed local chain, in a test)
+        if self._sync is not threading.current_thread():
+            self._sync.join(timeout=30)
         close = getattr(self._transport, "close", None)
         if close is not None:
             close()

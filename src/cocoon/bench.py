@@ -258,7 +258,8 @@ def run_bench(requests: int, concurrency: int, workers: int, as_json: bool,
             asyncio.run(run_load(api, "fake-model", warm, concurrency))
             hop_order = {"client": 0, "proxy": 1, "worker": 2}  # the order a request crosses them
             nodes = sorted((n for n in net.nodes if n.proc), key=lambda n: (hop_order[n.role], n.name))
-            pids = {"loadgen": os.getpid(), **{n.name: n.proc.pid for n in nodes if n.proc}, "engine": engine.pid}
+            pids = {"loadgen": os.getpid(), **{n.name: n.proc.pid for n in nodes if n.proc and n is not plain_client},
+                    "engine": engine.pid}
             network, network_cpu = measured(api, requests, concurrency, pids)
             network1, network1_cpu = measured(api, c1_requests, 1, pids)
             with urllib.request.urlopen(net.client.stats_url + "/jsonstats", timeout=5) as resp:

@@ -87,7 +87,8 @@ def test_readme_without_markers_is_refused(tmp_path: Path) -> None:
 
 
 REPORT_KEYS = {"direct_c1_p50_ms", "network_c1_p50_ms", "direct_c1_ttfb_p50_ms", "network_c1_ttfb_p50_ms",
-               "cpu_ms_per_request", "machine", "ratio", "direct_rps", "network_rps"}
+               "cpu_ms_per_request", "machine", "ratio", "direct_rps", "network_rps", "plain_rps", "sealed_ratio",
+               "hpke"}
 
 
 def test_committed_bench_json_has_the_report_keys_and_every_role() -> None:

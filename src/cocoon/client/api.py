@@ -205,7 +205,7 @@ class ClientApi:
             timing = {"x-cocoon-client-ms": f"{(headed_at - started) * 1000:.1f}",
                       "x-cocoon-proxy-ms": f"{first.proxy_ms:.1f}",
                       "x-cocoon-worker-ms": f"{first.worker_ms:.1f}"}
-            answering = _Answering(req, ticket, proxy_key)
+            answering = _Answering(req, ticket, proxy_key, call.worker_key if isinstance(call, SealedCall) else b"")
             if req.stream:
                 return await self._stream(request, call, answering, timing)
             return await self._whole(call, answering, timing)
@@ -306,7 +306,8 @@ class ClientApi:
     def _receipt(self, answering: _Answering, end: ResponseEnd, answer_hash: bytes) -> Receipt | None:
         """The answer's receipt if it holds (client/receipts.py); None, counted and logged, when absent or not."""
         try:
-            receipt = check_receipt(end, req=answering.req, answer_hash=answer_hash, proxy_key=answering.proxy_key)
+            receipt = check_receipt(end, req=answering.req, answer_hash=answer_hash, proxy_key=answering.proxy_key,
+                                    worker_key=answering.worker_key)
         except ReceiptError as exc:
             missing = end.receipt is None
             self.stats.receipts["missing" if missing else "refused"] += 1
@@ -331,6 +332,7 @@ class _Answering(NamedTuple):
     req: Request
     ticket: int
     proxy_key: bytes
+    worker_key: bytes = b""  # a sealed request: the attested key of the worker that opened it (client/sealing.py)
 
 
 def wire_request(endpoint: str, parsed: Any, cfg: ClientConfig, request_id: str, region: str = "") -> Request:

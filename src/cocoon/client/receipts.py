@@ -5,7 +5,9 @@ What the client checks (ledger/receipts.py defines the receipt): both signatures
 voucher key its attested proxy claims (with payments on, the key the root registry lists at that address), the
 request id, the hash of the body it sent, the hash of the payloads it is delivering, the model, and that the
 countersigned charge is the one the answer's end carried (usage, cost, coefficient, voucher). Whether the worker's
-key was attested is the proxy's check (on its link); `cocoon receipt verify --cert` redoes it.
+key was attested is the proxy's check (on its link); `cocoon receipt verify --cert` redoes it. A sealed request's
+receipt must also be signed by the very worker whose attested HPKE key opened it (`worker_key`: the client verified
+that worker's certificate itself before sealing).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from cocoon.ledger.vouchers import Voucher, VoucherBook
 from cocoon.wire.messages import Request, ResponseEnd
 
 
-def check_receipt(end: ResponseEnd, *, req: Request, answer_hash: bytes, proxy_key: bytes | None) -> Receipt:
+def check_receipt(end: ResponseEnd, *, req: Request, answer_hash: bytes, proxy_key: bytes | None,
+                  worker_key: bytes = b"") -> Receipt:
     """The receipt `end` carries, if it holds for this request and answer; ReceiptError says why not."""
     receipt = end.receipt
     if receipt is None:
@@ -39,6 +42,7 @@ def check_receipt(end: ResponseEnd, *, req: Request, answer_hash: bytes, proxy_k
         ("cost_nanoton", counter.cost_nanoton == end.cost_nanoton),
         ("coefficient", counter.coefficient == end.coefficient),
         ("voucher", counter.voucher == end.voucher),
+        ("worker_key", not worker_key or receipt.worker_key == worker_key),
     ) if not ok]
     if mismatches:
         raise ReceiptError(f"the receipt does not match this request and answer: {', '.join(mismatches)}")

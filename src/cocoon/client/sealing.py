@@ -113,7 +113,7 @@ class SealedCall:
     holds a key it was sealed to (`seal_keys_stale`: refused before any work, so never charged) is not handed on:
     the request is sealed again, once, to freshly fetched workers and sent again under the same id."""
 
-    __slots__ = ("_call", "_opener", "_resealed", "_sealed", "_sealer", "_started", "proxy_key", "req")
+    __slots__ = ("_call", "_opener", "_resealed", "_sealed", "_sealer", "_started", "proxy_key", "req", "worker_key")
 
     def __init__(self, sealer: RequestSealer, req: Request) -> None:
         self._sealer = sealer
@@ -124,6 +124,7 @@ class SealedCall:
         self._started = False  # an answer was handed on
         self._resealed = False
         self.proxy_key = b""
+        self.worker_key = b""  # the attested RA-TLS key of the worker whose HPKE key its answer's head names
 
     async def send(self, *, fresh: bool = False) -> None:
         sent, self._sealed = await self._sealer.seal(self.req, fresh=fresh)
@@ -156,6 +157,7 @@ class SealedCall:
         self._started = True
         if kind is ResponseHead:
             self._opener = self._sealed.answer(msg.seal_key_id)  # type: ignore[union-attr]
+            self.worker_key = self._sealer.worker_key(self.req.model, msg.seal_key_id) or b""  # type: ignore[union-attr]
         elif kind is ResponseChunk:
             return msgspec.structs.replace(msg, data=self._opener_now().open(msg.data))  # type: ignore[arg-type]
         elif kind is ResponseEnd:

@@ -123,8 +123,10 @@ def _registry(ledger: Path) -> tuple[RootParams, set[bytes]]:
 
 def describe(receipt: Receipt) -> str:
     counter = receipt.countersignature
-    charged = (f"charged {counter.cost_nanoton} nanoTON" + (f" (voucher #{counter.voucher.seqno})"
-                                                            if counter.voucher else "")) if counter else "uncharged"
+    charged = "uncharged"
+    if counter is not None:
+        voucher = f" (voucher {counter.voucher_hash.hex()[:16]}…)" if counter.voucher_hash else ""
+        charged = f"charged {counter.cost_nanoton} nanoTON{voucher}"
     model = receipt.model + (f" {receipt.model_hash.hex()[:16]}…" + (" (declared)" if receipt.model_hash_declared
                                                                      else "") if receipt.model_hash else "")
     u = receipt.usage

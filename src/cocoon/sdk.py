@@ -11,12 +11,15 @@
 as the client API builds them (`openai/schema.py`, `client/api.py` `wire_request`). The SDK verifies the proxy's
 attestation itself against `policy`: on its RA-TLS link, or, through a relay, on the gateway's signed keys before
 anything is encapsulated (`client/oblivious.py`). Errors are `ApiError` (status, code, message), as the API
-answers them. Answers are `Obj`: dicts whose keys also read as attributes.
+answers them. Answers are `Obj`: dicts whose keys also read as attributes. Each answer's receipt is checked as the
+client API checks it (`client/receipts.py`) and shown in its `usage.receipt` (a stream's: in its final usage chunk);
+with payments on, only a charge a checked receipt backs is accepted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -27,15 +30,19 @@ import msgspec
 from cocoon.client.api import wire_request, with_cost
 from cocoon.client.node import ProxyUpstream, request_sealer
 from cocoon.client.oblivious import RelayLink
+from cocoon.client.receipts import check_receipt
 from cocoon.config import ClientConfig
 from cocoon.core.errors import DECODE_ERRORS, ApiError, ErrorCode
 from cocoon.core.ids import new_request_id
+from cocoon.ledger.receipts import AnswerHasher, Receipt, ReceiptError
 from cocoon.openai import schema
 from cocoon.runtime import make_node_identity
 from cocoon.seal import SealError
 from cocoon.wire.messages import Request, ResponseChunk, ResponseEnd, ResponseError, ResponseHead
 
 __all__ = ["ApiError", "AsyncClient", "Client", "Obj"]
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -136,26 +143,34 @@ class _Core:
                                                for m in reply.models]})
 
     async def answers(self, req: Request) -> AsyncIterator[ResponseHead | ResponseChunk | ResponseEnd]:
-        """The proxy's answers to `req` up to its end; its error raised as ApiError; its charge to the payments."""
+        """The proxy's answers to `req` up to its end; its error raised as ApiError; its charge to the payments.
+        The end's receipt is the one checked against what was sent and received (client/receipts.py), or None:
+        only a checked receipt backs the charge."""
         await self.start()
         payments = self.upstream.payments if self.upstream is not None else None
         ticket = payments.begin(req.request_id) if payments is not None else 0
         try:
             try:
                 if self.sealer is not None:  # sealed to the workers it verified
-                    call, _ = await self.sealer.request(req)
+                    call, proxy_key = await self.sealer.request(req)
                 else:
-                    call = await (self.relay.call(req) if self.relay is not None
-                                  else self.upstream.link.call(req))  # type: ignore[union-attr]
+                    call, proxy_key = await (self.relay.request(req) if self.relay is not None
+                                             else self.upstream.link.request(req))  # type: ignore[union-attr]
             except ApiError:
                 if payments is not None:
                     payments.unsent(ticket)
                 raise
+            answer = AnswerHasher()
             try:
                 while True:
                     msg = await call.next(self.cfg.request_timeout_s)
+                    if isinstance(msg, ResponseChunk):
+                        answer.update(msg.data, has_usage=msg.has_usage)
+                    elif isinstance(msg, ResponseEnd):
+                        msg = msgspec.structs.replace(msg, receipt=_checked(msg, req, answer.digest(), proxy_key,
+                                                                            getattr(call, "worker_key", b"")))
                     if isinstance(msg, ResponseEnd | ResponseError) and payments is not None:
-                        payments.end(ticket, msg)
+                        payments.end(ticket, msg, msg.receipt if isinstance(msg, ResponseEnd) else None, checked=True)
                     if isinstance(msg, ResponseError):
                         raise msg.to_api()
                     if isinstance(msg, ResponseHead | ResponseChunk | ResponseEnd):
@@ -186,7 +201,7 @@ class _Core:
             if isinstance(msg, ResponseChunk):
                 parts.append(msg.data)
             elif isinstance(msg, ResponseEnd):
-                return _decode(with_cost(b"".join(parts), msg.cost_nanoton))
+                return _decode(with_cost(b"".join(parts), msg.cost_nanoton, msg.receipt))
         raise ApiError(502, "the answer ended without its end", code=ErrorCode.UPSTREAM_ERROR)
 
     def stream(self, req: Request) -> AsyncStream:
@@ -203,9 +218,21 @@ class _Core:
                 elif isinstance(msg, ResponseEnd):
                     ended.append(Obj({**msgspec.to_builtins(msg.usage.to_openai()), "cost_nanoton": msg.cost_nanoton}))
                     if held is not None:
-                        yield _decode(with_cost(held, msg.cost_nanoton))
+                        yield _decode(with_cost(held, msg.cost_nanoton, msg.receipt))
 
         return AsyncStream(chunks(), lambda: ended[0] if ended else None)
+
+
+def _checked(end: ResponseEnd, req: Request, answer_hash: bytes, proxy_key: bytes, worker_key: bytes
+             ) -> Receipt | None:
+    """The end's receipt if it holds (client/receipts.py); `worker_key`: a sealed request's, the worker that opened
+    it."""
+    try:
+        return check_receipt(end, req=req, answer_hash=answer_hash, proxy_key=proxy_key, worker_key=worker_key)
+    except ReceiptError as exc:
+        log.warning("answer without a valid receipt", extra={"fields": {"request_id": req.request_id,
+                                                                        "reason": str(exc)}})
+        return None
 
 
 def _config(relay: str | None, proxy: str | None, *, state_dir: str | Path, policy: str, payments: bool,

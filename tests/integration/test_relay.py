@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from cocoon.ledger.receipts import Receipt
 from cocoon.wire.messages import ResponseChunk
 from tests import ohttputil
 from tests.netutil import Net, free_port, localnet
@@ -150,6 +151,8 @@ def test_the_sdk_through_the_relay_sync_async_and_streaming(relay_net: Net, tmp_
         answer = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
                                                 max_tokens=5)
         assert answer.usage.completion_tokens == 5 and answer.usage.cost_nanoton > 0
+        # checked by the SDK and shown as the client API shows a stream's: the proxy's charge for it included
+        assert Receipt.from_base64(answer.usage.receipt).verify().cost_nanoton == answer.usage.cost_nanoton
         stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
                                                 max_tokens=5, stream=True)
         words = "".join(c.choices[0].delta.get("content") or "" for c in stream if c.choices)
@@ -212,3 +215,9 @@ def test_the_sdk_straight_to_a_proxy_pays_from_its_own_channel(relay_net: Net) -
         payments = client._async._core.upstream.payments
         assert payments is not None and payments.charged_nanoton == answer.usage.cost_nanoton
         assert payments.unexplained_nanoton == 0 and payments.overcharges == 0
+        # the charge is backed by the receipt the SDK checked, and kept as evidence
+        assert payments.unbacked_answers == 0
+        receipt = Receipt.from_base64(answer.usage.receipt)
+        assert receipt.verify().cost_nanoton == answer.usage.cost_nanoton
+        (charge,) = payments.receipts.charges(payments.purses[proxy].channel)
+        assert charge.receipt == receipt

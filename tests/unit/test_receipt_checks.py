@@ -85,7 +85,7 @@ async def test_the_proxy_countersigns_only_a_receipt_matching_the_request_and_th
     good = proxy_receipts.check_receipt(end.receipt, req=req, worker=PEER, coefficient=1000, reported=end.usage)
     signed = proxy_receipts.countersign(good, PROXY, settled(end.usage), 1000)
     counter = signed.verify(PROXY.public_key)
-    assert (counter.cost_nanoton, counter.usage, counter.voucher) == (50, end.usage, settled(end.usage).client_voucher)
+    assert (counter.cost_nanoton, counter.usage) == (50, end.usage) and counter.names(settled(end.usage).client_voucher)
 
     other_key = Ed25519PrivateKey.generate()
     cases = {

@@ -53,10 +53,13 @@ def _signed() -> tuple[Receipt, Wallet]:
 
 def test_signed_receipt_verifies_after_encoding_round_trips() -> None:
     receipt, proxy = _signed()
-    again = Receipt.from_base64(receipt.to_base64())
+    voucher = sign_voucher(proxy, Tag.CHARGE, CONTRACT, 3, 900, global_id=7)  # the one it names (signing is
+    again = Receipt.from_base64(receipt.to_base64())                             # deterministic)
     assert again == receipt
     counter = again.verify(proxy.public_key)
-    assert counter.cost_nanoton == 120 and counter.voucher is not None and counter.voucher.amount == 900
+    assert counter.cost_nanoton == 120 and counter.names(voucher) and not counter.names(None)
+    other = sign_voucher(proxy, Tag.CHARGE, CONTRACT, 3, 901, global_id=7)
+    assert not counter.names(other)
 
 
 @pytest.mark.parametrize("field,value", [

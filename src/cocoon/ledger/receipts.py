@@ -9,7 +9,9 @@ A `Receipt` is one statement, signed in two layers (no I/O here: building, encod
   the hashes of the sealed request and answer, which a proxy can check without the plaintext;
 - the **proxy** countersigns the worker's statement (its digest) with what it charged (usage held to the
   request's bounds, cost, coefficient) and the cumulative charge voucher that includes it, with its voucher key
-  (the key the root registry lists for it and its channels verify).
+  (the key the root registry lists for it and its channels verify). The voucher is named by the hash its own
+  signature covers (`Voucher.signed_hash`), not carried: whoever holds the voucher can match it, and an answer
+  shown to someone who does not pay for it (a device behind a relay) does not reveal the payer's channel.
 
 Canonical encoding: MessagePack of the struct (fields in declaration order, defaults omitted), so what is signed
 is re-derived from any decoded receipt; a receipt travels as that encoding, in base64 where it crosses HTTP.
@@ -63,8 +65,13 @@ class Countersignature(msgspec.Struct, frozen=True, omit_defaults=True, forbid_u
     cost_nanoton: int
     coefficient: int  # the worker's price coefficient (per-mille) the cost was priced at
     signed_at: int  # unix seconds
-    voucher: Voucher | None = None  # the cumulative charge voucher that includes this charge (payments on)
+    # the cumulative charge voucher that includes this charge (payments on), by its signed hash
+    voucher_hash: bytes = b""
     signature: bytes = b""
+
+    def names(self, voucher: Voucher | None) -> bool:
+        """Whether this is the charge voucher named here (none named: none given)."""
+        return self.voucher_hash == (voucher.signed_hash() if voucher is not None else b"")
 
 
 class Receipt(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
@@ -125,7 +132,8 @@ class Receipt(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fi
                     voucher: Voucher | None, signed_at: int) -> Receipt:
         """This receipt with the proxy's charge and voucher, signed by its voucher key (`sign`, `proxy_key`)."""
         unsigned = Countersignature(proxy_key=proxy_key, usage=usage, cost_nanoton=cost_nanoton,
-                                    coefficient=coefficient, signed_at=signed_at, voucher=voucher)
+                                    coefficient=coefficient, signed_at=signed_at,
+                                    voucher_hash=voucher.signed_hash() if voucher is not None else b"")
         signed = msgspec.structs.replace(unsigned, signature=sign(self._countersigned_bytes(unsigned)))
         return msgspec.structs.replace(self, countersignature=signed)
 

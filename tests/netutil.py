@@ -157,3 +157,34 @@ def llama_cpp_server(log_dir: Path) -> Iterator[str]:
             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--verbose", "false"]
     with serving(args, port, log_dir / "llama_server.log", within_s=60):
         yield f"http://127.0.0.1:{port}/v1"
+
+
+@contextlib.contextmanager
+def devnet(state: Path, *, block_s: float = 0.1, owner_key: bytes | None = None, ready_s: float = 30.0
+           ) -> Iterator[dict[str, Any]]:
+    """`cocoon chain serve` on `state` (its own directory) until the block ends: its /devnet/info, with `url` and
+    `api` (the toncenter-v2 base URL)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "cocoon", "chain", "serve", "--state-dir", str(state), "--port", str(port),
+           "--block-interval", str(block_s)]
+    if owner_key is not None:
+        cmd += ["--owner-key", owner_key.hex()]
+    log_path = state.parent / f"{state.name}-serve.log"
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the devnet exited ({proc.returncode}): {log_path.read_text()[-2000:]}")
+            try:
+                info = get_json(f"{url}/devnet/info")["result"]
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the devnet did not listen within {ready_s:.0f} s") from None
+                time.sleep(0.1)
+        yield {"url": url, "api": f"{url}/api/v2", **info}
+    finally:
+        stop_process(proc)

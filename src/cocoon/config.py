@@ -17,6 +17,9 @@ class ConfigError(ValueError, CocoonError):
     pass
 
 
+NETWORKS = ("devnet", "testnet", "mainnet")  # their global ids: ledger/network.py
+
+
 def is_loopback(host: str) -> bool:
     """Whether a listener on `host` is reachable from this machine only."""
     if host == "localhost":
@@ -112,13 +115,32 @@ class CommonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     pccs_url: str = ""  # where TDX collateral comes from (cached in state_dir/collateral); empty: cache only
     cert_lifetime_s: int = 86400
     log_level: str = "INFO"
-    # Pay and get paid on the local ledger (STATE_DIR/ledger.sqlite, ledger/devnet.py): `cocoon up` turns it on.
-    # Off, the proxy still keeps its books but extends unlimited credit and signs no vouchers.
+    # Pay and get paid on chain: `cocoon up` turns it on. Off, the proxy still keeps its books but extends unlimited
+    # credit and signs no vouchers.
     payments: bool = False
     # HOST:PORT of a key service (`cocoon keys`): the node's RA-TLS, wallet and voucher keys then come from it over
     # RA-TLS, derived for its image, role and name, so they survive restarts and moves between machines. Needed by
     # `tdx` nodes that hold money; optional for `fake` (without it, the fake platform's local secret is used).
     key_service: str = ""
+    # The chain (ledger/network.py). `network` names the global id the chain must have: a node started against a
+    # chain with another refuses to start. `ton_api`: a toncenter-v2-compatible HTTP API (toncenter.com, a
+    # self-hosted ton-http-api, `cocoon chain serve`), `ton_api_key` its key if it wants one; `root`: the cocoon
+    # root contract there (the registry). Without `ton_api`, the in-process local chain in STATE_DIR/ledger.sqlite
+    # (unit tests only). `liteservers` (a global config file) is not supported yet: it is refused with a reason.
+    network: str = "devnet"  # devnet | testnet | mainnet
+    ton_api: str = ""
+    ton_api_key: str | None = None
+    root: str = ""
+    liteservers: str = ""
+    registry_sync_s: float = 5.0  # how often the registry's version is re-read from the chain
+
+    def __post_init__(self) -> None:
+        if self.network not in NETWORKS:
+            raise ValueError(f"network must be one of {', '.join(NETWORKS)}, not {self.network!r}")
+        if self.ton_api and not self.root:
+            raise ValueError("ton_api needs root: the address of the cocoon root contract on that chain")
+        if not self.registry_sync_s > 0:
+            raise ValueError("registry_sync_s must be positive")
 
     @property
     def state_path(self) -> Path:

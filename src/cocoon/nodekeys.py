@@ -35,6 +35,7 @@ from cocoon.attest.types import AttestationError
 from cocoon.config import ClientConfig, CommonConfig, ConfigError, ProxyConfig, WorkerConfig, load_config
 from cocoon.fsutil import SECRET_MODE, create_once, private_dir, write_atomically
 from cocoon.keyclient import fetch_keys
+from cocoon.ledger.ton import wallet_v4r2_address
 from cocoon.ledger.wallet import Wallet
 from cocoon.ratls.cert import CertVerifier, Identity, make_identity
 from cocoon.ratls.sealed_file import Header, SealedFileError, is_legacy, read_header, seal, unseal
@@ -116,7 +117,10 @@ class NodeKeys:
         return Ed25519PrivateKey.from_private_bytes(self.sealed_key(IDENTITY))
 
     def wallet(self, address: str | None = None) -> Wallet:
-        return Wallet(self.stored_secret(WALLET), address)
+        """The node's wallet: the standard wallet v4r2 of its key (deployed by its first operation), unless
+        `address` names another wallet contract the key controls."""
+        seed = self.stored_secret(WALLET)
+        return Wallet(seed, address or wallet_v4r2_address(Wallet(seed).public_key))
 
     def voucher_key(self) -> Wallet:
         return Wallet(self.stored_secret(VOUCHER_KEY))

@@ -24,7 +24,7 @@ from cocoon.attest.trustconfig import trust_config
 from cocoon.config import CommonConfig
 from cocoon.core.ids import current_request_id
 from cocoon.ledger.base import Ledger
-from cocoon.ledger.local import LocalLedger
+from cocoon.ledger.network import open_ledger
 from cocoon.ledger.translog import HeadStore
 from cocoon.nodekeys import NodeKeys
 from cocoon.ratls.cert import CertVerifier, IdentityIssuer
@@ -77,7 +77,8 @@ def make_node_identity(role: str, cfg: CommonConfig, accept_roles: set[str], *, 
 
     The claims carry the hash of the configuration that decides trust, the policy and a worker's engine
     (`cocoon.attest.trustconfig`), a proxy's `voucher_key`, a worker's `model_hash`. A policy that takes image
-    hashes or engines from the root registry reads `ledger`, by default the local ledger in the state directory.
+    hashes or engines from the root registry reads `ledger`, by default the chain its config names
+    (ledger/network.py).
     """
     policy = load_policy(cfg.policy)
     config = trust_config(role, cfg, policy)
@@ -86,8 +87,7 @@ def make_node_identity(role: str, cfg: CommonConfig, accept_roles: set[str], *, 
                     policy.name, extra={"fields": {"policy": policy.name}})
     registry = None
     if policy.needs_registry:
-        registry = RegistryImages(ledger or LocalLedger(cfg.state_path / "ledger.sqlite"),
-                                  HeadStore(registry_head_path(cfg)))
+        registry = RegistryImages(ledger or open_ledger(cfg), HeadStore(registry_head_path(cfg)))
     # Intel's collateral for TDX peers: cached in the state dir, fetched from `pccs_url` when missing.
     collateral = CollateralCache(cfg.state_path / "collateral", cfg.pccs_url or None)
     backend = get_backend(cfg.attestation, image=cfg.image, collateral=collateral)

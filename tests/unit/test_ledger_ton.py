@@ -55,7 +55,9 @@ class RecordedChain:
     def is_active(self, address: str) -> bool:
         if address in self.wallets:
             return True
-        acc = self._account(address) if address in self.states else None
+        if address not in self.states:  # the root
+            return self.fallback.is_active(address)
+        acc = self._account(address)
         return acc is not None and acc.storage.state.type_ == "account_active"
 
     def balance(self, address: str) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,7 @@ MAX_TRANSACTIONS = 100  # per getTransactions
 NO_STATE_EXIT = -13  # what a get-method on an account without code answers (tonlib's "account not initialized")
 DEVNET = web.AppKey("devnet", Devnet)
 INTERVAL = web.AppKey("interval", float)
+CALLS = web.AppKey("calls", collections.Counter)  # chain API requests served, by method (measuring API use)
 
 log = logging.getLogger("cocoon.chain")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -246,9 +248,12 @@ def make_app(devnet: Devnet, block_interval_s: float) -> web.Application:
     app = web.Application(middlewares=[_errors], client_max_size=1024 * 1024)
     app[DEVNET] = devnet
     app[INTERVAL] = block_interval_s
+    calls: collections.Counter[str] = collections.Counter()
+    app[CALLS] = calls
 
     def read(fn: Callable[[Devnet, dict[str, Any]], Any]) -> Handler:
         async def handler(request: web.Request) -> web.Response:
+            calls[request.path.rsplit("/", 1)[-1]] += 1
             params = await _params(request)
             return _answer(await asyncio.to_thread(fn, devnet, params))
         return handler
@@ -271,7 +276,9 @@ def make_app(devnet: Devnet, block_interval_s: float) -> web.Application:
     async def info(request: web.Request) -> web.Response:
         return _answer({"root": devnet.root, "global_id": devnet.chain.global_id, "faucet": devnet.faucet.address,
                         "seqno": devnet.seqno(), "block_interval_s": block_interval_s,
-                        "wallet_id": DEFAULT_WALLET_ID})
+                        "wallet_id": DEFAULT_WALLET_ID,
+                        "owner": await asyncio.to_thread(devnet.ledger.root_owner_address),
+                        "api_calls": sum(calls.values()), "api_calls_by_method": dict(calls)})
 
     async def faucet(request: web.Request) -> web.Response:
         params = await _params(request)

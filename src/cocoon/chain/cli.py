@@ -31,6 +31,9 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     block_interval: Annotated[float, typer.Option(min=0.01, help="Seconds between blocks; messages sent execute at "
                                                                  "the next one.")] = 1.0,
+    owner_key: Annotated[str | None, typer.Option(help="Hex Ed25519 public key whose standard wallet v4r2 owns the "
+                                                       "root registry and signs its log: handed over at the first "
+                                                       "start that names it.")] = None,
 ) -> None:
     """Serve the devnet at http://HOST:PORT/api/v2 until Ctrl-C or SIGTERM; writes STATE_DIR/devnet.json (url, root,
     global id, pid) once it listens."""
@@ -46,8 +49,8 @@ def serve(
     logging.getLogger().handlers[:] = [handler]
     logging.getLogger().setLevel(logging.INFO)
     try:
-        devnet = Devnet(state_dir)
-    except (OSError, LedgerError) as exc:
+        devnet = Devnet(state_dir, owner_key=bytes.fromhex(owner_key) if owner_key is not None else None)
+    except (OSError, LedgerError, ValueError) as exc:
         typer.echo(f"error: the devnet in {state_dir} cannot start: {exc}", err=True)
         raise typer.Exit(1) from None
 
@@ -61,6 +64,7 @@ def serve(
             raise typer.Exit(_fail(f"cannot listen on {host}:{port}: {exc}")) from None
         url = f"http://{host}:{runner.addresses[0][1]}"
         info = {"url": url, "api": f"{url}/api/v2", "root": devnet.root, "global_id": devnet.chain.global_id,
+                "owner": devnet.ledger.root_owner_address(),
                 "faucet": devnet.faucet.address, "block_interval_s": block_interval, "pid": os.getpid()}
         (state_dir / INFO_FILE).write_text(json.dumps(info))
         typer.echo(f"chain serving {url}/api/v2 (root {devnet.root}, a block every {block_interval} s)", err=True)

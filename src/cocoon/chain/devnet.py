@@ -30,6 +30,7 @@ from cocoon.fsutil import SECRET_MODE, create_once, private_dir
 from cocoon.ledger import layouts
 from cocoon.ledger.base import TON, LedgerError
 from cocoon.ledger.local import LocalLedger
+from cocoon.ledger.ton import wallet_v4r2_address
 from cocoon.ledger.tvm import TvmError
 from cocoon.ledger.wallet import Wallet, raw_address
 
@@ -70,12 +71,17 @@ class _DryRun(Exception):
 
 
 class Devnet:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, owner_key: bytes | None = None) -> None:
+        """`owner_key`: the public key whose standard wallet v4r2 owns the root registry and whose key signs its
+        log: handed over from the genesis owner on the first start that names it; a chain whose registry another
+        wallet owns refuses it."""
         state_dir = private_dir(state_dir)
         self.ledger = LocalLedger(state_dir / CHAIN_FILE)
         self.chain = self.ledger.chain
         self.faucet = Wallet(create_once(state_dir / FAUCET_KEY, os.urandom(32), SECRET_MODE))
         self.chain.open_wallet(self.faucet)
+        if owner_key is not None:
+            self._hand_over(owner_key)
         self._pending: list[_Pending] = []
         self._lock = threading.Lock()
         self.dropped = 0  # messages refused at their block
@@ -87,6 +93,17 @@ class Devnet:
     def seqno(self) -> int:
         """The last block's number (0: none produced yet)."""
         return int(self.chain.get_meta("block") or 0)
+
+    def _hand_over(self, key: bytes) -> None:
+        owner = wallet_v4r2_address(key)
+        current = self.ledger.root_owner_address()
+        if current == owner:
+            return
+        if current != self.ledger.owner.address:
+            self.ledger.close()
+            raise LedgerError(f"the registry of this chain is owned by {current}, not {owner}")
+        with self.chain.transaction():
+            self.ledger.root_owner().hand_over(owner, key)
 
     # ---- submissions ----
     def submit(self, boc: bytes) -> bytes:

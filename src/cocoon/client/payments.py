@@ -23,8 +23,8 @@ from cocoon.client.audit import ChargeAudit
 from cocoon.client.receipts import ReceiptBook, receipts_path
 from cocoon.config import ClientConfig, Prices
 from cocoon.ledger.base import LedgerError
-from cocoon.ledger.devnet import ledger_path, vouchers_path
-from cocoon.ledger.local import LocalLedger
+from cocoon.ledger.devnet import vouchers_path
+from cocoon.ledger.network import open_ledger
 from cocoon.ledger.pricing import price_request
 from cocoon.ledger.purse import ChannelPolicy, ClientPurse
 from cocoon.ledger.receipts import Receipt
@@ -40,7 +40,7 @@ class ClientPayments:
         state = cfg.state_path
         self.cfg = cfg
         self.tls_key = tls_key
-        self.ledger = LocalLedger(ledger_path(state))
+        self.ledger = open_ledger(cfg)  # on the network its config names (or it refuses to start)
         self.wallet = NodeKeys("client", cfg).wallet()  # sealed to this client's role (and image) and name
         self.vouchers = VoucherBook(vouchers_path(state, cfg.name))
         self.receipts = ReceiptBook(receipts_path(state, cfg.name))

@@ -219,6 +219,17 @@ class Ledger(ABC):
     def settle_charge(self, wallet: Wallet, voucher: Voucher) -> Outcome:
         """Claim a client channel's charge voucher (tag charge) or close it at once with a final one."""
 
+    def settle_charges(self, wallet: Wallet, vouchers: list[Voucher]) -> list[Outcome | LedgerError]:
+        """Claim several channels' vouchers (sent together where the backend can: four per wallet transfer on
+        `ton`); each one's outcome or the error it met."""
+        out: list[Outcome | LedgerError] = []
+        for voucher in vouchers:
+            try:
+                out.append(self.settle_charge(wallet, voucher))
+            except LedgerError as exc:
+                out.append(exc)
+        return out
+
     # ---- client ----
     @abstractmethod
     def open_channel(self, wallet: Wallet, proxy: str, deposit: int, stake: int, nonce: int = 0) -> Outcome:

@@ -1,10 +1,10 @@
-"""The money side of a local network (`cocoon up`): one chain for every process, each party's wallet funded,
-each proxy registered in the root and staked.
+"""The money side of a local network (`cocoon up`): each party's wallet funded, each proxy registered in the root and
+staked, on any chain the caller reaches (`provision`): `cocoon chain serve` over its HTTP API (the root owned by a
+standard wallet, coins from its faucet), or the in-process local chain (`prepare`, for tests without a devnet).
 
-Files in the state directory, shared by every role:
-- `ledger.sqlite`: the local chain; `ledger.owner-key`: its root owner's key, kept out of the chain file;
-- `<name>.wallet`: each party's wallet seed, sealed to the node (`cocoon.nodekeys`; the proxy's is its operator
-  wallet, which pays for claims and commits);
+Files each node keeps in its own state directory (`cocoon up` gives each its own, STATE_DIR/NAME):
+- `<name>.wallet`: its wallet seed, sealed to the node (`cocoon.nodekeys`; the proxy's is its operator wallet, which
+  pays for claims and commits);
 - `<name>.voucher-key`: a proxy's voucher key, sealed likewise (registered in the root; signs the vouchers);
 - `<name>.vouchers.sqlite`: the vouchers a client or worker holds.
 The caller opens the wallets and keys (through the nodes' key service); this module only uses them.
@@ -12,13 +12,20 @@ The caller opens the wallets and keys (through the nodes' key service); this mod
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from cocoon.config import Prices
 from cocoon.fsutil import private_dir
-from cocoon.ledger.base import TON, Terms
+from cocoon.ledger.base import TON, LedgerError, Terms
 from cocoon.ledger.local import LocalLedger
+from cocoon.ledger.onchain import OnChainLedger
+from cocoon.ledger.owner import RootOwner
 from cocoon.ledger.wallet import Wallet
 
 LEDGER_FILE = "ledger.sqlite"
@@ -40,20 +47,63 @@ class ProxySpec:
     voucher_key: Wallet  # registered in the root with the endpoint; signs the vouchers
 
 
-def prepare(state_dir: Path, *, proxies: list[ProxySpec], parties: list[Wallet], prices: Prices, terms: Terms,
-            funding: int = FUNDING) -> LocalLedger:
-    """Create (or reuse) the chain, fund every party's and proxy operator's wallet up to `funding`, and register and
-    stake every proxy not yet registered at its endpoint. Idempotent: a second run on the same state dir changes
-    only what is missing."""
-    ledger = LocalLedger(ledger_path(private_dir(state_dir)), default_prices=prices, terms=terms)
-    for wallet in [*parties, *(p.operator for p in proxies)]:
-        missing = funding - ledger.balance(wallet.address)
-        if missing > 0:
-            ledger.fund(wallet, missing)
+def fund_from_faucet(url: str, needs: list[tuple[Wallet, int]]) -> None:
+    """Pay each wallet its amount from the devnet's faucet, all at once (they arrive in the same block)."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda need: faucet(url, need[0].address, need[1]), needs))
+
+
+def faucet(url: str, address: str, amount: int, *, timeout_s: float = 30.0) -> int:
+    """Ask the devnet at `url` (`cocoon chain serve`, not its /api/v2) to pay `amount` nanoTON to `address`; waits
+    for the block that pays it; the address's balance then. LedgerError when it refuses or does not answer."""
+    body = json.dumps({"address": address, "amount": amount}).encode()
+    req = urllib.request.Request(f"{url.rstrip('/')}/devnet/faucet", data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            answer = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            answer = json.loads(exc.read())
+        except ValueError:
+            raise LedgerError(f"the devnet faucet at {url} answered HTTP {exc.code}") from None
+    except (OSError, ValueError) as exc:
+        raise LedgerError(f"no devnet faucet answers at {url}: {exc}") from None
+    if not isinstance(answer, dict) or not answer.get("ok"):
+        error = answer.get("error") if isinstance(answer, dict) else answer
+        raise LedgerError(f"the devnet faucet at {url} refused: {error}")
+    return int(answer["result"]["balance"])
+
+
+def provision(ledger: OnChainLedger, owner: RootOwner, fund: Callable[[list[tuple[Wallet, int]]], object], *,
+              proxies: list[ProxySpec], parties: list[Wallet], prices: Prices, terms: Terms,
+              funding: int = FUNDING) -> None:
+    """Fund every party's and proxy operator's wallet up to `funding` (`fund([(wallet, amount), ...])`), set the
+    root's prices and terms if they differ, and register and stake every proxy not yet registered at its endpoint.
+    Idempotent: a second run changes only what is missing."""
+    wallets = {w.address: w for w in [*parties, *(p.operator for p in proxies)]}
+    missing = [(w, funding - ledger.balance(a)) for a, w in wallets.items()]
+    fund([(w, m) for w, m in missing if m > 0])
+    current = ledger.read_root()
+    if (current.prices, current.terms) != (prices, terms):
+        owner.set_params(prices, terms)
     registered = {(e.pubkey, e.endpoint) for e in ledger.proxies()}
     for spec in proxies:
         if (spec.voucher_key.public_key, spec.endpoint) in registered:
             continue
-        address = ledger.register_proxy(spec.operator.address, spec.voucher_key.public_key, spec.endpoint)
-        ledger.add_proxy_stake(spec.operator, address, ledger.root_params().terms.min_proxy_stake)
+        address = owner.register_proxy(spec.operator.address, spec.voucher_key.public_key, spec.endpoint)
+        ledger.add_proxy_stake(spec.operator, address, ledger.read_root().terms.min_proxy_stake)
+
+
+def prepare(state_dir: Path, *, proxies: list[ProxySpec], parties: list[Wallet], prices: Prices, terms: Terms,
+            funding: int = FUNDING) -> LocalLedger:
+    """`provision` on the in-process local chain in `state_dir` (created with `prices` and `terms` if absent), its
+    coins minted: for tests whose nodes share that chain file."""
+    ledger = LocalLedger(ledger_path(private_dir(state_dir)), default_prices=prices, terms=terms)
+    def mint(needs: list[tuple[Wallet, int]]) -> None:
+        for wallet, amount in needs:
+            ledger.fund(wallet, amount)
+
+    provision(ledger, ledger.root_owner(), mint, proxies=proxies, parties=parties, prices=prices, terms=terms,
+              funding=funding)
     return ledger

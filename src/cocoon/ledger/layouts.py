@@ -113,6 +113,10 @@ def set_log_key(key: bytes, query_id: int = 0) -> Cell:
     return _head(Op.ROOT_SET_LOG_KEY, query_id).store_bytes(key).end_cell()
 
 
+def set_owner(owner: Address, query_id: int = 0) -> Cell:
+    return _head(Op.ROOT_SET_OWNER, query_id).store_address(owner).end_cell()
+
+
 def op_only(op: Op, query_id: int = 0) -> Cell:
     """add_stake, start_close, withdraw (proxy), request_close, finalize_close: no fields."""
     return _head(op, query_id).end_cell()

@@ -22,27 +22,22 @@ from cocoon.config import Prices
 from cocoon.fsutil import SECRET_MODE, create_once
 from cocoon.ledger import layouts
 from cocoon.ledger.base import (
-    REGISTRY_ROLES,
     TON,
     LedgerError,
     LedgerRefused,
     Outcome,
     RootParams,
     Terms,
-    engine_entry,
-    image_hash_hex,
-    model_entry,
 )
 from cocoon.ledger.chain import LocalChain, Receipt
-from cocoon.ledger.contracts import MIN_OP_VALUE, HashKind, code, describe_exit
+from cocoon.ledger.contracts import code, describe_exit
 from cocoon.ledger.onchain import Message, OnChainLedger
+from cocoon.ledger.owner import RootOwner
 from cocoon.ledger.tvm import Tvm
 from cocoon.ledger.wallet import Wallet, raw_address
 
 GENESIS_SUPPLY = 1_000_000 * TON  # minted to the owner wallet
 ROOT_GAS = 1 * TON  # the root's own balance, for its gas and storage
-REGISTER_VALUE = TON // 2  # sent with register_proxy; what the root does not use becomes the proxy's gas buffer
-_IMAGE_KINDS = {"proxy": HashKind.PROXY_IMAGE, "worker": HashKind.WORKER_IMAGE}
 
 
 class LocalLedger(OnChainLedger):
@@ -115,58 +110,41 @@ class LocalLedger(OnChainLedger):
             self._cached, self._seen_lt = self.read_root(), lt
         return self._cached
 
-    # ---- owner operations ----
+    # ---- owner operations (ledger/owner.py): each change and the owner's signature over the registry log's
+    # head that includes it in one chain transaction, all or nothing ----
+    def root_owner(self) -> RootOwner:
+        return RootOwner(self, self.owner)
+
     def set_prices(self, prices: Prices) -> RootParams:
         return self.set_params(prices, self.refresh().terms)
 
     def set_params(self, prices: Prices, terms: Terms) -> RootParams:
-        self._owner_send("set_params", layouts.set_params(prices, terms))
+        with self.chain.transaction():
+            self.root_owner().set_params(prices, terms)
         return self.refresh()
 
     def set_allowed_images(self, role: str, hashes: Iterable[bytes | str]) -> RootParams:
-        """Replace the image hashes (raw 32 bytes or hex) allowed for `role`: one root change per hash added or
-        removed, all in one chain operation, so that every node re-checks its peers at the new version."""
-        if role not in REGISTRY_ROLES:
-            raise ValueError(f"the registry lists images for roles {list(REGISTRY_ROLES)}, not {role!r}")
-        wanted = {image_hash_hex(h) for h in hashes}
-        current = self.refresh().allowed_images(role)
-        changes = [(h, False) for h in sorted(current - wanted)] + [(h, True) for h in sorted(wanted - current)]
-        with self.chain.transaction():
-            for h, present in changes:
-                self._owner_send("set_hash", layouts.set_hash(_IMAGE_KINDS[role], bytes.fromhex(h), present))
+        """Replace the image hashes allowed for `role`, in one chain operation, so that every node re-checks its
+        peers at the new version."""
+        with self.chain.transaction():  # a refusal rolls back the changes before it
+            self.root_owner().set_allowed_images(role, hashes)
         return self.refresh()
 
     def allow_engine(self, model: str, origin: str, allowed: bool = True) -> RootParams:
-        """Let workers serve `model` from an engine outside their image at `origin` (`scheme://host:port`), or
-        stop letting them."""
-        entry = bytes.fromhex(engine_entry(model, origin))
-        self._owner_send("set_hash", layouts.set_hash(HashKind.MODEL, entry, allowed))
+        with self.chain.transaction():
+            self.root_owner().allow_engine(model, origin, allowed)
         return self.refresh()
 
     def allow_model(self, model: str, weights_sha256: str, allowed: bool = True) -> RootParams:
-        """Let workers serve `model` from the weights with this SHA-256 (hex), or stop letting them."""
-        entry = bytes.fromhex(model_entry(model, image_hash_hex(weights_sha256)))
-        self._owner_send("set_hash", layouts.set_hash(HashKind.MODEL, entry, allowed))
+        with self.chain.transaction():
+            self.root_owner().allow_model(model, weights_sha256, allowed)
         return self.refresh()
 
     def register_proxy(self, owner: str, pubkey: bytes, endpoint: str) -> str:
-        """Deploy the contract of the proxy instance with voucher key `pubkey`, owned by wallet `owner`; its
-        address."""
         with self.chain.transaction():
-            address = self.proxy_address(owner, pubkey)
-            self._owner_send("register_proxy", layouts.register_proxy(Address(owner), pubkey, endpoint),
-                             value=REGISTER_VALUE)
-            if not self.is_active(address):
-                raise LedgerError(f"register_proxy did not deploy {address}")
+            address = self.root_owner().register_proxy(owner, pubkey, endpoint)
         self.refresh()
         return address
-
-    def _owner_send(self, what: str, body: Any, value: int = MIN_OP_VALUE) -> Outcome:
-        """One registry change, and the owner's signature over the log head that includes it, all or nothing."""
-        with self.chain.transaction():
-            outcome = self.submit(self.owner, Message(what, self.root, value, body))
-            self.sign_registry_head(self.owner)
-        return outcome
 
     # ---- a test network's privileges ----
     def fund(self, wallet: Wallet | str, amount: int) -> None:

@@ -78,6 +78,17 @@ class OnChainLedger(Ledger):
     def submit(self, wallet: Wallet, message: Message) -> Outcome:
         """Send `message` from `wallet`; raise LedgerRefused when a contract refuses it (where that is known)."""
 
+    def submit_batch(self, wallet: Wallet, messages: list[Message]) -> list[Outcome | LedgerError]:
+        """Several messages from one wallet: each one's outcome, or the error it met (a contract's refusal, a
+        bounce). A backend may send them together (ton: four per wallet transfer); by default one by one."""
+        out: list[Outcome | LedgerError] = []
+        for message in messages:
+            try:
+                out.append(self.submit(wallet, message))
+            except LedgerError as exc:
+                out.append(exc)
+        return out
+
     @abstractmethod
     def run_get(self, address: str, method: str, stack: list[Any] | None = None) -> list[Any]: ...
 
@@ -106,6 +117,11 @@ class OnChainLedger(Ledger):
             return frozenset()
         keys = Slice.one_from_boc(cell.to_boc()).load_hashmap(256) or {}
         return frozenset(f"{k:064x}" for k in keys)
+
+    def root_owner_address(self) -> str:
+        """The wallet that may change the registry."""
+        (owner,) = self.run_get(self.root, "get_owner")
+        return raw_address((owner.begin_parse() if isinstance(owner, Cell) else owner).load_address())
 
     def global_id(self) -> int:
         # asked of the root contract: what the chain tells its contracts (ConfigParam 19), read once
@@ -213,12 +229,10 @@ class OnChainLedger(Ledger):
                                            layouts.commit(seqno, state_hash)))
 
     def settle_charge(self, wallet: Wallet, voucher: Voucher) -> Outcome:
-        ops = {Tag.CHARGE: Op.CHARGE, Tag.FINAL: Op.CLOSE_FINAL}
-        tag = Tag(voucher.tag)
-        if tag not in ops:
-            raise LedgerError(f"a {tag.name.lower()} voucher is not a client channel's")
-        body = layouts.voucher_body(ops[tag], voucher.seqno, voucher.amount, voucher.signature)
-        return self.submit(wallet, Message(ops[tag].name.lower(), voucher.contract, MIN_OP_VALUE, body))
+        return self.submit(wallet, _charge_message(voucher))
+
+    def settle_charges(self, wallet: Wallet, vouchers: list[Voucher]) -> list[Outcome | LedgerError]:
+        return self.submit_batch(wallet, [_charge_message(v) for v in vouchers])
 
     def open_channel(self, wallet: Wallet, proxy: str, deposit: int, stake: int, nonce: int = 0) -> Outcome:
         init = self.client_channel_init(proxy, wallet.address, nonce)
@@ -251,6 +265,15 @@ class OnChainLedger(Ledger):
         # The StateInit travels only while the channel does not exist yet: it costs forwarding fees.
         return self.submit(wallet, Message("redeem", channel, MIN_OP_VALUE, body,
                                            None if self.is_active(channel) else init))
+
+
+def _charge_message(voucher: Voucher) -> Message:
+    ops = {Tag.CHARGE: Op.CHARGE, Tag.FINAL: Op.CLOSE_FINAL}
+    tag = Tag(voucher.tag)
+    if tag not in ops:
+        raise LedgerError(f"a {tag.name.lower()} voucher is not a client channel's")
+    body = layouts.voucher_body(ops[tag], voucher.seqno, voucher.amount, voucher.signature)
+    return Message(ops[tag].name.lower(), voucher.contract, MIN_OP_VALUE, body)
 
 
 def _raw(address: Address) -> str:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from cocoon.ledger.base import TON, ChannelState, Ledger, LedgerError
 from cocoon.ledger.books import ProxyBooks
+from cocoon.ledger.vouchers import Voucher
 from cocoon.ledger.wallet import Wallet
 
 log = logging.getLogger(__name__)
@@ -56,19 +57,24 @@ class ProxySettlement:
     def claim_due(self) -> int:
         """Claim on chain every client's charges that reached the threshold (or half its stake), and everything
         on a channel that is closing (after its delay the client can take it all); how many claims."""
-        claimed = 0
+        due: list[tuple[str, Voucher]] = []
         for client, unclaimed, stake, state in self.books.unclaimed():
             if state == "open" and unclaimed < min(self.policy.client_claim_nanoton, max(stake // 2, 1)):
                 continue
             voucher = self.books.client_voucher(client)
-            if voucher is None:
-                continue
-            try:
-                self.ledger.settle_charge(self.wallet, voucher)
-                claimed += 1
-            except LedgerError as exc:  # the next round retries with a newer voucher
+            if voucher is not None:
+                due.append((client, voucher))
+        if not due:
+            return 0
+        # sent together: four claims per wallet transfer on TON, one seqno and one wallet transaction for them
+        results = self.ledger.settle_charges(self.wallet, [v for _, v in due])
+        claimed = 0
+        for (client, voucher), result in zip(due, results, strict=True):
+            if isinstance(result, LedgerError):  # the next round retries with a newer voucher
                 log.warning("claiming a client's charges failed", extra={"fields": {
-                    "channel": voucher.contract, "amount": voucher.amount, "error": str(exc)}})
+                    "channel": voucher.contract, "amount": voucher.amount, "error": str(result)}})
+            else:
+                claimed += 1
             self.sync_client(client, voucher.contract)
         return claimed
 

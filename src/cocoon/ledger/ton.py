@@ -54,6 +54,7 @@ class SeenTx:
     exit_code: int | None  # the compute phase's; None when it was skipped (no code ran)
     aborted: bool
     fees: int  # the transaction's total fees plus its inbound message's forwarding fee
+    branch: int = -1  # which of the wallet's messages (0..3) caused it; -1: the wallet's own transaction
 
     @property
     def success(self) -> bool:
@@ -126,18 +127,26 @@ class TonLedger(OnChainLedger):
         super().__init__(root)
         self._transport = transport
         self._clock = clock
+        if not transport.is_active(self.root):
+            raise LedgerError(f"there is no active contract at root {self.root} on this chain: the config's `root` "
+                              f"names no cocoon registry here")
         self._cached = self.read_root()
         self._sync_s = sync_s
         self._stop = threading.Event()
+        self._wallet_locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
         self._sync = threading.Thread(target=self._sync_loop, name="ton-root-sync", daemon=True)
         self._sync.start()
 
     def _sync_loop(self) -> None:
         # The registry view is re-read in the background: attestation checks read the cache, never the network.
+        # One get-method a round (the version); the whole registry only when it moved.
         while not self._stop.wait(self._sync_s):
             try:
-                self._cached = self.read_root()
-            except Exception:  # a liteserver hiccup: keep the last view, try again next round
+                (version,) = self.run_get(self.root, "get_version")
+                if version != self._cached.version:
+                    self._cached = self.read_root()
+            except Exception:  # a chain API hiccup: keep the last view, try again next round
                 continue
 
     def root_params(self) -> RootParams:
@@ -146,32 +155,70 @@ class TonLedger(OnChainLedger):
     def refresh(self) -> RootParams:
         return self._cached
 
+    def reload(self) -> RootParams:
+        """Read the registry now (after an owner operation), not at the next background round."""
+        self._cached = self.read_root()
+        return self._cached
+
+    def _lock(self, address: str) -> threading.Lock:
+        with self._locks_lock:
+            return self._wallet_locks.setdefault(address, threading.Lock())
+
     def submit(self, wallet: Wallet, message: Message) -> Outcome:
-        init = None
-        if self.is_active(wallet.address):
-            (seqno,) = self.run_get(wallet.address, "seqno")
-        else:  # the wallet's first operation deploys it
-            seqno, init = 0, wallet_v4r2_init(wallet.public_key)
-            if layouts.address_of(init).to_str(is_user_friendly=False) != wallet.address:
-                raise LedgerError(f"wallet {wallet.address} is not deployed, and it is not the standard wallet v4r2 "
-                                  f"of its key ({wallet_v4r2_address(wallet.public_key)}): cannot deploy it")
-        internal = layouts.internal_message(None, Address(message.dest), message.value, message.body,
-                                            message.init, message.bounce)
-        valid_until = int(self._clock()) + MESSAGE_TTL_S
-        external = wallet_v4_transfer(wallet, seqno, [internal], valid_until=valid_until, init=init)
-        trace = self._transport.send_boc(external.to_boc(), dest=wallet.address, valid_until=valid_until)
+        (result,) = self.submit_batch(wallet, [message])
+        if isinstance(result, LedgerError):
+            raise result
+        return result
+
+    def submit_batch(self, wallet: Wallet, messages: list[Message]) -> list[Outcome | LedgerError]:
+        """Up to four messages per signed transfer (what wallet v4r2 sends at once): one external message, one
+        wallet transaction, one seqno, for up to four operations. Each message's outcome is read from the
+        transactions it caused (its branch of the trace); the wallet's own transaction's fees are shared out
+        among the messages it sent (the first takes the remainder), so the outcomes' fees add up to the trace's."""
+        out: list[Outcome | LedgerError] = []
+        for start in range(0, len(messages), 4):
+            out.extend(self._transfer(wallet, messages[start:start + 4]))
+        return out
+
+    def _transfer(self, wallet: Wallet, messages: list[Message]) -> list[Outcome | LedgerError]:
+        # one signer per wallet at a time: two transfers signed with the same seqno would see one dropped, and
+        # its sender wait for an outcome that never comes
+        with self._lock(wallet.address):
+            init = None
+            if self.is_active(wallet.address):
+                (seqno,) = self.run_get(wallet.address, "seqno")
+            else:  # the wallet's first operation deploys it
+                seqno, init = 0, wallet_v4r2_init(wallet.public_key)
+                if layouts.address_of(init).to_str(is_user_friendly=False) != wallet.address:
+                    raise LedgerError(f"wallet {wallet.address} is not deployed, and it is not the standard wallet "
+                                      f"v4r2 of its key ({wallet_v4r2_address(wallet.public_key)}): cannot deploy it")
+            internals = [layouts.internal_message(None, Address(m.dest), m.value, m.body, m.init, m.bounce)
+                         for m in messages]
+            valid_until = int(self._clock()) + MESSAGE_TTL_S
+            external = wallet_v4_transfer(wallet, seqno, internals, valid_until=valid_until, init=init)
+            trace = self._transport.send_boc(external.to_boc(), dest=wallet.address, valid_until=valid_until)
         if trace is None:
-            return Outcome(fees=None)
-        if trace.sent == 0:
-            raise LedgerError(f"{message.what}: wallet {wallet.address} sent nothing (its balance "
-                              f"{self.balance(wallet.address)} nanoTON may not cover {message.value} and the fees)")
-        failed = [t for t in trace.transactions if not t.success]
-        if failed:
-            t = failed[0]
-            raise LedgerRefused(message.what, t.address, t.exit_code, describe_exit(t.exit_code or 0))
-        if not any(t.address == message.dest and t.exit_code is not None for t in trace.transactions):
-            raise LedgerError(f"{message.what}: there is no contract at {message.dest}; the message bounced")
-        return Outcome(fees=trace.fees)
+            return [Outcome(fees=None) for _ in messages]
+        what = ", ".join(m.what for m in messages)
+        if trace.sent < len(messages):
+            return [LedgerError(f"{what}: wallet {wallet.address} sent {trace.sent} of {len(messages)} messages "
+                                f"(its balance {self.balance(wallet.address)} nanoTON may not cover "
+                                f"{sum(m.value for m in messages)} and the fees)") for _ in messages]
+        own = sum(t.fees for t in trace.transactions if t.branch < 0)
+        share, rest = divmod(own, len(messages))
+        out: list[Outcome | LedgerError] = []
+        for i, message in enumerate(messages):
+            branch = [t for t in trace.transactions if t.branch == i]
+            failed = [t for t in branch if not t.success]
+            if failed:
+                t = failed[0]
+                out.append(LedgerRefused(message.what, t.address, t.exit_code, describe_exit(t.exit_code or 0)))
+            elif not any(t.address == message.dest and t.exit_code is not None for t in branch):
+                out.append(LedgerError(f"{message.what}: there is no contract at {message.dest}; the message "
+                                       f"bounced"))
+            else:
+                out.append(Outcome(fees=sum(t.fees for t in branch) + share + (rest if i == 0 else 0)))
+        return out
 
     def run_get(self, address: str, method: str, stack: list[Any] | None = None) -> list[Any]:
         return self._transport.run_get(address, method, stack or [])

@@ -21,6 +21,7 @@ expecting a slice gets a cell), null as an empty list; arguments as `["num", ..]
 from __future__ import annotations
 
 import base64
+import dataclasses
 import http.client
 import json
 import time
@@ -263,17 +264,20 @@ class ToncenterTransport:
         first = self._find(wallet, message_hash, deadline)
         seen: list[SeenTx] = []
         sent = -1
-        todo: deque[tuple[str, bytes, Any]] = deque([(wallet, message_hash, first)])
+        # (account, inbound message hash, its transaction if already found, which of the wallet's messages led here)
+        todo: deque[tuple[str, bytes, Any, int]] = deque([(wallet, message_hash, first, -1)])
         while todo:
             if len(seen) >= MAX_TRACE:
                 raise LedgerError(f"the operation caused more than {MAX_TRACE} transactions: a message loop")
-            address, h, found = todo.popleft()
+            address, h, found, branch = todo.popleft()
             item = found if found is not None else self._find(address, h, deadline)
             tx, outs = _parse_tx(address, item)
-            seen.append(tx)
+            seen.append(dataclasses.replace(tx, branch=branch))
             if sent < 0:
                 sent = len(outs)
-            todo.extend((dest, out_hash, None) for dest, out_hash in outs)
+                todo.extend((dest, out_hash, None, i) for i, (dest, out_hash) in enumerate(outs))
+            else:
+                todo.extend((dest, out_hash, None, branch) for dest, out_hash in outs)
         return Trace(seen, sent)
 
     def _find(self, address: str, message_hash: bytes, deadline: float) -> dict[str, Any]:

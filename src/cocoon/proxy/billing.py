@@ -28,8 +28,8 @@ from cocoon.core.ids import is_request_id
 from cocoon.core.usage import Usage
 from cocoon.ledger.base import Ledger, LedgerError
 from cocoon.ledger.books import DuplicateRequest, PaymentRequired, ProxyBooks, Settled
-from cocoon.ledger.devnet import ledger_path
-from cocoon.ledger.local import LocalLedger
+from cocoon.ledger.network import open_ledger as open_chain
+from cocoon.ledger.onchain import OnChainLedger
 from cocoon.ledger.pricing import Bounds, max_cost
 from cocoon.ledger.purse import verify_channel_proof
 from cocoon.ledger.settlement import ProxySettlement, SettlementPolicy
@@ -72,7 +72,7 @@ class Reservation:
 
 
 class Billing:
-    def __init__(self, cfg: ProxyConfig, ledger: LocalLedger) -> None:
+    def __init__(self, cfg: ProxyConfig, ledger: OnChainLedger) -> None:
         self.cfg = cfg
         self.ledger = ledger
         state = cfg.state_path
@@ -264,5 +264,6 @@ class Billing:
         return {**self.books.summary(), "usage_beyond_bounds": self.beyond_bounds}
 
 
-def open_ledger(cfg: ProxyConfig) -> LocalLedger:
-    return LocalLedger(ledger_path(cfg.state_path), default_prices=cfg.prices)
+def open_ledger(cfg: ProxyConfig) -> OnChainLedger:
+    """The proxy's chain (ledger/network.py); a local chain created here gets the config's prices."""
+    return open_chain(cfg, default_prices=cfg.prices)

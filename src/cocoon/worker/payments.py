@@ -8,8 +8,8 @@ import asyncio
 import logging
 
 from cocoon.config import WorkerConfig
-from cocoon.ledger.devnet import ledger_path, vouchers_path
-from cocoon.ledger.local import LocalLedger
+from cocoon.ledger.devnet import vouchers_path
+from cocoon.ledger.network import open_ledger
 from cocoon.ledger.purse import WorkerPurse
 from cocoon.ledger.vouchers import VoucherBook, VoucherError
 from cocoon.nodekeys import NodeKeys
@@ -22,7 +22,7 @@ class WorkerPayments:
     def __init__(self, cfg: WorkerConfig) -> None:
         state = cfg.state_path
         self.cfg = cfg
-        self.ledger = LocalLedger(ledger_path(state))
+        self.ledger = open_ledger(cfg)  # on the network its config names (or it refuses to start)
         self.wallet = NodeKeys("worker", cfg).wallet()  # sealed to this worker's role, image and name
         self.vouchers = VoucherBook(vouchers_path(state, cfg.name))
         self._redeemed: dict[str, int] = {}  # what each channel has redeemed, as last read

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+BLOCK_S = 0.1  # the devnet's block interval in tests: a chain operation takes a few blocks
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -72,6 +74,15 @@ class Net:
     def by_role(self, role: str) -> list[dict[str, Any]]:
         return [p for p in self.info["processes"] if p["role"] == role]
 
+    @property
+    def chain(self) -> dict[str, Any]:
+        """The devnet (`url`, `api`, `root`, `pid`) as localnet.json describes it."""
+        return self.info["chain"]
+
+    def node_dir(self, name: str) -> Path:
+        """Node `name`'s own state directory."""
+        return self.state_dir / name
+
     def sdk(self, timeout: float = 120.0) -> Any:
         """The official OpenAI SDK pointed at this network's client API (no retries: tests see every error)."""
         import openai
@@ -87,7 +98,7 @@ def localnet(state_dir: Path, *, engine: str = "fake", workers: int = 2, options
     client's requests go through a relay (`cocoon up --relay`)."""
     port = free_port() if port_range is None else 0
     cmd = [sys.executable, "-m", "cocoon", "up", "--engine", engine, "--workers", str(workers),
-           "--state-dir", str(state_dir), "--ready-timeout", str(ready_s)]
+           "--state-dir", str(state_dir), "--ready-timeout", str(ready_s), "--block-interval", str(BLOCK_S)]
     cmd += ["--port", str(port)] if port_range is None else ["--port-range", f"{port_range[0]}-{port_range[1]}"]
     if max_active is not None:
         cmd += ["--max-active", str(max_active)]
@@ -116,7 +127,7 @@ def localnet(state_dir: Path, *, engine: str = "fake", workers: int = 2, options
             time.sleep(0.2)
         yield Net(proc, state_dir, info, port or urlsplit(info["api_url"]).port or 0)
     finally:
-        pids = [p["pid"] for p in info.get("processes", []) if p.get("pid")]
+        pids = [p["pid"] for p in [*info.get("processes", []), info.get("chain") or {}] if p.get("pid")]
         stop_process(proc, signal.SIGINT)
         for pid in pids:  # belt and braces: nothing a test started may outlive it
             if pid_alive(pid):
@@ -188,3 +199,46 @@ def devnet(state: Path, *, block_s: float = 0.1, owner_key: bytes | None = None,
         yield {"url": url, "api": f"{url}/api/v2", **info}
     finally:
         stop_process(proc)
+
+
+# ---- the devnet, as a test reads it: over its HTTP API only ----
+def chain_ledger(chain: dict[str, Any]) -> Any:
+    """A `ton` ledger over the devnet's toncenter-v2 API (`chain`: localnet.json's "chain", or /devnet/info with
+    `api`); close it after use."""
+    from cocoon.ledger.ton import TonLedger
+    from cocoon.ledger.toncenter import ToncenterTransport
+
+    return TonLedger(chain["root"], ToncenterTransport(chain["api"], poll_s=0.05), sync_s=3600)
+
+
+def devnet_call(chain: dict[str, Any], method: str, body: dict[str, Any] | None = None) -> Any:
+    from cocoon.ledger.devnet import devnet_call as call
+
+    return call(chain["url"], method, body)
+
+
+def balanced(chain: dict[str, Any]) -> bool:
+    """Every coin the devnet minted is in a balance or was paid as a fee (its audit)."""
+    return bool(devnet_call(chain, "audit")["balanced"])
+
+
+def last_lt(chain: dict[str, Any], address: str) -> int:
+    """The logical time of the account's last transaction (0: none)."""
+    info = get_json(f"{chain['api']}/getAddressInformation?address={address}", timeout=10)["result"]
+    return int(info["last_transaction_id"]["lt"])
+
+
+def transactions_since(chain: dict[str, Any], address: str, since_lt: int) -> list[dict[str, Any]]:
+    """The account's transactions after `since_lt`, as the API shows them (`fee`, `storage_fee`: strings)."""
+    items = get_json(f"{chain['api']}/getTransactions?address={address}&limit=100&to_lt={since_lt}",
+                     timeout=10)["result"]
+    return [t for t in items if int(t["transaction_id"]["lt"]) > since_lt]
+
+
+def owner_wallet(state_dir: Path) -> Any:
+    """The standard wallet that owns a `cocoon up` devnet's root registry (its key in STATE_DIR/owner.key)."""
+    from cocoon.ledger.ton import wallet_v4r2_address
+    from cocoon.ledger.wallet import Wallet
+
+    seed = (state_dir / "owner.key").read_bytes()
+    return Wallet(seed, wallet_v4r2_address(Wallet(seed).public_key))

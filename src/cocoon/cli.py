@@ -189,8 +189,9 @@ def up(
     workloads: Annotated[str, typer.Option(
         metavar="LIST", help="What each worker serves, comma-separated: llm (the engine's models), media "
                              "(transcoding: POST /v1/media/transcode).")] = "llm,media",
+    block_interval: Annotated[float, typer.Option(min=0.01, help="Seconds between the devnet's blocks.")] = 0.5,
 ) -> None:
-    """Start a local network (ledger, proxies, workers, client) and keep it up until Ctrl-C or SIGTERM.
+    """Start a local network (a devnet chain, proxies, workers, client) and keep it up until Ctrl-C or SIGTERM.
 
     Writes STATE_DIR/localnet.json with every process's role, name, pid and URLs, and `dashboard_url`: a page
     showing the whole network live (each process also has its own at STATS_URL/dashboard).
@@ -204,7 +205,8 @@ def up(
         raise typer.BadParameter(str(exc)) from None
     sys.exit(run_up(state_dir, workers=workers, engine=engine, port=port, engine_options=options,
                     max_active=max_active, ready_timeout_s=ready_timeout, port_range=port_range, relay=relay,
-                    proxies=proxies, clients=clients, hosts=hosts, workloads=served))
+                    proxies=proxies, clients=clients, hosts=hosts, workloads=served,
+                    block_interval_s=block_interval))
 
 
 @app.command()
@@ -376,9 +378,11 @@ def attest_verify(
     now: Annotated[float | None, typer.Option(help="Verify as of this unix time (default: now).")] = None,
     role: Annotated[Literal["worker", "proxy", "client"], typer.Option(
         help="Whose rules judge a bare quote (a certificate names its own role).")] = "worker",
-    ledger: Annotated[Path | None, typer.Option(
-        help="Local ledger file holding the root registry (for policies that read image hashes from it).",
-        exists=True, dir_okay=False)] = None,
+    ledger: Annotated[str | None, typer.Option(
+        help="The chain holding the root registry (for policies that read image hashes from it): a toncenter-v2 "
+             "API URL (http://HOST:PORT/api/v2, with --root), or a local ledger file.")] = None,
+    root: Annotated[str | None, typer.Option(help="The root contract's address on the chain at --ledger (a URL).")
+                    ] = None,
 ) -> None:
     """Verify a quote or certificate against a policy: exit 0 and a verdict, or exit 1 and the reason."""
     import time
@@ -387,7 +391,11 @@ def attest_verify(
     from cocoon.attest.policy import PolicyError, load_policy
     from cocoon.attest.registry import RegistryImages
     from cocoon.attest.types import AttestationError
+    from cocoon.ledger.base import LedgerError
     from cocoon.ledger.local import LocalLedger
+    from cocoon.ledger.onchain import OnChainLedger
+    from cocoon.ledger.ton import TonLedger
+    from cocoon.ledger.toncenter import ToncenterTransport
     from cocoon.ratls.check import verify_evidence
 
     try:
@@ -397,7 +405,22 @@ def attest_verify(
     if rules.needs_registry and ledger is None:
         raise typer.BadParameter(f"policy {rules.name!r} reads image hashes from the root registry: "
                                  "pass the ledger file", param_hint="--ledger")
-    registry = RegistryImages(LocalLedger(ledger)) if ledger is not None and rules.needs_registry else None
+    registry = None
+    if ledger is not None and rules.needs_registry:
+        chain: OnChainLedger
+        if ledger.startswith(("http://", "https://")):
+            if not root:
+                raise typer.BadParameter("a chain API needs the root registry's address", param_hint="--root")
+            try:
+                chain = TonLedger(root, ToncenterTransport(ledger), sync_s=3600)
+            except (LedgerError, ValueError) as exc:
+                typer.echo(f"error: the registry at {ledger}: {exc}", err=True)
+                raise typer.Exit(2) from None
+        elif Path(ledger).is_file():
+            chain = LocalLedger(ledger)
+        else:
+            raise typer.BadParameter(f"{ledger} is neither a chain API URL nor a ledger file", param_hint="--ledger")
+        registry = RegistryImages(chain)
     try:
         source = FixedCollateral.load(collateral) if collateral else CollateralCache(None, pccs_url, block=True)
         verdict = verify_evidence(file.read_bytes(), rules, role=role, now=time.time() if now is None else now,

@@ -19,10 +19,9 @@ import logging
 import time
 from collections.abc import Sequence
 
-from cocoon.config import ClientConfig, CommonConfig, WorkerConfig
+from cocoon.config import ClientConfig, WorkerConfig
 from cocoon.ledger.base import Ledger
-from cocoon.ledger.devnet import ledger_path
-from cocoon.ledger.local import LocalLedger
+from cocoon.ledger.network import open_ledger
 from cocoon.wire.dialer import split_address
 
 log = logging.getLogger(__name__)
@@ -146,10 +145,6 @@ def proxy_directory(cfg: ClientConfig | WorkerConfig, ledger: Ledger | None) -> 
     if not cfg.discover_proxies:
         return ProxyDirectory(cfg.name, cfg.proxy_addresses)
     return ProxyDirectory(cfg.name, [], ledger if ledger is not None else open_ledger(cfg))
-
-
-def open_ledger(cfg: CommonConfig) -> Ledger:
-    return LocalLedger(ledger_path(cfg.state_path))
 
 
 def _valid(endpoint: str) -> bool:

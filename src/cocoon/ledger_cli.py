@@ -1,7 +1,9 @@
 """`cocoon ledger`: the money of a local network, from the command line (amounts in TON, 9 decimals).
 
-Every command works on the state directory `cocoon up` wrote (its chain, each party's wallet and vouchers, and
-each node's config for the proxy it talks to). A wallet is sealed to its node: the command opens it through the
+Every command works on the state directory `cocoon up` wrote: its chain, read and written over the devnet's HTTP API
+(STATE_DIR/chain/devnet.json says where; a state dir holding an in-process local chain, ledger.sqlite, is read
+directly), each node's wallet and vouchers in its own directory, and each node's config for the proxy it talks to.
+A wallet is sealed to its node: the command opens it through the
 same key service as the node itself (`cocoon.nodekeys`), so it works for the operator on the same platform and
 with the node's config, and nowhere else.
 """
@@ -9,6 +11,7 @@ with the node's config, and nowhere else.
 from __future__ import annotations
 
 import datetime
+import json
 import tomllib
 from pathlib import Path
 from typing import Annotated
@@ -18,13 +21,15 @@ import typer
 from cocoon.attest.types import AttestationError
 from cocoon.ledger.base import LedgerError
 from cocoon.ledger.contracts import Tag
-from cocoon.ledger.devnet import ledger_path, vouchers_path
+from cocoon.ledger.devnet import devnet_call, ledger_path, vouchers_path
 from cocoon.ledger.local import LocalLedger
-from cocoon.ledger.onchain import RegisteredProxy
+from cocoon.ledger.onchain import OnChainLedger, RegisteredProxy
 from cocoon.ledger.purse import ClientPurse, WorkerPurse
+from cocoon.ledger.ton import TonLedger
+from cocoon.ledger.toncenter import ToncenterTransport
 from cocoon.ledger.vouchers import VoucherBook, nanoton, ton
 from cocoon.ledger.wallet import Wallet
-from cocoon.nodekeys import WALLET, operator_keys
+from cocoon.nodekeys import WALLET, node_dir, operator_keys
 
 app = typer.Typer(help="Money on the local ledger: status, deposits, withdrawals, closes, redeems.",
                   no_args_is_help=True)
@@ -41,15 +46,53 @@ def parse_ton(text: str) -> int:
         raise typer.BadParameter(str(exc)) from None
 
 
-def _open(state_dir: Path) -> LocalLedger:
-    path = ledger_path(state_dir)
-    if not path.exists():
-        typer.echo(f"error: no local ledger at {path} (start `cocoon up` first)", err=True)
-        raise typer.Exit(2)
-    return LocalLedger(path)
+DEVNET_INFO = Path("chain") / "devnet.json"  # written by `cocoon chain serve` in its directory
 
 
-def _proxy_of(ledger: LocalLedger, state_dir: Path, name: str) -> RegisteredProxy:
+class Chain:
+    """The network's chain as this command reaches it: its ledger, its clock, and a test network's privilege of
+    moving that clock."""
+
+    def __init__(self, state_dir: Path) -> None:
+        info_path = state_dir / DEVNET_INFO
+        self.url: str | None = None
+        self.where = str(ledger_path(state_dir))
+        if info_path.exists():
+            info = json.loads(info_path.read_text())
+            self.url, self.where = info["url"], info["api"]
+            try:
+                self.ledger: OnChainLedger = TonLedger(info["root"], ToncenterTransport(info["api"], attempts=2),
+                                                       sync_s=3600)
+            except LedgerError as exc:
+                typer.echo(f"error: the chain of {state_dir} does not answer at {info['api']} (is `cocoon up` "
+                           f"running?): {exc}", err=True)
+                raise typer.Exit(2) from None
+        elif ledger_path(state_dir).exists():
+            self.ledger = LocalLedger(ledger_path(state_dir))
+        else:
+            typer.echo(f"error: no local ledger in {state_dir} (start `cocoon up` first)", err=True)
+            raise typer.Exit(2)
+
+    def now(self) -> int:
+        if isinstance(self.ledger, LocalLedger):
+            return self.ledger.chain.now()
+        return int(devnet_call(str(self.url), "info")["now"])
+
+    def advance(self, seconds: int) -> int:
+        if isinstance(self.ledger, LocalLedger):
+            return self.ledger.advance(seconds)
+        return int(devnet_call(str(self.url), "advance", {"seconds": seconds})["now"])
+
+
+def _open(state_dir: Path) -> OnChainLedger:
+    return Chain(state_dir).ledger
+
+
+def _vouchers(state_dir: Path, name: str) -> Path:
+    return vouchers_path(node_dir(state_dir, name), name)
+
+
+def _proxy_of(ledger: OnChainLedger, state_dir: Path, name: str) -> RegisteredProxy:
     """The registered proxy that node `name` dials (its config's `proxy`)."""
     config = state_dir / f"{name}.toml"
     try:
@@ -74,10 +117,10 @@ def _wallet(state_dir: Path, name: str) -> Wallet:
         raise typer.Exit(2) from None
 
 
-def _client(state_dir: Path, name: str) -> tuple[LocalLedger, ClientPurse]:
+def _client(state_dir: Path, name: str) -> tuple[OnChainLedger, ClientPurse]:
     ledger = _open(state_dir)
     proxy = _proxy_of(ledger, state_dir, name)
-    purse = ClientPurse(ledger, _wallet(state_dir, name), proxy.address, VoucherBook(vouchers_path(state_dir, name)))
+    purse = ClientPurse(ledger, _wallet(state_dir, name), proxy.address, VoucherBook(_vouchers(state_dir, name)))
     return ledger, purse
 
 
@@ -94,11 +137,12 @@ def _run(action: str, op: object) -> None:
 @app.command()
 def status(state_dir: StateDir = Path(".cocoon")) -> None:
     """The chain, the registry, every proxy contract and every party's wallet, channel and vouchers."""
-    ledger = _open(state_dir)
-    now = ledger.chain.now()
+    chain = Chain(state_dir)
+    ledger = chain.ledger
+    now = chain.now()
     params = ledger.refresh()
     p, t = params.prices, params.terms
-    typer.echo(f"chain {ledger_path(state_dir)}  time {datetime.datetime.fromtimestamp(now, datetime.UTC):%F %T}Z"
+    typer.echo(f"chain {chain.where}  time {datetime.datetime.fromtimestamp(now, datetime.UTC):%F %T}Z"
                f"  root {ledger.root}  version {params.version}")
     typer.echo(f"prices (nanoTON/token): client {p.price_per_token}, worker {p.worker_fee_per_token}; multipliers "
                f"(‰) prompt {p.prompt_multiplier}, cached {p.cached_multiplier}, completion "
@@ -110,7 +154,7 @@ def status(state_dir: StateDir = Path(".cocoon")) -> None:
         typer.echo(f"proxy {entry.address} at {entry.endpoint}: {s.status}, stake {ton(s.stake)} TON, earned "
                    f"{ton(s.earned)} TON, paid out {ton(s.paid_out)} TON, {s.open_clients} open channel(s), "
                    f"commit #{s.commit_seqno}")
-    for path in sorted(state_dir.glob(f"*.{WALLET}")):
+    for path in sorted([*state_dir.glob(f"*.{WALLET}"), *state_dir.glob(f"*/*.{WALLET}")]):
         name = path.name.removesuffix(f".{WALLET}")
         try:
             wallet = _open_wallet(state_dir, name)
@@ -118,13 +162,13 @@ def status(state_dir: StateDir = Path(".cocoon")) -> None:
             typer.echo(f"{name}: wallet not opened: {exc}")
             continue
         typer.echo(f"{name}: wallet {wallet.address} {ton(ledger.balance(wallet.address))} TON")
-        if not (state_dir / f"{name}.toml").exists() or not vouchers_path(state_dir, name).exists():
+        if not (state_dir / f"{name}.toml").exists() or not _vouchers(state_dir, name).exists():
             continue
         try:
             proxy = _proxy_of(ledger, state_dir, name)
         except LedgerError:
             continue
-        book = VoucherBook(vouchers_path(state_dir, name))
+        book = VoucherBook(_vouchers(state_dir, name))
         if name.startswith("client"):
             purse = ClientPurse(ledger, wallet, proxy.address, book)
             c = purse.state()
@@ -161,15 +205,16 @@ def withdraw(amount: Annotated[str, typer.Argument(help="TON to take back (only 
 def close(name: Name = "client-1", state_dir: StateDir = Path(".cocoon")) -> None:
     """Close the client's channel without the proxy: the first call starts the close delay, a call after it
     refunds everything left (balance and stake) to the wallet."""
+    chain = Chain(state_dir)
     ledger, purse = _client(state_dir, name)
     state = purse.state()
     if state.state == "open":
         _run("request close", lambda: ledger.request_close(purse.wallet, purse.channel))
         state = purse.state()
-        typer.echo(f"the channel can be finalized after {state.unlock_at - ledger.chain.now()} s: run this again")
+        typer.echo(f"the channel can be finalized after {state.unlock_at - chain.now()} s: run this again")
     elif state.state == "closing":
-        if ledger.chain.now() < state.unlock_at:
-            typer.echo(f"the close delay ends in {state.unlock_at - ledger.chain.now()} s")
+        if chain.now() < state.unlock_at:
+            typer.echo(f"the close delay ends in {state.unlock_at - chain.now()} s")
             raise typer.Exit(1)
         _run("finalize close", lambda: ledger.finalize_close(purse.wallet, purse.channel))
     else:
@@ -181,8 +226,7 @@ def close(name: Name = "client-1", state_dir: StateDir = Path(".cocoon")) -> Non
 def advance(seconds: Annotated[int, typer.Argument(min=1, help="Seconds to move chain time forward.")],
             state_dir: StateDir = Path(".cocoon")) -> None:
     """Move the local chain's clock forward (a test network's privilege: close delays pass at once)."""
-    ledger = _open(state_dir)
-    now = ledger.advance(seconds)
+    now = Chain(state_dir).advance(seconds)
     typer.echo(f"chain time is now {datetime.datetime.fromtimestamp(now, datetime.UTC):%F %T}Z")
 
 
@@ -191,7 +235,7 @@ def redeem(name: Name = "worker-1", state_dir: StateDir = Path(".cocoon")) -> No
     """Redeem the worker's latest payout voucher on chain, whatever its amount."""
     ledger = _open(state_dir)
     proxy = _proxy_of(ledger, state_dir, name)
-    worker = WorkerPurse(ledger, _wallet(state_dir, name), proxy.address, VoucherBook(vouchers_path(state_dir, name)),
+    worker = WorkerPurse(ledger, _wallet(state_dir, name), proxy.address, VoucherBook(_vouchers(state_dir, name)),
                          redeem_threshold=0)  # whatever its amount
     if worker.vouchers.latest(worker.channel, Tag.PAYOUT) is None:
         typer.echo("no payout voucher yet")

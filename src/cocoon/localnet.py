@@ -1,7 +1,10 @@
-"""`cocoon up`: a whole network on this machine (ledger, proxy, workers, client), one command.
+"""`cocoon up`: a whole network on this machine (a devnet chain, proxies, workers, clients), one command.
 
-Each role runs as its own OS process with its own config file under the state dir; what was started is
-described in STATE_DIR/localnet.json so that tools and tests can find it.
+The chain is `cocoon chain serve` in its own process and directory (STATE_DIR/chain), reached by every role over
+its toncenter-v2 HTTP API, as a real network's would be; its root registry is owned by a standard wallet whose key
+`cocoon up` keeps (STATE_DIR/owner.key), and coins come from its faucet. Each role runs as its own OS process with
+its own config file (STATE_DIR/NAME.toml) and its own state directory (STATE_DIR/NAME): no file is opened by two
+roles. What was started is described in STATE_DIR/localnet.json so that tools and tests can find it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cocoon.attest.fake import fake_image_hash
+from cocoon.chain.devnet import CHAIN_FILE
 from cocoon.config import (
     ClientConfig,
     CommonConfig,
@@ -36,17 +40,23 @@ from cocoon.config import (
     WorkerConfig,
     dump_config,
 )
-from cocoon.fsutil import private_dir, write_atomically
+from cocoon.fsutil import SECRET_MODE, create_once, private_dir, write_atomically
 from cocoon.hosts import Host, HostNetwork, unavailable_reason
 from cocoon.ledger import devnet
 from cocoon.ledger.base import Terms
-from cocoon.ledger.local import LocalLedger
+from cocoon.ledger.owner import RootOwner
+from cocoon.ledger.ton import TonLedger, wallet_v4r2_address
+from cocoon.ledger.toncenter import ToncenterTransport
+from cocoon.ledger.wallet import Wallet
 from cocoon.nodekeys import NodeKeys
 from cocoon.observe.netview import Member, NetworkDashboard
 
 console = Console(stderr=True)
 
 LOCALNET_FILE = "localnet.json"
+CHAIN_DIR = "chain"
+OWNER_KEY = "owner.key"
+BLOCK_INTERVAL_S = 0.5
 
 
 @dataclass
@@ -155,13 +165,15 @@ class LocalNet:
                  engine_options: dict[str, Any], max_active: int, attestation: str = "fake",
                  proxy_options: dict[str, Any] | None = None, ports: PortRange | None = None,
                  relay: bool = False, proxies: int = 1, clients: int = 1, hosts: bool = False,
-                 client_options: dict[str, Any] | None = None, workloads: list[str] | None = None) -> None:
+                 client_options: dict[str, Any] | None = None, workloads: list[str] | None = None,
+                 block_interval_s: float = BLOCK_INTERVAL_S) -> None:
         """`proxy_options`: ProxyConfig fields to set (limits, timeouts); `ports`: where every port comes from;
         `relay`: a relay process (`cocoon relay`) that the client sends every request through; `proxies`: how many
         proxies, each registered in the root, where clients and workers find them; `clients`: how many clients (the
         first's API on `port`); `hosts`: every process but the clients in a network namespace of its own
         (hosts.py), with a key service (`cocoon keys`) that the proxies and workers take their keys from;
-        `workloads`: what the workers serve (WorkerConfig's default: llm and media)."""
+        `workloads`: what the workers serve (WorkerConfig's default: llm and media); `block_interval_s`: the
+        devnet's."""
         self.state_dir = state_dir.resolve()
         self.hostnet = HostNetwork() if hosts else None
         # stats ports off loopback need a token: one for the whole network, kept in the configs (0600 state dir)
@@ -171,8 +183,16 @@ class LocalNet:
         self.ports.reserve(port)
         self.dashboard: _DashboardThread | None = None
         private_dir(self.state_dir / "logs")  # the state dir holds keys: owner-only
-        # every role pays or gets paid on one local chain in the state dir (ledger/devnet.py)
-        common = {"state_dir": str(self.state_dir), "policy": "dev", "payments": True}
+        self.block_interval_s = block_interval_s
+        # the devnet: on loopback, or with --hosts on a host of its own that every other one reaches
+        self.chain_host = self.hostnet.plan("chain") if self.hostnet is not None else None
+        self.chain_port = self.ports.take()
+        self.chain_url = f"http://{self.chain_host.address if self.chain_host else '127.0.0.1'}:{self.chain_port}"
+        self.chain_proc: subprocess.Popen[bytes] | None = None
+        self.root = ""  # the devnet's root registry, known once it runs: the configs name it
+        self.fresh_chain = True  # whether this start creates the devnet's chain
+        # every role pays or gets paid on the devnet, over its HTTP API (ledger/network.py), each in its own dir
+        common = {"policy": "dev", "payments": True, "network": "devnet"}
         self._common = common
         self.key_service = self._add_key_service("keys-1") if hosts else ""
         keys = {"key_service": self.key_service} if hosts else {}
@@ -183,7 +203,7 @@ class LocalNet:
             self.proxy_cfgs.append(ProxyConfig(
                 name=name, port=self.ports.take(), attestation=attestation, image="cocoon-proxy-dev",
                 stats_port=self.ports.take(), **{"host": placed["stats_host"]} if hosts else {}, **placed, **keys,
-                **common, **(proxy_options or {})))
+                state_dir=self._node_dir(name), **common, **(proxy_options or {})))
         for cfg in self.proxy_cfgs:
             self._add("proxy", cfg)
         self.proxy_cfg = self.proxy_cfgs[0]
@@ -216,7 +236,8 @@ class LocalNet:
         """The key service on a host of its own (before start()); the address nodes reach it at."""
         placed = self._placed(name)
         cfg = KeysConfig(name=name, host=placed["stats_host"], port=self.ports.take(), image="cocoon-keys-dev",
-                         stats_port=self.ports.take(), state_dir=self._common["state_dir"], policy="dev", **placed)
+                         stats_port=self.ports.take(), state_dir=self._node_dir(name), policy="dev",
+                         network="devnet", **placed)
         self._add("keys", cfg)
         return f"{cfg.host}:{cfg.port}"
 
@@ -224,7 +245,8 @@ class LocalNet:
         """One more worker process like the others, with `options` (WorkerConfig fields) of its own; before
         start(), or after it and then spawn()ed."""
         return self._add("worker", WorkerConfig(name=name, stats_port=self.ports.take(), **self._placed(name),
-                                                **{**self._worker, **options}, **self._common))
+                                                state_dir=self._node_dir(name), **{**self._worker, **options},
+                                                **self._common))
 
     def add_client(self, name: str, port: int, via_relay: str | None = None, **options: Any) -> NodeProcess:
         """One more client process, before start(): its own key, so the proxy sees another client. Through a relay
@@ -232,7 +254,8 @@ class LocalNet:
         common = {**self._common, "payments": False} if via_relay else self._common
         node = self._add("client", ClientConfig(name=name, proxy=f"127.0.0.1:{self.proxy_port}", api_port=port,
                                                 stats_port=self.ports.take(), via_relay=via_relay or "",
-                                                **self._discovery, **common, **options))
+                                                state_dir=self._node_dir(name), **self._discovery, **common,
+                                                **options))
         node.api_url = f"http://127.0.0.1:{port}/v1"
         return node
 
@@ -242,17 +265,73 @@ class LocalNet:
         # in the root namespace like the clients (with --hosts): a VPN provider's server outside the network, finding
         # the proxies in the root registry as they do
         node = self._add("relay", RelayConfig(name=name, proxy=f"127.0.0.1:{self.proxy_port}", api_port=port,
-                                              stats_port=self.ports.take(), **self._discovery, **self._common))
+                                              stats_port=self.ports.take(), state_dir=self._node_dir(name),
+                                              **self._discovery, **self._common))
         node.api_url = f"http://127.0.0.1:{port}"
         return node
 
+    def _node_dir(self, name: str) -> str:
+        return str(self.state_dir / name)
+
     def _add(self, role: str, cfg: CommonConfig) -> NodeProcess:
         path = self.state_dir / f"{cfg.name}.toml"
-        path.write_text(dump_config(cfg))
         node = NodeProcess(role, cfg.name, path, self.state_dir / "logs" / f"{cfg.name}.log", cfg.stats_port, cfg,
                            host=self.hostnet.hosts.get(cfg.name) if self.hostnet else None)
         self.nodes.append(node)
+        if self.root:
+            self._write_config(node)
         return node
+
+    def _write_config(self, node: NodeProcess) -> None:
+        """The node's config names the chain (once it runs): its API and its root registry."""
+        node.config = msgspec.structs.replace(node.config, ton_api=self.chain_api, root=self.root)
+        node.config_path.write_text(dump_config(node.config))
+
+    @property
+    def chain_api(self) -> str:
+        return f"{self.chain_url}/api/v2"
+
+    @property
+    def chain_info(self) -> dict[str, Any]:
+        """The devnet as localnet.json describes it."""
+        info = {"url": self.chain_url, "api": self.chain_api, "root": self.root, "network": "devnet",
+                "pid": self.chain_proc.pid if self.chain_proc else None, "state_dir": str(self.state_dir / CHAIN_DIR),
+                "log": str(self.state_dir / "logs" / "chain.log")}
+        if self.chain_host is not None:
+            info.update(netns=self.chain_host.netns, address=self.chain_host.address)
+        return info
+
+    def owner_wallet(self) -> Wallet:
+        """The standard wallet that owns the devnet's root registry (its key kept by `cocoon up`, 0600)."""
+        seed = create_once(self.state_dir / OWNER_KEY, os.urandom(32), SECRET_MODE)
+        return Wallet(seed, wallet_v4r2_address(Wallet(seed).public_key))
+
+    def start_chain(self, deadline: float) -> None:
+        """`cocoon chain serve` in its own process and directory, its registry owned by `owner_wallet`; the configs
+        then name its API and root."""
+        log_path = self.state_dir / "logs" / "chain.log"
+        self.fresh_chain = not (self.state_dir / CHAIN_DIR / CHAIN_FILE).exists()
+        argv = [sys.executable, "-m", "cocoon", "chain", "serve", "--state-dir", str(self.state_dir / CHAIN_DIR),
+                "--host", self.chain_host.address if self.chain_host else "127.0.0.1", "--port", str(self.chain_port),
+                "--block-interval", str(self.block_interval_s), "--owner-key", self.owner_wallet().public_key.hex()]
+        with log_path.open("ab") as log:
+            self.chain_proc = subprocess.Popen(
+                self.chain_host.command(argv) if self.chain_host else argv, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent, start_new_session=True)
+        while (info := _get_json(f"{self.chain_url}/devnet/info")) is None:
+            if self.chain_proc.poll() is not None:
+                raise RuntimeError(f"the devnet exited with code {self.chain_proc.returncode}; see {log_path}:\n"
+                                   + _tail(log_path))
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the devnet did not answer in time; see {log_path}:\n" + _tail(log_path))
+            time.sleep(0.1)
+        self.root = info["result"]["root"]
+        for node in self.nodes:
+            self._write_config(node)
+
+    def _chain_ledger(self) -> TonLedger:
+        return TonLedger(self.root, ToncenterTransport(self.chain_api, poll_s=min(self.block_interval_s, 0.25)),
+                         sync_s=3600)
 
     @property
     def client(self) -> NodeProcess:
@@ -269,27 +348,39 @@ class LocalNet:
         log.close()
 
     def prepare_ledger(self) -> None:
-        """Deploy the root on the local chain (once), fund every party's wallet, register and stake the proxy.
+        """On the devnet, over its API: fund every party's wallet from its faucet, set the root's prices when the
+        chain is new, register and stake every proxy (owner operations from the owner's standard wallet).
 
         The wallets and the voucher key are each node's own, sealed to it: they are opened here through the
-        key service each node uses (the fake platform's, on this machine)."""
+        key service each node uses (the fake platform's in each node's own state dir, or with --hosts the key
+        service)."""
         specs = []
         for cfg in self.proxy_cfgs:
             keys = NodeKeys("proxy", cfg)
             specs.append(devnet.ProxySpec(f"{cfg.host}:{cfg.port}", keys.wallet(), keys.voucher_key()))
-        devnet.prepare(self.state_dir, proxies=specs,
-                       # a relay pays as a client: its wallet is sealed to the client role
-                       parties=[NodeKeys("client" if n.role == "relay" else n.role, n.config).wallet()
-                                for n in self.nodes if n.role not in ("proxy", "keys")],
-                       prices=self.proxy_cfg.prices, terms=Terms()).close()
+        owner = self.owner_wallet()
+        ledger = self._chain_ledger()
+        try:
+            devnet.provision(ledger, RootOwner(ledger, owner),
+                             lambda needs: devnet.fund_from_faucet(self.chain_url, needs), proxies=specs,
+                             # a relay pays as a client: its wallet is sealed to the client role
+                             parties=[owner, *(NodeKeys("client" if n.role == "relay" else n.role, n.config).wallet()
+                                               for n in self.nodes if n.role not in ("proxy", "keys"))],
+                             # the proxy's prices are the root's when the network is created, as on a local chain
+                             prices=self.proxy_cfg.prices if self.fresh_chain else None,
+                             terms=Terms() if self.fresh_chain else None)
+        finally:
+            ledger.close()
 
     def allow_images(self) -> None:
         """The registry allows the network's proxy and worker images: the key service hands keys only to those."""
-        ledger = LocalLedger(devnet.ledger_path(self.state_dir), default_prices=self.proxy_cfg.prices, terms=Terms())
+        owner = self.owner_wallet()
+        devnet.fund_from_faucet(self.chain_url, [(owner, devnet.FUNDING)])
+        ledger = self._chain_ledger()
         try:
             for role in ("proxy", "worker"):
                 images = {n.config.image for n in self.nodes if n.role == role}
-                ledger.set_allowed_images(role, [fake_image_hash(image) for image in sorted(images)])
+                RootOwner(ledger, owner).set_allowed_images(role, [fake_image_hash(i) for i in sorted(images)])
         finally:
             ledger.close()
 
@@ -297,17 +388,21 @@ class LocalNet:
         """With --hosts: the namespaces and the bridge, then the key service, which the nodes' keys come from."""
         assert self.hostnet is not None
         self.hostnet.create()
+        self.start_chain(deadline)
         self.allow_images()
         keys = next(n for n in self.nodes if n.role == "keys")
         self.spawn(keys)
         self._wait(lambda: keys.stats("/healthz") is not None, keys, deadline)
 
     def start(self, timeout_s: float) -> None:
-        with console.status("starting the local ledger, proxies, workers and client…") as status:
+        with console.status("starting the devnet, proxies, workers and client…") as status:
             deadline = time.monotonic() + timeout_s
             if self.hostnet is not None:
                 status.update("creating a host (network namespace) per process and starting the key service…")
                 self.start_hosts(deadline)
+            else:
+                self.start_chain(deadline)
+            status.update("funding the wallets and registering the proxies on the devnet…")
             self.prepare_ledger()
             for node in self.nodes:
                 if node.proc is None:
@@ -348,7 +443,8 @@ class LocalNet:
 
     def write_state(self) -> None:
         state = {"state_dir": str(self.state_dir), "api_url": self.client.api_url, "pid": os.getpid(),
-                 "dashboard_url": self.dashboard_url, "processes": [n.describe() for n in self.nodes]}
+                 "dashboard_url": self.dashboard_url, "processes": [n.describe() for n in self.nodes],
+                 "chain": self.chain_info}
         write_atomically(self.state_dir / LOCALNET_FILE, json.dumps(state, indent=2).encode(), 0o644)
 
     def print_summary(self) -> None:
@@ -393,6 +489,14 @@ class LocalNet:
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
+        # the chain last: the proxies' final claims and commits go to it
+        if self.chain_proc is not None and self.chain_proc.poll() is None:
+            self.chain_proc.send_signal(signal.SIGTERM)
+            try:
+                self.chain_proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                self.chain_proc.kill()
+                self.chain_proc.wait()
         if self.dashboard is not None:
             self.dashboard.stop()
         if self.hostnet is not None:
@@ -479,7 +583,7 @@ def parse_workloads(text: str) -> list[str]:
 def run_up(state_dir: Path, *, workers: int, engine: str, port: int | None, engine_options: dict[str, Any],
            max_active: int | None, ready_timeout_s: float, port_range: str | None = None, relay: bool = False,
            proxies: int = 1, clients: int = 1, hosts: bool = False,
-           workloads: list[str] | None = None) -> int:
+           workloads: list[str] | None = None, block_interval_s: float = BLOCK_INTERVAL_S) -> int:
     if hosts and (reason := unavailable_reason()):
         console.print(f"[red]cocoon up --hosts:[/] {reason}")
         return 2
@@ -489,7 +593,7 @@ def run_up(state_dir: Path, *, workers: int, engine: str, port: int | None, engi
         active = max_active if max_active is not None else default_max_active(engine, os.cpu_count() or 1)
         net = LocalNet(state_dir, workers=workers, engine=engine, port=api_port, engine_options=engine_options,
                        max_active=active, ports=ports, relay=relay, proxies=proxies, clients=clients, hosts=hosts,
-                       workloads=workloads)
+                       workloads=workloads, block_interval_s=block_interval_s)
     except ValueError as exc:
         console.print(f"[red]cocoon up:[/] {exc}")
         return 2

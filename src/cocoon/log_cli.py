@@ -16,9 +16,8 @@ import msgspec
 import typer
 
 from cocoon.ledger.base import LedgerError
-from cocoon.ledger.devnet import ledger_path
-from cocoon.ledger.local import LocalLedger
 from cocoon.ledger.translog import HeadStore, InclusionProof, LogError, RegistryLog, TreeHead, check_consistency
+from cocoon.ledger_cli import Chain
 
 app = typer.Typer(help="The root registry's transparency log: its entries, signed head and proofs.",
                   no_args_is_help=True)
@@ -27,11 +26,7 @@ StateDir = Annotated[Path, typer.Option("--state-dir", help="The state directory
 
 
 def _read(state_dir: Path) -> RegistryLog:
-    path = ledger_path(state_dir)
-    if not path.exists():
-        typer.echo(f"error: no local ledger at {path} (start `cocoon up` first)", err=True)
-        raise typer.Exit(2)
-    ledger = LocalLedger(path)
+    ledger = Chain(state_dir).ledger  # over the devnet's API, or a local chain file
     try:
         return RegistryLog.read(ledger)
     except (LogError, LedgerError) as exc:

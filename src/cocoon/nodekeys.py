@@ -150,10 +150,19 @@ class NodeKeys:
         return secret
 
 
+def node_dir(state_dir: Path, name: str) -> Path:
+    """Where node `name` of a local network keeps its files: its own directory `STATE_DIR/NAME` (what `cocoon up`
+    gives each node), or the network's state dir itself for a network whose nodes share one."""
+    own = state_dir / name
+    return own if own.is_dir() else state_dir
+
+
 def operator_keys(state_dir: Path, name: str) -> NodeKeys:
     """The keys of node `name` of a local network, as its operator opens them on the same machine (`cocoon
     ledger`): its role read from its sealed wallet, its attestation and image from `STATE_DIR/NAME.toml`. They are
     obtained through the same key service as the node's own, so only the same platform, image and role open them."""
+    config = state_dir / f"{name}.toml"
+    state_dir = node_dir(state_dir, name)
     wallet = key_path(state_dir, name, WALLET)
     try:
         blob = wallet.read_bytes()
@@ -167,7 +176,7 @@ def operator_keys(state_dir: Path, name: str) -> NodeKeys:
     if kind is None:
         raise SealedFileError(f"{wallet} names role {role!r}, which is none of {', '.join(ROLE_CONFIGS)}")
     try:
-        cfg = load_config(state_dir / f"{name}.toml", kind)
+        cfg = load_config(config, kind)
     except ConfigError as exc:
         raise KeysUnavailable(f"{name}'s wallet is sealed to its image, which its config tells: {exc}") from None
     # the state dir given is the one that holds the keys, whatever the config file says

@@ -113,8 +113,10 @@ def check_registry(receipt: Receipt, params: RootParams, proxy_keys: set[bytes])
 
 def _registry(ledger: Path) -> tuple[RootParams, set[bytes]]:
     from cocoon.ledger.local import LocalLedger
+    from cocoon.ledger_cli import Chain
 
-    opened = LocalLedger(ledger)
+    # a network's state dir: its chain over the devnet's API (or its local chain file); else a ledger file
+    opened = Chain(ledger).ledger if ledger.is_dir() else LocalLedger(ledger)
     try:
         return opened.refresh(), {entry.pubkey for entry in opened.proxies()}
     finally:
@@ -148,9 +150,9 @@ def verify(
     ] = None,
     policy: Annotated[str, typer.Option(help="Policy judging --cert: dev, tdx-any, or a TOML policy file.")
                       ] = "tdx-any",
-    ledger: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help=(
-        "A local ledger file holding the root registry: check the countersigning proxy, the worker's image and "
-        "model hash against it."))] = None,
+    ledger: Annotated[Path | None, typer.Option(exists=True, readable=True, help=(
+        "The root registry: a network's state dir (its chain, over the devnet's API) or a local ledger file; check "
+        "the countersigning proxy, the worker's image and model hash against it."))] = None,
 ) -> None:
     """Check a receipt against its request and answer: one line and exit 0 if it holds; the reason and exit 1."""
     try:

@@ -237,12 +237,13 @@ def _checked(end: ResponseEnd, req: Request, answer_hash: bytes, proxy_key: byte
 
 def _config(relay: str | None, proxy: str | None, *, state_dir: str | Path, policy: str, payments: bool,
             name: str, subscriber_token: str | None, timeout_s: float,
-            max_coefficient: int | None) -> ClientConfig:
+            max_coefficient: int | None, chain: dict[str, str] | None = None) -> ClientConfig:
     if (relay is None) == (proxy is None):
         raise ValueError("give either `relay` (an Oblivious HTTP relay's URL) or `proxy` (host:port)")
     if relay is not None and payments:
         raise ValueError("through a relay the relay pays: `payments` is for a direct proxy link")
-    extra = {"default_max_coefficient": max_coefficient} if max_coefficient is not None else {}
+    extra: dict[str, Any] = {"default_max_coefficient": max_coefficient} if max_coefficient is not None else {}
+    extra.update(chain or {})  # network, ton_api, ton_api_key, root: the chain the payments are on
     return ClientConfig(name=name, state_dir=str(Path(state_dir).expanduser()), policy=policy, payments=payments,
                         proxy=proxy or "127.0.0.1:10100", via_relay=relay or "", subscriber_token=subscriber_token,
                         request_timeout_s=timeout_s, **extra)
@@ -276,10 +277,13 @@ class AsyncClient:
 
     def __init__(self, relay: str | None = None, proxy: str | None = None, *, state_dir: str | Path = "~/.cocoon-sdk",
                  policy: str = "dev", payments: bool = False, name: str = "sdk", subscriber_token: str | None = None,
-                 timeout_s: float = 600.0, max_coefficient: int | None = None) -> None:
+                 timeout_s: float = 600.0, max_coefficient: int | None = None,
+                 chain: dict[str, str] | None = None) -> None:
+        """`chain`: with `payments`, the chain they are on (`network`, `ton_api`, `ton_api_key`, `root`: the
+        config fields of ledger/network.py)."""
         self._core = _Core(_config(relay, proxy, state_dir=state_dir, policy=policy, payments=payments, name=name,
                                    subscriber_token=subscriber_token, timeout_s=timeout_s,
-                                   max_coefficient=max_coefficient))
+                                   max_coefficient=max_coefficient, chain=chain))
         self.chat = _AsyncChat(self._core)
         self.completions = _AsyncCompletions(self._core, "completions")
         self.models = _AsyncModels(self._core)

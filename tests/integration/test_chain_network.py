@@ -21,7 +21,7 @@ from cocoon.ledger.ton import TonLedger, wallet_v4r2_address
 from cocoon.ledger.toncenter import ToncenterTransport
 from cocoon.ledger.vouchers import sign_voucher
 from cocoon.ledger.wallet import Wallet
-from tests.netutil import devnet, get_json
+from tests.netutil import devnet, free_port, get_json
 
 BLOCK_S = 0.1
 
@@ -143,3 +143,37 @@ def test_a_config_naming_a_chain_api_without_a_root_or_another_network_is_refuse
 
     with pytest.raises(LedgerError, match=r"liteservers .* not supported yet"):
         open_ledger(load_config(path, ProxyConfig))
+
+
+def test_attest_verify_reads_the_registry_over_the_chain_api(chain: dict[str, Any]) -> None:
+    from cocoon.attest.tdx import parse_tdx_quote
+    from tests.tdxdata import INSIDE_WINDOW, SAMPLE_QUOTE
+    from tests.unit.test_cli_attest import verify_sample
+
+    image = parse_tdx_quote(SAMPLE_QUOTE.read_bytes()).measurements.image_hash()
+    args = ("--policy", "production", "--now", str(INSIDE_WINDOW), "--ledger", chain["api"])
+    code, out = verify_sample(*args)
+    assert code == 2 and "--root" in out
+    code, out = verify_sample(*args, "--root", chain["root"])
+    assert code == 1 and f"refused: image hash {image.hex()} is not allowed for role 'worker'" in out
+    _fund(chain["url"], OWNER.address, 5 * TON)
+    ledger = _ledger(chain)
+    try:
+        RootOwner(ledger, OWNER).set_allowed_images("worker", [image])
+    finally:
+        ledger.close()
+    code, out = verify_sample(*args, "--root", chain["root"])
+    assert code == 0, out
+
+
+def test_a_node_whose_chain_api_is_down_says_so_after_retrying(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    cfg = ProxyConfig(name="proxy-y", state_dir=str(tmp_path / "proxy-y"), port=0,
+                      ton_api=f"http://127.0.0.1:{port}/api/v2", root="0:" + "ab" * 32)
+    path = tmp_path / "proxy-y.toml"
+    path.write_text(dump_config(cfg))
+    done = subprocess.run([sys.executable, "-m", "cocoon", "proxy", "--config", str(path)], capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 1, done.stderr
+    assert f"chain API http://127.0.0.1:{port}/api/v2 getConfigParam: unreachable" in done.stderr
+    assert "after 4 attempts" in done.stderr

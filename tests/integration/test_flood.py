@@ -7,12 +7,13 @@ from pathlib import Path
 
 from cocoon.bench import flood, run_load
 from cocoon.localnet import LocalNet, free_port
+from tests.netutil import BLOCK_S
 
 
 async def test_a_flooding_client_gets_429_while_the_normal_one_is_always_served(tmp_path: Path) -> None:
     net = LocalNet(tmp_path / "state", workers=2, engine="fake", port=free_port(), max_active=8,
                    engine_options={"reply_tokens": 10, "tokens_per_s": 200},
-                   proxy_options={"client_max_concurrent": 4})
+                   proxy_options={"client_max_concurrent": 4}, block_interval_s=BLOCK_S)
     flooder = net.add_client("flooder", free_port())
     try:
         await asyncio.to_thread(net.start, 60)

@@ -1,5 +1,6 @@
-"""Money end to end through `cocoon up` processes on the local chain: exact charges, redeemed payouts, a close
-without the proxy, a proxy killed mid-load, and books rolled back behind their commit."""
+"""Money end to end through `cocoon up` processes on its devnet, read by the test over the chain's HTTP API: exact
+charges, redeemed payouts, a close without the proxy, a proxy killed mid-load, and books rolled back behind their
+commit."""
 
 from __future__ import annotations
 
@@ -24,13 +25,24 @@ from cocoon.bench import run_load
 from cocoon.core.usage import Usage
 from cocoon.ledger.base import LedgerRefused
 from cocoon.ledger.contracts import NOTIFY_VALUE
-from cocoon.ledger.devnet import ledger_path, vouchers_path
-from cocoon.ledger.local import LocalLedger
+from cocoon.ledger.devnet import vouchers_path
+from cocoon.ledger.onchain import OnChainLedger
 from cocoon.ledger.pricing import price_request
 from cocoon.ledger.purse import ClientPurse, WorkerPurse
 from cocoon.ledger.vouchers import VoucherBook
 from cocoon.nodekeys import operator_keys
-from tests.netutil import Net, get_json, localnet, pid_alive, stop_process
+from tests.netutil import (
+    Net,
+    balanced,
+    chain_ledger,
+    devnet_call,
+    get_json,
+    last_lt,
+    localnet,
+    pid_alive,
+    stop_process,
+    transactions_since,
+)
 
 
 def post(net: Net, *, stream: bool, max_tokens: int, timeout: float = 30) -> dict[str, Any]:
@@ -55,15 +67,15 @@ def wire_usage(usage: dict[str, Any]) -> Usage:
                  reasoning_tokens=(usage.get("completion_tokens_details") or {}).get("reasoning_tokens", 0))
 
 
-def open_ledger(net: Net) -> tuple[LocalLedger, str]:
-    ledger = LocalLedger(ledger_path(net.state_dir))
+def open_ledger(net: Net) -> tuple[OnChainLedger, str]:
+    ledger = chain_ledger(net.chain)
     (proxy,) = ledger.proxies()
     return ledger, proxy.address
 
 
-def client_purse(net: Net, ledger: LocalLedger, proxy: str) -> ClientPurse:
+def client_purse(net: Net, ledger: OnChainLedger, proxy: str) -> ClientPurse:
     return ClientPurse(ledger, operator_keys(net.state_dir, "client-1").wallet(), proxy,
-                       VoucherBook(vouchers_path(net.state_dir, "client-1")))
+                       VoucherBook(vouchers_path(net.node_dir("client-1"), "client-1")))
 
 
 def kill(pid: int) -> None:
@@ -92,22 +104,22 @@ def test_charges_are_the_registry_price_to_the_nanoton_and_workers_redeem_their_
         assert sum(earned.values()) == fees
         for name, amount in earned.items():
             wallet = operator_keys(net.state_dir, name).wallet()
-            worker = WorkerPurse(ledger, wallet, proxy, VoucherBook(vouchers_path(net.state_dir, name)),
+            worker = WorkerPurse(ledger, wallet, proxy, VoucherBook(vouchers_path(net.node_dir(name), name)),
                                  redeem_threshold=0)
             assert worker.earned == amount
             before = ledger.balance(wallet.address)
-            since = ledger.chain.transactions()[-1][0]
+            since = last_lt(net.chain, proxy)
             outcome = worker.redeem_if_due(force=True)
             if amount == 0:
                 assert outcome is None
                 continue
             assert outcome is not None and outcome.fees is not None
             # the proxy contract pays its own storage rent out of its balance; every other fee is the worker's
-            rent = sum(row[11] for row in ledger.chain.transactions(since) if row[2] == proxy)
+            rent = sum(int(t["storage_fee"]) for t in transactions_since(net.chain, proxy, since))
             assert ledger.balance(wallet.address) - before == amount - (outcome.fees - rent)  # to the nanoton
             assert worker.redeemed() == amount
         assert ledger.proxy_state(proxy).paid_out == fees
-        assert ledger.chain.audit().balanced
+        assert balanced(net.chain)
 
 
 def test_a_client_gets_its_whole_balance_and_stake_back_without_its_proxy(tmp_path: Path) -> None:
@@ -122,13 +134,14 @@ def test_a_client_gets_its_whole_balance_and_stake_back_without_its_proxy(tmp_pa
         ledger.request_close(purse.wallet, purse.channel)
         with pytest.raises(LedgerRefused, match=r"exit code 106 \(too_early"):
             ledger.finalize_close(purse.wallet, purse.channel)
-        ledger.advance(ledger.root_params().terms.client_close_delay)
+        devnet_call(net.chain, "advance", {"seconds": ledger.root_params().terms.client_close_delay})
         channel_before, proxy_before = ledger.balance(purse.channel), ledger.balance(proxy)
         wallet_before = ledger.balance(purse.wallet.address)
-        since = ledger.chain.transactions()[-1][0]
+        since = last_lt(net.chain, proxy)
         outcome = ledger.finalize_close(purse.wallet, purse.channel)
         assert outcome.fees is not None
-        proxy_tx_fees = {row[2]: row[8] for row in ledger.chain.transactions(since)}[proxy]
+        (proxy_tx,) = transactions_since(net.chain, proxy, since)
+        proxy_tx_fees = int(proxy_tx["fee"])
         refund = ledger.balance(purse.wallet.address) - wallet_before
         # the channel keeps nothing; the proxy keeps exactly the notification's value less its own transaction;
         # the client gets all the rest: its balance, stake included, and the unused deposit fee, less the fees
@@ -139,7 +152,7 @@ def test_a_client_gets_its_whole_balance_and_stake_back_without_its_proxy(tmp_pa
         after = ledger.proxy_state(proxy)
         assert after.open_clients == 0 and after.earned == 0  # the close notification arrived; nothing claimed
         assert ledger.channel_state(purse.channel).state == "closed"
-        assert ledger.chain.audit().balanced
+        assert balanced(net.chain)
 
 
 class Load:
@@ -200,7 +213,7 @@ def test_a_proxy_killed_mid_load_and_restarted_charges_nothing_twice_and_loses_n
                 stop_process(restarted)  # a clean stop commits the books' state on chain
         assert restarted.returncode == 0
         client = net.stats("client-1")
-        books = sqlite3.connect(net.state_dir / "proxy-books.sqlite")
+        books = sqlite3.connect(net.node_dir("proxy-1") / "proxy-books.sqlite")
         (channel,) = client["channels"].values()
         (charged, requests), = books.execute("SELECT charged, requests FROM clients WHERE client = ?", (channel,))
         ids = [r for (r,) in books.execute("SELECT request_id FROM requests")]
@@ -223,7 +236,7 @@ def test_a_proxy_killed_mid_load_and_restarted_charges_nothing_twice_and_loses_n
 def test_books_behind_their_commit_on_chain_refuse_to_serve(tmp_path: Path) -> None:
     with localnet(tmp_path / "state", engine="fake", workers=1) as net:
         post(net, stream=False, max_tokens=3)
-        books = net.state_dir / "proxy-books.sqlite"
+        books = net.node_dir("proxy-1") / "proxy-books.sqlite"
         backup = tmp_path / "backup.sqlite"
         with sqlite3.connect(books) as live, sqlite3.connect(backup) as copy:
             live.backup(copy)
@@ -269,7 +282,7 @@ def test_settlement_runs_on_its_own_claims_commits_redeems_and_tops_up(tmp_path:
         wait_for(lambda: purse.state().balance + purse.state().charged > 10 * 10**9)
         assert 11 * 10**9 <= purse.remaining() <= 12 * 10**9
         assert books["charged_nanoton"] == total
-        assert ledger.chain.audit().balanced
+        assert balanced(net.chain)
 
 
 def test_honest_concurrent_streams_raise_no_false_alarm_in_the_client_books(tmp_path: Path) -> None:

@@ -19,10 +19,10 @@ import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cocoon.ledger.local import LocalLedger
+from cocoon.ledger.owner import RootOwner
 from cocoon.ledger.receipts import Receipt
 from cocoon.ledger.wallet import Wallet
-from tests.netutil import Net, localnet
+from tests.netutil import Net, chain_ledger, localnet, owner_wallet
 
 MODEL = "fake-model"
 WEIGHTS = hashlib.sha256(b"the fake engine's declared weights").hexdigest()
@@ -206,14 +206,15 @@ def test_the_registry_vouches_for_the_countersigning_proxy_the_worker_image_and_
     request, answer, header = ask(net, chat("is this worker registered?"))
     assert header is not None
     receipt = Receipt.from_base64(header)
-    ledger = ("--ledger", str(net.state_dir / "ledger.sqlite"))
+    ledger = ("--ledger", str(net.state_dir))  # the network's chain, over the devnet's API
     refused(verify(tmp_path, request, answer, header, *ledger), f"image {receipt.image_hash.hex()} is not in the root")
-    owner = LocalLedger(net.state_dir / "ledger.sqlite")
+    chain = chain_ledger(net.chain)
     try:
+        owner = RootOwner(chain, owner_wallet(net.state_dir))
         owner.set_allowed_images("worker", [receipt.image_hash])
         refused(verify(tmp_path, request, answer, header, *ledger), f"does not list model hash {WEIGHTS}")
         owner.allow_model(MODEL, WEIGHTS)
     finally:
-        owner.close()
+        chain.close()
     ok = verify(tmp_path, request, answer, header, *ledger)
     assert ok.returncode == 0 and "registered proxy and worker image" in ok.stdout, ok.stdout + ok.stderr

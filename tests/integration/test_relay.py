@@ -21,7 +21,7 @@ import pytest
 from cocoon.ledger.receipts import Receipt
 from cocoon.wire.messages import ResponseChunk
 from tests import ohttputil
-from tests.netutil import Net, free_port, localnet
+from tests.netutil import Net, devnet_call, free_port, localnet
 
 MODEL = "fake-model"
 
@@ -195,20 +195,16 @@ def test_the_sdk_straight_to_a_proxy_pays_from_its_own_channel(relay_net: Net) -
     """Without a relay: the SDK dials the proxy itself (RA-TLS, attestation checked), opens its own channel with its
     own wallet (funded here as `cocoon up` funds its clients) and checks each charge, like `cocoon client`."""
     from cocoon.config import ClientConfig
-    from cocoon.ledger.devnet import ledger_path
-    from cocoon.ledger.local import LocalLedger
     from cocoon.nodekeys import NodeKeys
     from cocoon.sdk import Client
 
     name = "sdk-direct"
-    wallet = NodeKeys("client", ClientConfig(name=name, state_dir=str(relay_net.state_dir))).wallet()
-    ledger = LocalLedger(ledger_path(relay_net.state_dir))
-    try:
-        ledger.fund(wallet, 20_000_000_000)
-    finally:
-        ledger.close()
+    state = relay_net.node_dir(name)
+    chain = {"ton_api": relay_net.chain["api"], "root": relay_net.chain["root"]}
+    wallet = NodeKeys("client", ClientConfig(name=name, state_dir=str(state), **chain)).wallet()
+    devnet_call(relay_net.chain, "faucet", {"address": wallet.address, "amount": 20_000_000_000})
     proxy = f"127.0.0.1:{relay_net.stats('proxy-1')['port']}"
-    with Client(proxy=proxy, state_dir=relay_net.state_dir, name=name, payments=True) as client:
+    with Client(proxy=proxy, state_dir=state, name=name, payments=True, chain=chain) as client:
         answer = client.chat.completions.create(model=MODEL, max_tokens=4,
                                                 messages=[{"role": "user", "content": "direct"}])
         assert answer.usage.completion_tokens == 4 and answer.usage.cost_nanoton > 0

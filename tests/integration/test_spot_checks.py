@@ -21,12 +21,10 @@ from typing import Any
 import pytest
 
 from cocoon.config import SpotCheckConfig
-from cocoon.ledger.devnet import ledger_path
-from cocoon.ledger.local import LocalLedger
 from cocoon.ledger.receipts import Receipt
 from cocoon.ledger.translog import HeadStore, RegistryLog
 from cocoon.localnet import LocalNet, free_port
-from tests.netutil import get_json
+from tests.netutil import BLOCK_S, chain_ledger, get_json
 
 
 @pytest.fixture
@@ -37,7 +35,7 @@ def net_factory(tmp_path: Path) -> Iterator[Any]:
         net = LocalNet(tmp_path / "state", workers=workers, engine=engine, port=free_port(), max_active=4,
                        engine_options={"reply_tokens": 12} if engine == "fake" else {},
                        proxy_options={"spot_checks": SpotCheckConfig(share=1.0, bench_after=2)},
-                       client_options={"seal_requests": False})
+                       client_options={"seal_requests": False}, block_interval_s=BLOCK_S)
         nets.append(net)
         return net
 
@@ -101,11 +99,11 @@ def test_honest_deterministic_workers_never_mismatch(net_factory: Any) -> None:
     assert client["requests"] == requests
     assert client["charged_nanoton"] == sum(costs)
     # the client and the workers checked their proxy's registration against the registry's log, and kept its head
-    chain = LocalLedger(ledger_path(net.state_dir))
+    chain = chain_ledger(net.chain_info)
     log = RegistryLog.read(chain)
     chain.close()
     for name in ("client-1", "worker-1", "worker-2"):
-        assert HeadStore(net.state_dir / f"{name}.registry-head.json").load() == log.head
+        assert HeadStore(net.state_dir / name / f"{name}.registry-head.json").load() == log.head
 
 
 def test_honest_workers_running_the_real_model_agree_at_temperature_zero(net_factory: Any) -> None:

@@ -27,7 +27,7 @@ PROMPT = " ".join(f"word{i}" for i in range(1368))  # the fake engine counts wor
 
 
 def books(net: Net) -> list[tuple[int, int, int]]:
-    with sqlite3.connect(net.state_dir / "proxy-books.sqlite") as db:
+    with sqlite3.connect(net.node_dir("proxy-1") / "proxy-books.sqlite") as db:
         return db.execute("SELECT prompt_tokens, completion_tokens, client_cost FROM requests "
                           "ORDER BY seqno").fetchall()
 

@@ -59,7 +59,7 @@ def test_every_choice_a_body_asks_for_is_declared_and_reserved(tmp_path: Path) -
                                                  "prompt": ["first prompt", "second prompt"]})
         assert len(chat["choices"]) == 4 and len(completions["choices"]) == 2
         assert upstream_stats(url) == {"requests": 2, "generated": 4 * 5 + 2 * 3 * 3}
-        with sqlite3.connect(net.state_dir / "proxy-books.sqlite") as db:
+        with sqlite3.connect(net.node_dir("proxy-1") / "proxy-books.sqlite") as db:
             rows = db.execute("SELECT completion_tokens, client_cost FROM requests ORDER BY seqno").fetchall()
         # charged what the engine generated: nothing was beyond what was reserved
         assert rows == [(20, chat["usage"]["cost_nanoton"]), (18, completions["usage"]["cost_nanoton"])]

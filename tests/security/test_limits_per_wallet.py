@@ -24,8 +24,6 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cocoon.attest.none import NoneBackend
 from cocoon.attest.policy import DEV_POLICY
 from cocoon.ledger.base import TON
-from cocoon.ledger.devnet import ledger_path
-from cocoon.ledger.local import LocalLedger
 from cocoon.ledger.purse import ChannelPolicy, ClientPurse
 from cocoon.ledger.vouchers import VoucherBook
 from cocoon.ledger.wallet import Wallet
@@ -35,7 +33,7 @@ from cocoon.ratls import tls
 from cocoon.ratls.cert import CertVerifier, make_identity
 from cocoon.wire.connection import Connection, dial_hello, hello
 from cocoon.wire.messages import Answer, ClientParams, Request, ResponseEnd, ResponseError, ResponseHead
-from tests.netutil import get_json
+from tests.netutil import BLOCK_S, chain_ledger, get_json
 
 TOKENS_PER_MINUTE = 30  # one answer (a few prompt tokens and 40 completion tokens) overdraws it
 BODY = b'{"model": "fake-model", "messages": [{"role": "user", "content": "hello"}]}'
@@ -96,12 +94,13 @@ async def attack(port: int, first: ClientPurse, second: ClientPurse, wallet: Wal
 async def test_new_tls_keys_and_channels_of_one_wallet_share_its_limits(tmp_path: Path) -> None:
     net = LocalNet(tmp_path / "state", workers=1, engine="fake", port=free_port(), max_active=4,
                    engine_options={"reply_tokens": 40, "tokens_per_s": 40},
-                   proxy_options={"client_max_concurrent": 1, "client_tokens_per_minute": TOKENS_PER_MINUTE})
+                   proxy_options={"client_max_concurrent": 1, "client_tokens_per_minute": TOKENS_PER_MINUTE},
+                   block_interval_s=BLOCK_S)
     try:
         await asyncio.to_thread(net.start, 60)
         state = net.state_dir
         wallet = operator_keys(state, "client-1").wallet()  # client-1 opened its channel #0 with the proxy
-        with contextlib.closing(LocalLedger(ledger_path(state))) as ledger, \
+        with contextlib.closing(chain_ledger(net.chain_info)) as ledger, \
                 contextlib.closing(VoucherBook(tmp_path / "attacker.vouchers.sqlite")) as vouchers:
             (proxy,) = ledger.proxies()
             first = ClientPurse(ledger, wallet, proxy.address, vouchers, nonce=0)

@@ -86,7 +86,7 @@ def test_a_request_id_is_answered_once_across_links_and_proxy_restarts(tmp_path:
                         return await ask(mallory, BODY, request_id=rid)
                 assert refused(asyncio.run(again())) == (409, "duplicate_request_id")
         assert served(net) == 3  # no replay reached the worker
-        books = sqlite3.connect(net.state_dir / "proxy-books.sqlite")
+        books = sqlite3.connect(net.node_dir("proxy-1") / "proxy-books.sqlite")
         (requests, charged), = books.execute("SELECT requests, charged FROM clients WHERE client IN "
                                              "(SELECT DISTINCT client FROM requests WHERE request_id = 'r3')")
         assert (requests, charged) == (3, paid)  # each answer relayed is in the books, once

@@ -19,13 +19,12 @@ import pytest
 
 from cocoon.ledger.base import TON, LedgerRefused
 from cocoon.ledger.contracts import Tag
-from cocoon.ledger.devnet import ledger_path
-from cocoon.ledger.local import LocalLedger
+from cocoon.ledger.ton import wallet_v4r2_address
 from cocoon.ledger.vouchers import sign_voucher
 from cocoon.ledger.wallet import Wallet
 from cocoon.nodekeys import operator_keys
 from cocoon.ratls.sealed_file import SealedFileError
-from tests.netutil import Net, localnet
+from tests.netutil import Net, chain_ledger, devnet_call, localnet
 
 
 @pytest.fixture(scope="module")
@@ -34,25 +33,33 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         yield running
 
 
+def v4(seed: bytes) -> Wallet:
+    """The standard wallet v4r2 of `seed`: what every party's wallet is."""
+    return Wallet(seed, wallet_v4r2_address(Wallet(seed).public_key))
+
+
 def every_seed_in(blob: bytes) -> list[Wallet]:
     """Every key a thief could read out of a file: each of its 32-byte windows taken as a seed."""
-    return [Wallet(blob[i:i + 32]) for i in range(len(blob) - 31)]
+    return [v4(blob[i:i + 32]) for i in range(len(blob) - 31)]
+
+
+def fund(net: Net, wallet: Wallet, amount: int) -> None:
+    devnet_call(net.chain, "faucet", {"address": wallet.address, "amount": amount})
 
 
 def test_a_stolen_voucher_key_file_neither_charges_a_channel_nor_pays_a_thief(net: Net) -> None:
-    state = net.state_dir
-    stolen = (state / "proxy-1.voucher-key").read_bytes()
-    ledger = LocalLedger(ledger_path(state))
+    stolen = (net.node_dir("proxy-1") / "proxy-1.voucher-key").read_bytes()
+    ledger = chain_ledger(net.chain)
     try:
         (proxy,) = ledger.proxies()
         assert proxy.pubkey not in {w.public_key for w in every_seed_in(stolen)}  # the file holds no key
 
-        client = operator_keys(state, "client-1").wallet()  # the operator, on the node's own platform
+        client = operator_keys(net.state_dir, "client-1").wallet()  # the operator, on the node's own platform
         channel = ledger.client_channel_address(proxy.address, client.address, 0)
         before = ledger.channel_state(channel)
         assert before.state == "open" and before.balance >= 10 * TON
-        thief = Wallet(os.urandom(32))
-        ledger.fund(thief, TON)  # for the fees
+        thief = v4(os.urandom(32))
+        fund(net, thief, TON)  # for the fees
         forged = Wallet(stolen[:32])  # what the file held before: the raw seed
         drain = sign_voucher(forged, Tag.CHARGE, channel, before.seqno + 1, before.charged + before.balance,
                              global_id=ledger.global_id())
@@ -70,17 +77,16 @@ def test_a_stolen_voucher_key_file_neither_charges_a_channel_nor_pays_a_thief(ne
 
 
 def test_a_stolen_wallet_file_is_no_wallet(net: Net) -> None:
-    state = net.state_dir
-    ledger = LocalLedger(ledger_path(state))
+    ledger = chain_ledger(net.chain)
     try:
         (proxy,) = ledger.proxies()
-        client = operator_keys(state, "client-1").wallet()
+        client = operator_keys(net.state_dir, "client-1").wallet()
         channel = ledger.client_channel_address(proxy.address, client.address, 0)
         for name, owner in (("client-1", client.address), ("proxy-1", proxy.owner)):
-            stolen = (state / f"{name}.wallet").read_bytes()
+            stolen = (net.node_dir(name) / f"{name}.wallet").read_bytes()
             assert owner not in {w.address for w in every_seed_in(stolen)}
-        forged = Wallet((state / "client-1.wallet").read_bytes()[:32])  # what the file held before: the seed
-        ledger.fund(forged, TON)  # the thief pays the fees
+        forged = v4((net.node_dir("client-1") / "client-1.wallet").read_bytes()[:32])  # what the file held before
+        fund(net, forged, TON)  # the thief pays the fees
         before = ledger.channel_state(channel)
         with pytest.raises(LedgerRefused, match="unauthorized"):  # the channel answers only its client's wallet
             ledger.withdraw(forged, channel, TON)
@@ -92,11 +98,13 @@ def test_a_stolen_wallet_file_is_no_wallet(net: Net) -> None:
 def test_copied_to_another_platform_the_files_do_not_open(net: Net, tmp_path: Path) -> None:
     """The thief copies the key files with the configs that say how they were sealed, but not the platform's
     secret: the node's own path does not open them there, while it does on the node's platform."""
-    ledger = LocalLedger(ledger_path(net.state_dir))
+    ledger = chain_ledger(net.chain)
     (proxy,) = ledger.proxies()
     ledger.close()
     assert operator_keys(net.state_dir, "proxy-1").voucher_key().public_key == proxy.pubkey
-    for name in ("proxy-1.voucher-key", "proxy-1.wallet", "proxy-1.toml", "client-1.wallet", "client-1.toml"):
+    for name in ("proxy-1.voucher-key", "proxy-1.wallet", "client-1.wallet"):
+        shutil.copy(net.node_dir(name.split(".")[0]) / name, tmp_path / name)
+    for name in ("proxy-1.toml", "client-1.toml"):
         shutil.copy(net.state_dir / name, tmp_path / name)
     with pytest.raises(SealedFileError, match="does not open with the key this node gets"):
         operator_keys(tmp_path, "proxy-1").voucher_key()
@@ -107,21 +115,19 @@ def test_copied_to_another_platform_the_files_do_not_open(net: Net, tmp_path: Pa
 
 def test_the_state_dir_and_its_secrets_are_owner_only(net: Net) -> None:
     state = net.state_dir
-    assert stat.S_IMODE(state.stat().st_mode) == 0o700
-    assert stat.S_IMODE((state / "logs").stat().st_mode) == 0o700
-    secrets = ["platform-secret", "ledger.owner-key", "proxy-1.voucher-key",
-               *(p.name for p in state.glob("*.wallet"))]
-    assert {"proxy-1.wallet", "client-1.wallet", "worker-1.wallet"} <= set(secrets)
-    assert {name: stat.S_IMODE((state / name).stat().st_mode) for name in secrets} == dict.fromkeys(secrets, 0o600)
+    dirs = [state, state / "logs", state / "chain", *(net.node_dir(n) for n in ("proxy-1", "client-1", "worker-1"))]
+    assert {d: stat.S_IMODE(d.stat().st_mode) for d in dirs} == dict.fromkeys(dirs, 0o700)
+    secrets = [state / "owner.key", state / "chain" / "chain.owner-key", state / "chain" / "faucet.key",
+               *state.glob("*/platform-secret"), *state.glob("*/*.voucher-key"), *state.glob("*/*.wallet")]
+    assert {p.name for p in secrets} >= {"platform-secret", "proxy-1.voucher-key", "proxy-1.wallet",
+                                         "client-1.wallet", "worker-1.wallet"}
+    assert {p: stat.S_IMODE(p.stat().st_mode) for p in secrets} == dict.fromkeys(secrets, 0o600)
 
 
 def test_the_chain_file_holds_no_owner_seed(net: Net) -> None:
-    ledger = LocalLedger(ledger_path(net.state_dir))
-    try:
-        seed = ledger.owner_key_path.read_bytes()
-        assert ledger.balance(ledger.owner.address) > 0  # it is the key of the chain's owner
-    finally:
-        ledger.close()
-    for path in net.state_dir.glob("ledger.sqlite*"):  # the database, its write-ahead log and shared memory
+    chain = net.state_dir / "chain"
+    seeds = [(chain / "chain.owner-key").read_bytes(), (net.state_dir / "owner.key").read_bytes()]
+    for path in chain.glob("chain.sqlite*"):  # the database, its write-ahead log and shared memory
         data = path.read_bytes()
-        assert seed not in data and seed.hex().encode() not in data, path
+        for seed in seeds:
+            assert seed not in data and seed.hex().encode() not in data, path

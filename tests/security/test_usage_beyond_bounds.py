@@ -46,7 +46,7 @@ def post(net: Net, usage: dict[str, Any], *, stream: bool) -> tuple[int, dict[st
 
 
 def books_rows(net: Net) -> list[tuple[int, int, int]]:
-    with sqlite3.connect(net.state_dir / "proxy-books.sqlite") as db:
+    with sqlite3.connect(net.node_dir("proxy-1") / "proxy-books.sqlite") as db:
         return db.execute("SELECT prompt_tokens, completion_tokens, client_cost FROM requests "
                           "ORDER BY seqno").fetchall()
 

@@ -9,6 +9,7 @@ at the cap the client allows, so a dear worker never makes a request fail that a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import urllib.request
@@ -19,12 +20,10 @@ from typing import Any
 import pytest
 
 from cocoon.config import Prices
-from cocoon.ledger.devnet import ledger_path
-from cocoon.ledger.local import LocalLedger
 from cocoon.ledger.pricing import price_request
 from cocoon.localnet import LocalNet, free_port
 from tests.integration.test_payments import wire_usage
-from tests.netutil import get_json
+from tests.netutil import BLOCK_S, chain_ledger, get_json
 
 
 @pytest.fixture
@@ -33,7 +32,7 @@ def net_factory(tmp_path: Path) -> Iterator[Any]:
 
     def make(**kwargs: Any) -> LocalNet:
         net = LocalNet(tmp_path / "state", workers=1, engine="fake", port=free_port(), max_active=4,
-                       engine_options={"reply_tokens": 12}, **kwargs)
+                       engine_options={"reply_tokens": 12}, block_interval_s=BLOCK_S, **kwargs)
         nets.append(net)
         return net
 
@@ -62,7 +61,8 @@ def test_item_3_workers_announcing_a_price_above_the_registry_maximum_or_not_pos
         net_factory: Any) -> None:
     net = net_factory()
     net.start(120)
-    assert LocalLedger(ledger_path(net.state_dir)).root_params().prices.max_coefficient == 10_000
+    with contextlib.closing(chain_ledger(net.chain_info)) as ledger:
+        assert ledger.root_params().prices.max_coefficient == 10_000
     bad = {"worker-huge": 10**12, "worker-negative": -5}
     for name, coefficient in bad.items():
         net.spawn(net.add_worker(name, coefficient=coefficient))

@@ -14,11 +14,9 @@ from typing import Any
 from cocoon.client.node import ClientNode
 from cocoon.config import ClientConfig
 from cocoon.ledger.base import TON
-from cocoon.ledger.devnet import ledger_path
-from cocoon.ledger.local import LocalLedger
 from cocoon.nodekeys import NodeKeys
 from cocoon.wire.messages import Request, ResponseChunk, ResponseEnd, ResponseError, ResponseHead
-from tests.netutil import Net, free_port, get_json, serving
+from tests.netutil import Net, chain_ledger, devnet_call, free_port, get_json, serving
 
 Answer = list[ResponseHead | ResponseChunk | ResponseEnd | ResponseError]
 
@@ -28,12 +26,13 @@ async def wire_client(net: Net, name: str = "mallory") -> AsyncIterator[ClientNo
     """A genuine client node with its own funded wallet and payment channel, whose requests the test writes itself
     (`ask`) instead of its HTTP API: what any client speaking the wire protocol can send. The same `name` is the
     same wallet and channel again, over a new link (a reconnect of the same paying party)."""
-    cfg = ClientConfig(name=name, state_dir=str(net.state_dir), proxy=f"127.0.0.1:{net.stats('proxy-1')['port']}",
-                       api_port=0, stats_port=0, policy="dev", payments=True)
-    with contextlib.closing(LocalLedger(ledger_path(net.state_dir))) as ledger:
+    cfg = ClientConfig(name=name, state_dir=str(net.node_dir(name)),
+                       proxy=f"127.0.0.1:{net.stats('proxy-1')['port']}", api_port=0, stats_port=0, policy="dev",
+                       payments=True, ton_api=net.chain["api"], root=net.chain["root"])
+    with contextlib.closing(chain_ledger(net.chain)) as ledger:
         wallet = NodeKeys("client", cfg).wallet()
         if ledger.balance(wallet.address) < 100 * TON:
-            ledger.fund(wallet, 100 * TON)
+            devnet_call(net.chain, "faucet", {"address": wallet.address, "amount": 100 * TON})
     node = ClientNode(cfg)
     await node.start()
     try:

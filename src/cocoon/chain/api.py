@@ -275,7 +275,7 @@ def make_app(devnet: Devnet, block_interval_s: float) -> web.Application:
 
     async def info(request: web.Request) -> web.Response:
         return _answer({"root": devnet.root, "global_id": devnet.chain.global_id, "faucet": devnet.faucet.address,
-                        "seqno": devnet.seqno(), "block_interval_s": block_interval_s,
+                        "seqno": devnet.seqno(), "block_interval_s": block_interval_s, "now": devnet.chain.now(),
                         "wallet_id": DEFAULT_WALLET_ID,
                         "owner": await asyncio.to_thread(devnet.ledger.root_owner_address),
                         "api_calls": sum(calls.values()), "api_calls_by_method": dict(calls)})
@@ -287,8 +287,22 @@ def make_app(devnet: Devnet, block_interval_s: float) -> web.Application:
         return _answer({"address": friendly(result.address), "amount": str(result.amount), "lt": str(result.lt),
                         "balance": str(result.balance)})
 
+    async def advance(request: web.Request) -> web.Response:
+        seconds = _int(await _params(request), "seconds")
+        if not 0 <= seconds <= 10 * 365 * 86400:
+            raise ApiError("seconds is 0 to ten years")
+        return _answer({"now": await asyncio.to_thread(devnet.chain.advance, seconds)})
+
+    async def audit(request: web.Request) -> web.Response:
+        a = await asyncio.to_thread(devnet.chain.audit)
+        return _answer({"minted": str(a.minted), "wallets": str(a.wallets), "accounts": str(a.accounts),
+                        "fees": str(a.fees), "balanced": a.balanced})
+
     app.router.add_get("/devnet/info", info)
     app.router.add_post("/devnet/faucet", faucet)
+    # a test network's privileges: move chain time forward (close delays pass at once); every coin accounted for
+    app.router.add_post("/devnet/advance", advance)
+    app.router.add_get("/devnet/audit", audit)
     return app
 
 

@@ -7,8 +7,6 @@ import json
 import logging
 import os
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Annotated
 
@@ -98,28 +96,16 @@ def faucet(
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait for the block that pays.")] = 30.0,
 ) -> None:
     """Fund ADDRESS with AMOUNT TON from a running devnet's faucet; waits for the block that pays it."""
+    from cocoon.ledger.base import LedgerError
+    from cocoon.ledger.devnet import faucet as pay
     from cocoon.ledger.vouchers import nanoton, ton
 
     try:
         nano = nanoton(amount)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="AMOUNT") from None
-    body = json.dumps({"address": address, "amount": nano}).encode()
-    req = urllib.request.Request(f"{url.rstrip('/')}/devnet/faucet", data=body, method="POST",
-                                 headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            answer = json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            answer = json.loads(exc.read())
-        except ValueError:
-            raise typer.Exit(_fail(f"the devnet at {url} answered HTTP {exc.code}")) from None
-    except (OSError, ValueError) as exc:
-        raise typer.Exit(_fail(f"no devnet answers at {url}: {exc}")) from None
-    if not isinstance(answer, dict) or not answer.get("ok"):
-        error = answer.get("error") if isinstance(answer, dict) else answer
-        raise typer.Exit(_fail(f"the faucet refused: {error}"))
-    result = answer["result"]
-    typer.echo(f"funded {result['address']} with {ton(int(result['amount']))} TON; "
-               f"its balance is {ton(int(result['balance']))} TON")
+        balance = pay(url, address, nano, timeout_s=timeout)
+    except LedgerError as exc:
+        raise typer.Exit(_fail(str(exc))) from None
+    typer.echo(f"funded {address} with {ton(nano)} TON; its balance is {ton(balance)} TON")

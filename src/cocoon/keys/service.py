@@ -42,8 +42,7 @@ from cocoon.keyclient import (
     fetch_keys,
     receive,
 )
-from cocoon.ledger.devnet import ledger_path
-from cocoon.ledger.local import LocalLedger
+from cocoon.ledger.network import open_ledger
 from cocoon.nodekeys import KeysUnavailable, NodeKeys, key_path
 from cocoon.observe.stats import StatsServer
 from cocoon.ratls import tls
@@ -150,7 +149,7 @@ class KeyService:
         self.master = MasterSecret(cfg, node_keys)
         self._master = self.master.load()
         self._service = SealedKeyService(self._master, self.verifier)
-        self.ledger = LocalLedger(ledger_path(cfg.state_path))
+        self.ledger = open_ledger(cfg)  # the chain its config names (ledger/network.py)
         self.registry = RegistryImages(self.ledger)
         metrics = CollectorRegistry()
         self.answers = Counter("cocoon_keys_answers", "Key requests by outcome", ["outcome"], registry=metrics)

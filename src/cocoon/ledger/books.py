@@ -259,6 +259,15 @@ class ProxyBooks:
             return self._db.execute("SELECT client, charged - claimed, stake, state FROM clients "
                                     "WHERE charged > claimed AND state IN ('open', 'closing')").fetchall()
 
+    def settled_since(self, client: str, after_ts: float) -> tuple[int, float, float, float]:
+        """(count, sum, min, max) of the settlement times (unix) of the client's requests settled after `after_ts`:
+        what a claim made now covers, for measuring settlement to finality."""
+        with self._lock:
+            n, total, first, last = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(ts), 0), COALESCE(MIN(ts), 0), COALESCE(MAX(ts), 0) FROM requests "
+                "WHERE client = ? AND ts > ?", (client, after_ts)).fetchone()
+        return n, total, first, last
+
     def state(self) -> tuple[int, bytes]:
         with self._lock:
             (seqno,), (state_hash,) = self._db.execute(

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cocoon.config import Prices
 from cocoon.fsutil import private_dir
@@ -56,8 +57,16 @@ def fund_from_faucet(url: str, needs: list[tuple[Wallet, int]]) -> None:
 def faucet(url: str, address: str, amount: int, *, timeout_s: float = 30.0) -> int:
     """Ask the devnet at `url` (`cocoon chain serve`, not its /api/v2) to pay `amount` nanoTON to `address`; waits
     for the block that pays it; the address's balance then. LedgerError when it refuses or does not answer."""
-    body = json.dumps({"address": address, "amount": amount}).encode()
-    req = urllib.request.Request(f"{url.rstrip('/')}/devnet/faucet", data=body, method="POST",
+    result = devnet_call(url, "faucet", {"address": address, "amount": amount}, timeout_s=timeout_s)
+    return int(result["balance"])
+
+
+def devnet_call(url: str, method: str, body: dict[str, Any] | None = None, *, timeout_s: float = 30.0) -> Any:
+    """One of the devnet's own endpoints (`/devnet/info`, `faucet`, `advance`, `audit`): its result; LedgerError
+    when it refuses or does not answer."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"{url.rstrip('/')}/devnet/{method}", data=data,
+                                 method="POST" if data is not None else "GET",
                                  headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:
@@ -66,13 +75,13 @@ def faucet(url: str, address: str, amount: int, *, timeout_s: float = 30.0) -> i
         try:
             answer = json.loads(exc.read())
         except ValueError:
-            raise LedgerError(f"the devnet faucet at {url} answered HTTP {exc.code}") from None
+            raise LedgerError(f"the devnet at {url} answered HTTP {exc.code} to {method}") from None
     except (OSError, ValueError) as exc:
-        raise LedgerError(f"no devnet faucet answers at {url}: {exc}") from None
+        raise LedgerError(f"no devnet answers at {url}: {exc}") from None
     if not isinstance(answer, dict) or not answer.get("ok"):
         error = answer.get("error") if isinstance(answer, dict) else answer
-        raise LedgerError(f"the devnet faucet at {url} refused: {error}")
-    return int(answer["result"]["balance"])
+        raise LedgerError(f"the devnet at {url} refused {method}: {error}")
+    return answer["result"]
 
 
 def provision(ledger: OnChainLedger, owner: RootOwner, fund: Callable[[list[tuple[Wallet, int]]], object], *,
@@ -93,6 +102,9 @@ def provision(ledger: OnChainLedger, owner: RootOwner, fund: Callable[[list[tupl
             continue
         address = owner.register_proxy(spec.operator.address, spec.voucher_key.public_key, spec.endpoint)
         ledger.add_proxy_stake(spec.operator, address, ledger.read_root().terms.min_proxy_stake)
+    root = ledger.read_root()
+    if root.log_signed_size < root.log_size:  # changes nobody vouched for yet (a hand-over): the owner signs
+        owner.sign_head()
 
 
 def prepare(state_dir: Path, *, proxies: list[ProxySpec], parties: list[Wallet], prices: Prices, terms: Terms,

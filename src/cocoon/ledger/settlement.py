@@ -12,6 +12,7 @@ Workers redeem their own vouchers (purse.py). All methods block on the ledger: r
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from cocoon.ledger.base import TON, ChannelState, Ledger, LedgerError
@@ -27,6 +28,35 @@ class SettlementPolicy:
     client_claim_nanoton: int = 1 * TON  # fee per claim ~0.0066 TON: 0.7% of a 1 TON batch
 
 
+@dataclass
+class ClaimTimes:
+    """How long settled requests waited for their claim to be final on chain (the chain returned the claim's
+    transactions): per request, from its settlement in the books to the end of the claim that covered it."""
+
+    claims: int = 0
+    requests: int = 0
+    total_s: float = 0.0
+    min_s: float | None = None  # the newest request of a claim: the chain's own latency plus a poll round
+    max_s: float | None = None  # the oldest: how long charges accumulated before the claim threshold
+
+    def add(self, count: int, sum_ts: float, first_ts: float, last_ts: float, final_at: float) -> None:
+        if count == 0:
+            return
+        self.claims += 1
+        self.requests += count
+        self.total_s += count * final_at - sum_ts
+        newest, oldest = final_at - last_ts, final_at - first_ts
+        self.min_s = newest if self.min_s is None else min(self.min_s, newest)
+        self.max_s = oldest if self.max_s is None else max(self.max_s, oldest)
+
+    def summary(self) -> dict[str, float | int | None]:
+        mean = self.total_s / self.requests if self.requests else None
+        return {"claims": self.claims, "requests": self.requests,
+                "mean_s": round(mean, 3) if mean is not None else None,
+                "min_s": round(self.min_s, 3) if self.min_s is not None else None,
+                "max_s": round(self.max_s, 3) if self.max_s is not None else None}
+
+
 class ProxySettlement:
     def __init__(self, ledger: Ledger, books: ProxyBooks, wallet: Wallet, proxy: str,
                  policy: SettlementPolicy = SettlementPolicy()) -> None:
@@ -37,6 +67,8 @@ class ProxySettlement:
         self.proxy = proxy
         self.policy = policy
         self._last_commit_seqno = ledger.last_commit(proxy)[0]
+        self.claim_times = ClaimTimes()
+        self._claimed_until: dict[str, float] = {}  # per client: the settlement time of the newest request claimed
 
     def check_rollback(self) -> None:
         """Raise books.RolledBack when the books are behind the state this proxy committed on chain."""
@@ -66,8 +98,11 @@ class ProxySettlement:
                 due.append((client, voucher))
         if not due:
             return 0
+        covered = {client: self.books.settled_since(client, self._claimed_until.get(client, 0.0))
+                   for client, _ in due}  # read before the claim: what its vouchers cover
         # sent together: four claims per wallet transfer on TON, one seqno and one wallet transaction for them
         results = self.ledger.settle_charges(self.wallet, [v for _, v in due])
+        final_at = time.time()
         claimed = 0
         for (client, voucher), result in zip(due, results, strict=True):
             if isinstance(result, LedgerError):  # the next round retries with a newer voucher
@@ -75,6 +110,11 @@ class ProxySettlement:
                     "channel": voucher.contract, "amount": voucher.amount, "error": str(result)}})
             else:
                 claimed += 1
+                count, sum_ts, first_ts, last_ts = covered[client]
+                if result.fees is not None:  # the chain returned the claim's transactions: it is final
+                    self.claim_times.add(count, sum_ts, first_ts, last_ts, final_at)
+                if count:
+                    self._claimed_until[client] = last_ts
             self.sync_client(client, voucher.contract)
         return claimed
 

@@ -194,7 +194,9 @@ class TonLedger(OnChainLedger):
                                       f"v4r2 of its key ({wallet_v4r2_address(wallet.public_key)}): cannot deploy it")
             internals = [layouts.internal_message(None, Address(m.dest), m.value, m.body, m.init, m.bounce)
                          for m in messages]
-            valid_until = int(self._clock()) + MESSAGE_TTL_S
+            # from the later of this machine's clock and the chain's (as the wallet's state just showed it): a node
+            # whose clock lags, or a devnet whose time was moved forward, still signs what the wallet accepts
+            valid_until = int(max(self._clock(), getattr(self._transport, "chain_now", 0))) + MESSAGE_TTL_S
             external = wallet_v4_transfer(wallet, seqno, internals, valid_until=valid_until, init=init)
             trace = self._transport.send_boc(external.to_boc(), dest=wallet.address, valid_until=valid_until)
         if trace is None:

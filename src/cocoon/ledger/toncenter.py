@@ -137,6 +137,7 @@ class ToncenterTransport:
         self._clock = clock
         self._sleep = sleep
         self.calls = 0  # requests made (for measuring API use)
+        self.chain_now = 0  # the chain's time (unix) as its last account state showed it
 
     # ---- one request, retried ----
     def _once(self, method: str, query: dict[str, Any] | None, body: Any) -> Any:
@@ -203,6 +204,8 @@ class ToncenterTransport:
         """(state: active | uninitialized | frozen, balance in nanoTON)."""
         result = self._call("getAddressInformation", query={"address": address})
         try:
+            if isinstance(result.get("sync_utime"), int):
+                self.chain_now = max(self.chain_now, result["sync_utime"])
             return str(result["state"]), int(result["balance"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ChainApiError(f"chain API {self.url} getAddressInformation: a malformed answer ({exc})") from None

@@ -275,7 +275,10 @@ class ProxyServer:
             "books": books,
             "settlement": {"commit_interval_s": self.cfg.commit_interval_s,
                            "next_commit_at": self.billing.next_commit_at,
-                           "claimed_nanoton": sum(c["claimed_nanoton"] for c in books["clients"].values())},
+                           "claimed_nanoton": sum(c["claimed_nanoton"] for c in books["clients"].values()),
+                           # from each request's settlement to its claim being final on chain
+                           "settle_to_final_s": self.billing.settlement.claim_times.summary()
+                           if self.billing.settlement else None},
             # the dashboards' recent history (2 s buckets) and the last minute's latency, both in ms
             "series": series.snapshot(),
             "latency_ms": series.recent("latency_ms"),

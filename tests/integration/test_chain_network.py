@@ -166,14 +166,28 @@ def test_attest_verify_reads_the_registry_over_the_chain_api(chain: dict[str, An
     assert code == 0, out
 
 
-def test_a_node_whose_chain_api_is_down_says_so_after_retrying(tmp_path: Path) -> None:
-    port = free_port()  # nothing listens there
-    cfg = ProxyConfig(name="proxy-y", state_dir=str(tmp_path / "proxy-y"), port=0,
-                      ton_api=f"http://127.0.0.1:{port}/api/v2", root="0:" + "ab" * 32)
+def _proxy_against(api: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    cfg = ProxyConfig(name="proxy-y", state_dir=str(tmp_path / "proxy-y"), port=0, ton_api=api,
+                      root="0:" + "ab" * 32)
     path = tmp_path / "proxy-y.toml"
     path.write_text(dump_config(cfg))
-    done = subprocess.run([sys.executable, "-m", "cocoon", "proxy", "--config", str(path)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cocoon", "proxy", "--config", str(path)], capture_output=True,
                           text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+def test_a_node_whose_chain_api_is_down_says_so_after_retrying(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    done = _proxy_against(f"http://127.0.0.1:{port}/api/v2", tmp_path)
     assert done.returncode == 1, done.stderr
     assert f"chain API http://127.0.0.1:{port}/api/v2 getConfigParam: unreachable" in done.stderr
     assert "after 4 attempts" in done.stderr
+
+
+def test_a_node_whose_chain_api_answers_garbage_says_so_after_retrying(tmp_path: Path) -> None:
+    from tests.unit.test_ledger_toncenter import Scripted
+
+    with Scripted([(200, b"<html>maintenance</html>")]) as server:
+        done = _proxy_against(server.url, tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert "getConfigParam: HTTP 200, not JSON" in done.stderr and "after 4 attempts" in done.stderr
+    assert len(server.requests) == 4  # retried with backoff, a bounded number of times

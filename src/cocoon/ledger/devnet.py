@@ -85,17 +85,19 @@ def devnet_call(url: str, method: str, body: dict[str, Any] | None = None, *, ti
 
 
 def provision(ledger: OnChainLedger, owner: RootOwner, fund: Callable[[list[tuple[Wallet, int]]], object], *,
-              proxies: list[ProxySpec], parties: list[Wallet], prices: Prices, terms: Terms,
-              funding: int = FUNDING) -> None:
+              proxies: list[ProxySpec], parties: list[Wallet], prices: Prices | None = None,
+              terms: Terms | None = None, funding: int = FUNDING) -> None:
     """Fund every party's and proxy operator's wallet up to `funding` (`fund([(wallet, amount), ...])`), set the
-    root's prices and terms if they differ, and register and stake every proxy not yet registered at its endpoint.
+    root's prices and terms when given and different (a network's creation), and register and stake every proxy
+    not yet registered at its endpoint.
     Idempotent: a second run changes only what is missing."""
     wallets = {w.address: w for w in [*parties, *(p.operator for p in proxies)]}
     missing = [(w, funding - ledger.balance(a)) for a, w in wallets.items()]
     fund([(w, m) for w, m in missing if m > 0])
     current = ledger.read_root()
-    if (current.prices, current.terms) != (prices, terms):
-        owner.set_params(prices, terms)
+    wanted = (prices or current.prices, terms or current.terms)
+    if (current.prices, current.terms) != wanted:
+        owner.set_params(*wanted)
     registered = {(e.pubkey, e.endpoint) for e in ledger.proxies()}
     for spec in proxies:
         if (spec.voucher_key.public_key, spec.endpoint) in registered:
@@ -116,6 +118,5 @@ def prepare(state_dir: Path, *, proxies: list[ProxySpec], parties: list[Wallet],
         for wallet, amount in needs:
             ledger.fund(wallet, amount)
 
-    provision(ledger, ledger.root_owner(), mint, proxies=proxies, parties=parties, prices=prices, terms=terms,
-              funding=funding)
+    provision(ledger, ledger.root_owner(), mint, proxies=proxies, parties=parties, funding=funding)
     return ledger

@@ -258,12 +258,13 @@ def dispute(name: Name = "client-1", state_dir: StateDir = Path(".cocoon"),
 
     from cocoon.client.receipts import ReceiptBook, dispute_evidence, receipts_path
 
-    path = receipts_path(state_dir, name)
-    if not path.exists() or not vouchers_path(state_dir, name).exists():
-        typer.echo(f"error: {name} keeps no receipts and vouchers in {state_dir} (a client with payments on does)",
+    home = node_dir(state_dir, name)
+    path = receipts_path(home, name)
+    if not path.exists() or not _vouchers(state_dir, name).exists():
+        typer.echo(f"error: {name} keeps no receipts and vouchers in {home} (a client with payments on does)",
                    err=True)
         raise typer.Exit(2)
-    book, vouchers = ReceiptBook(path), VoucherBook(vouchers_path(state_dir, name))
+    book, vouchers = ReceiptBook(path), VoucherBook(_vouchers(state_dir, name))
     try:
         channels = dispute_evidence(book, vouchers, request_id)
     finally:

@@ -67,7 +67,7 @@ def refused(result: subprocess.CompletedProcess[str], reason: str) -> None:
 
 
 def cert_of(net: Net) -> tuple[str, ...]:
-    return ("--cert", str(net.state_dir / "worker-1.cert.pem"), "--policy", "dev")
+    return ("--cert", str(net.node_dir("worker-1") / "worker-1.cert.pem"), "--policy", "dev")
 
 
 def flip(answer: bytes, word: bytes) -> bytes:

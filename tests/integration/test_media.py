@@ -163,7 +163,7 @@ def test_bad_input_is_refused_and_charged_nothing(net: Net, files: Path, tmp_pat
     assert headers["x-request-id"]
     assert SECRET_NAME not in error["message"]
     assert money(net) == before
-    assert leftovers(net.state_dir / "media") == []
+    assert leftovers(net.node_dir("client-1") / "media") == []
 
 
 def test_client_disconnecting_mid_upload(net: Net, files: Path) -> None:
@@ -180,9 +180,9 @@ def test_client_disconnecting_mid_upload(net: Net, files: Path) -> None:
                       f"Content-Length: {body_len}\r\n\r\n").encode() + head + data[: len(data) // 2])
         time.sleep(0.5)  # the client has spooled part of it
     deadline = time.monotonic() + 10
-    while leftovers(net.state_dir / "media") and time.monotonic() < deadline:
+    while leftovers(net.node_dir("client-1") / "media") and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert leftovers(net.state_dir / "media") == []
+    assert leftovers(net.node_dir("client-1") / "media") == []
     assert money(net) == before
 
 

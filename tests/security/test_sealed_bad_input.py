@@ -28,7 +28,7 @@ BODY = {"model": "fake-model", "max_tokens": 4, "messages": [{"role": "user", "c
 
 
 def charged_rows(net: Net) -> int:
-    with sqlite3.connect(net.state_dir / "proxy-books.sqlite") as db:
+    with sqlite3.connect(net.node_dir("proxy-1") / "proxy-books.sqlite") as db:
         return db.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
 
 

@@ -243,6 +243,8 @@ class ClientConfig(CommonConfig, kw_only=True, forbid_unknown_fields=True):
     # Sealed end to end (cocoon/seal): each body is sealed to workers whose attestation this client verified itself,
     # so the proxy relays ciphertext only. `false` sends bodies in the clear to the proxy: for debugging only, and
     # said loudly at start. A request is sealed to up to `seal_candidates` workers, any of which the proxy may use.
+    # Workers refuse a sealed request whose deadline lies more than an hour ahead (they remember each one opened
+    # until its deadline, to refuse replays): keep `request_timeout_s` under 3600 with sealing on.
     seal_requests: bool = True
     seal_candidates: Annotated[int, msgspec.Meta(ge=1, le=16)] = 4
     # the payment channel with each proxy (nanoTON): the first deposit and the stake in it, then automatic

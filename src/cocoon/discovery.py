@@ -144,7 +144,8 @@ def proxy_directory(cfg: ClientConfig | WorkerConfig, ledger: Ledger | None) -> 
     `ledger`, the node's own, or one opened for this), else the proxies it pins."""
     if not cfg.discover_proxies:
         return ProxyDirectory(cfg.name, cfg.proxy_addresses)
-    return ProxyDirectory(cfg.name, [], ledger if ledger is not None else open_ledger(cfg))
+    return ProxyDirectory(cfg.name, [], ledger if ledger is not None else open_ledger(cfg),
+                          poll_s=cfg.registry_sync_s)
 
 
 def _valid(endpoint: str) -> bool:

@@ -295,7 +295,8 @@ class LocalNet:
     def chain_info(self) -> dict[str, Any]:
         """The devnet as localnet.json describes it."""
         info = {"url": self.chain_url, "api": self.chain_api, "root": self.root, "network": "devnet",
-                "pid": self.chain_proc.pid if self.chain_proc else None, "state_dir": str(self.state_dir / CHAIN_DIR),
+                "owner": self.owner_wallet().address, "pid": self.chain_proc.pid if self.chain_proc else None,
+                "state_dir": str(self.state_dir / CHAIN_DIR),
                 "log": str(self.state_dir / "logs" / "chain.log")}
         if self.chain_host is not None:
             info.update(netns=self.chain_host.netns, address=self.chain_host.address)

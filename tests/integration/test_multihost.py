@@ -24,6 +24,9 @@ from typing import Any
 import pytest
 
 from cocoon import hosts
+from cocoon.ledger.ton import TonLedger
+from cocoon.ledger.toncenter import ToncenterTransport
+from cocoon.ledger.wallet import raw_address
 from tests.netutil import free_port, pid_alive, stop_process
 
 WORKERS = 4
@@ -147,3 +150,47 @@ def test_a_network_of_hosts_fails_over_and_accounts_for_every_nanoton(tmp_path: 
         for client in clients:
             for _ in range(REQUESTS):
                 assert chat(client["api_url"])["choices"][0]["finish_reason"] in ("stop", "length")
+
+        # every party, as its node names it, before the nodes stop
+        wallets = {net.stats(w)["wallet"] for w in net.by_role("worker")}
+        client_stats = [net.stats(c) for c in clients]
+        channels = {ch for c in client_stats for ch in c["channels"].values()}
+        wallets |= {c["wallet"] for c in client_stats}
+        for group in (clients, net.by_role("worker"), [survivor]):  # in cocoon up's order: the survivor's stop
+            for node in group:                                        # claims and commits last
+                os.kill(node["pid"], signal.SIGTERM)
+            for node in group:
+                until(lambda n=node: not pid_alive(n["pid"]), f"{node['name']} stopped")
+        accounted(net.info["chain"], wallets, channels)
+
+
+def accounted(chain: dict[str, Any], wallets: set[str], channels: set[str]) -> None:
+    """Every nanoTON the faucet handed out is in a party's balance or was paid as a fee, each balance read from the
+    chain's HTTP API; and no account outside these parties holds any."""
+    api = chain["api"]
+    info = get(f"{chain['url']}/devnet/info")["result"]
+    ledger = TonLedger(chain["root"], ToncenterTransport(api, poll_s=0.05), sync_s=3600)
+    try:
+        proxies = ledger.proxies()
+        # whoever sent the root a message: the devnet's genesis wallet (it deployed the root and handed it over)
+        # and the registry's owner; then every node's wallet and channel, each proxy's contract and operator
+        senders = {t["in_msg"]["source"] for t in get(f"{api}/getTransactions?address={chain['root']}&limit=100")[
+            "result"] if t["in_msg"]["source"]}
+        accounts = {chain["root"], chain["owner"], *senders, *wallets, *channels}
+        for proxy in proxies:
+            accounts |= {proxy.address, proxy.owner}
+            accounts |= {ledger.worker_channel_address(proxy.address, w) for w in wallets}
+    finally:
+        ledger.close()
+    assert len(proxies) == 2 and len(channels) == 4  # a channel per client and proxy
+
+    def balance(address: str) -> int:
+        return int(get(f"{api}/getAddressBalance?address={address}")["result"])
+
+    balances = {a: balance(a) for a in {raw_address(a) for a in accounts}}
+    audit = get(f"{chain['url']}/devnet/audit")["result"]
+    fees, minted, faucet = int(audit["fees"]), int(audit["minted"]), balance(info["faucet"])
+    deposits = minted - faucet  # what the faucet handed out
+    assert deposits == sum(balances.values()) + fees, (deposits, sum(balances.values()), fees)
+    assert faucet + sum(balances.values()) == int(audit["wallets"]) + int(audit["accounts"])  # nothing elsewhere
+    assert fees > 0 and all(balances[w] > 0 for w in wallets)

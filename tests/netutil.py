@@ -118,7 +118,10 @@ def localnet(state_dir: Path, *, engine: str = "fake", workers: int = 2, options
                                    + (state_dir.parent / f"{state_dir.name}-up.log").read_text()[-3000:])
             if path.exists():
                 info = json.loads(path.read_text())
+                # until `ready`, cocoon up takes a process's exit for a failed start and stops the network
                 with contextlib.suppress(OSError, ValueError):
+                    if not info.get("ready"):
+                        raise ValueError("not ready")
                     models = get_json(info["api_url"] + "/models")["data"]
                     if models and sum(m["workers"] for m in models) >= workers:
                         break

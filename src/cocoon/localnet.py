@@ -182,6 +182,7 @@ class LocalNet:
         self.ports = ports or PortRange()
         self.ports.reserve(port)
         self.dashboard: _DashboardThread | None = None
+        self.ready = False  # set once start() returned: written to localnet.json
         private_dir(self.state_dir / "logs")  # the state dir holds keys: owner-only
         self.block_interval_s = block_interval_s
         # the devnet: on loopback, or with --hosts on a host of its own that every other one reaches
@@ -443,9 +444,11 @@ class LocalNet:
         return self.dashboard.url if self.dashboard is not None else None
 
     def write_state(self) -> None:
+        # `ready`: every process answered and linked; until then `cocoon up` still treats any exit as a failed
+        # start and stops the network, so tools that stop or restart a process wait for it
         state = {"state_dir": str(self.state_dir), "api_url": self.client.api_url, "pid": os.getpid(),
                  "dashboard_url": self.dashboard_url, "processes": [n.describe() for n in self.nodes],
-                 "chain": self.chain_info}
+                 "chain": self.chain_info, "ready": self.ready}
         write_atomically(self.state_dir / LOCALNET_FILE, json.dumps(state, indent=2).encode(), 0o644)
 
     def print_summary(self) -> None:
@@ -609,6 +612,7 @@ def run_up(state_dir: Path, *, workers: int, engine: str, port: int | None, engi
     try:
         net.serve_dashboard()  # first: localnet.json names it from its first writing
         net.start(ready_timeout_s)
+        net.ready = True
         net.write_state()
         net.print_summary()
         net.watch(stop_requested)

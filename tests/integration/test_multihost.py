@@ -97,7 +97,9 @@ def hosts_net(tmp_path: Path) -> Iterator[HostsNet]:
                 return False
             net.info = json.loads(path.read_text())
             proxies = net.by_role("proxy")
-            return len(proxies) == 2 and all(p.get("pid") for p in net.info["processes"]) and all(
+            # `ready`: before it, cocoon up takes a proxy's exit for a failed start and stops the whole network
+            return net.info.get("ready") is True and len(proxies) == 2 and all(
+                p.get("pid") for p in net.info["processes"]) and all(
                 len(net.stats(p)["workers"]) == WORKERS for p in proxies) and all(
                 net.stats(c)["proxy_connected"] for c in net.by_role("client"))
 

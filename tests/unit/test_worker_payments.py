@@ -37,6 +37,13 @@ def test_a_worker_keeps_its_payouts_and_redeems_them_when_due(tmp_path: Path,
     assert payments.earned_nanoton == 0  # no channel found yet: nothing to keep
     payments.open(ENDPOINT)
     try:
+        # a proxy linked again (every reconnect opens) costs no chain call: its purse is kept
+        finds: list[str] = []
+        find_proxy = payments.ledger.find_proxy
+        payments.ledger.find_proxy = lambda a: (finds.append(a), find_proxy(a))[1]  # type: ignore[method-assign]
+        purse = payments.purses[ENDPOINT]
+        payments.open(ENDPOINT)
+        assert finds == [] and payments.purses[ENDPOINT] is purse
         channel, gid = payments.purses[ENDPOINT].channel, payments.ledger.global_id()
 
         def payout(seqno: int, amount: int, fee: int, tag: Tag = Tag.PAYOUT) -> Payout:

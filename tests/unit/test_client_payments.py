@@ -498,6 +498,19 @@ def test_a_request_that_could_not_be_sent_leaves_nothing_in_doubt(proxy: Proxy) 
     assert not in_doubt.exists()
     with pytest.raises(sqlite3.ProgrammingError):
         payments.vouchers.latest(payments.purses[ENDPOINT].channel, Tag.CHARGE)
+    with pytest.raises(sqlite3.ProgrammingError):  # the receipts' book is closed too
+        payments.receipts.charges(payments.purses[ENDPOINT].channel)
+
+
+def test_a_disowned_answer_ends_its_request_and_is_not_counted_unseen(proxy: Proxy) -> None:
+    """A sealed answer refused on the way (it did not open) ends its request at once: nothing stays in flight, and
+    it is not an answer the proxy may have charged unseen; no charge for it is accepted."""
+    payments = proxy.client()
+    try:
+        payments.disown(payments.begin(rid()))
+        assert payments.audit.settled and payments.audit.unseen_answers == 0
+    finally:
+        payments.close()
 
 
 def _voucher(seqno: int, amount: int) -> Voucher:

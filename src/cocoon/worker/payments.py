@@ -46,7 +46,7 @@ class WorkerPayments:
 
     @property
     def redeemed_nanoton(self) -> int:
-        return sum(self._redeemed.get(a, 0) for a in list(self.purses))
+        return sum(self._redeemed[a] for a in list(self.purses))  # open() sets both, redeemed first
 
     def accept(self, address: str, payout: Payout) -> None:
         purse = self.purses.get(address)

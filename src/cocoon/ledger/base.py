@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 
@@ -155,6 +156,20 @@ class Outcome:
     fees: int | None
 
 
+_Item = TypeVar("_Item")
+
+
+def one_by_one(send: Callable[[_Item], Outcome], items: Iterable[_Item]) -> list[Outcome | LedgerError]:
+    """Each item sent on its own: its outcome, or the LedgerError it met (one refusal does not stop the rest)."""
+    out: list[Outcome | LedgerError] = []
+    for item in items:
+        try:
+            out.append(send(item))
+        except LedgerError as exc:
+            out.append(exc)
+    return out
+
+
 class Ledger(ABC):
     # ---- the registry ----
     @abstractmethod
@@ -222,13 +237,7 @@ class Ledger(ABC):
     def settle_charges(self, wallet: Wallet, vouchers: list[Voucher]) -> list[Outcome | LedgerError]:
         """Claim several channels' vouchers (sent together where the backend can: four per wallet transfer on
         `ton`); each one's outcome or the error it met."""
-        out: list[Outcome | LedgerError] = []
-        for voucher in vouchers:
-            try:
-                out.append(self.settle_charge(wallet, voucher))
-            except LedgerError as exc:
-                out.append(exc)
-        return out
+        return one_by_one(lambda voucher: self.settle_charge(wallet, voucher), vouchers)
 
     # ---- client ----
     @abstractmethod

@@ -23,6 +23,7 @@ from cocoon.ledger.base import (
     RootParams,
     Terms,
     WorkerChannelState,
+    one_by_one,
 )
 from cocoon.ledger.contracts import (
     CHANNEL_STATES,
@@ -81,13 +82,7 @@ class OnChainLedger(Ledger):
     def submit_batch(self, wallet: Wallet, messages: list[Message]) -> list[Outcome | LedgerError]:
         """Several messages from one wallet: each one's outcome, or the error it met (a contract's refusal, a
         bounce). A backend may send them together (ton: four per wallet transfer); by default one by one."""
-        out: list[Outcome | LedgerError] = []
-        for message in messages:
-            try:
-                out.append(self.submit(wallet, message))
-            except LedgerError as exc:
-                out.append(exc)
-        return out
+        return one_by_one(lambda message: self.submit(wallet, message), messages)
 
     @abstractmethod
     def run_get(self, address: str, method: str, stack: list[Any] | None = None) -> list[Any]: ...

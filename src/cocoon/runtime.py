@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+import msgspec
 import uvloop
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -57,11 +58,65 @@ class JsonFormatter(logging.Formatter):
             entry.update(fields)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return _JSON.encode(entry).decode()
+
+
+_JSON = msgspec.json.Encoder(enc_hook=str)  # what JSON cannot hold (a path, an enum) is logged as its text
+
+
+class TurnHandler(logging.Handler):
+    """Writes log lines to a file descriptor, the lines of one event-loop turn in one write.
+
+    Every request logs a line in each process it crosses; written one by one through `sys.stderr`, each costs a
+    system call on the hot path. Lines logged from the loop's thread wait for the end of the turn; a warning or
+    worse and the process's exit (logging.shutdown) write at once, everything waiting before them first, in order
+    (a line from another thread joins a write already due, else goes at once). A process
+    killed outright loses at most the lines of the turn it was in."""
+
+    def __init__(self, fd: int = 2) -> None:
+        super().__init__()
+        self._fd = fd
+        self._lines: list[str] = []
+        self._scheduled = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        self._lines.append(line)
+        if record.levelno < logging.WARNING and not self._scheduled:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None:
+                self._scheduled = True
+                loop.call_soon(self.flush)
+                return
+        if record.levelno >= logging.WARNING or not self._scheduled:
+            self.flush()
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            self._scheduled = False
+            if not self._lines:
+                return
+            data = ("\n".join(self._lines) + "\n").encode()
+            self._lines.clear()
+            view = memoryview(data)
+            with contextlib.suppress(OSError):  # a closed stderr must not take the process down
+                while view:
+                    view = view[os.write(self._fd, view):]
+        finally:
+            self.release()
 
 
 def setup_logging(role: str, cfg: CommonConfig) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    sys.stderr.flush()
+    handler = TurnHandler(sys.stderr.fileno())
     handler.setFormatter(JsonFormatter(role, cfg.name))
     root = logging.getLogger()
     root.handlers[:] = [handler]

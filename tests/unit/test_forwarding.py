@@ -66,6 +66,9 @@ class FakeCall:
             self.done = True
         return msg
 
+    def ready(self) -> bool:
+        return not self.queue.empty()
+
     def cancel(self, reason: str = "") -> None:
         if not self.done:
             self.done = True
@@ -111,9 +114,15 @@ class FakeClientConn:
         self.hang_up_after = hang_up_after
 
     async def send(self, msg: Message) -> None:
+        self.send_soon(msg)
+
+    def send_soon(self, msg: Message) -> None:
         if self.hang_up_after is not None and len(self.sent) >= self.hang_up_after:
             raise ConnectionResetError("the client hung up")
         self.sent.append(msg)
+
+    async def drain(self) -> None:
+        pass
 
 
 # -- what workers answer -------------------------------------------------------------------------------------

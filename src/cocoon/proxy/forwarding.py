@@ -382,12 +382,14 @@ class RunningRequest:
                     return ErrorCode.label(broken.code)
                 watchdog.touch()
                 if isinstance(msg, ResponseChunk):
-                    await out.send(msgspec.structs.replace(msg, call_id=call_id))
+                    out.send_soon(msgspec.structs.replace(msg, call_id=call_id))
                     delivered += msg.tokens
                     if spot is not None:
                         spot.payloads.append(msg.data)
                     if sealed is not None:
                         sealed.add(msg.data)
+                    if not call.ready():  # chunks already here go out in one write; flow control after the last
+                        await out.drain()
                 elif isinstance(msg, ResponseEnd):
                     settled = True
                     checked = None

@@ -179,9 +179,18 @@ class Connection:
             self._write(data)
 
     async def send(self, msg: Message) -> None:
+        self.send_soon(msg)
+        await self.drain()
+
+    def send_soon(self, msg: Message) -> None:
+        """Queue `msg` for sending without waiting for the peer to take it; ConnectionLost once the link closed.
+        A relay queuing several messages in a row waits once, with `drain`, after the last."""
         if self._proto.closed:
             raise ConnectionLost(self._proto.close_reason or "connection closed")
         self.send_nowait(msg)
+
+    async def drain(self) -> None:
+        """Wait until the peer takes what was queued (flow control); ConnectionLost when the link broke."""
         try:
             await self.stream.drain()
         except (ConnectionError, OSError) as exc:

@@ -97,6 +97,7 @@ class LoadResult:
     seconds: float
     latencies_ms: list[float]
     ttfb_ms: list[float]
+    headers_ms: list[float]  # until the answer's status and headers: the request's way there, its head's back
 
     @property
     def rps(self) -> float:
@@ -109,12 +110,13 @@ class LoadResult:
         return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
 
 
-async def run_load(base_url: str, model: str, requests: int, concurrency: int) -> LoadResult:
-    body = json.dumps({"model": model, "stream": True, "max_tokens": CHUNKS,
+async def run_load(base_url: str, model: str, requests: int, concurrency: int, chunks: int = CHUNKS) -> LoadResult:
+    body = json.dumps({"model": model, "stream": True, "max_tokens": chunks,
                        "messages": [{"role": "user", "content": "benchmark prompt"}]}).encode()
     headers = {"Content-Type": "application/json"}
     latencies: list[float] = []
     ttfbs: list[float] = []
+    headed: list[float] = []
     errors = 0
     todo = iter(range(requests))
     connector = aiohttp.TCPConnector(limit=concurrency)
@@ -125,6 +127,7 @@ async def run_load(base_url: str, model: str, requests: int, concurrency: int) -
             start = time.perf_counter()
             first = None
             async with session.post(base_url + "/chat/completions", data=body, headers=headers) as resp:
+                headers_at = time.perf_counter()
                 if resp.status != 200:
                     errors += 1
                     await resp.read()
@@ -141,6 +144,7 @@ async def run_load(base_url: str, model: str, requests: int, concurrency: int) -
             end = time.perf_counter()
             latencies.append((end - start) * 1000)
             ttfbs.append(((first or end) - start) * 1000)
+            headed.append((headers_at - start) * 1000)
 
         async def lane() -> None:
             for _ in todo:
@@ -153,7 +157,7 @@ async def run_load(base_url: str, model: str, requests: int, concurrency: int) -
         started = time.perf_counter()
         await asyncio.gather(*(lane() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
-    return LoadResult(requests - errors, errors, elapsed, latencies, ttfbs)
+    return LoadResult(requests - errors, errors, elapsed, latencies, ttfbs, headed)
 
 
 async def flood(base_url: str, model: str, concurrency: int, stop: asyncio.Event) -> dict[str, int]:
@@ -191,23 +195,24 @@ def _wait_http(url: str, timeout: float) -> None:
     raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
 
 
-def measured(url: str, requests: int, concurrency: int, pids: dict[str, int]) -> tuple[LoadResult, dict[str, float]]:
+def measured(url: str, requests: int, concurrency: int, pids: dict[str, int], chunks: int = CHUNKS
+             ) -> tuple[LoadResult, dict[str, float]]:
     """One load phase and the CPU ms per answered request of each process in `pids` over it."""
     meter = CpuMeter(pids)
     meter.start()
-    result = asyncio.run(run_load(url, "fake-model", requests, concurrency))
+    result = asyncio.run(run_load(url, "fake-model", requests, concurrency, chunks))
     meter.stop()
     return result, meter.per_request_ms(result.requests)
 
 
-def hpke_cost(candidates: int, rounds: int = 200) -> dict[str, float]:
+def hpke_cost(candidates: int, rounds: int = 200, chunks: int = CHUNKS) -> dict[str, float]:
     """Microseconds of CPU per request that sealing adds, in this process: the client sealing a body to
-    `candidates` keys, one worker opening it, sealing an answer of CHUNKS chunks and its end, and the client
+    `candidates` keys, one worker opening it, sealing an answer of `chunks` chunks and its end, and the client
     opening them."""
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
     keys = [SealKey(X25519PrivateKey.generate()) for _ in range(candidates)]
-    body = json.dumps({"model": "fake-model", "stream": True, "max_tokens": CHUNKS,
+    body = json.dumps({"model": "fake-model", "stream": True, "max_tokens": chunks,
                        "messages": [{"role": "user", "content": "benchmark prompt"}]}).encode()
     chunk = b"x" * CHUNK_BYTES
     parts = {"seal_request": 0.0, "open_request": 0.0, "answer": 0.0}
@@ -218,7 +223,7 @@ def hpke_cost(candidates: int, rounds: int = 200) -> dict[str, float]:
         opened = keys[0].open(sealed.sealed, b"envelope")
         t2 = time.process_time()
         opener = sealed.answer(keys[0].key_id)
-        for _ in range(CHUNKS):
+        for _ in range(chunks):
             opener.open(opened.answer.seal(chunk))
         opener.end(opened.answer.end())
         t3 = time.process_time()
@@ -231,11 +236,11 @@ def hpke_cost(candidates: int, rounds: int = 200) -> dict[str, float]:
 
 
 def run_bench(requests: int, concurrency: int, workers: int, as_json: bool,
-              c1_requests: int = C1_REQUESTS) -> dict[str, Any]:
+              c1_requests: int = C1_REQUESTS, chunks: int = CHUNKS) -> dict[str, Any]:
     engine_port = free_port()
     engine = subprocess.Popen(
         [sys.executable, "-m", "cocoon", "engine", "fake", "--port", str(engine_port),
-         "-o", f"reply_tokens={CHUNKS}", "-o", f"token_bytes={CHUNK_BYTES}"],
+         "-o", f"reply_tokens={chunks}", "-o", f"token_bytes={CHUNK_BYTES}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     engine_url = f"http://127.0.0.1:{engine_port}/v1"
     net: LocalNet | None = None
@@ -243,11 +248,11 @@ def run_bench(requests: int, concurrency: int, workers: int, as_json: bool,
         _wait_http(engine_url + "/models", 30)
         warm = max(concurrency, requests // 20)
         console.print(f"direct: {requests} streamed requests at concurrency {concurrency} → {engine_url}")
-        asyncio.run(run_load(engine_url, "fake-model", warm, concurrency))
+        asyncio.run(run_load(engine_url, "fake-model", warm, concurrency, chunks))
         # the load generator is this process: its CPU is the HTTP client's share of each request
         direct_pids = {"loadgen": os.getpid(), "engine": engine.pid}
-        direct, direct_cpu = measured(engine_url, requests, concurrency, direct_pids)
-        direct1, direct1_cpu = measured(engine_url, c1_requests, 1, direct_pids)
+        direct, direct_cpu = measured(engine_url, requests, concurrency, direct_pids, chunks)
+        direct1, direct1_cpu = measured(engine_url, c1_requests, 1, direct_pids, chunks)
         with tempfile.TemporaryDirectory(prefix="cocoon-bench-") as state:
             net = LocalNet(Path(state), workers=workers, engine=f"openai:{engine_url}", port=free_port(),
                            engine_options={}, max_active=concurrency)
@@ -255,13 +260,13 @@ def run_bench(requests: int, concurrency: int, workers: int, as_json: bool,
             net.start(timeout_s=60)
             api = net.client.api_url or ""
             console.print(f"network: same load through client→proxy→{workers} worker(s)→engine at {api}")
-            asyncio.run(run_load(api, "fake-model", warm, concurrency))
+            asyncio.run(run_load(api, "fake-model", warm, concurrency, chunks))
             hop_order = {"client": 0, "proxy": 1, "worker": 2}  # the order a request crosses them
             nodes = sorted((n for n in net.nodes if n.proc), key=lambda n: (hop_order[n.role], n.name))
             pids = {"loadgen": os.getpid(), **{n.name: n.proc.pid for n in nodes if n.proc and n is not plain_client},
                     "engine": engine.pid}
-            network, network_cpu = measured(api, requests, concurrency, pids)
-            network1, network1_cpu = measured(api, c1_requests, 1, pids)
+            network, network_cpu = measured(api, requests, concurrency, pids, chunks)
+            network1, network1_cpu = measured(api, c1_requests, 1, pids, chunks)
             with urllib.request.urlopen(net.client.stats_url + "/jsonstats", timeout=5) as resp:
                 client = json.loads(resp.read())
             plain_api = plain_client.api_url or ""
@@ -269,9 +274,9 @@ def run_bench(requests: int, concurrency: int, workers: int, as_json: bool,
             assert plain_client.proc is not None
             plain_pids = {**{k: v for k, v in pids.items() if k != net.client.name},
                           net.client.name: plain_client.proc.pid}  # under the sealed client's name: same columns
-            asyncio.run(run_load(plain_api, "fake-model", warm, concurrency))
-            plain, plain_cpu = measured(plain_api, requests, concurrency, plain_pids)
-            plain1, plain1_cpu = measured(plain_api, c1_requests, 1, plain_pids)
+            asyncio.run(run_load(plain_api, "fake-model", warm, concurrency, chunks))
+            plain, plain_cpu = measured(plain_api, requests, concurrency, plain_pids, chunks)
+            plain1, plain1_cpu = measured(plain_api, c1_requests, 1, plain_pids, chunks)
             net.stop()
             net = None
     finally:
@@ -281,7 +286,7 @@ def run_bench(requests: int, concurrency: int, workers: int, as_json: bool,
         engine.wait(10)
     report = {
         "requests": requests, "concurrency": concurrency, "workers": workers,
-        "chunks_per_answer": CHUNKS, "chunk_bytes": CHUNK_BYTES,
+        "chunks_per_answer": chunks, "chunk_bytes": CHUNK_BYTES,
         "direct_rps": round(direct.rps, 1), "network_rps": round(network.rps, 1),
         "ratio": round(network.rps / direct.rps, 3) if direct.rps else None,
         "direct_p50_ms": round(direct.pct(direct.latencies_ms, 0.5), 2),
@@ -295,13 +300,16 @@ def run_bench(requests: int, concurrency: int, workers: int, as_json: bool,
         "plain_rps": round(plain.rps, 1), "plain_p50_ms": round(plain.pct(plain.latencies_ms, 0.5), 2),
         "plain_c1_p50_ms": round(plain1.pct(plain1.latencies_ms, 0.5), 2), "plain_errors": plain.errors + plain1.errors,
         "sealed_ratio": round(network.rps / plain.rps, 3) if plain.rps else None,
-        "hpke": hpke_cost(net_candidates(workers)),
+        "hpke": hpke_cost(net_candidates(workers), chunks=chunks),
         "client_payments": {k: client.get(k) for k in PAYMENT_FIGURES},
         "c1_requests": c1_requests,
         "direct_c1_p50_ms": round(direct1.pct(direct1.latencies_ms, 0.5), 2),
         "network_c1_p50_ms": round(network1.pct(network1.latencies_ms, 0.5), 2),
         "direct_c1_ttfb_p50_ms": round(direct1.pct(direct1.ttfb_ms, 0.5), 2),
         "network_c1_ttfb_p50_ms": round(network1.pct(network1.ttfb_ms, 0.5), 2),
+        "direct_c1_headers_p50_ms": round(direct1.pct(direct1.headers_ms, 0.5), 2),
+        "network_c1_headers_p50_ms": round(network1.pct(network1.headers_ms, 0.5), 2),
+        "plain_c1_headers_p50_ms": round(plain1.pct(plain1.headers_ms, 0.5), 2),
         "direct_c1_errors": direct1.errors, "network_c1_errors": network1.errors,
         # per process role, over each measured phase (loadgen: this process, the benchmark's HTTP client)
         "cpu_ms_per_request": {"direct": direct_cpu, "network": network_cpu,
@@ -324,7 +332,7 @@ def net_candidates(workers: int) -> int:
 
 def _print(report: dict[str, Any], direct: LoadResult, network: LoadResult) -> None:
     table = Table(title=f"{report['requests']} streamed requests, concurrency {report['concurrency']}, "
-                        f"{CHUNKS}×{CHUNK_BYTES} B per answer")
+                        f"{report['chunks_per_answer']}×{CHUNK_BYTES} B per answer")
     for col in ("path", "req/s", "p50 ms", "p99 ms", "ttfb p50 ms", "ttfb p99 ms", "errors"):
         table.add_column(col, justify="right")
     for name, r in (("direct", direct), ("network", network)):
@@ -365,6 +373,10 @@ def markdown(report: dict[str, Any]) -> str:
     sealing = report["network_c1_p50_ms"] - report["plain_c1_p50_ms"]
     lines += ["", f"ratio network/direct (req/s): **{report['ratio']}**; added at concurrency 1: "
                   f"**{added:.2f} ms** p50.", "",
+              f"At concurrency 1 the answer's headers (the request's way to the engine, the head's way back) arrive "
+              f"after {report['network_c1_headers_p50_ms']} ms sealed, {report['plain_c1_headers_p50_ms']} ms plain "
+              f"and {report['direct_c1_headers_p50_ms']} ms direct (p50): most of what the hops add is on the "
+              f"request's way, not in relaying its {report['chunks_per_answer']} chunks.", "",
               f"The network run is sealed end to end; through a client configured plain the same network gave "
               f"{report['plain_rps']} req/s (p50 {report['plain_p50_ms']} ms, at concurrency 1 "
               f"{report['plain_c1_p50_ms']} ms): sealed/plain **{report['sealed_ratio']}**, {sealing:+.2f} ms at "

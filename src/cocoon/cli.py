@@ -288,6 +288,8 @@ def bench(
     workers: Annotated[int, typer.Option(help="Workers in the network run.")] = 2,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
     c1_requests: Annotated[int, typer.Option(help="Streamed requests in the concurrency-1 phase.")] = 200,
+    chunks: Annotated[int, typer.Option(
+        help="Chunks per answer (1 measures what a request costs apart from relaying its chunks).")] = 50,
     out: Annotated[Path | None, typer.Option(help="Also write the JSON report to this file.")] = None,
     readme: Annotated[Path | None, typer.Option(
         help="Rewrite the figures between this file's bench markers (the README's benchmark section).")] = None,
@@ -298,7 +300,9 @@ def bench(
 
     from cocoon.bench import run_bench, update_readme
 
-    report = run_bench(requests, concurrency, workers, json_out, c1_requests)
+    if chunks < 1:
+        raise typer.BadParameter("at least one chunk per answer", param_hint="--chunks")
+    report = run_bench(requests, concurrency, workers, json_out, c1_requests, chunks)
     if json_out:
         typer.echo(json.dumps(report))
     if out is not None:

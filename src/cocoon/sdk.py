@@ -30,11 +30,11 @@ import msgspec
 from cocoon.client.api import wire_request, with_cost
 from cocoon.client.node import ProxyUpstream, request_sealer
 from cocoon.client.oblivious import RelayLink
-from cocoon.client.receipts import check_receipt
+from cocoon.client.receipts import AnswerSeen, check_receipt
 from cocoon.config import ClientConfig
 from cocoon.core.errors import DECODE_ERRORS, ApiError, ErrorCode
 from cocoon.core.ids import new_request_id
-from cocoon.ledger.receipts import AnswerHasher, Receipt, ReceiptError
+from cocoon.ledger.receipts import Receipt, ReceiptError
 from cocoon.openai import schema
 from cocoon.runtime import make_node_identity
 from cocoon.seal import SealError
@@ -160,14 +160,14 @@ class _Core:
                 if payments is not None:
                     payments.unsent(ticket)
                 raise
-            answer = AnswerHasher()
+            answer = AnswerSeen(getattr(call, "deterministic", False))
             try:
                 while True:
                     msg = await call.next(self.cfg.request_timeout_s)
                     if isinstance(msg, ResponseChunk):
                         answer.update(msg.data, has_usage=msg.has_usage)
                     elif isinstance(msg, ResponseEnd):
-                        msg = msgspec.structs.replace(msg, receipt=_checked(msg, req, answer.digest(), proxy_key,
+                        msg = msgspec.structs.replace(msg, receipt=_checked(msg, req, answer, proxy_key,
                                                                             getattr(call, "worker_key", b"")))
                     if isinstance(msg, ResponseEnd | ResponseError) and payments is not None:
                         payments.end(ticket, msg, msg.receipt if isinstance(msg, ResponseEnd) else None, checked=True)
@@ -223,12 +223,13 @@ class _Core:
         return AsyncStream(chunks(), lambda: ended[0] if ended else None)
 
 
-def _checked(end: ResponseEnd, req: Request, answer_hash: bytes, proxy_key: bytes, worker_key: bytes
+def _checked(end: ResponseEnd, req: Request, seen: AnswerSeen, proxy_key: bytes, worker_key: bytes
              ) -> Receipt | None:
     """The end's receipt if it holds (client/receipts.py); `worker_key`: a sealed request's, the worker that opened
     it."""
     try:
-        return check_receipt(end, req=req, answer_hash=answer_hash, proxy_key=proxy_key, worker_key=worker_key)
+        return check_receipt(end, req=req, answer_hash=seen.answer_hash(), proxy_key=proxy_key, worker_key=worker_key,
+                             content_digest=seen.content_digest())
     except ReceiptError as exc:
         log.warning("answer without a valid receipt", extra={"fields": {"request_id": req.request_id,
                                                                         "reason": str(exc)}})

@@ -5,9 +5,11 @@ Honest deterministic workers never mismatch, over many requests; a worker answer
 same name (here a fake engine configured to answer shorter) is blamed by the referee, benched, and gets no more
 traffic. The checks are the proxy's cost: the client is charged for its own requests only.
 
-The client sends its bodies in the clear (`seal_requests = false`): a sealed request (every client's default) is
-opaque to the proxy, which can neither tell it is deterministic nor compare its answers, so it is never checked
-(docs/ARCHITECTURE.md §9)."""
+Each runs twice: with the client sending its bodies in the clear (`seal_requests = false`), where the proxy reads
+the answers it compares, and sealed (every client's default), where the proxy reads neither request nor answer: the
+client marks the request deterministic in the seal's envelope, each worker signs its answer's content digest in its
+receipt (which the client checks against what it opened), and the re-run goes, unchanged, to another worker the
+request was sealed to."""
 
 from __future__ import annotations
 
@@ -31,11 +33,11 @@ from tests.netutil import BLOCK_S, chain_ledger, get_json
 def net_factory(tmp_path: Path) -> Iterator[Any]:
     nets: list[LocalNet] = []
 
-    def make(workers: int, engine: str = "fake") -> LocalNet:
+    def make(workers: int, engine: str = "fake", *, sealed: bool = False) -> LocalNet:
         net = LocalNet(tmp_path / "state", workers=workers, engine=engine, port=free_port(), max_active=4,
                        engine_options={"reply_tokens": 12} if engine == "fake" else {},
                        proxy_options={"spot_checks": SpotCheckConfig(share=1.0, bench_after=2)},
-                       client_options={"seal_requests": False}, block_interval_s=BLOCK_S)
+                       client_options={"seal_requests": sealed}, block_interval_s=BLOCK_S)
         nets.append(net)
         return net
 
@@ -80,8 +82,21 @@ def settled(net: LocalNet, sampled: int, timeout_s: float = 60) -> dict[str, Any
         time.sleep(0.2)
 
 
-def test_honest_deterministic_workers_never_mismatch(net_factory: Any) -> None:
-    net = net_factory(2)
+def client_stats(net: LocalNet) -> dict[str, Any]:
+    client = next(n for n in net.nodes if n.role == "client")
+    return get_json(f"{client.stats_url}/jsonstats")
+
+
+def never_replayed(net: LocalNet) -> None:
+    """No worker was sent a request it had opened before: a sealed re-run goes to another worker, never back."""
+    for node in net.nodes:
+        if node.role == "worker":
+            assert "sealed_request_replayed" not in node.log_path.read_text(), node.name
+
+
+@pytest.mark.parametrize("sealed", [False, True], ids=["plain", "sealed"])
+def test_honest_deterministic_workers_never_mismatch(net_factory: Any, sealed: bool) -> None:
+    net = net_factory(2, sealed=sealed)
     net.start(120)
     requests = 60
     costs = [chat(net, i, stream=i % 2 == 0) for i in range(requests)]
@@ -98,6 +113,9 @@ def test_honest_deterministic_workers_never_mismatch(net_factory: Any) -> None:
     (client,) = stats["books"]["clients"].values()
     assert client["requests"] == requests
     assert client["charged_nanoton"] == sum(costs)
+    # every answer's receipt held at the client: sealed, with the content digest it checked against what it opened
+    assert client_stats(net)["receipts"] == {"held": requests, "missing": 0, "refused": 0}
+    never_replayed(net)
     # the client and the workers checked their proxy's registration against the registry's log, and kept its head
     chain = chain_ledger(net.chain_info)
     log = RegistryLog.read(chain)
@@ -119,9 +137,10 @@ def test_honest_workers_running_the_real_model_agree_at_temperature_zero(net_fac
     assert spot["passed"] >= requests // 2, spot
 
 
+@pytest.mark.parametrize("sealed", [False, True], ids=["plain", "sealed"])
 def test_a_worker_serving_another_model_under_the_same_name_is_caught_and_gets_no_more_traffic(
-        net_factory: Any) -> None:
-    net = net_factory(2)
+        net_factory: Any, sealed: bool) -> None:
+    net = net_factory(2, sealed=sealed)
     net.add_worker("worker-liar", engine_options={"reply_tokens": 5})
     net.start(120)
     liar_key = None
@@ -147,6 +166,9 @@ def test_a_worker_serving_another_model_under_the_same_name_is_caught_and_gets_n
         receipt = Receipt.from_base64(run["receipt"])
         receipt.verify_worker()
         assert receipt.worker_key.hex() == run["worker"]
+        if sealed:  # what the proxy compared is what each worker signed; one request, run as it came
+            assert receipt.content_digest.hex() == run["digest"]
+            assert receipt.request_id == evidence["request_id"] and receipt.sealed_request_hash
     for name in ("worker-1", "worker-2"):
         assert reputation[name]["spot_checks"]["failed"] == 0
         assert reputation[name]["spot_checks"]["passed"] > 0
@@ -166,3 +188,7 @@ def test_a_worker_serving_another_model_under_the_same_name_is_caught_and_gets_n
     failed = next(line for line in metrics.splitlines() if line.startswith(label))
     assert float(failed.split()[-1]) == stats["spot_checks"]["failed"]
     assert "cocoon_proxy_spot_check_cost_nanoton_total" in metrics
+    never_replayed(net)
+    # the liar's receipts held at the client: it signed what it served (another model's answer), so the client has
+    # nothing to refuse; the checks caught it
+    assert client_stats(net)["receipts"]["refused"] == 0

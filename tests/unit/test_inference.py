@@ -99,6 +99,21 @@ async def test_fake_is_deterministic_and_depends_on_the_prompt() -> None:
     assert first["choices"][0]["finish_reason"] == "stop"
 
 
+async def test_a_sampling_fake_differs_run_by_run_only_where_the_request_samples() -> None:
+    engine = FakeEngine(sample=True, reply_tokens=12)
+
+    async def texts(**extra: Any) -> set[str]:
+        answers = [msgspec.json.decode(await complete(engine, "chat", chat("one prompt", **extra))) for _ in range(4)]
+        return {a["choices"][0]["message"]["content"] for a in answers}
+
+    assert len(await texts(temperature=0.8)) > 1  # 30 words ** 12: four runs never all agree
+    assert len(await texts()) > 1  # unset is 1.0
+    assert len(await texts(temperature=0)) == 1
+    assert len(await texts(temperature=0.8, seed=3)) == 1
+    assert await texts(temperature=0) == {msgspec.json.decode(await complete(FakeEngine(reply_tokens=12), "chat", chat(
+        "one prompt")))["choices"][0]["message"]["content"]}
+
+
 @pytest.mark.parametrize("endpoint", ["chat", "completions"])
 async def test_fake_stream_and_complete_agree(endpoint: Endpoint) -> None:
     engine = FakeEngine()

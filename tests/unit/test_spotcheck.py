@@ -1,4 +1,5 @@
-"""proxy/spotcheck.py (sampling, content digests, verdicts, the evidence record) and its effect on reputation."""
+"""proxy/spotcheck.py (sampling, verdicts, the evidence record) and openai/content.py (content digests, what is
+deterministic), and their effect on reputation."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from nacl.signing import SigningKey
 from cocoon.config import ProxyConfig, SpotCheckConfig
 from cocoon.core.usage import Usage
 from cocoon.ledger.receipts import Receipt
+from cocoon.openai.content import content_digest, is_deterministic
 from cocoon.proxy.reputation import Reputation, ReputationBook
 from cocoon.proxy.spotcheck import (
     FAILED,
@@ -21,9 +23,7 @@ from cocoon.proxy.spotcheck import (
     Execution,
     SpotEvidence,
     SpotSampler,
-    content_digest,
     execution,
-    is_deterministic,
     judge,
 )
 from cocoon.wire.messages import Request, ResponseEnd
@@ -186,7 +186,7 @@ def test_a_run_is_kept_with_its_workers_signed_receipt() -> None:
                       usage=Usage(prompt_tokens=1, completion_tokens=2), coefficient=1000,
                       worker_key=bytes(key.verify_key), issued_at=1).sign(lambda m: key.sign(m).signature)
     run_ = execution("k", "w", payloads, ResponseEnd(call_id=1, usage=receipt.usage, receipt=receipt))
-    assert run_.digest == content_digest(payloads) and run_.usage == receipt.usage
+    assert run_ is not None and run_.digest == content_digest(payloads).hex() and run_.usage == receipt.usage
     assert run_.receipt is not None
     kept = Receipt.from_base64(run_.receipt)
     assert kept == receipt

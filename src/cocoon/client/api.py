@@ -16,13 +16,13 @@ from cocoon.client.media import MediaApi
 from cocoon.client.oblivious import RelayCall, RelayLink, RelayStream
 from cocoon.client.payments import ClientPayments
 from cocoon.client.proxy_link import ProxyLink
-from cocoon.client.receipts import check_receipt
+from cocoon.client.receipts import AnswerSeen, check_receipt
 from cocoon.client.sealing import RequestSealer, SealedCall
 from cocoon.config import ClientConfig
 from cocoon.core.errors import DECODE_ERRORS, ApiError, ErrorCode
 from cocoon.core.ids import REQUEST_ID_HEADER, request_id_from, request_scope
 from cocoon.core.usage import KINDS, Usage
-from cocoon.ledger.receipts import AnswerHasher, Receipt, ReceiptError, answer_digest
+from cocoon.ledger.receipts import Receipt, ReceiptError
 from cocoon.observe.series import Series
 from cocoon.openai import http, schema, sse
 from cocoon.seal import SealError
@@ -205,7 +205,8 @@ class ClientApi:
             timing = {"x-cocoon-client-ms": f"{(headed_at - started) * 1000:.1f}",
                       "x-cocoon-proxy-ms": f"{first.proxy_ms:.1f}",
                       "x-cocoon-worker-ms": f"{first.worker_ms:.1f}"}
-            answering = _Answering(req, ticket, proxy_key, call.worker_key if isinstance(call, SealedCall) else b"")
+            answering = _Answering(req, ticket, proxy_key, call.worker_key if isinstance(call, SealedCall) else b"",
+                                   isinstance(call, SealedCall) and call.deterministic)
             if req.stream:
                 return await self._stream(request, call, answering, timing)
             return await self._whole(call, answering, timing)
@@ -248,7 +249,9 @@ class ClientApi:
                 parts.append(msg.data)
             elif isinstance(msg, ResponseEnd):
                 answer = b"".join(parts)
-                receipt = self._receipt(answering, msg, answer_digest([answer]))
+                seen = AnswerSeen(answering.deterministic)
+                seen.update(answer)
+                receipt = self._receipt(answering, msg, seen)
                 self.paid(answering.ticket, "ok", msg, receipt)
                 body = with_cost(answer, msg.cost_nanoton)
                 headers = {**timing, RECEIPT_HEADER: receipt.to_base64()} if receipt is not None else timing
@@ -263,7 +266,7 @@ class ClientApi:
         # a usage chunk is held back until the next message: if it is the End, the chunk carries the answer's cost
         # and receipt; otherwise it goes out as it came (payloads keep their order: the receipt hashes them so)
         usage_chunk: bytes | None = None
-        answer = AnswerHasher()
+        answer = AnswerSeen(answering.deterministic)
         ticket = answering.ticket
         # Events already received are sent in one write (one chunk, one send), not one write each; nothing waits
         # for more: the batch goes out as soon as the next answer is not already here.
@@ -289,7 +292,7 @@ class ClientApi:
                 else:
                     batch.append(sse.event(msg.data))
             elif isinstance(msg, ResponseEnd):
-                receipt = self._receipt(answering, msg, answer.digest())
+                receipt = self._receipt(answering, msg, answer)
                 self.paid(ticket, "ok", msg, receipt)
                 if usage_chunk is not None:
                     batch.append(sse.event(with_cost(usage_chunk, msg.cost_nanoton, receipt)))
@@ -303,11 +306,12 @@ class ClientApi:
         await resp.write_eof(b"".join(batch))
         return resp
 
-    def _receipt(self, answering: _Answering, end: ResponseEnd, answer_hash: bytes) -> Receipt | None:
+    def _receipt(self, answering: _Answering, end: ResponseEnd, seen: AnswerSeen) -> Receipt | None:
         """The answer's receipt if it holds (client/receipts.py); None, counted and logged, when absent or not."""
         try:
-            receipt = check_receipt(end, req=answering.req, answer_hash=answer_hash, proxy_key=answering.proxy_key,
-                                    worker_key=answering.worker_key)
+            receipt = check_receipt(end, req=answering.req, answer_hash=seen.answer_hash(),
+                                    proxy_key=answering.proxy_key, worker_key=answering.worker_key,
+                                    content_digest=seen.content_digest())
         except ReceiptError as exc:
             missing = end.receipt is None
             self.stats.receipts["missing" if missing else "refused"] += 1
@@ -333,6 +337,7 @@ class _Answering(NamedTuple):
     ticket: int
     proxy_key: bytes
     worker_key: bytes = b""  # a sealed request: the attested key of the worker that opened it (client/sealing.py)
+    deterministic: bool = False  # sent sealed marked deterministic: its receipt states the answer's content digest
 
 
 def wire_request(endpoint: str, parsed: Any, cfg: ClientConfig, request_id: str, region: str = "") -> Request:

@@ -7,7 +7,9 @@ request id, the hash of the body it sent, the hash of the payloads it is deliver
 countersigned charge is the one the answer's end carried (usage, cost, coefficient, and the voucher if it carried
 one). Whether the worker's key was attested is the proxy's check (on its link); `cocoon receipt verify --cert`
 redoes it. A sealed request's receipt must also be signed by the very worker whose attested HPKE key opened it
-(`worker_key`: the client verified that worker's certificate itself before sealing).
+(`worker_key`: the client verified that worker's certificate itself before sealing), and, when this client marked
+it deterministic, state the content digest of the answer it opened (`AnswerSeen`): what the proxy's spot checks
+compare two workers' runs by, so a worker cannot sign one answer's content and serve another.
 """
 
 from __future__ import annotations
@@ -21,14 +23,39 @@ import msgspec
 
 from cocoon.fsutil import open_sqlite
 from cocoon.ledger.contracts import Tag
-from cocoon.ledger.receipts import Receipt, ReceiptError, request_digest
+from cocoon.ledger.receipts import AnswerHasher, Receipt, ReceiptError, request_digest
 from cocoon.ledger.vouchers import Voucher, VoucherBook
+from cocoon.openai.content import ContentDigest
 from cocoon.wire.messages import Request, ResponseEnd
 
 
+class AnswerSeen:
+    """What the client hashes of an answer as its payloads go by (opened, for a sealed one), to check its receipt:
+    the answer hash, and the content digest when the request went out marked deterministic."""
+
+    __slots__ = ("_answer", "_content")
+
+    def __init__(self, deterministic: bool = False) -> None:
+        self._answer = AnswerHasher()
+        self._content = ContentDigest() if deterministic else None
+
+    def update(self, payload: bytes, *, has_usage: bool | None = None) -> None:
+        self._answer.update(payload, has_usage=has_usage)
+        if self._content is not None:
+            self._content.add(payload)
+
+    def answer_hash(self) -> bytes:
+        return self._answer.digest()
+
+    def content_digest(self) -> bytes | None:
+        """None: not marked deterministic, so its receipt states none to check."""
+        return self._content.digest() if self._content is not None else None
+
+
 def check_receipt(end: ResponseEnd, *, req: Request, answer_hash: bytes, proxy_key: bytes | None,
-                  worker_key: bytes = b"") -> Receipt:
-    """The receipt `end` carries, if it holds for this request and answer; ReceiptError says why not."""
+                  worker_key: bytes = b"", content_digest: bytes | None = None) -> Receipt:
+    """The receipt `end` carries, if it holds for this request and answer (and states `content_digest` when one is
+    given); ReceiptError says why not."""
     receipt = end.receipt
     if receipt is None:
         raise ReceiptError("the answer came without a receipt")
@@ -44,6 +71,7 @@ def check_receipt(end: ResponseEnd, *, req: Request, answer_hash: bytes, proxy_k
         # the voucher the answer came with, when it came with one (a relay's device gets its answers without)
         ("voucher", end.voucher is None or counter.names(end.voucher)),
         ("worker_key", not worker_key or receipt.worker_key == worker_key),
+        ("content_digest", content_digest is None or receipt.content_digest == content_digest),
     ) if not ok]
     if mismatches:
         raise ReceiptError(f"the receipt does not match this request and answer: {', '.join(mismatches)}")

@@ -25,6 +25,7 @@ from cocoon.attest.types import AttestationError, PeerIdentity
 from cocoon.client.oblivious import RelayCall, RelayLink, RelayStream
 from cocoon.client.proxy_link import ProxyLink
 from cocoon.core.errors import ApiError, ErrorCode, model_not_found
+from cocoon.openai.content import is_deterministic
 from cocoon.ratls.cert import CertVerifier
 from cocoon.seal import AnswerOpener, SealedRequest, SealError, key_id, seal_request
 from cocoon.wire.connection import Call
@@ -89,10 +90,11 @@ class RequestSealer:
 
     async def seal(self, req: Request, *, fresh: bool = False) -> tuple[Request, SealedRequest]:
         """`req` with its body sealed to up to `candidates` verified workers of its model (bound to its envelope),
-        and what opens their answer. `req` is not changed."""
+        and what opens their answer. `req` is not changed. A body asking for one answer only is marked so in the
+        envelope (`deterministic`): the proxy, which cannot read it, spot-checks sealed requests by that mark."""
         workers = await self.workers(req.model, fresh=fresh)
         chosen = random.sample(workers, min(self.candidates, len(workers)))
-        sent = msgspec.structs.replace(req, sealed=True, body=b"")
+        sent = msgspec.structs.replace(req, sealed=True, body=b"", deterministic=is_deterministic(req.body))
         sealed = seal_request(req.body, [w.hpke_public_key for w in chosen], sent.envelope())
         return msgspec.structs.replace(sent, body=sealed.sealed), sealed
 
@@ -113,7 +115,8 @@ class SealedCall:
     holds a key it was sealed to (`seal_keys_stale`: refused before any work, so never charged) is not handed on:
     the request is sealed again, once, to freshly fetched workers and sent again under the same id."""
 
-    __slots__ = ("_call", "_opener", "_resealed", "_sealed", "_sealer", "_started", "proxy_key", "req", "worker_key")
+    __slots__ = ("_call", "_opener", "_resealed", "_sealed", "_sealer", "_started", "deterministic", "proxy_key", "req",
+                 "worker_key")
 
     def __init__(self, sealer: RequestSealer, req: Request) -> None:
         self._sealer = sealer
@@ -125,9 +128,11 @@ class SealedCall:
         self._resealed = False
         self.proxy_key = b""
         self.worker_key = b""  # the attested RA-TLS key of the worker whose HPKE key its answer's head names
+        self.deterministic = False  # sent marked deterministic: its receipt states the answer's content digest
 
     async def send(self, *, fresh: bool = False) -> None:
         sent, self._sealed = await self._sealer.seal(self.req, fresh=fresh)
+        self.deterministic = sent.deterministic
         self._call, self.proxy_key = await self._sealer.link.request(sent)
 
     @property

@@ -50,6 +50,7 @@ class ErrorCode(StrEnum):
     SEALED_REQUEST_INVALID = "sealed_request_invalid"  # 400: malformed, changed in transit, or another envelope's
     SEAL_KEY_UNKNOWN = "seal_key_unknown"  # 400: not sealed to this worker's key (a wrong key id)
     SEALED_REQUEST_REPLAYED = "sealed_request_replayed"  # 409 (400 when stale): an encapsulation opened before
+    SEALED_ENVELOPE_MISMATCH = "sealed_envelope_mismatch"  # 400: the envelope marks deterministic a body that is not
     SEAL_KEYS_STALE = "seal_keys_stale"  # 503: no linked worker holds a key the request was sealed to
     NO_ATTESTED_WORKER = "no_attested_worker"  # 503: no worker of the model passed the client's own checks
     SEALED_ANSWER_INVALID = "sealed_answer_invalid"  # 502: a sealed answer changed, reordered, cut short

@@ -6,7 +6,8 @@ A `Receipt` is one statement, signed in two layers (no I/O here: building, encod
   request id, the SHA-256 of the request body it ran (`request_hash`), the hash of the answer payloads it sent
   (`answer_hash`), the model and the SHA-256 of its weights, the usage it reported, its coefficient and, when it
   reads the registry's prices, the cost they give; its image hash and the time. A sealed request (issue 10) adds
-  the hashes of the sealed request and answer, which a proxy can check without the plaintext;
+  the hashes of the sealed request and answer, which a proxy can check without the plaintext; a request marked
+  deterministic adds the answer's content digest (cocoon/openai/content.py), what spot checks compare;
 - the **proxy** countersigns the worker's statement (its digest) with what it charged (usage held to the
   request's bounds, cost, coefficient) and the cumulative charge voucher that includes it, with its voucher key
   (the key the root registry lists for it and its channels verify). The voucher is named by the hash its own
@@ -93,6 +94,10 @@ class Receipt(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fi
     image_hash: bytes = b""  # SHA-256 over the worker's measurements, as its quote gives them
     sealed_request_hash: bytes = b""  # issue 10: the sealed request as it crossed the proxy
     sealed_answer_hash: bytes = b""  # issue 10: the sealed answer payloads
+    # what the answer says (cocoon.openai.content: per choice its text, tool calls and finish reason), signed for a
+    # request marked deterministic: the proxy compares two workers' runs of a sealed request by it, and the client,
+    # which opens the answer, checks it against what it received. Empty: not stated
+    content_digest: bytes = b""
     signature: bytes = b""  # the worker's, over `signed_bytes()`
     countersignature: Countersignature | None = None
 
@@ -122,7 +127,7 @@ class Receipt(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fi
         for name in ("request_hash", "answer_hash"):
             if len(getattr(self, name)) != 32:
                 raise ReceiptError(f"the receipt's {name} is not a SHA-256 (32 bytes)")
-        for name in ("model_hash", "image_hash", "sealed_request_hash", "sealed_answer_hash"):
+        for name in ("model_hash", "image_hash", "sealed_request_hash", "sealed_answer_hash", "content_digest"):
             value = getattr(self, name)
             if value and len(value) != 32:
                 raise ReceiptError(f"the receipt's {name} is not a SHA-256 (32 bytes)")

@@ -265,6 +265,8 @@ class RunningRequest:
 
     async def _attempt(self, worker: WorkerLink, deadline: float) -> str:
         cfg = self.fwd.cfg
+        if self.spot is not None:  # a check re-runs it elsewhere: never on a worker it was sent to (proxy/rerun.py)
+            self.spot.tried.add(worker.key)
         try:
             call = await worker.conn.request(self.req)
         except ConnectionError as exc:

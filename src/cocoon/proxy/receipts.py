@@ -9,7 +9,9 @@ answer reaches the client without one, and the failure counts against the worker
 A sealed request (cocoon/seal) is opaque here: the plaintext hashes are the client's to check, and the proxy checks
 instead the hashes of the sealed request and of the sealed answer as it relayed them (`sealed_answer_hash`,
 cocoon.seal.AnswerDigest over each sealed chunk and the end marker). Usage crossing the proxy is then signed by the
-worker over exactly what the proxy saw, and the proxy checks it before it settles (proxy/forwarding.py).
+worker over exactly what the proxy saw, and the proxy checks it before it settles (proxy/forwarding.py). A sealed
+request marked deterministic must have its answer's content digest signed too: spot checks compare runs by it, and
+the client checks it against the answer it opened.
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ def check_receipt(receipt: Receipt | None, *, req: Request, worker: PeerIdentity
         ("model", receipt.model == req.model),
         ("endpoint", receipt.endpoint == req.endpoint),
         *((("sealed_request_hash", receipt.sealed_request_hash == sealed_request_digest(req.body)),
-           ("sealed_answer_hash", receipt.sealed_answer_hash == sealed_answer_hash)) if req.sealed else
+           ("sealed_answer_hash", receipt.sealed_answer_hash == sealed_answer_hash),
+           # what spot checks compare two workers' runs of a request marked deterministic by (proxy/rerun.py)
+           ("content_digest", bool(receipt.content_digest) or not req.deterministic)) if req.sealed else
           (("request_hash", receipt.request_hash == request_digest(req.body)),)),
         ("usage", receipt.usage == reported),
         ("coefficient", receipt.coefficient == coefficient),

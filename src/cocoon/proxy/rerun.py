@@ -6,6 +6,12 @@ a witness), and compares the two answers' content digests; on a mismatch a third
 is on the client's path: its answer went out before the check starts, and a check never waits for a busy worker
 (none free: the check is skipped). The checks' cost is the proxy's: no client is charged for a re-execution; the
 fees the checking workers' runs are worth at their coefficients are counted in `stats()`.
+
+A sealed request marked deterministic is re-run as it came, byte for byte (its request id and deadline are bound
+into the seal), on another worker it was sealed to: only those can open it, and each worker opens one sealed request
+at most once (its replay guard), so it never goes back to a worker that was sent it. Each run's content digest is
+the one its worker signed in its receipt, checked here against the sealed answer as relayed; the re-run's sealed
+answer itself is dropped unread.
 """
 
 from __future__ import annotations
@@ -22,8 +28,10 @@ import msgspec
 from cocoon.config import Prices, SpotCheckConfig
 from cocoon.core.ids import new_request_id, request_scope
 from cocoon.ledger.pricing import price_request
+from cocoon.ledger.receipts import ReceiptError
 from cocoon.proxy.backlog import Backlog
 from cocoon.proxy.metrics import ProxyMetrics
+from cocoon.proxy.receipts import check_receipt
 from cocoon.proxy.registry import WorkerLink, WorkerRegistry
 from cocoon.proxy.selection import Selector
 from cocoon.proxy.spotcheck import (
@@ -37,6 +45,7 @@ from cocoon.proxy.spotcheck import (
     execution,
     judge,
 )
+from cocoon.seal import AnswerDigest, peek
 from cocoon.wire.connection import LinkLost
 from cocoon.wire.messages import Request, ResponseChunk, ResponseEnd, ResponseError
 
@@ -75,8 +84,12 @@ class SpotChecker:
         if len(self._tasks) >= self.cfg.max_in_flight:
             self._count("skipped")
             return
-        original = execution(worker.key, worker.name, sample.payloads, end)
-        task = asyncio.get_running_loop().create_task(self._check(sample.req, worker, original))
+        original = execution(worker.key, worker.name, sample.payloads, end, sealed=sample.req.sealed)
+        if original is None:  # a sealed answer whose receipt states no content digest: nothing to compare
+            self._count("skipped")
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._check(sample.req, worker, original, frozenset(sample.tried | {worker.key})))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -86,18 +99,19 @@ class SpotChecker:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _check(self, req: Request, worker: WorkerLink, original: Execution) -> None:
+    async def _check(self, req: Request, worker: WorkerLink, original: Execution, tried: frozenset[str]) -> None:
         with request_scope(req.request_id):
             try:
-                await self._compare(req, worker, original)
+                await self._compare(req, worker, original, tried)
             except Exception:  # a background check must never take the proxy down: log it and go on
                 log.exception("spot check failed to run")
 
-    async def _compare(self, req: Request, worker: WorkerLink, original: Execution) -> None:
+    async def _compare(self, req: Request, worker: WorkerLink, original: Execution, tried: frozenset[str]) -> None:
+        """`tried`: the keys of every worker the request was sent to, which none of its re-runs may go to."""
         image = image_of(worker)
         runs, links = [original], [worker]
         while len(runs) < 3:
-            other = await self._run_elsewhere(req, image, links)
+            other = await self._run_elsewhere(req, image, tried | {w.key for w in links})
             if other is None:
                 break
             runs.append(other[0])
@@ -122,12 +136,14 @@ class SpotChecker:
                                                                        None),
                 "evidence": msgspec.to_builtins(evidence)}})
 
-    async def _run_elsewhere(self, req: Request, image: str | None, used: list[WorkerLink]
+    async def _run_elsewhere(self, req: Request, image: str | None, used: frozenset[str]
                              ) -> tuple[Execution, WorkerLink] | None:
-        """Run `req` once more on a free worker of the same model and image that has not run it yet."""
-        keys = {w.key for w in used}
+        """Run `req` once more on a free worker of the same model and image whose key is not in `used` (and, for a
+        sealed request, that it was sealed to)."""
+        sealed_to = frozenset(peek(req.body).key_ids) if req.sealed else None
         exclude = tuple(w for w in self.registry.workers()
-                        if w.key in keys or image_of(w) != image or req.model not in w.params.models)
+                        if w.key in used or image_of(w) != image or req.model not in w.params.models
+                        or (sealed_to is not None and w.seal_key_id not in sealed_to))
         worker = self.selector.choose(req.model, "", None, exclude, bool(req.features))
         if worker is None:
             return None
@@ -138,9 +154,11 @@ class SpotChecker:
         return (run, worker) if run is not None else None
 
     async def _execute(self, worker: WorkerLink, req: Request) -> Execution | None:
-        """The worker's answer to a copy of `req` under a request id of its own; None when it did not answer (a
-        failure to answer is the ordinary path's business, never a mismatch)."""
-        again = msgspec.structs.replace(req, request_id=new_request_id(), deadline=time.time() + self.cfg.timeout_s)
+        """The worker's answer to a copy of `req` under a request id of its own (a sealed request: `req` itself,
+        whose id and deadline its seal binds); None when it did not answer (a failure to answer is the ordinary
+        path's business, never a mismatch) or, sealed, without a receipt that holds for what it sent."""
+        again = req if req.sealed else msgspec.structs.replace(req, request_id=new_request_id(),
+                                                               deadline=time.time() + self.cfg.timeout_s)
         payloads: list[bytes] = []
         try:
             call = await worker.conn.request(again)
@@ -161,13 +179,34 @@ class SpotChecker:
             return None
         finally:
             call.cancel("spot check over")
+        if req.sealed and not self._receipt_holds(worker, req, payloads, end):
+            return None
         self.runs += 1
         self.tokens += end.usage.total_tokens
         fee = price_request(end.usage, self.prices(), worker.params.coefficient).worker_fee
         self.cost_nanoton += fee
         if self.metrics is not None:
             self.metrics.spot_check_cost.inc(fee)
-        return execution(worker.key, worker.name, payloads, end)
+        return execution(worker.key, worker.name, payloads, end, sealed=req.sealed)
+
+    def _receipt_holds(self, worker: WorkerLink, req: Request, sealed: list[bytes], end: ResponseEnd) -> bool:
+        """Whether the worker signed, for this sealed request, the sealed answer relayed (`sealed` and the end
+        marker) with a content digest: the one thing a check reads of an answer it cannot open. A receipt that
+        does not hold counts against its worker as a misreport."""
+        relayed = AnswerDigest()
+        for chunk in sealed:
+            relayed.add(chunk)
+        relayed.add(end.sealed_end)
+        try:
+            check_receipt(end.receipt, req=req, worker=worker.conn.peer, coefficient=worker.params.coefficient,
+                          reported=end.usage, sealed_answer_hash=relayed.digest())
+        except ReceiptError as exc:
+            if end.receipt is not None:
+                self.selector.record_misreport(worker)
+            log.warning("spot check run without a valid receipt", extra={"fields": {
+                "worker": worker.name, "reason": str(exc)}})
+            return False
+        return True
 
     def _count(self, verdict: str) -> None:
         self.counts[verdict] += 1

@@ -4,41 +4,28 @@ A share of deterministic requests (temperature 0, or a seed) is re-run on anothe
 image, off the client's path, and the two answers are compared. Two honest runs of one deterministic request differ
 only in what each engine makes fresh for every answer (the completion's `id`, `created`), so what is compared is the
 answer's **content digest**: per choice, its text, its tool calls and its finish reason, the same whether the answer
-came whole or streamed. When the two differ, a third worker referees: the worker whose answer the other two agree
-against is blamed (`failed`); when no third worker is free, or all three differ, the check is `unresolved` (kept as
-evidence, blaming nobody).
+came whole or streamed (cocoon/openai/content.py). When the two differ, a third worker referees: the worker whose
+answer the other two agree against is blamed (`failed`); when no third worker is free, or all three differ, the
+check is `unresolved` (kept as evidence, blaming nobody).
+
+A sealed request (issue 10) is opaque to the proxy: it is checked when its client marked it deterministic in its
+envelope (`Request.deterministic`, which the worker that opens it holds true), and each run's content digest is the
+one its worker signed in its receipt (which the client checks against the answer it opened).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import msgspec
 
 from cocoon.core.usage import Usage
+from cocoon.openai.content import content_digest, is_deterministic
 from cocoon.wire.messages import Request, ResponseEnd
 
 PASSED, FAILED, UNRESOLVED = "passed", "failed", "unresolved"
-
-
-def is_deterministic(body: bytes) -> bool:
-    """Whether the request asks for one answer only: `temperature` 0, or an integer `seed`. The body was checked
-    to be one JSON object before it reached here (proxy/validation.py); anything else is not deterministic."""
-    try:
-        obj = json.loads(body)
-    except ValueError:
-        return False
-    if not isinstance(obj, dict):
-        return False
-    seed, temperature = obj.get("seed"), obj.get("temperature")
-    if isinstance(seed, int) and not isinstance(seed, bool):
-        return True
-    return isinstance(temperature, int | float) and not isinstance(temperature, bool) and temperature == 0
 
 
 @dataclass(eq=False)
@@ -47,6 +34,9 @@ class Sample:
 
     req: Request
     payloads: list[bytes] = field(default_factory=list)
+    # the keys of the workers it was sent to (every attempt): a sealed request is opened at most once per worker
+    # (their replay guards), so a re-run never goes to one of them
+    tried: set[str] = field(default_factory=set)
 
 
 class SpotSampler:
@@ -59,7 +49,7 @@ class SpotSampler:
         self.sampled = 0
 
     def sample(self, req: Request) -> Sample | None:
-        if self.share <= 0 or not is_deterministic(req.body):
+        if self.share <= 0 or not (req.deterministic if req.sealed else is_deterministic(req.body)):
             return None
         self.deterministic += 1
         if self.share < 1 and self._rng.random() >= self.share:
@@ -68,53 +58,12 @@ class SpotSampler:
         return Sample(req)
 
 
-def content_digest(payloads: Iterable[bytes]) -> str:
-    """SHA-256 (hex) over what an answer says: per choice index, its text (`message.content`, the streamed
-    `delta.content`s, or a completion's `text`), its tool calls (names and arguments, joined per call) and its last
-    finish reason. Payloads that are not JSON objects (`[DONE]`) and fields made fresh per answer are left out."""
-    choices: dict[str, dict[str, Any]] = {}
-    for payload in payloads:
-        try:
-            obj = json.loads(payload)
-        except ValueError:
-            continue
-        if not isinstance(obj, dict) or not isinstance(obj.get("choices"), list):
-            continue
-        for choice in obj["choices"]:
-            if isinstance(choice, dict):
-                _fold_choice(choices, choice)
-    canonical = json.dumps(choices, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def _fold_choice(choices: dict[str, dict[str, Any]], choice: dict[str, Any]) -> None:
-    acc = choices.setdefault(str(choice.get("index", 0)), {"text": "", "tools": {}, "finish_reason": None})
-    if isinstance(choice.get("text"), str):
-        acc["text"] += choice["text"]
-    for part in (choice.get("message"), choice.get("delta")):
-        if not isinstance(part, dict):
-            continue
-        if isinstance(part.get("content"), str):
-            acc["text"] += part["content"]
-        calls = part.get("tool_calls")
-        for position, call in enumerate(calls if isinstance(calls, list) else ()):
-            if not isinstance(call, dict):
-                continue
-            tool = acc["tools"].setdefault(str(call.get("index", position)), {"name": "", "arguments": ""})
-            function = call.get("function")
-            if isinstance(function, dict):
-                tool["name"] += function.get("name") or ""
-                tool["arguments"] += function.get("arguments") or ""
-    if choice.get("finish_reason"):
-        acc["finish_reason"] = choice["finish_reason"]
-
-
 class Execution(msgspec.Struct, frozen=True):
     """One run of the checked request: whose, what it said (content digest), what it reported."""
 
     worker: str  # the worker's RA-TLS key (hex)
     name: str
-    digest: str  # content_digest of its answer
+    digest: str  # the content digest of its answer (hex)
     usage: Usage
     # the worker's signed receipt for this run (ledger/receipts.py, base64), when it sent one: its signature over the
     # request and the exact answer bytes makes the evidence hold for whoever checks it, not only for this proxy
@@ -133,10 +82,16 @@ class SpotEvidence(msgspec.Struct, frozen=True):
     runs: list[Execution]  # the client's answer first, then the check, then the referee when one ran
 
 
-def execution(worker: str, name: str, payloads: Iterable[bytes], end: ResponseEnd) -> Execution:
-    """One run as evidence: whose it was, what its answer said, and what its worker reported and signed."""
+def execution(worker: str, name: str, payloads: Iterable[bytes], end: ResponseEnd, *, sealed: bool = False
+              ) -> Execution | None:
+    """One run as evidence: whose it was, what its answer said, and what its worker reported and signed. A sealed
+    answer says what its worker's receipt states (`content_digest`); None when it states nothing."""
     receipt = end.receipt.to_base64() if end.receipt is not None else None
-    return Execution(worker, name, content_digest(payloads), end.usage, receipt)
+    if not sealed:
+        return Execution(worker, name, content_digest(payloads).hex(), end.usage, receipt)
+    if end.receipt is None or not end.receipt.content_digest:
+        return None
+    return Execution(worker, name, end.receipt.content_digest.hex(), end.usage, receipt)
 
 
 def judge(runs: Sequence[Execution]) -> tuple[str, str | None]:

@@ -131,6 +131,11 @@ class Request(Frame, tag="req", omit_defaults=True):
     # the most input media the job may process, in milliseconds: what the proxy reserves money for, and what the
     # worker holds the job to (like max_tokens); 0 for requests that are not media
     max_media_ms: int = 0
+    # a sealed request whose body asks for one answer only (cocoon.openai.content.is_deterministic), as its client
+    # read the plaintext: the proxy, which cannot, spot-checks sealed requests by it (proxy/rerun.py). Bound into
+    # the seal with the envelope; a worker refuses a request so marked whose body is not (a client marking sampled
+    # requests so would have honest workers blamed for answers that differ)
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         if self.max_tokens == 0:  # what peers before `None` sent for "unset": never a cap of zero tokens
@@ -140,8 +145,11 @@ class Request(Frame, tag="req", omit_defaults=True):
         """The cleartext fields a sealed body is bound to (its associated data): a proxy that changes any of them
         makes the body fail to open. `max_tokens` is not among them: the proxy sets it to the cap it reserved
         for, and the worker holds the engine to the lower of that and the body's own."""
-        return msgspec.msgpack.encode([SEAL_ENVELOPE_VERSION, self.request_id, self.endpoint, self.model, self.stream,
-                                       self.include_usage, self.choices, self.features, self.region, self.deadline])
+        fields = [SEAL_ENVELOPE_VERSION, self.request_id, self.endpoint, self.model, self.stream, self.include_usage,
+                  self.choices, self.features, self.region, self.deadline]
+        if self.deterministic:  # appended only when set: an unmarked request's envelope is what older peers bind
+            fields.append(True)
+        return msgspec.msgpack.encode(fields)
 
 
 class ResponseHead(Frame, tag="head"):

@@ -15,6 +15,7 @@ from cocoon.core.usage import Usage
 from cocoon.inference.base import Engine
 from cocoon.ledger.receipts import AnswerHasher
 from cocoon.openai import schema
+from cocoon.openai.content import ContentDigest
 from cocoon.openai.http import internal_error
 from cocoon.openai.schema import OpenAIRequest, StreamOptions
 from cocoon.seal import AnswerDigest, AnswerSealer
@@ -41,6 +42,8 @@ class Execution:
         self.send = send
         self.notary = notary
         self.answer = AnswerHasher()  # over the payloads sent, in order: the receipt's answer_hash
+        # what the answer says, for a request marked deterministic: the receipt's content_digest (spot checks)
+        self.content = ContentDigest() if req.deterministic else None
         self.unsealer = unsealer
         self.body = req.body  # the plaintext body (a sealed request's, once opened)
         self.sealer: AnswerSealer | None = None
@@ -97,7 +100,8 @@ class Execution:
         receipt = None
         if self.notary is not None:
             receipt = self.notary.receipt(self.req, usage, self.answer.digest(), body=self.body,
-                                          sealed_answer_hash=self.sealed_answer.digest() if self.sealer else b"")
+                                          sealed_answer_hash=self.sealed_answer.digest() if self.sealer else b"",
+                                          content_digest=self.content.digest() if self.content else b"")
         await self.send(ResponseEnd(call_id=self.req.call_id, usage=usage, worker_ms=self._ms(), receipt=receipt,
                                     sealed_end=sealed_end))
 
@@ -173,6 +177,8 @@ class Execution:
     async def _chunk(self, chunk: ResponseChunk) -> None:
         if self.notary is not None:
             self.answer.update(chunk.data, has_usage=chunk.has_usage)
+            if self.content is not None:
+                self.content.add(chunk.data)
         if self.sealer is not None:  # the proxy relays the sealed payload only
             chunk = msgspec.structs.replace(chunk, data=self.sealer.seal(chunk.data))
             self.sealed_answer.add(chunk.data)

@@ -1,11 +1,14 @@
 """Opening sealed requests (cocoon/seal) with the HPKE key whose public half is in this worker's attested claims:
-each sealed request at most once (a replayed encapsulation is refused until its deadline)."""
+each sealed request at most once (a replayed encapsulation is refused until its deadline), and only when its
+cleartext envelope tells the truth about the body where the proxy acts on it (the `deterministic` mark)."""
 
 from __future__ import annotations
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from cocoon.seal import OpenedRequest, ReplayGuard, SealKey
+from cocoon.core.errors import ErrorCode
+from cocoon.openai.content import is_deterministic
+from cocoon.seal import OpenedRequest, ReplayGuard, SealError, SealKey
 from cocoon.wire.messages import Request
 
 
@@ -19,4 +22,10 @@ class Unsealer:
         that opened is remembered, so garbage cannot fill the replay guard."""
         opened = self.key.open(req.body, req.envelope())
         self.guard.check(opened.enc, req.deadline, now)
+        # the proxy spot-checks requests marked deterministic: one marked so that samples would have this worker's
+        # answer differ from another's and be held against it. Unmarked deterministic bodies pass (a client may
+        # keep its requests out of checks, and clients before the mark send none)
+        if req.deterministic and not is_deterministic(opened.body):
+            raise SealError(400, "the sealed request's envelope marks it deterministic, but its body samples (no "
+                                 "`temperature` 0 and no integer `seed`)", ErrorCode.SEALED_ENVELOPE_MISMATCH)
         return opened

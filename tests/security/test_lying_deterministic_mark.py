@@ -15,33 +15,22 @@ as evidence against the honest workers.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from tests.netutil import free_port, get_json
 from tests.security.procs import role_process, wait_until
+from tests.security.test_sealed_metering import ask as ask_events
 from tests.security.test_sealed_tampering import config, get_or_none
 
 
 def ask(api: str, i: int, *, stream: bool, temperature: float) -> tuple[int, dict[str, Any]]:
     """One chat request: its status and its answer (the last event of a stream)."""
-    body: dict[str, Any] = {"model": "fake-model", "stream": stream, "max_tokens": 8, "temperature": temperature,
-                            "messages": [{"role": "user", "content": f"say something new, number {i}"}]}
-    req = urllib.request.Request(api + "/chat/completions", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            raw, status = resp.read(), resp.status
-    except urllib.error.HTTPError as exc:
-        raw, status = exc.read(), exc.code
-    if not stream or status != 200:
-        return status, json.loads(raw)
-    return status, [json.loads(line[6:]) for line in raw.split(b"\n\n") if line.startswith(b"data: {")][-1]
+    status, events = ask_events(api, stream=stream, temperature=temperature,
+                                messages=[{"role": "user", "content": f"say something new, number {i}"}])
+    return status, events[-1]
 
 
 def test_a_request_marked_deterministic_whose_body_samples_is_refused_and_blames_nobody(tmp_path: Path) -> None:

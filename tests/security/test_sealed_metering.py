@@ -23,9 +23,10 @@ from tests.security.procs import role_process, wait_until
 from tests.security.test_sealed_tampering import config, get_or_none
 
 
-def ask(api: str, *, stream: bool) -> tuple[int, list[dict[str, Any]]]:
+def ask(api: str, *, stream: bool, **fields: Any) -> tuple[int, list[dict[str, Any]]]:
+    """One chat request (`fields` added to its body): its status, and its events (or its one JSON answer)."""
     body = {"model": "fake-model", "stream": stream, "max_tokens": 8,
-            "messages": [{"role": "user", "content": "count me honestly"}]}
+            "messages": [{"role": "user", "content": "count me honestly"}], **fields}
     if stream:
         body["stream_options"] = {"include_usage": True}
     req = urllib.request.Request(api + "/chat/completions", data=json.dumps(body).encode(),

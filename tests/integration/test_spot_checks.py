@@ -3,7 +3,8 @@ payments on), every deterministic request re-run on another worker of the same m
 
 Honest deterministic workers never mismatch, over many requests; a worker answering with another model under the
 same name (here a fake engine configured to answer shorter) is blamed by the referee, benched, and gets no more
-traffic. The checks are the proxy's cost: the client is charged for its own requests only.
+traffic. The checks are the proxy's cost: the client is charged for its own requests only, and the checking workers
+are paid through the books and their payout vouchers like for any answer.
 
 Each runs twice: with the client sending its bodies in the clear (`seal_requests = false`), where the proxy reads
 the answers it compares, and sealed (every client's default), where the proxy reads neither request nor answer: the
@@ -113,6 +114,16 @@ def test_honest_deterministic_workers_never_mismatch(net_factory: Any, sealed: b
     (client,) = stats["books"]["clients"].values()
     assert client["requests"] == requests
     assert client["charged_nanoton"] == sum(costs)
+    # the checking workers are paid, as the proxy's cost: the books record it apart, and every payout voucher (checks
+    # included) reaches its worker, so what the workers hold is what the books paid
+    books = stats["books"]
+    assert books["checks_nanoton"] == spot["cost_nanoton"] > 0
+    assert books["commission_nanoton"] == books["charged_nanoton"] - books["paid_nanoton"]
+    workers = [n for n in net.nodes if n.role == "worker"]
+    deadline = time.monotonic() + 30
+    while sum(get_json(f"{w.stats_url}/jsonstats")["earned_nanoton"] for w in workers) != books["paid_nanoton"]:
+        assert time.monotonic() < deadline, "the workers' payout vouchers do not add up to what the books paid"
+        time.sleep(0.2)
     # every answer's receipt held at the client: sealed, with the content digest it checked against what it opened
     assert client_stats(net)["receipts"] == {"held": requests, "missing": 0, "refused": 0}
     never_replayed(net)

@@ -12,7 +12,7 @@ import pytest
 from cocoon.config import Prices
 from cocoon.core.usage import Usage
 from cocoon.ledger.base import TON
-from cocoon.ledger.books import DuplicateRequest, PaymentRequired, ProxyBooks, RolledBack
+from cocoon.ledger.books import CHECKS, DuplicateRequest, PaymentRequired, ProxyBooks, RolledBack
 from cocoon.ledger.contracts import LOCAL_GLOBAL_ID, Tag
 from cocoon.ledger.pricing import Bounds, max_cost, price_request
 from cocoon.ledger.wallet import Wallet
@@ -54,6 +54,30 @@ def test_a_request_is_settled_once_with_cumulative_vouchers(tmp_path: Path) -> N
     assert s["workers"]["w1"]["earned_nanoton"] == 2 * COST.worker_fee
     assert s["commission_nanoton"] == 2 * COST.commission
     assert b.state()[0] == 2
+
+
+def test_a_spot_checks_rerun_is_paid_to_its_worker_as_the_proxys_cost(tmp_path: Path) -> None:
+    b = books(tmp_path)
+    answered = b.settle("req-1", "alice", "w1", "m", USAGE, PRICES, 1000)
+    bounds = Bounds(prompt_tokens=1000, completion_tokens=100)
+    check = b.pay_check("req-1@w1", "w1", "m", USAGE, PRICES, 1000, bounds)
+    held = Usage(prompt_tokens=1000, completion_tokens=100)  # a re-run is paid no more than the request can produce
+    assert check.usage == held and check.beyond == ("completion_tokens",) and check.client_voucher is None
+    fee = price_request(held, PRICES, 1000).worker_fee
+    assert check.charge.client_cost == 0 and check.charge.worker_fee == fee > 0
+    assert check.worker_voucher is not None and answered.worker_voucher is not None
+    # the worker's cumulative payout voucher carries it, after the answer it was paid before
+    assert (check.worker_voucher.seqno, check.worker_voucher.amount) == (2, COST.worker_fee + fee)
+    check.worker_voucher.verify(KEY.public_key, LOCAL_GLOBAL_ID)
+    with pytest.raises(DuplicateRequest):  # one payment per run
+        b.pay_check("req-1@w1", "w1", "m", USAGE, PRICES, 1000)
+    s = b.summary()
+    assert CHECKS not in s["clients"] and s["clients"]["alice"]["charged_nanoton"] == COST.client_cost
+    assert s["clients"]["alice"]["requests"] == 1  # the client's own request only
+    assert (s["paid_nanoton"], s["checks_nanoton"]) == (COST.worker_fee + fee, fee)
+    assert s["commission_nanoton"] == COST.client_cost - COST.worker_fee - fee  # the proxy bears it
+    assert b.state()[0] == 2  # in the hash chain the proxy commits on chain, like every payout
+    assert b.unclaimed() == [("alice", COST.client_cost, TON, "open")]  # nothing to claim from anyone for it
 
 
 def test_reservations_are_bounded_by_the_stake_less_unclaimed_charges(tmp_path: Path) -> None:

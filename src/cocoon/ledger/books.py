@@ -13,6 +13,8 @@
 - What a client can be charged is bounded by its channel's stake, not its balance: a client may withdraw
   everything above its stake at any time without asking, so the proxy extends no more credit than the stake
   guarantees. `available = min(balance, stake) − (charged in the books − claimed on chain) − reserved`.
+- A spot check's re-run (issue 11) is paid to its worker like an answer, as the proxy's own cost (`pay_check`): a
+  row whose paying party is `CHECKS`, charged to nobody, and the worker's next payout voucher.
 - The state (seqno, hash) is a hash chain over the settled requests: each settlement increments the seqno and
   hashes the previous hash with the request's row. The proxy commits it on chain; after a restart, books behind
   (or beside) the committed state refuse to serve (`check_commit`).
@@ -87,6 +89,9 @@ class Settled:
 
 
 _Key = tuple[str, str]  # (client, request id)
+
+# the paying party of spot checks' re-runs in the `requests` table: the proxy itself, which no client channel backs
+CHECKS = "proxy:spot-checks"
 
 
 @dataclass
@@ -192,39 +197,60 @@ class ProxyBooks:
         if bounds is not None:
             usage, beyond = bounds.hold(usage)
         charge = price_request(usage, prices, coefficient)
-        tokens = usage.total_tokens
         with self._lock:
             reserved = self._flight.held.get((client, request_id))
             if reserved is not None and charge.client_cost > reserved:
                 # only a coefficient above the one reserved for gets here (the router never picks one): the
                 # reservation is what the client agreed to, and the worker's fee is never above the charge
                 charge = Charge(reserved, min(charge.worker_fee, reserved))
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                if db.execute("SELECT 1 FROM requests WHERE client = ? AND request_id = ?",
-                              (client, request_id)).fetchone() is not None:
-                    raise DuplicateRequest(f"request id `{request_id}` of this client was settled before")
-                (seqno,), (prev_hash,) = db.execute("SELECT value FROM meta WHERE key IN ('seqno', 'state_hash') "
-                                                    "ORDER BY key").fetchall()
-                seqno += 1
-                fields = (request_id, client, worker, model, coefficient, usage.prompt_tokens, usage.cached_tokens,
-                          usage.completion_tokens, usage.reasoning_tokens, charge.client_cost, charge.worker_fee)
-                state_hash = _chain_hash(prev_hash, seqno, fields)
-                db.execute("INSERT INTO requests VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                           (request_id, seqno, state_hash, time.time(), *fields[1:]))
-                db.execute("UPDATE meta SET value = ? WHERE key = 'seqno'", (seqno,))
-                db.execute("UPDATE meta SET value = ? WHERE key = 'state_hash'", (state_hash,))
-                client_voucher = self._bump("clients", "client", "charged", client, tokens, charge.client_cost,
-                                            Tag.CHARGE)
-                worker_voucher = self._bump("workers", "worker", "earned", worker, tokens, charge.worker_fee,
-                                            Tag.PAYOUT)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            client_voucher, worker_voucher = self._record(request_id, client, worker, model, coefficient, usage,
+                                                          charge)
             self._release((client, request_id))
         return Settled(charge, client_voucher, worker_voucher, usage, beyond)
+
+    def pay_check(self, check_id: str, worker: str, model: str, usage: Usage, prices: Prices, coefficient: int,
+                  bounds: Bounds | None = None) -> Settled:
+        """Pay `worker` for a spot check's re-run (`check_id`, unique per run) as the proxy's own cost: its usage
+        held to the checked request's `bounds`, its fee recorded under `CHECKS` with no client charged, and the
+        worker's new cumulative payout voucher signed, in one transaction (DuplicateRequest for an id paid before)."""
+        beyond: tuple[str, ...] = ()
+        if bounds is not None:
+            usage, beyond = bounds.hold(usage)
+        charge = Charge(0, price_request(usage, prices, coefficient).worker_fee)
+        with self._lock:
+            _, worker_voucher = self._record(check_id, CHECKS, worker, model, coefficient, usage, charge)
+        return Settled(charge, None, worker_voucher, usage, beyond)
+
+    def _record(self, request_id: str, client: str, worker: str, model: str, coefficient: int, usage: Usage,
+                charge: Charge) -> tuple[Voucher | None, Voucher | None]:
+        """One settled row, the hash chain extended over it, and the cumulative vouchers it moves (the client's
+        charge unless the proxy pays, `CHECKS`; the worker's payout), in one transaction; the caller holds the
+        lock."""
+        tokens = usage.total_tokens
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if db.execute("SELECT 1 FROM requests WHERE client = ? AND request_id = ?",
+                          (client, request_id)).fetchone() is not None:
+                raise DuplicateRequest(f"request id `{request_id}` of this client was settled before")
+            (seqno,), (prev_hash,) = db.execute("SELECT value FROM meta WHERE key IN ('seqno', 'state_hash') "
+                                                "ORDER BY key").fetchall()
+            seqno += 1
+            fields = (request_id, client, worker, model, coefficient, usage.prompt_tokens, usage.cached_tokens,
+                      usage.completion_tokens, usage.reasoning_tokens, charge.client_cost, charge.worker_fee)
+            state_hash = _chain_hash(prev_hash, seqno, fields)
+            db.execute("INSERT INTO requests VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                       (request_id, seqno, state_hash, time.time(), *fields[1:]))
+            db.execute("UPDATE meta SET value = ? WHERE key = 'seqno'", (seqno,))
+            db.execute("UPDATE meta SET value = ? WHERE key = 'state_hash'", (state_hash,))
+            client_voucher = None if client == CHECKS else self._bump(
+                "clients", "client", "charged", client, tokens, charge.client_cost, Tag.CHARGE)
+            worker_voucher = self._bump("workers", "worker", "earned", worker, tokens, charge.worker_fee, Tag.PAYOUT)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return client_voucher, worker_voucher
 
     def _bump(self, table: str, key: str, total: str, name: str, tokens: int, amount: int,
               tag: Tag) -> Voucher | None:
@@ -311,10 +337,13 @@ class ProxyBooks:
             workers = {w: {"channel": ch, "requests": r, "tokens": t, "earned_nanoton": e, "redeemed_nanoton": red}
                        for w, ch, r, t, e, red in self._db.execute(
                            "SELECT worker, channel, requests, tokens, earned, redeemed FROM workers")}
+            (checks,) = self._db.execute("SELECT COALESCE(SUM(worker_fee), 0) FROM requests WHERE client = ?",
+                                         (CHECKS,)).fetchone()
         charged = sum(c["charged_nanoton"] for c in clients.values())
         earned = sum(w["earned_nanoton"] for w in workers.values())
+        # paid: every payout, spot checks' re-runs included (`checks_nanoton`, the proxy's cost of checking)
         return {"clients": clients, "workers": workers, "charged_nanoton": charged, "paid_nanoton": earned,
-                "commission_nanoton": charged - earned}
+                "checks_nanoton": checks, "commission_nanoton": charged - earned}
 
     def close(self) -> None:
         self._db.close()

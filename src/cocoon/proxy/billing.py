@@ -201,6 +201,13 @@ class Billing:
         """The request is over, answered or not: its reservation is released and its id freed unless settled."""
         self.books.end(res.request_id, res.account.id)
 
+    def pay_check(self, check_id: str, worker_key: str, model: str, usage: Usage, coefficient: int,
+                  bounds: Bounds | None) -> Settled:
+        """A spot check's re-run, paid to its worker as the proxy's own cost (`ProxyBooks.pay_check`): no client
+        is charged, the worker gets a payout voucher like for any answer."""
+        return self.books.pay_check(check_id, worker_key, model, usage, self.ledger.root_params().prices,
+                                    coefficient, bounds)
+
     def settle(self, res: Reservation, worker_key: str, worker_name: str, model: str, usage: Usage,
                coefficient: int) -> Settled:
         """Charge one answer: the worker's report held to the request's bounds (anything beyond is logged and

@@ -190,7 +190,7 @@ class RunningRequest:
         if res.max_tokens != req.max_tokens:
             self.req = msgspec.structs.replace(req, max_tokens=res.max_tokens)
         if fwd.spot_checks is not None and not req.parts:  # a body in parts cannot be run twice
-            self.spot = fwd.spot_checks.sample(self.req)
+            self.spot = fwd.spot_checks.sample(self.req, res.bounds)
         return res
 
     def _finish(self, outcome: str) -> None:

@@ -4,8 +4,10 @@ After a sampled request's answer has reached its client, `SpotChecker` re-runs i
 free worker announcing the same model, with the same image hash (a worker of another image is another program, not
 a witness), and compares the two answers' content digests; on a mismatch a third such worker referees. Nothing here
 is on the client's path: its answer went out before the check starts, and a check never waits for a busy worker
-(none free: the check is skipped). The checks' cost is the proxy's: no client is charged for a re-execution; the
-fees the checking workers' runs are worth at their coefficients are counted in `stats()`.
+(none free: the check is skipped). The checks' cost is the proxy's: no client is charged for a re-execution, and its
+worker is paid its fee like for any answer (its usage held to the checked request's bounds), through the books and
+a payout voucher (`Billing.pay_check`), so a checking worker is paid as it would be by a client; the fees are counted
+in `stats()` and in the books (`checks_nanoton`).
 
 A sealed request marked deterministic is re-run as it came, byte for byte (its request id and deadline are bound
 into the seal), on another worker it was sealed to: only those can open it, and each worker opens one sealed request
@@ -20,16 +22,16 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
-from cocoon.config import Prices, SpotCheckConfig
+from cocoon.config import SpotCheckConfig
 from cocoon.core.ids import new_request_id, request_scope
-from cocoon.ledger.pricing import price_request
+from cocoon.ledger.pricing import Bounds
 from cocoon.ledger.receipts import ReceiptError
 from cocoon.proxy.backlog import Backlog
+from cocoon.proxy.billing import Billing
 from cocoon.proxy.metrics import ProxyMetrics
 from cocoon.proxy.receipts import check_receipt
 from cocoon.proxy.registry import WorkerLink, WorkerRegistry
@@ -47,7 +49,7 @@ from cocoon.proxy.spotcheck import (
 )
 from cocoon.seal import AnswerDigest, peek
 from cocoon.wire.connection import LinkLost
-from cocoon.wire.messages import Request, ResponseChunk, ResponseEnd, ResponseError
+from cocoon.wire.messages import Payout, Request, ResponseChunk, ResponseEnd, ResponseError
 
 log = logging.getLogger(__name__)
 
@@ -60,24 +62,25 @@ def image_of(worker: WorkerLink) -> str | None:
 
 class SpotChecker:
     def __init__(self, cfg: SpotCheckConfig, registry: WorkerRegistry, selector: Selector[WorkerLink],
-                 backlog: Backlog[WorkerLink], prices: Callable[[], Prices], rng: random.Random | None = None,
+                 backlog: Backlog[WorkerLink], billing: Billing, rng: random.Random | None = None,
                  metrics: ProxyMetrics | None = None) -> None:
         self.cfg = cfg
         self.metrics = metrics
         self.registry = registry
         self.selector = selector
         self.backlog = backlog
-        self.prices = prices
+        self.billing = billing  # pays the checking workers, as the proxy's cost
         self.sampler = SpotSampler(cfg.share, rng)
         self._tasks: set[asyncio.Task[None]] = set()
         self.counts = {PASSED: 0, FAILED: 0, UNRESOLVED: 0, "skipped": 0}
         self.runs = 0  # re-executions answered (checks and referees)
-        self.cost_nanoton = 0  # the worker fees those runs are worth: the proxy's cost, never a client's
+        self.cost_nanoton = 0  # the worker fees paid for those runs: the proxy's cost, never a client's
         self.tokens = 0
 
-    def sample(self, req: Request) -> Sample | None:
-        """A `Sample` to fill with the answer's payloads when `req` is to be checked."""
-        return self.sampler.sample(req)
+    def sample(self, req: Request, bounds: Bounds | None = None) -> Sample | None:
+        """A `Sample` to fill with the answer's payloads when `req` (which can produce `bounds`) is to be
+        checked."""
+        return self.sampler.sample(req, bounds)
 
     def submit(self, sample: Sample, worker: WorkerLink, end: ResponseEnd) -> None:
         """The sampled request's answer reached its client from `worker`: check it in the background."""
@@ -89,7 +92,7 @@ class SpotChecker:
             self._count("skipped")
             return
         task = asyncio.get_running_loop().create_task(
-            self._check(sample.req, worker, original, frozenset(sample.tried | {worker.key})))
+            self._check(sample, worker, original, frozenset(sample.tried | {worker.key})))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -99,19 +102,21 @@ class SpotChecker:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _check(self, req: Request, worker: WorkerLink, original: Execution, tried: frozenset[str]) -> None:
-        with request_scope(req.request_id):
+    async def _check(self, sample: Sample, worker: WorkerLink, original: Execution, tried: frozenset[str]) -> None:
+        with request_scope(sample.req.request_id):
             try:
-                await self._compare(req, worker, original, tried)
+                await self._compare(sample, worker, original, tried)
             except Exception:  # a background check must never take the proxy down: log it and go on
                 log.exception("spot check failed to run")
 
-    async def _compare(self, req: Request, worker: WorkerLink, original: Execution, tried: frozenset[str]) -> None:
+    async def _compare(self, sample: Sample, worker: WorkerLink, original: Execution, tried: frozenset[str]
+                       ) -> None:
         """`tried`: the keys of every worker the request was sent to, which none of its re-runs may go to."""
+        req = sample.req
         image = image_of(worker)
         runs, links = [original], [worker]
         while len(runs) < 3:
-            other = await self._run_elsewhere(req, image, tried | {w.key for w in links})
+            other = await self._run_elsewhere(sample, image, tried | {w.key for w in links})
             if other is None:
                 break
             runs.append(other[0])
@@ -136,10 +141,11 @@ class SpotChecker:
                                                                        None),
                 "evidence": msgspec.to_builtins(evidence)}})
 
-    async def _run_elsewhere(self, req: Request, image: str | None, used: frozenset[str]
+    async def _run_elsewhere(self, sample: Sample, image: str | None, used: frozenset[str]
                              ) -> tuple[Execution, WorkerLink] | None:
         """Run `req` once more on a free worker of the same model and image whose key is not in `used` (and, for a
         sealed request, that it was sealed to)."""
+        req = sample.req
         sealed_to = frozenset(peek(req.body).key_ids) if req.sealed else None
         exclude = tuple(w for w in self.registry.workers()
                         if w.key in used or image_of(w) != image or req.model not in w.params.models
@@ -148,12 +154,12 @@ class SpotChecker:
         if worker is None:
             return None
         try:
-            run = await self._execute(worker, req)
+            run = await self._execute(worker, req, sample.bounds)
         finally:
             self.backlog.release(worker)
         return (run, worker) if run is not None else None
 
-    async def _execute(self, worker: WorkerLink, req: Request) -> Execution | None:
+    async def _execute(self, worker: WorkerLink, req: Request, bounds: Bounds | None) -> Execution | None:
         """The worker's answer to a copy of `req` under a request id of its own (a sealed request: `req` itself,
         whose id and deadline its seal binds); None when it did not answer (a failure to answer is the ordinary
         path's business, never a mismatch) or, sealed, without a receipt that holds for what it sent."""
@@ -183,10 +189,15 @@ class SpotChecker:
             return None
         self.runs += 1
         self.tokens += end.usage.total_tokens
-        fee = price_request(end.usage, self.prices(), worker.params.coefficient).worker_fee
-        self.cost_nanoton += fee
+        # one run per worker and request (never back to a worker that had it): the id of its row in the books
+        paid = self.billing.pay_check(f"{again.request_id}@{worker.key}", worker.key, req.model, end.usage,
+                                      worker.params.coefficient, bounds)
+        if paid.worker_voucher is not None and worker.conn.version >= 2:
+            worker.conn.send_nowait(Payout(call_id=call.call_id, fee_nanoton=paid.charge.worker_fee,
+                                           voucher=paid.worker_voucher))
+        self.cost_nanoton += paid.charge.worker_fee
         if self.metrics is not None:
-            self.metrics.spot_check_cost.inc(fee)
+            self.metrics.spot_check_cost.inc(paid.charge.worker_fee)
         return execution(worker.key, worker.name, payloads, end, sealed=req.sealed)
 
     def _receipt_holds(self, worker: WorkerLink, req: Request, sealed: list[bytes], end: ResponseEnd) -> bool:

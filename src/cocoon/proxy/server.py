@@ -60,8 +60,8 @@ class ProxyServer:
         self.metrics.watch_reputation(self.reputations)
         self.ledger = open_ledger(cfg)
         self.billing = Billing(cfg, self.ledger)
-        self.spot_checks = SpotChecker(cfg.spot_checks, self.registry, self.selector, self.backlog,
-                                       lambda: self.ledger.root_params().prices, metrics=self.metrics)
+        self.spot_checks = SpotChecker(cfg.spot_checks, self.registry, self.selector, self.backlog, self.billing,
+                                       metrics=self.metrics)
         self.forwarder = Forwarder(cfg, self.registry, self.selector, self.backlog, self.billing, self.limiter,
                                    self.metrics, self.spot_checks)
         self.identity, self.verifier = make_node_identity("proxy", cfg, {"worker", "client"},

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from cocoon.core.usage import Usage
+from cocoon.ledger.pricing import Bounds
 from cocoon.openai.content import content_digest, is_deterministic
 from cocoon.wire.messages import Request, ResponseEnd
 
@@ -37,6 +38,7 @@ class Sample:
     # the keys of the workers it was sent to (every attempt): a sealed request is opened at most once per worker
     # (their replay guards), so a re-run never goes to one of them
     tried: set[str] = field(default_factory=set)
+    bounds: Bounds | None = None  # what the request can produce: what a re-run is paid for at most
 
 
 class SpotSampler:
@@ -48,14 +50,14 @@ class SpotSampler:
         self.deterministic = 0  # deterministic requests seen
         self.sampled = 0
 
-    def sample(self, req: Request) -> Sample | None:
+    def sample(self, req: Request, bounds: Bounds | None = None) -> Sample | None:
         if self.share <= 0 or not (req.deterministic if req.sealed else is_deterministic(req.body)):
             return None
         self.deterministic += 1
         if self.share < 1 and self._rng.random() >= self.share:
             return None
         self.sampled += 1
-        return Sample(req)
+        return Sample(req, bounds=bounds)
 
 
 class Execution(msgspec.Struct, frozen=True):

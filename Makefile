@@ -54,7 +54,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 bench: $(STAMP)
-	$(BIN)/cocoon bench --out docs/bench.json --readme README.md
+	$(BIN)/cocoon bench --runs 3 --out docs/bench.json --readme README.md
 	$(BIN)/python bench/ratls_handshake.py
 	$(BIN)/python bench/selection_scale.py
 	$(BIN)/python bench/sim_network.py

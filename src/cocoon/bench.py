@@ -349,17 +349,48 @@ README_BEGIN = "<!-- bench:begin (written by `make bench`: cocoon bench --readme
 README_END = "<!-- bench:end -->"
 
 
+RUN_FIGURES = ("direct_rps", "network_rps", "ratio", "plain_rps", "sealed_ratio", "direct_c1_p50_ms",
+               "network_c1_p50_ms", "plain_c1_p50_ms", "direct_c1_headers_p50_ms", "network_c1_headers_p50_ms")
+
+
+def run_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """One run's headline figures, kept for every run of `cocoon bench --runs N`."""
+    cpu = report["cpu_ms_per_request"]
+    return {**{k: report[k] for k in RUN_FIGURES}, "network_cpu_ms": cpu["network"]["total"],
+            "plain_cpu_ms": cpu["plain"]["total"], "direct_cpu_ms": cpu["direct"]["total"]}
+
+
+def runs_table(runs: list[dict[str, Any]]) -> list[str]:
+    lines = ["| run | direct req/s | network req/s | ratio | plain req/s | sealed/plain | added c1 p50 ms sealed / "
+             "plain | c1 headers ms network / direct | CPU ms/req direct / plain / sealed |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(runs, 1):
+        lines.append(
+            f"| {i} | {r['direct_rps']} | {r['network_rps']} | {r['ratio']} | {r['plain_rps']} | {r['sealed_ratio']} | "
+            f"{r['network_c1_p50_ms'] - r['direct_c1_p50_ms']:.2f} / {r['plain_c1_p50_ms'] - r['direct_c1_p50_ms']:.2f}"
+            f" | {r['network_c1_headers_p50_ms']} / {r['direct_c1_headers_p50_ms']} | {r['direct_cpu_ms']} / "
+            f"{r['plain_cpu_ms']} / {r['network_cpu_ms']} |")
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
-    """The report as the README's benchmark figures: the machine, rates and latencies, CPU ms per request."""
+    """The report as the README's benchmark figures: the machine, every run's headline figures (`--runs`), then
+    the last run's rates and latencies and CPU ms per request."""
     m = report["machine"]
     cpu = report["cpu_ms_per_request"]
     roles = list(cpu["network"])
+    runs = report.get("all_runs", [])
     lines = [
         f"Machine: {m['cores']} cores, {m['cpu_model']}; engine, load generator and every node on it. "
         f"{report['requests']} streamed requests at concurrency {report['concurrency']}, then "
         f"{report['c1_requests']} at concurrency 1; {report['chunks_per_answer']}×{report['chunk_bytes']} B per "
         f"answer, {report['workers']} workers.",
         "",
+    ]
+    if len(runs) > 1:
+        lines += [f"{len(runs)} consecutive runs, every one shown (the details below are of the last):", "",
+                  *runs_table(runs), ""]
+    lines += [
         "| path | req/s | p50 ms | p99 ms | ttfb p50 ms | c1 p50 ms | c1 ttfb p50 ms | errors |",
         "|---|---|---|---|---|---|---|---|",
     ]

@@ -288,6 +288,8 @@ def bench(
     workers: Annotated[int, typer.Option(help="Workers in the network run.")] = 2,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
     c1_requests: Annotated[int, typer.Option(help="Streamed requests in the concurrency-1 phase.")] = 200,
+    runs: Annotated[int, typer.Option(
+        help="Consecutive runs; the report keeps every run's headline figures (`all_runs`), details of the last.")] = 1,
     chunks: Annotated[int, typer.Option(
         help="Chunks per answer (1 measures what a request costs apart from relaying its chunks).")] = 50,
     out: Annotated[Path | None, typer.Option(help="Also write the JSON report to this file.")] = None,
@@ -298,11 +300,19 @@ def bench(
     latencies at --concurrency and at 1, and CPU ms per request of every process."""
     import json
 
-    from cocoon.bench import run_bench, update_readme
+    from cocoon.bench import run_bench, run_summary, update_readme
 
     if chunks < 1:
         raise typer.BadParameter("at least one chunk per answer", param_hint="--chunks")
-    report = run_bench(requests, concurrency, workers, json_out, c1_requests, chunks)
+    if runs < 1:
+        raise typer.BadParameter("at least one run", param_hint="--runs")
+    summaries = []
+    for i in range(runs):
+        if runs > 1:
+            typer.echo(f"run {i + 1} of {runs}", err=True)
+        report = run_bench(requests, concurrency, workers, json_out, c1_requests, chunks)
+        summaries.append(run_summary(report))
+    report["all_runs"] = summaries
     if json_out:
         typer.echo(json.dumps(report))
     if out is not None:

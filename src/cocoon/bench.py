@@ -265,6 +265,8 @@ def run_bench(requests: int, concurrency: int, workers: int, as_json: bool,
             nodes = sorted((n for n in net.nodes if n.proc), key=lambda n: (hop_order[n.role], n.name))
             pids = {"loadgen": os.getpid(), **{n.name: n.proc.pid for n in nodes if n.proc and n is not plain_client},
                     "engine": engine.pid}
+            if net.chain_proc is not None:  # the devnet shares the cores: its share of the run shows too
+                pids["chain"] = net.chain_proc.pid
             network, network_cpu = measured(api, requests, concurrency, pids, chunks)
             network1, network1_cpu = measured(api, c1_requests, 1, pids, chunks)
             with urllib.request.urlopen(net.client.stats_url + "/jsonstats", timeout=5) as resp:

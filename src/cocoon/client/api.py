@@ -69,7 +69,10 @@ class ClientStats:
             self.series.sample("ttft_ms", first_token_s * 1000)
         if model not in self.models and len(self.models) >= MAX_MODELS_SHOWN:
             model = "other"
-        self.models.setdefault(model, Series(bucket_s=10.0, length=30)).sample("latency_ms", seconds * 1000)
+        series = self.models.get(model)
+        if series is None:  # made once per model: a Series seeds its own random generator
+            series = self.models[model] = Series(bucket_s=10.0, length=30)
+        series.sample("latency_ms", seconds * 1000)
 
     def per_model(self) -> dict[str, Any]:
         return {model: series.recent("latency_ms", 300.0) for model, series in self.models.items()}

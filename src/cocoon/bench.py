@@ -45,6 +45,7 @@ console = Console(stderr=True)
 
 CHUNKS = 50
 CHUNK_BYTES = 128
+HOPS = ("client", "proxy", "worker")
 C1_REQUESTS = 200  # concurrency-1 phase: enough for a stable median, short enough on 2 cores
 
 
@@ -98,6 +99,7 @@ class LoadResult:
     latencies_ms: list[float]
     ttfb_ms: list[float]
     headers_ms: list[float]  # until the answer's status and headers: the request's way there, its head's back
+    hops_ms: dict[str, list[float]]  # the answers' x-cocoon-{client,proxy,worker}-ms headers (network only)
 
     @property
     def rps(self) -> float:
@@ -117,6 +119,7 @@ async def run_load(base_url: str, model: str, requests: int, concurrency: int, c
     latencies: list[float] = []
     ttfbs: list[float] = []
     headed: list[float] = []
+    hops: dict[str, list[float]] = {hop: [] for hop in HOPS}
     errors = 0
     todo = iter(range(requests))
     connector = aiohttp.TCPConnector(limit=concurrency)
@@ -128,6 +131,9 @@ async def run_load(base_url: str, model: str, requests: int, concurrency: int, c
             first = None
             async with session.post(base_url + "/chat/completions", data=body, headers=headers) as resp:
                 headers_at = time.perf_counter()
+                for hop in HOPS:  # each hop's time until the answer's head reached it (cocoon's timing headers)
+                    if (value := resp.headers.get(f"x-cocoon-{hop}-ms")) is not None:
+                        hops[hop].append(float(value))
                 if resp.status != 200:
                     errors += 1
                     await resp.read()
@@ -157,7 +163,7 @@ async def run_load(base_url: str, model: str, requests: int, concurrency: int, c
         started = time.perf_counter()
         await asyncio.gather(*(lane() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
-    return LoadResult(requests - errors, errors, elapsed, latencies, ttfbs, headed)
+    return LoadResult(requests - errors, errors, elapsed, latencies, ttfbs, headed, hops)
 
 
 async def flood(base_url: str, model: str, concurrency: int, stop: asyncio.Event) -> dict[str, int]:
@@ -312,6 +318,8 @@ def run_bench(requests: int, concurrency: int, workers: int, as_json: bool,
         "direct_c1_headers_p50_ms": round(direct1.pct(direct1.headers_ms, 0.5), 2),
         "network_c1_headers_p50_ms": round(network1.pct(network1.headers_ms, 0.5), 2),
         "plain_c1_headers_p50_ms": round(plain1.pct(plain1.headers_ms, 0.5), 2),
+        # until the head: the client from the request's parsing, the proxy from routing, the worker from the request
+        "plain_c1_hops_p50_ms": {hop: round(plain1.pct(plain1.hops_ms[hop], 0.5), 2) for hop in HOPS},
         "direct_c1_errors": direct1.errors, "network_c1_errors": network1.errors,
         # per process role, over each measured phase (loadgen: this process, the benchmark's HTTP client)
         "cpu_ms_per_request": {"direct": direct_cpu, "network": network_cpu,
@@ -402,6 +410,7 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{report[f'{path}_c1_p50_ms']} | {report[f'{path}_c1_ttfb_p50_ms']} | "
                      f"{report[f'{path}_errors'] + report[f'{path}_c1_errors']} |")
     added = report["network_c1_p50_ms"] - report["direct_c1_p50_ms"]
+    hops = report["plain_c1_hops_p50_ms"]
     hpke = report["hpke"]
     sealing = report["network_c1_p50_ms"] - report["plain_c1_p50_ms"]
     lines += ["", f"ratio network/direct (req/s): **{report['ratio']}**; added at concurrency 1: "
@@ -409,7 +418,10 @@ def markdown(report: dict[str, Any]) -> str:
               f"At concurrency 1 the answer's headers (the request's way to the engine, the head's way back) arrive "
               f"after {report['network_c1_headers_p50_ms']} ms sealed, {report['plain_c1_headers_p50_ms']} ms plain "
               f"and {report['direct_c1_headers_p50_ms']} ms direct (p50): most of what the hops add is on the "
-              f"request's way, not in relaying its {report['chunks_per_answer']} chunks.", "",
+              f"request's way, not in relaying its {report['chunks_per_answer']} chunks. Until the head (plain, "
+              f"p50, from cocoon's timing headers): the client {hops['client']} ms from the request's parsing, the "
+              f"proxy {hops['proxy']} ms from routing it, the worker {hops['worker']} ms from taking it (the "
+              f"engine's part included).", "",
               f"The network run is sealed end to end; through a client configured plain the same network gave "
               f"{report['plain_rps']} req/s (p50 {report['plain_p50_ms']} ms, at concurrency 1 "
               f"{report['plain_c1_p50_ms']} ms): sealed/plain **{report['sealed_ratio']}**, {sealing:+.2f} ms at "

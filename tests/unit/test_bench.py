@@ -51,6 +51,7 @@ def _report() -> dict:
             "direct_errors": 0, "network_errors": 0, "c1_requests": 5, "direct_c1_p50_ms": 1.1,
             "network_c1_p50_ms": 6.7, "direct_c1_ttfb_p50_ms": 0.9, "network_c1_ttfb_p50_ms": 5.0,
             "direct_c1_headers_p50_ms": 0.3, "network_c1_headers_p50_ms": 4.5, "plain_c1_headers_p50_ms": 4.0,
+            "plain_c1_hops_p50_ms": {"client": 3.1, "proxy": 1.2, "worker": 0.6},
             "direct_c1_errors": 0, "network_c1_errors": 1,
             "plain_rps": 400.0, "plain_p50_ms": 80.0, "plain_c1_p50_ms": 6.2, "plain_errors": 0, "sealed_ratio": 0.75,
             "hpke": {"candidates": 1, "seal_request_us": 300.0, "open_request_us": 250.0, "answer_us": 150.0,
@@ -70,6 +71,7 @@ def test_readme_block_is_replaced_between_markers_only(tmp_path: Path) -> None:
     assert "2 cores, Test CPU" in text and "| network | 300.0 |" in text and "5.60 ms" in text
     assert "| network_c1 | 0.4 | 1.1 | 0.7 | 0.4 | 0.6 | 3.2 |" in text
     assert "sealed/plain **0.75**, +0.50 ms at concurrency 1" in text and "700.0 µs of CPU per request" in text
+    assert "the client 3.1 ms from the request's parsing, the proxy 1.2 ms" in text
 
 
 def test_every_run_is_shown_when_there_were_several(tmp_path: Path) -> None:

@@ -75,8 +75,9 @@ def voucher_hash(tag: Tag | int, global_id: int, contract: str, seqno: int, amou
         if not low <= value < high:
             raise ValueError(f"a voucher's {name} must be in [{low}, {high}), not {value}")
     coin_bytes = (amount.bit_length() + 7) // 8
-    # tag:32 global_id:32 addr_std$10 anycast:0 workchain:8 hash:256 seqno:64 coins(len:4 value:8*len)
-    bits = 32 + 32 + 3 + 8 + 256 + 64 + 4 + 8 * coin_bytes
+    # tag:32 global_id:32 addr_std$10 anycast:0 workchain:8 hash:256 seqno:64 coins(len:4 value:8*len):
+    # 399 + 8·len bits, always 7 past a whole byte, so the completion is a single 1 bit
+    full_bytes = 49 + coin_bytes
     value = (tag << 32) | (global_id & 0xFFFFFFFF)
     value = (value << 3) | 0b100
     value = (value << 8) | (workchain & 0xFF)
@@ -84,11 +85,9 @@ def voucher_hash(tag: Tag | int, global_id: int, contract: str, seqno: int, amou
     value = (value << 64) | seqno
     value = (value << 4) | coin_bytes
     value = (value << 8 * coin_bytes) | amount
-    pad = -bits % 8
-    if pad:
-        value = (value << pad) | (1 << (pad - 1))
-    data = value.to_bytes((bits + 7) // 8, "big")
-    return hashlib.sha256(bytes((0, bits // 8 + (bits + 7) // 8)) + data).digest()
+    data = ((value << 1) | 1).to_bytes(full_bytes + 1, "big")
+    # descriptors: no references, ordinary, level 0; then floor(bits/8) + ceil(bits/8)
+    return hashlib.sha256(bytes((0, 2 * full_bytes + 1)) + data).digest()
 
 
 def voucher_cell(tag: int, global_id: int, contract: str, seqno: int, amount: int) -> Cell:

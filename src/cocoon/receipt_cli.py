@@ -2,7 +2,8 @@
 
 Checked, in order: the worker's signature and the proxy's countersignature (ledger/receipts.py); the request hash
 against the request body (as sent to the client API, re-encoded the way the client API forwards it); the answer
-hash against the answer body exactly as received (a non-streamed answer's JSON, or a stream's SSE text); then,
+hash against the answer body exactly as received (a non-streamed answer's JSON, or a stream's SSE text) and, when
+the receipt states one (a request sent marked deterministic), its content digest against what that answer says; then,
 given the worker's certificate (`--cert`), that it passes the policy as of the receipt's time and names the
 receipt's key, image and weights; given the root registry (`--ledger`), that the countersigning key is a
 registered proxy's and that the registry lists the receipt's image and, when it lists weights for that model, its
@@ -24,6 +25,7 @@ from cocoon.core.errors import DECODE_ERRORS, ApiError, CocoonError
 from cocoon.ledger.base import RootParams
 from cocoon.ledger.receipts import Receipt, ReceiptError, answer_digest, request_digest
 from cocoon.openai import schema, sse
+from cocoon.openai.content import content_digest
 
 app = typer.Typer(help="Answers' receipts: check what a worker signed and a proxy charged.", no_args_is_help=True)
 
@@ -60,6 +62,9 @@ def check_hashes(receipt: Receipt, request: bytes, payloads: list[bytes]) -> Non
     if receipt.answer_hash != answer_digest(payloads):
         raise ReceiptError("the answer hash does not match this answer: the answer was altered, or the receipt is "
                            "for another answer")
+    if receipt.content_digest and receipt.content_digest != content_digest(payloads):
+        raise ReceiptError("the content digest does not match what this answer says: the worker signed another "
+                           "answer's content than the one it served")
 
 
 def _forwarded_or_none(endpoint: str, body: bytes) -> bytes | None:

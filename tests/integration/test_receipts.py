@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cocoon.ledger.owner import RootOwner
 from cocoon.ledger.receipts import Receipt
 from cocoon.ledger.wallet import Wallet
+from cocoon.openai.content import content_digest
 from tests.netutil import Net, chain_ledger, localnet, owner_wallet
 
 MODEL = "fake-model"
@@ -122,6 +123,19 @@ def test_a_streamed_answer_carries_its_receipt_in_the_final_usage_chunk(net: Net
     changed = answer.replace(b'"completion_tokens":12', b'"completion_tokens":13')
     assert changed != answer
     refused(verify(tmp_path, request, changed, None), "answer hash does not match")
+
+
+def test_a_deterministic_sealed_answer_states_what_it_says(net: Net, tmp_path: Path) -> None:
+    """Sealed (the default) and deterministic: the receipt states the answer's content digest, what spot checks
+    compare, which the client and `cocoon receipt verify` check against the answer."""
+    request, answer, header = ask(net, chat("the same answer every time", temperature=0))
+    assert header is not None
+    receipt = Receipt.from_base64(header)
+    assert receipt.sealed_request_hash and receipt.content_digest == content_digest([answer])
+    ok = verify(tmp_path, request, answer, header, *cert_of(net))
+    assert ok.returncode == 0 and ok.stdout.startswith("receipt holds: "), ok.stdout + ok.stderr
+    *_, sampled_header = ask(net, chat("an answer of its own", temperature=0.7))
+    assert sampled_header is not None and Receipt.from_base64(sampled_header).content_digest == b""
 
 
 def test_a_stream_without_usage_has_no_receipt_and_says_where_it_would_be(net: Net, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from cocoon import receipt_cli
 from cocoon.client import receipts as client_receipts
 from cocoon.core.errors import ErrorCode
 from cocoon.core.usage import Usage
@@ -140,6 +141,10 @@ async def test_a_marked_answer_states_its_content_digest_which_the_client_and_pr
     with pytest.raises(ReceiptError, match="content_digest"):
         client_receipts.check_receipt(lied, **args, content_digest=seen.content_digest())
     assert answer_digest(payloads) == seen.answer_hash()
+    # and so does `cocoon receipt verify`, from the request and answer as the app got them
+    receipt_cli.check_hashes(receipt, plain, payloads)
+    with pytest.raises(ReceiptError, match="content digest does not match"):
+        receipt_cli.check_hashes(lie, plain, payloads)
 
 
 async def test_an_unmarked_answer_states_no_content_digest() -> None:

@@ -49,7 +49,7 @@ class OldError(msgspec.Struct, tag="error", tag_field="t"):
 def test_old_messages_decode_with_defaults() -> None:
     old = OldRequest(id=1, endpoint="chat", model="m", body=b"{}", stream=True, include_usage=False, deadline=1.0)
     (req,) = frames.FrameReader().feed(frames.encode(old))  # type: ignore[arg-type]
-    assert isinstance(req, Request) and req.region == ""
+    assert isinstance(req, Request) and req.region == "" and not req.deterministic
     (chunk,) = frames.FrameReader().feed(frames.encode(OldChunk(id=1, data=b"x")))  # type: ignore[arg-type]
     assert isinstance(chunk, ResponseChunk) and chunk.tokens == 0  # an old worker's stream is never overcharged
     (end,) = frames.FrameReader().feed(frames.encode(OldEnd(id=1, usage=Usage(), cost_nanoton=5)))  # type: ignore[arg-type]
@@ -59,7 +59,7 @@ def test_old_messages_decode_with_defaults() -> None:
 def test_new_messages_decode_on_an_old_peer() -> None:
     old_decoder = msgspec.msgpack.Decoder(OldRequest | OldChunk | OldEnd | OldError)
     new = [Request(call_id=1, endpoint="chat", model="m", body=b"{}", stream=True, include_usage=False,
-                   deadline=1.0, region="eu", request_id="r-1", max_tokens=5),
+                   deadline=1.0, region="eu", request_id="r-1", max_tokens=5, sealed=True, deterministic=True),
            ResponseChunk(call_id=1, data=b"x", tokens=1),
            ResponseEnd(call_id=1, usage=Usage(completion_tokens=3), cost_nanoton=9, coefficient=1500),
            ResponseError(call_id=1, status=502, message="broke", usage=Usage(completion_tokens=3), cost_nanoton=9,

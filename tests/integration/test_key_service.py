@@ -6,6 +6,7 @@ refused."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -145,7 +146,8 @@ def test_a_node_whose_image_the_registry_does_not_allow_is_refused_and_its_log_s
     text = log.read_text()
     rogue = fake_image_hash("cocoon-worker-rogue").hex()
     assert f"image hash {rogue} is not allowed for role 'worker' by the root registry" in text
-    assert '"msg": "no key from the key service"' in text  # a structured line, with the reason
+    lines = [json.loads(ln) for ln in text.splitlines() if ln.startswith("{")]
+    assert "no key from the key service" in [ln.get("msg") for ln in lines]  # a structured line, with the reason
     assert get_json(f"http://127.0.0.1:{services.configs['keys-1'].stats_port}/jsonstats")["refused"] == 1
 
 

@@ -165,6 +165,7 @@ def test_a_worker_serving_another_model_under_the_same_name_is_caught_and_gets_n
         liar = next(w for w in stats["workers"] if w["name"] == "worker-liar")
         if liar["benched"]:
             liar_key = next(r["key"] for r in stats["reputation"] if r["name"] == "worker-liar")
+    print(f"the liar was benched after {sent} requests ({'sealed' if sealed else 'plain'})")
     reputation = {r["name"]: r for r in stats["reputation"]}
     caught = reputation["worker-liar"]["spot_checks"]
     assert caught["failed"] >= 2

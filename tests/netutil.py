@@ -31,6 +31,11 @@ def get_json(url: str, timeout: float = 2.0) -> Any:
         return json.loads(resp.read())
 
 
+def log_records(text: str) -> list[dict[str, Any]]:
+    """The JSON lines of a process's log (its structured records), whatever spacing the writer uses."""
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -6,7 +6,6 @@ refused."""
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from cocoon.keyclient import KeyRefused, KeyRequest, encode, receive
 from cocoon.ledger.local import LocalLedger
 from cocoon.ratls import tls
 from cocoon.ratls.cert import CertVerifier, make_identity
-from tests.netutil import free_port, get_json, stop_process
+from tests.netutil import free_port, get_json, log_records, stop_process
 
 WORKER_IMAGE = "cocoon-worker-dev"
 
@@ -146,8 +145,8 @@ def test_a_node_whose_image_the_registry_does_not_allow_is_refused_and_its_log_s
     text = log.read_text()
     rogue = fake_image_hash("cocoon-worker-rogue").hex()
     assert f"image hash {rogue} is not allowed for role 'worker' by the root registry" in text
-    lines = [json.loads(ln) for ln in text.splitlines() if ln.startswith("{")]
-    assert "no key from the key service" in [ln.get("msg") for ln in lines]  # a structured line, with the reason
+    # a structured line, with the reason
+    assert "no key from the key service" in [r.get("msg") for r in log_records(text)]
     assert get_json(f"http://127.0.0.1:{services.configs['keys-1'].stats_port}/jsonstats")["refused"] == 1
 
 

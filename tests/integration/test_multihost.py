@@ -27,7 +27,7 @@ from cocoon import hosts
 from cocoon.ledger.ton import TonLedger
 from cocoon.ledger.toncenter import ToncenterTransport
 from cocoon.ledger.wallet import raw_address
-from tests.netutil import free_port, pid_alive, stop_process
+from tests.netutil import free_port, log_records, pid_alive, stop_process
 
 WORKERS = 4
 REQUESTS = 6  # per client, before and after the kill
@@ -125,8 +125,8 @@ def test_a_network_of_hosts_fails_over_and_accounts_for_every_nanoton(tmp_path: 
         assert len({p["address"] for p in hosted}) == len(hosted)
         assert all("netns" not in p and p["api_url"].startswith("http://127.0.0.1:") for p in net.by_role("client"))
         # every proxy and worker took its keys from the key service
-        granted = [json.loads(ln).get("msg") for ln in (net.state / "logs" / "keys-1.log").read_text().splitlines()
-                   if ln.startswith("{")].count("handed out keys")
+        granted = [r.get("msg") for r in log_records((net.state / "logs" / "keys-1.log").read_text())].count(
+            "handed out keys")
         assert granted >= 3 * (2 + WORKERS)
         clients = net.by_role("client")
         for client in clients:

@@ -27,7 +27,7 @@ from cocoon.wire import connection
 from cocoon.wire.messages import ResponseChunk, ResponseEnd, ResponseError
 
 MODE_FILE = Path(os.environ["COCOON_TAMPER_FILE"])
-_send = connection.Connection.send
+_send = connection.Connection.send_soon  # every frame goes through it (`send` queues, then drains)
 _attempt = forwarding.RunningRequest._attempt
 _seen: dict[tuple[int, int], int] = {}
 _held: dict[tuple[int, int], Any] = {}
@@ -41,16 +41,16 @@ def mode() -> str:
         return ""
 
 
-async def send(self: connection.Connection, msg: Any) -> None:
+def send(self: connection.Connection, msg: Any) -> None:
     if self.peer.role != "client" or type(msg) not in (ResponseChunk, ResponseEnd):
-        return await _send(self, msg)
+        return _send(self, msg)
     key, how = (id(self), msg.call_id), mode()
     if type(msg) is ResponseEnd:
         _seen.pop(key, None)
         _cut.discard(key)
         if key in _held:
-            await _send(self, _held.pop(key))
-        return await _send(self, msg)
+            _send(self, _held.pop(key))
+        return _send(self, msg)
     n = _seen[key] = _seen.get(key, 0) + 1
     if key in _cut:
         return None
@@ -64,13 +64,13 @@ async def send(self: connection.Connection, msg: Any) -> None:
         _held[key] = msg
         return None
     elif how == "reorder" and n == 3:
-        await _send(self, msg)
+        _send(self, msg)
         msg = _held.pop(key)
     elif how == "replay" and n == 2:
-        await _send(self, msg)
+        _send(self, msg)
     elif how == "cut" and n == 2:
         _cut.add(key)
-    return await _send(self, msg)
+    return _send(self, msg)
 
 
 async def attempt(self: forwarding.RunningRequest, worker: Any, deadline: float) -> str:
@@ -81,7 +81,7 @@ async def attempt(self: forwarding.RunningRequest, worker: Any, deadline: float)
     return await _attempt(self, worker, deadline)
 
 
-connection.Connection.send = send  # type: ignore[method-assign]
+connection.Connection.send_soon = send  # type: ignore[method-assign]
 forwarding.RunningRequest._attempt = attempt  # type: ignore[method-assign]
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.netutil import free_port, get_json
+from tests.netutil import free_port, get_json, log_records
 from tests.security.procs import role_process, wait_until
 from tests.security.test_sealed_tampering import config, get_or_none
 
@@ -61,8 +61,7 @@ def test_a_receipt_stating_another_answers_content_is_refused_by_the_client(tmp_
         assert "receipt" not in usage
         receipts = get_json(f"http://127.0.0.1:{client_stats}/jsonstats")["receipts"]
         assert receipts["refused"] == 2 and receipts["held"] == 0, receipts
-        lines = [json.loads(line) for line in logs[2].read_text().splitlines() if line.startswith("{")]
-        refusals = [ln for ln in lines if ln.get("msg") == "answer without a valid receipt"]
+        refusals = [r for r in log_records(logs[2].read_text()) if r.get("msg") == "answer without a valid receipt"]
         assert len(refusals) == 2 and all("content_digest" in ln["reason"] for ln in refusals), refusals
         # an unmarked request states no digest: its receipt holds
         _, usage = ask(api, 2, stream=True, temperature=0.7)

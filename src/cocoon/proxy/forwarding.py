@@ -72,6 +72,10 @@ class Outbound(Protocol):
 
     async def send(self, msg: Message) -> None: ...
 
+    def send_soon(self, msg: Message) -> None: ...  # queued, in order before anything sent after it
+
+    async def drain(self) -> None: ...
+
 
 @dataclass(eq=False)
 class ClientLink:

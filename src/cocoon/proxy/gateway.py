@@ -56,12 +56,27 @@ def _for_device(msg: Answer) -> Answer:
 
 
 class _Out:
-    """Where the inner request's answers go instead of a link; remembers the last one (what the relay pays)."""
+    """Where the inner request's answers go instead of a link; remembers the last one (what the relay pays). Like a
+    link, it takes answers without waiting (`send_soon`, how a RunningRequest relays a stream's chunks) and delivers
+    them, in order, at the next `drain` or `send`."""
 
     def __init__(self) -> None:
         self.last: Answer | None = None
+        self._soon: list[Message] = []
+
+    def send_soon(self, msg: Message) -> None:
+        self._soon.append(msg)
+
+    async def drain(self) -> None:
+        soon, self._soon = self._soon, []
+        for msg in soon:
+            await self._send(msg)
 
     async def send(self, msg: Message) -> None:
+        await self.drain()
+        await self._send(msg)
+
+    async def _send(self, msg: Message) -> None:
         self.last = msg  # type: ignore[assignment]  # a RunningRequest sends answers only
         await self._deliver(_for_device(msg))  # type: ignore[arg-type]
 
@@ -182,6 +197,7 @@ class Gateway:
         # the inner request runs as the relay's, billed to its channel; its answers go to `out`, not to the link
         inner_client = ClientLink(conn=client.conn, key=client.key, account=client.account)
         await self.forwarder.serve(inner_client, msgspec.structs.replace(inner, call_id=0), out=out)
+        await out.drain()  # what a stream broken off left queued still reaches the device, in order
         if out.last is None:
             await out.send(ResponseError.from_api(ApiError(502, "the request ended without an answer",
                                                            code=ErrorCode.UPSTREAM_ERROR), 0))

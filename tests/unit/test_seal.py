@@ -240,3 +240,58 @@ def test_the_replay_guard_never_opens_one_encapsulation_twice(encs: list[bytes])
             continue
         opened.append(enc)
     assert len(opened) == len(set(opened))
+
+
+# ---- a body in parts (a media job's input): seal/parts.py -------------------------------------------------------
+PARTS = [b"part-0", b"part-1", b"part-2", b"part-3"]
+
+
+def _sealed_parts(parts: list[bytes] = PARTS) -> tuple[list[bytes], list[bytes]]:
+    """The parts sealed by the client for two candidates, and what each candidate's opener gives back."""
+    sealed = seal_request(b"{}", [KEYS[0].public_key, KEYS[1].public_key], AAD)
+    sealer = sealed.parts()
+    out = [sealer.part(p, i == len(parts) - 1) for i, p in enumerate(parts)]
+    again = sealed.parts()  # sent again (another worker took the job): the very same bytes
+    assert [again.part(p, i == len(parts) - 1) for i, p in enumerate(parts)] == out
+    for key in KEYS[:2]:  # whichever candidate the proxy routes the job to opens them
+        opener = key.open(sealed.sealed, AAD).parts()
+        assert [opener.part(s, i == len(out) - 1) for i, s in enumerate(out)] == parts
+    return out, parts
+
+
+def _open_parts(order: list[tuple[int, bool]]) -> list[bytes]:
+    """PARTS sealed, then opened in `order`: (which sealed part arrives, whether it is marked last)."""
+    sealed = seal_request(b"{}", [KEYS[0].public_key], AAD)
+    sealer = sealed.parts()
+    opener = KEYS[0].open(sealed.sealed, AAD).parts()
+    made = [sealer.part(p, i == len(PARTS) - 1) for i, p in enumerate(PARTS)]
+    return [opener.part(made[i], last) for i, last in order]
+
+
+def test_parts_open_in_order_with_any_candidate_and_seal_again_identically() -> None:
+    _sealed_parts()
+    other = seal_request(b"{}", [KEYS[0].public_key], AAD).parts()  # another request: another key
+    assert other.part(PARTS[0], False) != _sealed_parts()[0][0]
+
+
+@pytest.mark.parametrize(("order", "says"), [
+    ([(0, False), (2, False)], "sealed upload part 1 does not open"),  # dropped
+    ([(0, False), (2, False), (1, False)], "sealed upload part 1 does not open"),  # reordered
+    ([(0, False), (0, False)], "sealed upload part 1 does not open"),  # repeated
+    ([(0, False), (1, True)], "end marker does not open after 1 parts"),  # cut: an early part marked last
+    ([(0, False), (1, False), (2, False), (3, False)], "sealed upload part 3 does not open"),  # the last not marked
+])
+def test_a_part_dropped_reordered_repeated_or_an_upload_cut_does_not_open(order: list[tuple[int, bool]],
+                                                                           says: str) -> None:
+    with pytest.raises(SealError) as info:
+        _open_parts(order)
+    assert (info.value.status, info.value.code) == (400, ErrorCode.SEALED_REQUEST_INVALID)
+    assert says in info.value.message
+
+
+def test_a_changed_part_does_not_open() -> None:
+    sealed = seal_request(b"{}", [KEYS[0].public_key], AAD)
+    part = bytearray(sealed.parts().part(b"input", False))
+    part[3] ^= 1
+    with pytest.raises(SealError, match="sealed upload part 0 does not open"):
+        KEYS[0].open(sealed.sealed, AAD).parts().part(bytes(part), False)

@@ -10,12 +10,15 @@ relay's gateway all share it. The stable API:
 - `peek(sealed)` (proxy, no key): the recipients' key ids and the body's plaintext length (for the reservation).
 - `AnswerSealer.seal(chunk)` / `.end(trailer)`; `AnswerOpener.open(chunk)` / `.end(sealed_end)`.
 - `AnswerDigest` (worker and proxy): the hash of a sealed answer in order, what usage is signed over.
+- `SealedRequest.parts()` → `PartSealer` (client), `OpenedRequest.parts()` → `PartOpener` (worker): a `parts`
+  request's body (the media workload's input) sealed part by part (seal/parts.py).
 - `ReplayGuard` (worker): refuses an encapsulation seen before.
 - `key_id(public_key)`; `SealError`, an `ApiError` whose code names what was wrong.
 """
 
 from cocoon.seal.answer import AnswerDigest, AnswerOpener, AnswerSealer
 from cocoon.seal.errors import SealError
+from cocoon.seal.parts import PartOpener, PartSealer
 from cocoon.seal.request import (
     MAX_RECIPIENTS,
     OpenedRequest,
@@ -35,6 +38,8 @@ __all__ = [
     "AnswerOpener",
     "AnswerSealer",
     "OpenedRequest",
+    "PartOpener",
+    "PartSealer",
     "ReplayGuard",
     "SealError",
     "SealKey",

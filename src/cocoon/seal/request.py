@@ -31,6 +31,7 @@ from pyhpke import AEADId, CipherSuite, KDFId, KEMId, KEMKey, OpenError
 from cocoon.core.errors import ErrorCode
 from cocoon.seal.answer import ANSWER_KEY_LEN, AnswerOpener, AnswerSealer
 from cocoon.seal.errors import SealError
+from cocoon.seal.parts import PartOpener, PartSealer, parts_key
 
 VERSION = 1
 KEY_ID_LEN = 8
@@ -107,6 +108,12 @@ class SealedRequest:
 
     sealed: bytes
     _answer_keys: dict[bytes, bytes]
+    _content_key: bytes = b""
+
+    def parts(self) -> PartSealer:
+        """A sealer of the body's parts from the first (a `parts` request's; each call starts again, giving the
+        same bytes for the same parts)."""
+        return PartSealer(parts_key(self._content_key))
 
     @property
     def key_ids(self) -> tuple[bytes, ...]:
@@ -137,13 +144,18 @@ def seal_request(body: bytes, public_keys: Sequence[bytes], aad: bytes) -> Seale
         answers[kid] = ctx.export(_ANSWER_LABEL, ANSWER_KEY_LEN)
     header = b"".join(parts)
     ciphertext = ChaCha20Poly1305(content_key).encrypt(_BODY_NONCE, body, header + aad)
-    return SealedRequest(header + ciphertext, answers)
+    return SealedRequest(header + ciphertext, answers, content_key)
 
 
 class OpenedRequest(NamedTuple):
     body: bytes
     enc: bytes  # this recipient's encapsulation: unique per request, what a replay guard remembers
     answer: AnswerSealer
+    content_key: bytes = b""
+
+    def parts(self) -> PartOpener:
+        """The opener of the body's parts (a `parts` request's), from the first."""
+        return PartOpener(parts_key(self.content_key))
 
 
 class SealKey:
@@ -176,7 +188,7 @@ class SealKey:
         except InvalidTag:
             raise SealError(400, "the sealed request's body does not open: its ciphertext or header was changed, "
                                  "or it was sealed under another envelope", ErrorCode.SEALED_REQUEST_INVALID) from None
-        return OpenedRequest(body, mine.enc, AnswerSealer(ctx.export(_ANSWER_LABEL, ANSWER_KEY_LEN)))
+        return OpenedRequest(body, mine.enc, AnswerSealer(ctx.export(_ANSWER_LABEL, ANSWER_KEY_LEN)), content_key)
 
 
 class ReplayGuard:

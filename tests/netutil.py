@@ -143,6 +143,20 @@ def localnet(state_dir: Path, *, engine: str = "fake", workers: int = 2, options
         out.close()
 
 
+def transcode_with_curl(api_url: str, path: Path, out: Path, **fields: str) -> tuple[int, dict[str, str], bytes]:
+    """POST /v1/media/transcode with curl as the README does it (`api_url` ends in /v1): status, headers, body (the
+    output, or the error)."""
+    cmd = ["curl", "-sS", "-D", "-", "-o", str(out), "-F", f"file=@{path}"]
+    for name, value in fields.items():
+        cmd += ["-F", f"{name}={value}"]
+    done = subprocess.run([*cmd, api_url + "/media/transcode"], capture_output=True, timeout=120, check=True)
+    blocks = [b for b in done.stdout.decode().split("\r\n\r\n") if b.strip()]
+    lines = blocks[-1].split("\r\n")  # after any `100 Continue` (curl asks for one before a large upload)
+    status = int(lines[0].split()[1])
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if ":" in line)}
+    return status, headers, out.read_bytes()
+
+
 @contextlib.contextmanager
 def serving(args: list[str], port: int, log_path: Path, *, within_s: float) -> Iterator[subprocess.Popen[bytes]]:
     """The process `args`, once it accepts connections on 127.0.0.1:`port` (within `within_s`), its output in

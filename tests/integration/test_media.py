@@ -5,10 +5,10 @@ the file's name or bytes."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
-import subprocess
 import threading
 import time
 import urllib.request
@@ -20,12 +20,13 @@ from typing import Any
 import pytest
 
 from cocoon.config import MediaLimits
+from cocoon.ledger.receipts import Receipt
 from cocoon.media import samples
 from cocoon.media.job import TranscodeJob
 from cocoon.media.probe import measured_duration, probe
 from cocoon.media.spool import leftovers
 from cocoon.media.transcode import transcode
-from tests.netutil import Net, localnet
+from tests.netutil import Net, localnet, transcode_with_curl
 
 MAX_UPLOAD = 400_000  # the client's max_media_bytes here (COCOON_MAX_MEDIA_BYTES): a 2 s tone fits, 5 s does not
 SECRET_NAME = "very-private-recording"  # appears in no log
@@ -60,15 +61,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def curl(net: Net, path: Path, out: Path, **fields: str) -> tuple[int, dict[str, str], bytes]:
-    """POST /v1/media/transcode as the README does it: status, headers, body (the output, or the error)."""
-    cmd = ["curl", "-sS", "-D", "-", "-o", str(out), "-F", f"file=@{path}"]
-    for name, value in fields.items():
-        cmd += ["-F", f"{name}={value}"]
-    done = subprocess.run([*cmd, net.api_url + "/media/transcode"], capture_output=True, timeout=120, check=True)
-    lines = done.stdout.decode().split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if ":" in line)}
-    return status, headers, out.read_bytes()
+    return transcode_with_curl(net.api_url, path, out, **fields)
 
 
 def money(net: Net) -> tuple[int, float]:
@@ -106,6 +99,9 @@ def test_tone_to_ogg_opus(net: Net, files: Path, tmp_path: Path) -> None:
     cost = int(headers["x-cocoon-cost-nanoton"])
     assert cost == seconds * media_price(net)  # exactly: the workers' coefficient is the list price (1000)
     assert money(net) == (charged + cost, pytest.approx(seconds_before + 2.0))
+    receipt = Receipt.from_base64(headers["x-cocoon-receipt"])  # sealed (the default), countersigned
+    assert receipt.verify().cost_nanoton == cost and receipt.sealed_request_hash
+    assert receipt.answer_hash == hashlib.sha256((tmp_path / "tone.ogg").read_bytes()).digest()
     workers = [net.stats(w["name"]) for w in net.by_role("worker")]
     assert sum(w["media"]["seconds"] for w in workers) >= 2.0
     assert net.stats("proxy-1")["media_seconds"] >= 2.0

@@ -21,7 +21,7 @@ import pytest
 from cocoon.ledger.receipts import Receipt
 from cocoon.wire.messages import ResponseChunk
 from tests import ohttputil
-from tests.netutil import Net, devnet_call, free_port, localnet
+from tests.netutil import Net, devnet_call, free_port, localnet, transcode_with_curl
 
 MODEL = "fake-model"
 
@@ -217,3 +217,17 @@ def test_the_sdk_straight_to_a_proxy_pays_from_its_own_channel(relay_net: Net) -
         assert receipt.verify().cost_nanoton == answer.usage.cost_nanoton
         (charge,) = payments.receipts.charges(payments.purses[proxy].channel)
         assert charge.receipt == receipt
+
+
+def test_a_media_job_through_the_relay_is_a_clean_501_naming_why(relay_net: Net, tmp_path: Path) -> None:
+    from cocoon.media.samples import tone_wav
+    from cocoon.media.spool import leftovers
+
+    before = relay_net.stats("client-1")["charged_nanoton"]
+    status, _, body = transcode_with_curl(relay_net.api_url, tone_wav(tmp_path / "tone.wav"), tmp_path / "out",
+                                          format="ogg", codec="libopus")
+    error = json.loads(body)["error"]
+    assert (status, error["code"], error["type"]) == (501, "media_needs_direct_link", "api_error")
+    assert "relay" in error["message"] and "direct link to a proxy" in error["message"]
+    assert relay_net.stats("client-1")["charged_nanoton"] == before
+    assert leftovers(relay_net.node_dir("client-1") / "media") == []

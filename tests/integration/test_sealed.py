@@ -19,44 +19,10 @@ from typing import Any
 
 import pytest
 
+from tests.memscan import files_holding, process_memory_holds
 from tests.netutil import Net, localnet
 
 TOKENS = 120  # streamed at 40/s: the answer flows through the proxy for ~3 s
-
-
-def process_memory_holds(pid: int, needles: list[bytes]) -> set[bytes]:
-    """Which of `needles` appear anywhere in the readable memory of process `pid` (its heap, stacks, mappings)."""
-    found: set[bytes] = set()
-    overlap = max(len(n) for n in needles)
-    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
-        for line in maps:
-            span, perms = line.split()[:2]
-            if not perms.startswith("r") or line.rstrip().endswith(("[vvar]", "[vsyscall]", "[vvar_vclock]")):
-                continue
-            start, end = (int(x, 16) for x in span.split("-"))
-            tail = b""
-            at = start
-            while at < end:
-                size = min(8 << 20, end - at)
-                try:
-                    mem.seek(at)
-                    block = mem.read(size)
-                except (OSError, ValueError):
-                    break
-                window = tail + block
-                found.update(n for n in needles if n in window)
-                tail = block[-overlap:]
-                at += size
-    return found
-
-
-def files_holding(root: Path, needles: list[bytes]) -> list[str]:
-    hits = []
-    for path in root.rglob("*"):
-        if path.is_file():
-            data = path.read_bytes()
-            hits += [f"{path.relative_to(root)}: {n.decode()}" for n in needles if n in data]
-    return hits
 
 
 def stream_and_scan(net: Net, marker: str, answer_marker: str) -> tuple[set[bytes], set[bytes], str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import resource
 import signal
@@ -13,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.netutil import get_json, stop_process
+from tests.netutil import free_port, get_json, stop_process
 
 
 def proxy_config(tmp_path: Path, port: int, stats: int, extra: str = "") -> Path:
@@ -77,3 +78,49 @@ def wait_until(ready: Callable[[], Any], procs: Sequence[tuple[subprocess.Popen[
 def wait_stats(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> dict[str, Any]:
     """The process's /jsonstats once it answers (bounded wait; the log's tail if it died)."""
     return wait_until(lambda: stats(port), [(proc, log)], f"stats on port {port}", timeout)
+
+
+def toml(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value)
+
+
+def config(path: Path, **fields: Any) -> Path:
+    """A role's TOML config file at `path` holding `fields`."""
+    path.write_text("".join(f"{key} = {toml(value)}\n" for key, value in fields.items()))
+    return path
+
+
+def get_or_none(url: str) -> Any:
+    try:
+        return get_json(url)
+    except (OSError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def tampering_network(tmp: Path) -> Iterator[tuple[Path, str, int, Path]]:
+    """A client and a worker (fake engine, reply of 8 tokens, the media workload too) linked by the tampering proxy
+    (tests/security/tampering_proxy.py), each a real process with its state in `tmp`, once the worker is linked:
+    (`tmp`, the client's API URL, its stats port, the file whose content is the proxy's mode). Every process must
+    still run at the end."""
+    mode_file = tmp / "tamper-mode"
+    proxy_port, api_port, client_stats = free_port(), free_port(), free_port()
+    proxy_cfg = config(tmp / "proxy.toml", name="proxy", state_dir=str(tmp), port=proxy_port,
+                       stats_port=free_port())
+    worker_cfg = config(tmp / "worker.toml", name="worker", state_dir=str(tmp), proxy=f"127.0.0.1:{proxy_port}",
+                        engine="fake", engine_options={"reply_tokens": 8}, stats_port=free_port())
+    client_cfg = config(tmp / "client.toml", name="client", state_dir=str(tmp), proxy=f"127.0.0.1:{proxy_port}",
+                        api_port=api_port, stats_port=client_stats)
+    tamperer = Path(__file__).with_name("tampering_proxy.py")
+    with role_process("proxy", proxy_cfg, tmp / "proxy.log", script=tamperer,
+                      env={"COCOON_TAMPER_FILE": str(mode_file)}) as proxy, \
+            role_process("worker", worker_cfg, tmp / "worker.log") as worker, \
+            role_process("client", client_cfg, tmp / "client.log") as client:
+        api = f"http://127.0.0.1:{api_port}/v1"
+        procs = [(proxy, tmp / "proxy.log"), (worker, tmp / "worker.log"), (client, tmp / "client.log")]
+        wait_until(lambda: any(m["workers"] for m in (get_or_none(api + "/models") or {"data": []})["data"]),
+                   procs, "a worker behind the tampering proxy")
+        yield tmp, api, client_stats, mode_file
+        assert all(p.poll() is None for p, _ in procs), "a process crashed"

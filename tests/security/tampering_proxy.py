@@ -8,6 +8,9 @@ at the moment (re-read per frame, so one process plays every attack):
 - `replay`: the second chunk is sent twice;
 - `cut`: nothing after the second chunk is sent but the end (its end marker as the worker sealed it);
 - `rerun`: every request is run once on its worker before the real attempt (the same sealed bytes twice);
+- `part-flip`, `part-truncate`, `part-drop`, `part-reorder`, `part-replay`: the same to the second part of a
+  request's body (a media job's input) on its way to the worker; `part-cut`: the second part is sent marked last,
+  and nothing after it;
 - anything else: an honest proxy.
 
 Run as `python tampering_proxy.py --config FILE`.
@@ -24,10 +27,10 @@ import msgspec
 
 from cocoon.proxy import forwarding
 from cocoon.wire import connection
-from cocoon.wire.messages import ResponseChunk, ResponseEnd, ResponseError
+from cocoon.wire.messages import RequestPart, ResponseChunk, ResponseEnd, ResponseError
 
 MODE_FILE = Path(os.environ["COCOON_TAMPER_FILE"])
-_send = connection.Connection.send_soon  # every frame goes through it (`send` queues, then drains)
+_send = connection.Connection.send_soon  # every message leaves through it (`send` is it and a drain)
 _attempt = forwarding.RunningRequest._attempt
 _seen: dict[tuple[int, int], int] = {}
 _held: dict[tuple[int, int], Any] = {}
@@ -41,10 +44,25 @@ def mode() -> str:
         return ""
 
 
-def send(self: connection.Connection, msg: Any) -> None:
+def send_soon(self: connection.Connection, msg: Any) -> None:
+    if self.peer.role == "worker" and type(msg) is RequestPart and mode().startswith("part-"):
+        return tamper(self, msg, mode().removeprefix("part-"))
     if self.peer.role != "client" or type(msg) not in (ResponseChunk, ResponseEnd):
         return _send(self, msg)
-    key, how = (id(self), msg.call_id), mode()
+    return tamper(self, msg, mode())
+
+
+def tamper(self: connection.Connection, msg: Any, how: str) -> None:
+    """`msg` (an answer's chunk or end to a client, or a body's part to a worker) sent as `how` says."""
+    key = (id(self), msg.call_id)
+    if type(msg) is RequestPart and msg.last:  # a body's end: what was held goes first
+        _seen.pop(key, None)
+        if key in _cut:
+            _cut.discard(key)
+            return None
+        if key in _held:
+            _send(self, _held.pop(key))
+        return _send(self, msg)
     if type(msg) is ResponseEnd:
         _seen.pop(key, None)
         _cut.discard(key)
@@ -54,7 +72,7 @@ def send(self: connection.Connection, msg: Any) -> None:
     n = _seen[key] = _seen.get(key, 0) + 1
     if key in _cut:
         return None
-    if how == "flip" and (n == 2 or (n == 1 and not msg.tokens)):
+    if how == "flip" and (n == 2 or (n == 1 and type(msg) is ResponseChunk and not msg.tokens)):
         msg = msgspec.structs.replace(msg, data=bytes([msg.data[0] ^ 1]) + msg.data[1:])
     elif how == "truncate" and n == 2:
         msg = msgspec.structs.replace(msg, data=msg.data[:-3])
@@ -70,6 +88,8 @@ def send(self: connection.Connection, msg: Any) -> None:
         _send(self, msg)
     elif how == "cut" and n == 2:
         _cut.add(key)
+        if type(msg) is RequestPart:
+            msg = msgspec.structs.replace(msg, last=True)
     return _send(self, msg)
 
 
@@ -81,7 +101,7 @@ async def attempt(self: forwarding.RunningRequest, worker: Any, deadline: float)
     return await _attempt(self, worker, deadline)
 
 
-connection.Connection.send_soon = send  # type: ignore[method-assign]
+connection.Connection.send_soon = send_soon  # type: ignore[method-assign]
 forwarding.RunningRequest._attempt = attempt  # type: ignore[method-assign]
 
 if __name__ == "__main__":

@@ -20,19 +20,8 @@ from typing import Any
 
 import pytest
 
-from tests.netutil import free_port, get_json, log_records
-from tests.security.procs import role_process, wait_until
-
-
-def toml(value: Any) -> str:
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {toml(v)}" for k, v in value.items()) + " }"
-    return json.dumps(value)
-
-
-def config(path: Path, **fields: Any) -> Path:
-    path.write_text("".join(f"{key} = {toml(value)}\n" for key, value in fields.items()))
-    return path
+from tests.netutil import get_json, log_records
+from tests.security.procs import tampering_network
 
 
 class Setup:
@@ -62,33 +51,8 @@ class Setup:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    tmp = tmp_path_factory.mktemp("tamper")
-    mode_file = tmp / "tamper-mode"
-    proxy_port, api_port, client_stats = free_port(), free_port(), free_port()
-    proxy_cfg = config(tmp / "proxy.toml", name="proxy", state_dir=str(tmp), port=proxy_port,
-                       stats_port=free_port())
-    worker_cfg = config(tmp / "worker.toml", name="worker", state_dir=str(tmp), proxy=f"127.0.0.1:{proxy_port}",
-                        engine="fake", engine_options={"reply_tokens": 8}, stats_port=free_port())
-    client_cfg = config(tmp / "client.toml", name="client", state_dir=str(tmp), proxy=f"127.0.0.1:{proxy_port}",
-                        api_port=api_port, stats_port=client_stats)
-    tamperer = Path(__file__).with_name("tampering_proxy.py")
-    with role_process("proxy", proxy_cfg, tmp / "proxy.log", script=tamperer,
-                      env={"COCOON_TAMPER_FILE": str(mode_file)}) as proxy, \
-            role_process("worker", worker_cfg, tmp / "worker.log") as worker, \
-            role_process("client", client_cfg, tmp / "client.log") as client:
-        api = f"http://127.0.0.1:{api_port}/v1"
-        procs = [(proxy, tmp / "proxy.log"), (worker, tmp / "worker.log"), (client, tmp / "client.log")]
-        wait_until(lambda: any(m["workers"] for m in (get_or_none(api + "/models") or {"data": []})["data"]),
-                   procs, "a worker behind the tampering proxy")
+    with tampering_network(tmp_path_factory.mktemp("tamper")) as (tmp, api, client_stats, mode_file):
         yield Setup(tmp, api, client_stats, mode_file)
-        assert all(p.poll() is None for p, _ in procs), "a process crashed"
-
-
-def get_or_none(url: str) -> Any:
-    try:
-        return get_json(url)
-    except (OSError, ValueError):
-        return None
 
 
 @pytest.mark.parametrize(("mode", "says"), [

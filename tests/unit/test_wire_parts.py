@@ -128,3 +128,49 @@ def test_usage_with_media_keeps_token_views_unchanged() -> None:
     assert usage.total_tokens == 0 and list(usage.by_kind()) == [("prompt", 0), ("cached", 0), ("completion", 0),
                                                                  ("reasoning", 0)]
     assert msgspec.msgpack.encode(Usage()) == msgspec.msgpack.encode({})
+
+
+async def test_a_later_attempt_restarts_the_count_and_stops_a_sender_of_an_earlier_one() -> None:
+    credit = Credit(window=1)
+    assert await credit.wait(0)
+    credit.spend()
+    blocked = asyncio.create_task(credit.wait(0))
+    moved = asyncio.create_task(credit.moved_on(0))
+    await asyncio.sleep(0)
+    assert not blocked.done() and not moved.done()
+    credit.took(0, attempt=1)  # the proxy asks for the body again
+    assert await asyncio.wait_for(blocked, 1) is False  # the sender of attempt 0 stops
+    assert await asyncio.wait_for(moved, 1) == 1
+    assert (credit.sent, credit.taken) == (0, 0)
+    assert await credit.wait(1)
+    credit.spend()
+    credit.took(1, attempt=0)  # a late count of the earlier attempt changes nothing
+    assert credit.taken == 0
+    credit.took(1, attempt=1)
+    assert credit.taken == 1
+
+
+async def test_the_proxy_drops_parts_of_an_earlier_sending_and_refuses_a_later_one() -> None:
+    from cocoon.proxy.uploads import Upload
+
+    upload = Upload()
+    assert upload.feed(RequestPart(call_id=1, data=b"a"))
+    assert (await upload.parts.next()).data == b"a"
+    assert upload.moved
+    upload.restart()  # no client known yet: nothing to tell
+    assert (upload.attempt, upload.moved) == (1, False)
+    assert upload.feed(RequestPart(call_id=1, data=b"b", attempt=0))  # on its way before the restart: dropped
+    assert not upload.feed(RequestPart(call_id=1, data=b"c", attempt=2))  # a sending nobody asked for
+    assert upload.feed(RequestPart(call_id=1, data=b"a", attempt=1, last=True))
+    part = await upload.parts.next()
+    assert (part.data, part.last, part.attempt) == (b"a", True, 1)
+
+
+def test_a_media_jobs_envelope_binds_its_declared_input_and_other_envelopes_are_as_before() -> None:
+    chat = Request(endpoint="chat", model="m", body=b"{}", stream=True, include_usage=False, deadline=1.0,
+                   request_id="r")
+    assert chat.envelope() == msgspec.msgpack.encode([1, "r", "chat", "m", True, False, 1, [], "", 1.0])
+    job = Request(endpoint="media", model="media", body=b"{}", stream=True, include_usage=False, deadline=1.0,
+                  request_id="r", parts=True, max_media_ms=1000)
+    assert job.envelope() != msgspec.structs.replace(job, max_media_ms=2000).envelope()
+    assert job.envelope() == msgspec.structs.replace(job, resend_parts=True).envelope()  # the proxy's to use

@@ -16,7 +16,7 @@ from cocoon.client.media import MediaApi
 from cocoon.client.oblivious import RelayCall, RelayLink, RelayStream
 from cocoon.client.payments import ClientPayments
 from cocoon.client.proxy_link import ProxyLink
-from cocoon.client.receipts import AnswerSeen, check_receipt
+from cocoon.client.receipts import RECEIPT_HEADER, AnswerSeen, FileSeen, check_receipt
 from cocoon.client.sealing import RequestSealer, SealedCall
 from cocoon.config import ClientConfig
 from cocoon.core.errors import DECODE_ERRORS, ApiError, ErrorCode
@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 AnyCall = Call | RelayCall | RelayStream | SealedCall  # a request's answers, however they travel
 
 REGION_HEADER = "cocoon-region"
-RECEIPT_HEADER = "x-cocoon-receipt"  # a non-streamed answer's receipt, base64 (a stream's is in `usage.receipt`)
 _REQUEST_ID = web.RequestKey("request_id", str)
 
 
@@ -309,12 +308,12 @@ class ClientApi:
         await resp.write_eof(b"".join(batch))
         return resp
 
-    def _receipt(self, answering: _Answering, end: ResponseEnd, seen: AnswerSeen) -> Receipt | None:
+    def _receipt(self, answering: _Answering, end: ResponseEnd, seen: AnswerSeen | FileSeen) -> Receipt | None:
         """The answer's receipt if it holds (client/receipts.py); None, counted and logged, when absent or not."""
         try:
             receipt = check_receipt(end, req=answering.req, answer_hash=seen.answer_hash(),
                                     proxy_key=answering.proxy_key, worker_key=answering.worker_key,
-                                    content_digest=seen.content_digest())
+                                    content_digest=seen.content_digest(), request_hash=answering.request_hash)
         except ReceiptError as exc:
             missing = end.receipt is None
             self.stats.receipts["missing" if missing else "refused"] += 1
@@ -341,6 +340,7 @@ class _Answering(NamedTuple):
     proxy_key: bytes
     worker_key: bytes = b""  # a sealed request: the attested key of the worker that opened it (client/sealing.py)
     deterministic: bool = False  # sent sealed marked deterministic: its receipt states the answer's content digest
+    request_hash: bytes = b""  # a body in parts (a media job): its hash with the parts; else that of `req.body`
 
 
 def wire_request(endpoint: str, parsed: Any, cfg: ClientConfig, request_id: str, region: str = "") -> Request:

@@ -8,6 +8,15 @@ what was processed (`x-cocoon-media-seconds`) and charged (`x-cocoon-cost-nanoto
 off is a clean error rather than a truncated file (and is charged nothing); the body then goes out chunked. Memory
 holds at most a window of parts whatever the file's size; both files are removed whatever happens.
 
+With `seal_requests` (the default) the job is sealed like a prompt (client/sealing.py, to workers of the media
+workload this client verified itself), its input part by part (seal/parts.py) and its output comes back sealed
+chunk by chunk: the proxy reads only the envelope, which holds the input the job declared (`max_media_ms`, what
+it reserves money for). When the proxy moves the job to another worker after its parts reached one that failed, it
+asks for the input again (`Request.resend_parts`): it is sent again from the spool, sealed to the same bytes. The
+answer carries the worker's receipt, countersigned with the charge, in `x-cocoon-receipt` (the output is spooled
+before the headers go, so a header can carry it), checked here over the input and output files
+(ledger/receipts.py: `parts_digest`, SHA-256 of the output).
+
 Nothing logged names the file or quotes its bytes.
 """
 
@@ -15,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,10 +32,14 @@ from typing import TYPE_CHECKING
 from aiohttp import BodyPartReader, web
 
 from cocoon.client.proxy_link import ProxyLink
+from cocoon.client.receipts import RECEIPT_HEADER, FileSeen
+from cocoon.client.sealing import SealedCall
 from cocoon.core.errors import ApiError, ErrorCode, bad_request
+from cocoon.ledger.receipts import Receipt, parts_digest
 from cocoon.media.formats import CONTAINERS
 from cocoon.media.job import FIELDS, TranscodeJob, invalid_media, parse_job
 from cocoon.media.spool import Spool
+from cocoon.seal import SealedRequest, SealError
 from cocoon.wire.connection import Call, Connection
 from cocoon.wire.messages import (
     MEDIA_ENDPOINT,
@@ -39,7 +53,7 @@ from cocoon.wire.messages import (
 from cocoon.wire.parts import PART_BYTES
 
 if TYPE_CHECKING:
-    from cocoon.client.api import ClientApi
+    from cocoon.client.api import ClientApi, _Answering
 
 MAX_FIELD_BYTES = 256  # a form field other than the file (a codec name, a number)
 SECONDS_HEADER = "x-cocoon-media-seconds"
@@ -65,14 +79,16 @@ class MediaApi:
     async def transcode(self, request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
         if not isinstance(self.api.link, ProxyLink):
-            raise ApiError(501, "media transcoding needs a direct link to a proxy; this client sends through a relay, "
-                                "whose encapsulated messages cannot carry a body in parts", type="api_error",
-                           code=ErrorCode.UNSUPPORTED_PARAMETER)
+            raise ApiError(501, "media transcoding needs a direct link to a proxy, and this client sends through a "
+                                "relay (Oblivious HTTP): an encapsulated message carries one body, whole, not an "
+                                "upload in parts; use a client linked to a proxy", type="api_error",
+                           code=ErrorCode.MEDIA_NEEDS_DIRECT_LINK)
         if request.content_type != "multipart/form-data":
             raise ApiError(415, "send the file as multipart/form-data (curl -F file=@NAME -F format=... -F codec=...)",
                            code=ErrorCode.UNSUPPORTED_MEDIA_TYPE)
         with Spool(self.directory, self.cfg.max_media_bytes) as upload:
-            job, has_file = await self._read_form(request, upload)
+            input_hash = hashlib.sha256()
+            job, has_file = await self._read_form(request, upload, input_hash)
             if not has_file:
                 raise bad_request("the `file` part is required", code=ErrorCode.MISSING_FIELD, param="file")
             if upload.size == 0:
@@ -81,11 +97,12 @@ class MediaApi:
                 endpoint=MEDIA_ENDPOINT, model=MEDIA_WORKLOAD, body=job.to_body(), stream=True, include_usage=False,
                 deadline=time.time() + self.cfg.request_timeout_s, request_id=self.api.request_id(request),
                 max_coefficient=self.cfg.default_max_coefficient, region=self.api.region(request), parts=True,
-                max_media_ms=self._reserved_ms(job))
+                max_media_ms=self._reserved_ms(job), resend_parts=True)
             payments = self.api.payments
             ticket = payments.begin(req.request_id) if payments is not None else 0
             try:
-                return await self._answer(request, req, job, upload.finish(), ticket, started)
+                return await self._answer(request, req, job, upload.finish(), ticket, started,
+                                          parts_digest(req.body, input_hash.digest()))
             finally:
                 if payments is not None:
                     payments.end(ticket, None)
@@ -98,7 +115,8 @@ class MediaApi:
                               f" s)", code=ErrorCode.INVALID_VALUE, param="start")
         return max(round(min(job.duration or most, most) * 1000), 1)
 
-    async def _read_form(self, request: web.Request, upload: Spool) -> tuple[TranscodeJob, bool]:
+    async def _read_form(self, request: web.Request, upload: Spool, input_hash: hashlib._Hash
+                         ) -> tuple[TranscodeJob, bool]:
         fields: dict[str, str] = {}
         has_file = False
         reader = await request.multipart()
@@ -112,6 +130,7 @@ class MediaApi:
                 has_file = True
                 while chunk := await part.read_chunk(PART_BYTES):
                     upload.write(chunk)
+                    input_hash.update(chunk)
             elif name in FIELDS:
                 if name in fields:
                     raise bad_request(f"`{name}` is given twice", code=ErrorCode.DUPLICATE_KEY, param=name)
@@ -130,19 +149,23 @@ class MediaApi:
         return parse_job(fields), has_file
 
     async def _answer(self, request: web.Request, req: Request, job: TranscodeJob, source: Path, ticket: int,
-                      started: float) -> web.StreamResponse:
+                      started: float, request_hash: bytes) -> web.StreamResponse:
         api = self.api
+        assert isinstance(api.link, ProxyLink)
+        upload = _Upload(api.link, source)
         try:
-            conn, call = await api.link.open(req)
+            call, proxy_key = await (api.sealer.request(req, upload.send) if api.sealer is not None
+                                     else upload.send(req, None))
         except ApiError:
+            await upload.stop()
             if api.payments is not None:  # it never reached a proxy: nothing can be charged for it
                 api.payments.unsent(ticket)
             raise
-        uploading = asyncio.create_task(_upload(conn, call, source))
         api.stats.active += 1
+        answering = _answering(req, ticket, proxy_key, call, request_hash)
         try:
             with Spool(self.directory, self.cfg.max_media_bytes) as output:
-                head, end = await self._receive(call, ticket, output)
+                head, end, receipt = await self._receive(call, answering, output)
                 timing = {"x-cocoon-client-ms": f"{(time.monotonic() - started) * 1000:.1f}",
                           "x-cocoon-proxy-ms": f"{head.proxy_ms:.1f}", "x-cocoon-worker-ms": f"{head.worker_ms:.1f}"}
                 api.stats.answered(MEDIA_WORKLOAD, time.monotonic() - started, None)
@@ -150,46 +173,100 @@ class MediaApi:
                     "content-type": CONTAINERS[job.format].content_type if job.format in CONTAINERS
                     else "application/octet-stream",
                     SECONDS_HEADER: f"{end.usage.media_ms / 1000:.3f}", COST_HEADER: str(end.cost_nanoton),
-                    **timing})
+                    **({RECEIPT_HEADER: receipt.to_base64()} if receipt is not None else {}), **timing})
+        except SealError:  # a sealed chunk or end that did not open: never accepted as charged
+            api._disown(ticket)
+            raise
         finally:
             api.stats.active -= 1
-            uploading.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-                await uploading
+            await upload.stop()
             if not call.done:  # our HTTP client went away, or we failed: stop the job on the worker
                 call.cancel("API client disconnected")
                 api.stats.record("cancelled")
 
-    async def _receive(self, call: Call, ticket: int, output: Spool) -> tuple[ResponseHead, ResponseEnd]:
-        """The answer into `output`, each chunk acknowledged once written; its head and end, or the ApiError."""
+    async def _receive(self, call: Call | SealedCall, answering: _Answering, output: Spool
+                       ) -> tuple[ResponseHead, ResponseEnd, Receipt | None]:
+        """The answer into `output`, each chunk acknowledged once written; its head, end and receipt (if it holds),
+        or the ApiError."""
         head: ResponseHead | None = None
         chunks = 0
+        answer = FileSeen()
         while True:
             msg = await self.api.next_answer(call)
             if isinstance(msg, ResponseHead):
                 head = msg
             elif isinstance(msg, ResponseChunk):
                 output.write(msg.data)
+                answer.update(msg.data)
                 chunks += 1
                 call.ack_chunks(chunks)
             elif isinstance(msg, ResponseEnd):
-                self.api.paid(ticket, "ok", msg)
+                receipt = self.api._receipt(answering, msg, answer)
+                self.api.paid(answering.ticket, "ok", msg, receipt)
                 if head is None:
                     raise ApiError(502, "the proxy ended the answer before its head", code=ErrorCode.UPSTREAM_ERROR)
-                return head, msg
+                return head, msg, receipt
             elif isinstance(msg, ResponseError):
-                self.api.paid(ticket, ErrorCode.label(msg.code), msg)
+                self.api.paid(answering.ticket, ErrorCode.label(msg.code), msg)
                 raise msg.to_api()
 
 
-async def _upload(conn: Connection, call: Call, source: Path) -> None:
-    """The spooled file to the proxy in parts, as fast as the far end takes them."""
+def _answering(req: Request, ticket: int, proxy_key: bytes, call: Call | SealedCall, request_hash: bytes
+               ) -> _Answering:
+    from cocoon.client.api import _Answering  # the client API's own record of an answer being checked
+
+    return _Answering(req, ticket, proxy_key, call.worker_key if isinstance(call, SealedCall) else b"",
+                      request_hash=request_hash)
+
+
+class _Upload:
+    """The spooled input sent to the proxy in parts (sealed when the request is), sent again from its first part
+    whenever the proxy asks (it moved the job to another worker), until the call ends; a request sealed again
+    (to fresh workers) is a new call, with its own upload."""
+
+    def __init__(self, link: ProxyLink, source: Path) -> None:
+        self.link = link
+        self.source = source
+        self.task: asyncio.Task[None] | None = None
+
+    async def send(self, req: Request, sealed: SealedRequest | None) -> tuple[Call, bytes]:
+        """Send `req` (sealed: its body is `sealed`'s), then its parts; the call and the proxy's voucher key."""
+        conn, call = await self.link.open(req)
+        await self.stop()
+        self.task = asyncio.create_task(_upload(conn, call, self.source, sealed))
+        return call, conn.peer.voucher_key
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await self.task
+            self.task = None
+
+
+async def _upload(conn: Connection, call: Call, source: Path, sealed: SealedRequest | None) -> None:
+    """The spooled file to the proxy in parts, as fast as the far end takes them; again, whole, each time the proxy
+    asks for a later attempt."""
+    attempt = 0
+    while True:
+        await _send_parts(conn, call, source, sealed, attempt)
+        assert call.credit is not None  # made by the first part sent
+        attempt = await call.credit.moved_on(attempt)
+
+
+async def _send_parts(conn: Connection, call: Call, source: Path, sealed: SealedRequest | None, attempt: int
+                      ) -> None:
+    """Every part of `source` as sending `attempt`, sealed from the first when `sealed`; stops early when the proxy
+    asks for a later attempt."""
+    sealer = sealed.parts() if sealed is not None else None
     with source.open("rb") as src:
         data = src.read(PART_BYTES)
         while True:
             following = src.read(PART_BYTES)
-            await conn.send_part(call, data, last=not following)
-            if not following:
+            last = not following
+            if not await conn.send_part(call, sealer.part(data, last) if sealer else data, last, attempt):
+                return
+            if last:
                 return
             data = following
 

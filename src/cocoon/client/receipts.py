@@ -14,6 +14,7 @@ compare two workers' runs by, so a worker cannot sign one answer's content and s
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from pathlib import Path
@@ -27,6 +28,8 @@ from cocoon.ledger.receipts import AnswerHasher, Receipt, ReceiptError, request_
 from cocoon.ledger.vouchers import Voucher, VoucherBook
 from cocoon.openai.content import ContentDigest
 from cocoon.wire.messages import Request, ResponseEnd
+
+RECEIPT_HEADER = "x-cocoon-receipt"  # a whole answer's receipt, base64 (a stream's is in `usage.receipt`)
 
 
 class AnswerSeen:
@@ -52,17 +55,37 @@ class AnswerSeen:
         return self._content.digest() if self._content is not None else None
 
 
+class FileSeen:
+    """What the client hashes of a media answer (a file in chunks) to check its receipt: the SHA-256 of the output
+    file (ledger/receipts.py); it states no content digest."""
+
+    __slots__ = ("_hash",)
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+
+    def update(self, data: bytes) -> None:
+        self._hash.update(data)
+
+    def answer_hash(self) -> bytes:
+        return self._hash.digest()
+
+    def content_digest(self) -> bytes | None:
+        return None
+
+
 def check_receipt(end: ResponseEnd, *, req: Request, answer_hash: bytes, proxy_key: bytes | None,
-                  worker_key: bytes = b"", content_digest: bytes | None = None) -> Receipt:
+                  worker_key: bytes = b"", content_digest: bytes | None = None, request_hash: bytes = b"") -> Receipt:
     """The receipt `end` carries, if it holds for this request and answer (and states `content_digest` when one is
-    given); ReceiptError says why not."""
+    given); ReceiptError says why not. `request_hash`: a body in parts (a media job) is hashed with its parts by
+    the caller (ledger/receipts.py `parts_digest`); by default the hash of `req.body`."""
     receipt = end.receipt
     if receipt is None:
         raise ReceiptError("the answer came without a receipt")
     counter = receipt.verify(proxy_key or None)
     mismatches = [name for name, ok in (
         ("request_id", receipt.request_id == req.request_id),
-        ("request_hash", receipt.request_hash == request_digest(req.body)),
+        ("request_hash", receipt.request_hash == (request_hash or request_digest(req.body))),
         ("answer_hash", receipt.answer_hash == answer_hash),
         ("model", receipt.model == req.model),
         ("usage", counter.usage == end.usage),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import msgspec
@@ -29,7 +30,15 @@ from cocoon.openai.content import is_deterministic
 from cocoon.ratls.cert import CertVerifier
 from cocoon.seal import AnswerOpener, SealedRequest, SealError, key_id, seal_request
 from cocoon.wire.connection import Call
-from cocoon.wire.messages import Message, Request, ResponseChunk, ResponseEnd, ResponseError, ResponseHead
+from cocoon.wire.messages import (
+    MEDIA_WORKLOAD,
+    Message,
+    Request,
+    ResponseChunk,
+    ResponseEnd,
+    ResponseError,
+    ResponseHead,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +81,7 @@ class RequestSealer:
                 passed.append(peer)
         if not passed:
             self._verified.pop(model, None)
-            if not any(m.id == model for m in reply.models):
+            if not any(m.id == model for m in reply.models) and not (model == MEDIA_WORKLOAD and reply.media_workers):
                 raise model_not_found(model)
             why = f": {reasons[0]}" if reasons else " (the proxy offered no worker certificate)"
             raise ApiError(503, f"no worker serving `{model}` passed this client's attestation checks, so the request "
@@ -81,10 +90,11 @@ class RequestSealer:
         self._verified[model] = _Verified(tuple(passed), now)
         return tuple(passed)
 
-    async def request(self, req: Request) -> tuple[SealedCall, bytes]:
+    async def request(self, req: Request, send: Send | None = None) -> tuple[SealedCall, bytes]:
         """`req` sent sealed: its answers, opened as they are read, and the voucher key of the proxy it went to
-        (as the link's `request` gives it)."""
-        sealed = SealedCall(self, req)
+        (as the link's `request` gives it). `send`: how a sealed request goes out, when not by the link's
+        `request` (a media job sends its parts after it)."""
+        sealed = SealedCall(self, req, send)
         await sealed.send()
         return sealed, sealed.proxy_key
 
@@ -108,6 +118,9 @@ class RequestSealer:
 
 
 LinkCall = Call | RelayCall | RelayStream
+# sends a sealed request (the wire Request, and what seals and opens the rest of it): its call and the voucher key
+# of the proxy it went to
+Send = Callable[[Request, SealedRequest], Awaitable[tuple[LinkCall, bytes]]]
 
 
 class SealedCall:
@@ -115,11 +128,12 @@ class SealedCall:
     holds a key it was sealed to (`seal_keys_stale`: refused before any work, so never charged) is not handed on:
     the request is sealed again, once, to freshly fetched workers and sent again under the same id."""
 
-    __slots__ = ("_call", "_opener", "_resealed", "_sealed", "_sealer", "_started", "deterministic", "proxy_key", "req",
-                 "worker_key")
+    __slots__ = ("_call", "_opener", "_resealed", "_sealed", "_sealer", "_send", "_started", "deterministic",
+                 "proxy_key", "req", "worker_key")
 
-    def __init__(self, sealer: RequestSealer, req: Request) -> None:
+    def __init__(self, sealer: RequestSealer, req: Request, send: Send | None = None) -> None:
         self._sealer = sealer
+        self._send = send
         self.req = req
         self._call: LinkCall | None = None
         self._sealed: SealedRequest | None = None
@@ -133,7 +147,10 @@ class SealedCall:
     async def send(self, *, fresh: bool = False) -> None:
         sent, self._sealed = await self._sealer.seal(self.req, fresh=fresh)
         self.deterministic = sent.deterministic
-        self._call, self.proxy_key = await self._sealer.link.request(sent)
+        if self._send is not None:
+            self._call, self.proxy_key = await self._send(sent, self._sealed)
+        else:
+            self._call, self.proxy_key = await self._sealer.link.request(sent)
 
     @property
     def call_id(self) -> int:
@@ -145,6 +162,11 @@ class SealedCall:
 
     def ready(self) -> bool:
         return self._call is not None and self._call.ready()
+
+    def ack_chunks(self, taken: int) -> None:
+        """A `parts` request's answer is paced: the chunks taken so far (wire/parts.py)."""
+        if isinstance(self._call, Call):
+            self._call.ack_chunks(taken)
 
     def cancel(self, reason: str = "") -> None:
         if self._call is not None:

@@ -46,6 +46,7 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_CODEC = "unsupported_codec"  # 400: a codec no worker can encode, or not into that container
     UNSUPPORTED_FORMAT = "unsupported_format"  # 400: an output container no worker can write
     MEDIA_TOO_LARGE = "media_too_large"  # 413: above the size, duration or resolution limits
+    MEDIA_NEEDS_DIRECT_LINK = "media_needs_direct_link"  # 501: a media job on a client sending through a relay
     # sealed requests (issue 10: cocoon/seal)
     SEALED_REQUEST_INVALID = "sealed_request_invalid"  # 400: malformed, changed in transit, or another envelope's
     SEAL_KEY_UNKNOWN = "seal_key_unknown"  # 400: not sealed to this worker's key (a wrong key id)

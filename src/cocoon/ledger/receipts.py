@@ -27,6 +27,11 @@ msgspec's compact JSON (keys in their order, no spaces). Then
 
 `request_hash` is the plain SHA-256 of the request body as the worker received it (the client API's compact
 re-encoding of what the app sent: `cocoon receipt verify` redoes that encoding).
+
+A media job (endpoint `media`) has a body in parts and a binary answer, so its hashes cover files, whatever the
+parts they travelled in: `request_hash` = SHA-256(SHA-256(the job's JSON) ‖ SHA-256(the input file))
+(`parts_digest`), `answer_hash` = SHA-256(the output file), what `sha256sum` prints for it. A sealed job's
+`sealed_request_hash` is `parts_digest` of the sealed job and its sealed parts concatenated as they travelled.
 """
 
 from __future__ import annotations
@@ -210,6 +215,12 @@ def _verify(key: bytes, message: bytes, signature: bytes, what: str) -> None:
 def request_digest(body: bytes) -> bytes:
     """SHA-256 of the request body as the worker received it."""
     return hashlib.sha256(body).digest()
+
+
+def parts_digest(body: bytes, parts_sha256: bytes) -> bytes:
+    """The request hash of a body continued in parts (a media job): SHA-256(SHA-256(`body`) ‖ `parts_sha256`, the
+    SHA-256 of the parts' data concatenated in order)."""
+    return hashlib.sha256(request_digest(body) + parts_sha256).digest()
 
 
 def answer_payload(payload: bytes) -> bytes:

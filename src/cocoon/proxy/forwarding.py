@@ -236,13 +236,17 @@ class RunningRequest:
                 return await self._attempt(worker, attempts.deadline)
             except _Retry as retry:
                 attempts.failed(worker, retry.error)
-                if self.upload is not None and self.upload.forwarded:
-                    raise retry.error from None  # its body went to that worker: no other can have it
+                upload, resent = self.upload, False
+                if upload is not None and upload.moved:  # its body went to that worker
+                    if not self.req.resend_parts:
+                        raise retry.error from None  # and its client cannot send it again
+                    upload.restart()
+                    resent = True
                 fwd.metrics.retries.labels(ErrorCode.label(retry.error.code)).inc()
                 # the code, not the message: a worker chooses its words, and a log keeps only what we can bound
                 log.info("moving a request to another worker", extra={"fields": {
                     "worker": worker.name, "code": ErrorCode.label(retry.error.code),
-                    "attempt": len(attempts.tried)}})
+                    "attempt": len(attempts.tried), **({"body_sent_again": True} if resent else {})}})
             finally:
                 fwd.backlog.release(worker)
         raise attempts.give_up(loop.time())
@@ -257,7 +261,7 @@ class RunningRequest:
         if not self.sealed_to:
             return tuple(tried)
         model = self.req.model
-        serving = [w for w in self.fwd.registry.workers() if model in w.params.models]
+        serving = [w for w in self.fwd.registry.workers() if model in w.params.served]
         excluded = [w for w in self.fwd.registry.workers() if w.seal_key_id not in self.sealed_to]
         if not any(w.seal_key_id in self.sealed_to and w not in tried for w in serving):
             if tried and all(w.seal_key_id in self.sealed_to for w in serving):
@@ -467,7 +471,8 @@ class RunningRequest:
         try:
             receipt = check_receipt(end.receipt, req=self.req, worker=worker.conn.peer,
                                     coefficient=worker.params.coefficient, reported=end.usage,
-                                    sealed_answer_hash=sealed_answer_hash)
+                                    sealed_answer_hash=sealed_answer_hash,
+                                    request_hash=self.upload.digest(self.req.body) if self.upload else b"")
         except ReceiptError as exc:
             missing = end.receipt is None
             fwd.receipts["missing" if missing else "refused"] += 1

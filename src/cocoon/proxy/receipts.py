@@ -28,9 +28,12 @@ from cocoon.wire.messages import Request
 
 
 def check_receipt(receipt: Receipt | None, *, req: Request, worker: PeerIdentity, coefficient: int,
-                  reported: Usage, sealed_answer_hash: bytes = b"") -> Receipt:
+                  reported: Usage, sealed_answer_hash: bytes = b"", request_hash: bytes = b"") -> Receipt:
     """`receipt` if the worker on this link signed it for this request and this usage (and, for a sealed request,
-    over the sealed request and the sealed answer `sealed_answer_hash` as relayed); ReceiptError otherwise."""
+    over the sealed request and the sealed answer `sealed_answer_hash` as relayed); ReceiptError otherwise.
+    `request_hash`: the hash of the request as relayed when its body came in parts (a media job: the parts are the
+    proxy's to hash, ledger/receipts.py `parts_digest`); by default that of `req.body`."""
+    relayed = request_hash or (sealed_request_digest(req.body) if req.sealed else request_digest(req.body))
     if receipt is None:
         raise ReceiptError("the worker sent no receipt")
     receipt.verify_worker()
@@ -40,11 +43,11 @@ def check_receipt(receipt: Receipt | None, *, req: Request, worker: PeerIdentity
         ("request_id", receipt.request_id == req.request_id),
         ("model", receipt.model == req.model),
         ("endpoint", receipt.endpoint == req.endpoint),
-        *((("sealed_request_hash", receipt.sealed_request_hash == sealed_request_digest(req.body)),
+        *((("sealed_request_hash", receipt.sealed_request_hash == relayed),
            ("sealed_answer_hash", receipt.sealed_answer_hash == sealed_answer_hash),
            # what spot checks compare two workers' runs of a request marked deterministic by (proxy/rerun.py)
            ("content_digest", bool(receipt.content_digest) or not req.deterministic)) if req.sealed else
-          (("request_hash", receipt.request_hash == request_digest(req.body)),)),
+          (("request_hash", receipt.request_hash == relayed),)),
         ("usage", receipt.usage == reported),
         ("coefficient", receipt.coefficient == coefficient),
         ("image_hash", receipt.image_hash == (worker.image_hash or b"")),

@@ -61,7 +61,7 @@ class WorkerRegistry:
     def certificates(self, model: str, limit: int) -> list[bytes]:
         """The certificates of at most `limit` workers serving `model` that hold a key to seal to, picked at random
         each time, so that clients sealing to a few candidates spread their requests over every worker."""
-        holders = [link for link in self._links if model in link.params.models and link.seal_key_id]
+        holders = [link for link in self._links if model in link.params.served and link.seal_key_id]
         return [link.conn.stream.peer_der for link in random.sample(holders, min(limit, len(holders)))]
 
     def models(self, active: Callable[[WorkerLink], int]) -> list[ModelInfo]:

@@ -68,7 +68,7 @@ class Call:
     def put_nowait(self, msg: ToCall | None) -> None:
         if type(msg) is PartAck:
             if self.credit is not None:
-                self.credit.took(msg.taken)
+                self.credit.took(msg.taken, msg.attempt)
             return
         if msg is None and self.credit is not None:
             self.credit.fail()
@@ -206,16 +206,19 @@ class Connection:
         await self.send(msgspec.structs.replace(req, call_id=call.call_id))
         return call
 
-    async def send_part(self, call: Call, data: bytes, last: bool) -> None:
-        """Send the next part of `call`'s body once the callee's credit allows (wire/parts.py); ConnectionError when
-        the call or link ended first."""
+    async def send_part(self, call: Call, data: bytes, last: bool, attempt: int = 0) -> bool:
+        """Send the next part of `call`'s body (of its sending `attempt`) once the callee's credit allows
+        (wire/parts.py); False, sending nothing, when the callee asked for the body again meanwhile; ConnectionError
+        when the call or link ended first."""
         if call.credit is None:
             call.credit = Credit()
-        await call.credit.wait()
+        if not await call.credit.wait(attempt):
+            return False
         if call.done:
             raise ConnectionLost("the call ended")
         call.credit.spend()
-        await self.send(RequestPart(call_id=call.call_id, data=data, last=last))
+        await self.send(RequestPart(call_id=call.call_id, data=data, last=last, attempt=attempt))
+        return True
 
     async def query_models(self, timeout: float = 5.0, seal_for: str = "") -> Answer:
         call = self.open_call()

@@ -136,6 +136,9 @@ class Request(Frame, tag="req", omit_defaults=True):
     # the seal with the envelope; a worker refuses a request so marked whose body is not (a client marking sampled
     # requests so would have honest workers blamed for answers that differ)
     deterministic: bool = False
+    # the caller sends a `parts` request's body again from its first part when the proxy asks (PartAck.attempt),
+    # so that the proxy may move the job to another worker after its parts reached one that failed
+    resend_parts: bool = False
 
     def __post_init__(self) -> None:
         if self.max_tokens == 0:  # what peers before `None` sent for "unset": never a cap of zero tokens
@@ -144,11 +147,16 @@ class Request(Frame, tag="req", omit_defaults=True):
     def envelope(self) -> bytes:
         """The cleartext fields a sealed body is bound to (its associated data): a proxy that changes any of them
         makes the body fail to open. `max_tokens` is not among them: the proxy sets it to the cap it reserved
-        for, and the worker holds the engine to the lower of that and the body's own."""
+        for, and the worker holds the engine to the lower of that and the body's own. A `parts` request (a media
+        job) also binds that its body comes in parts and the input it declared (`max_media_ms`, what the proxy
+        reserves for). Each addition is appended only when set: other requests' envelopes are what older peers
+        bind."""
         fields = [SEAL_ENVELOPE_VERSION, self.request_id, self.endpoint, self.model, self.stream, self.include_usage,
                   self.choices, self.features, self.region, self.deadline]
-        if self.deterministic:  # appended only when set: an unmarked request's envelope is what older peers bind
+        if self.deterministic:
             fields.append(True)
+        if self.parts:
+            fields += [self.parts, self.max_media_ms]
         return msgspec.msgpack.encode(fields)
 
 
@@ -228,13 +236,19 @@ class RequestPart(Frame, tag="part"):
     call_id: int = msgspec.field(name="id")
     data: bytes
     last: bool = False
+    # which sending of the body this part belongs to: 0, then one more each time the proxy asked for the body again
+    # (PartAck.attempt); a part of an earlier sending that was still on its way is dropped
+    attempt: int = 0
 
 
 class PartAck(Frame, tag="part_ack"):
-    """Callee -> caller: how many parts of the call's body the callee has taken so far (cumulative)."""
+    """Callee -> caller: how many parts of the call's body the callee has taken so far (cumulative). An `attempt`
+    above the caller's asks it to send the whole body again from its first part, numbered so (the proxy moved the
+    job to another worker: `Request.resend_parts`); `taken` then counts that sending's parts."""
 
     call_id: int = msgspec.field(name="id")
     taken: int
+    attempt: int = 0
 
 
 class ChunkAck(Frame, tag="chunk_ack"):

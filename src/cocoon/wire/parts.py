@@ -22,30 +22,51 @@ WINDOW = 8  # frames a sender may have untaken by its receiver
 
 
 class Credit:
-    """How far a sender may run ahead: `wait` returns once fewer than WINDOW frames it sent are untaken."""
+    """How far a sender may run ahead: `wait` returns once fewer than WINDOW frames it sent are untaken. A receiver
+    may ask for the frames again from the first (a later `attempt`: the proxy moved a job to another worker); the
+    count then starts again, and a sender still on an earlier attempt is told to stop."""
 
     def __init__(self, window: int = WINDOW) -> None:
         self.window = window
         self.sent = 0
         self.taken = 0
+        self.attempt = 0
         self._moved = asyncio.Event()
         self._failed = False
 
-    async def wait(self) -> None:
-        """Until one more frame may be sent; ConnectionError when the credit was failed (the link or call ended)."""
-        while self.sent - self.taken >= self.window:
+    async def wait(self, attempt: int = 0) -> bool:
+        """Until one more frame of `attempt` may be sent (True), or the receiver asked for a later attempt (False);
+        ConnectionError when the credit was failed (the link or call ended)."""
+        while self.sent - self.taken >= self.window and self.attempt == attempt:
             if self._failed:
                 raise ConnectionError("the receiver is gone")
             self._moved.clear()
             await self._moved.wait()
         if self._failed:
             raise ConnectionError("the receiver is gone")
+        return self.attempt == attempt
+
+    async def moved_on(self, attempt: int) -> int:
+        """Once the receiver asks for an attempt after `attempt`: its number; ConnectionError when the credit was
+        failed first."""
+        while self.attempt <= attempt:
+            if self._failed:
+                raise ConnectionError("the receiver is gone")
+            self._moved.clear()
+            await self._moved.wait()
+        return self.attempt
 
     def spend(self) -> None:
         self.sent += 1
 
-    def took(self, taken: int) -> None:
-        """The receiver says it took `taken` frames so far (cumulative; an older count changes nothing)."""
+    def took(self, taken: int, attempt: int = 0) -> None:
+        """The receiver says it took `taken` frames of `attempt` so far (cumulative; an older count, or one of an
+        earlier attempt, changes nothing; a later attempt starts the count again)."""
+        if attempt > self.attempt:
+            self.attempt, self.sent, self.taken = attempt, 0, 0
+            self._moved.set()
+        elif attempt < self.attempt:
+            return
         if taken > self.taken:
             self.taken = min(taken, self.sent)
             self._moved.set()

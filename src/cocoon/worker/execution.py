@@ -22,7 +22,7 @@ from cocoon.seal import AnswerDigest, AnswerSealer
 from cocoon.wire.messages import Message, Request, ResponseChunk, ResponseEnd, ResponseError, ResponseHead
 from cocoon.worker.metering import MeteringError, read_answer, usage_chunk
 from cocoon.worker.notary import Notary
-from cocoon.worker.sealing import Unsealer
+from cocoon.worker.sealing import Unsealer, open_sealed
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,8 @@ class Execution:
                                          usage=self.prompt, seal_key_id=self.seal_key_id))
 
     def _open(self) -> None:
-        if self.unsealer is None:
-            raise ApiError(400, "this worker holds no key to open sealed requests", code=ErrorCode.SEAL_KEY_UNKNOWN)
-        opened = self.unsealer.open(self.req, time.time())
+        opened = open_sealed(self.unsealer, self.req)
+        assert self.unsealer is not None  # it opened
         self.body, self.sealer, self.seal_key_id = opened.body, opened.answer, self.unsealer.key.key_id
 
     async def run(self) -> None:

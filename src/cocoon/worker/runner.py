@@ -192,7 +192,8 @@ class WorkerNode:
             if msg.endpoint == MEDIA_ENDPOINT and "media" in self.cfg.workloads:
                 # now, not in its task: its parts may be in the very bytes that brought it
                 self.media_jobs[conn, msg.call_id] = MediaExecution(msg, conn.send, self.cfg.media,
-                                                                    self.cfg.state_path / "media")
+                                                                    self.cfg.state_path / "media", self.notary,
+                                                                    self.unsealer)
             task = conn.spawn(self._execute(conn, msg))
             self.running[msg.call_id] = task
         elif isinstance(msg, Cancel):

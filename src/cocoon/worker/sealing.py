@@ -4,9 +4,11 @@ cleartext envelope tells the truth about the body where the proxy acts on it (th
 
 from __future__ import annotations
 
+import time
+
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from cocoon.core.errors import ErrorCode
+from cocoon.core.errors import ApiError, ErrorCode
 from cocoon.openai.content import is_deterministic
 from cocoon.seal import OpenedRequest, ReplayGuard, SealError, SealKey
 from cocoon.wire.messages import Request
@@ -29,3 +31,11 @@ class Unsealer:
             raise SealError(400, "the sealed request's envelope marks it deterministic, but its body samples (no "
                                  "`temperature` 0 and no integer `seed`)", ErrorCode.SEALED_ENVELOPE_MISMATCH)
         return opened
+
+
+def open_sealed(unsealer: Unsealer | None, req: Request) -> OpenedRequest:
+    """A sealed request opened by this worker (chat and media alike); ApiError (400) naming what was wrong,
+    including a worker that holds no key."""
+    if unsealer is None:
+        raise ApiError(400, "this worker holds no key to open sealed requests", code=ErrorCode.SEAL_KEY_UNKNOWN)
+    return unsealer.open(req, time.time())

@@ -93,3 +93,14 @@ async def test_an_envelope_declaring_more_input_than_the_job_is_refused(tmp_path
     assert isinstance(error, ResponseError)
     assert (error.status, error.code, error.param) == (400, "invalid_value", "duration")
     assert "5000 ms" in error.message
+
+
+async def test_a_sealed_envelope_declaring_more_input_than_the_sealed_job_is_a_mismatch(tmp_path: Path) -> None:
+    source = samples.tone_wav(tmp_path / "tone.wav", seconds=1.0, rate=16_000).read_bytes()
+    plain = media_request(TranscodeJob(format="ogg", codec="libopus", duration=0.5), 5000)
+    sealed = seal_request(plain.body, [HPKE_PUBLIC], msgspec.structs.replace(plain, sealed=True, body=b"").envelope())
+    req = msgspec.structs.replace(plain, sealed=True, body=sealed.sealed)
+    part = RequestPart(call_id=1, data=sealed.parts().part(source, True), last=True)
+    [error] = await run_job(req, [part], tmp_path)
+    assert isinstance(error, ResponseError)
+    assert (error.status, error.code, error.param) == (400, "sealed_envelope_mismatch", "duration")

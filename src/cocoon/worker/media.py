@@ -159,7 +159,8 @@ class MediaExecution:
         if job.duration is not None and reserved_ms > max(round(job.duration * 1000), 1):
             raise ApiError(400, f"the request's envelope declares {reserved_ms} ms of input to reserve, more than "
                                 f"the job's own duration ({job.duration:g} s): they must agree",
-                           code=ErrorCode.INVALID_VALUE, param="duration")
+                           code=ErrorCode.SEALED_ENVELOPE_MISMATCH if self.req.sealed else ErrorCode.INVALID_VALUE,
+                           param="duration")
         reserved = reserved_ms / 1000
         if job.duration is None or job.duration > reserved:
             job = msgspec.structs.replace(job, duration=reserved)

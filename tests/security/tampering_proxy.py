@@ -30,7 +30,7 @@ from cocoon.wire import connection
 from cocoon.wire.messages import RequestPart, ResponseChunk, ResponseEnd, ResponseError
 
 MODE_FILE = Path(os.environ["COCOON_TAMPER_FILE"])
-_send = connection.Connection.send_soon  # every message leaves through it (`send` is it and a drain)
+_send = connection.Connection.send_soon  # every frame goes through it (`send` queues, then drains)
 _attempt = forwarding.RunningRequest._attempt
 _seen: dict[tuple[int, int], int] = {}
 _held: dict[tuple[int, int], Any] = {}

@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.netutil import free_port, get_json, log_records
-from tests.security.procs import role_process, wait_until
-from tests.security.test_sealed_tampering import config, get_or_none
+from tests.security.procs import config, get_or_none, role_process, wait_until
 
 
 def ask(api: str, i: int, *, stream: bool, temperature: float) -> tuple[dict[str, str], dict[str, Any]]:

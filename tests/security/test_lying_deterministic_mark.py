@@ -22,9 +22,8 @@ from typing import Any
 
 from cocoon.ledger.books import CHECKS
 from tests.netutil import free_port, get_json
-from tests.security.procs import role_process, wait_until
+from tests.security.procs import config, get_or_none, role_process, wait_until
 from tests.security.test_sealed_metering import ask as ask_events
-from tests.security.test_sealed_tampering import config, get_or_none
 
 
 def ask(api: str, i: int, *, stream: bool, temperature: float) -> tuple[int, dict[str, Any]]:

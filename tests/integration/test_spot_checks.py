@@ -135,10 +135,11 @@ def test_honest_deterministic_workers_never_mismatch(net_factory: Any, sealed: b
         assert HeadStore(net.state_dir / name / f"{name}.registry-head.json").load() == log.head
 
 
-def test_honest_workers_running_the_real_model_agree_at_temperature_zero(net_factory: Any) -> None:
+@pytest.mark.parametrize("sealed", [False, True], ids=["plain", "sealed"])
+def test_honest_workers_running_the_real_model_agree_at_temperature_zero(net_factory: Any, sealed: bool) -> None:
     """The embedded engine (llama.cpp, greedy at temperature 0, no prompt cache reuse) answers alike on two workers,
     whole or streamed: a check of an honest worker never fails for want of determinism."""
-    net = net_factory(2, engine="embedded")
+    net = net_factory(2, engine="embedded", sealed=sealed)
     net.start(180)
     requests = 8
     for i in range(requests):

@@ -6,7 +6,7 @@ import hmac
 import logging
 import time
 from collections import deque
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -16,7 +16,7 @@ from cocoon.client.media import MediaApi
 from cocoon.client.oblivious import RelayCall, RelayLink, RelayStream
 from cocoon.client.payments import ClientPayments
 from cocoon.client.proxy_link import ProxyLink
-from cocoon.client.receipts import RECEIPT_HEADER, AnswerSeen, FileSeen, check_receipt
+from cocoon.client.receipts import RECEIPT_HEADER, Answering, AnswerSeen, FileSeen, check_receipt
 from cocoon.client.sealing import RequestSealer, SealedCall
 from cocoon.config import ClientConfig
 from cocoon.core.errors import DECODE_ERRORS, ApiError, ErrorCode
@@ -207,7 +207,7 @@ class ClientApi:
             timing = {"x-cocoon-client-ms": f"{(headed_at - started) * 1000:.1f}",
                       "x-cocoon-proxy-ms": f"{first.proxy_ms:.1f}",
                       "x-cocoon-worker-ms": f"{first.worker_ms:.1f}"}
-            answering = _Answering(req, ticket, proxy_key, call.worker_key if isinstance(call, SealedCall) else b"",
+            answering = Answering(req, ticket, proxy_key, call.worker_key if isinstance(call, SealedCall) else b"",
                                    isinstance(call, SealedCall) and call.deterministic)
             if req.stream:
                 return await self._stream(request, call, answering, timing)
@@ -242,7 +242,7 @@ class ClientApi:
                                 "it was not retried, since the proxy may have started it", type="api_error",
                            code=ErrorCode.PROXY_LINK_LOST, retry_after=1) from None
 
-    async def _whole(self, call: AnyCall, answering: _Answering, timing: dict[str, str]
+    async def _whole(self, call: AnyCall, answering: Answering, timing: dict[str, str]
                      ) -> web.Response:
         parts: list[bytes] = []
         while True:
@@ -262,7 +262,7 @@ class ClientApi:
                 self.paid(answering.ticket, ErrorCode.label(msg.code), msg)
                 raise msg.to_api()
 
-    async def _stream(self, request: web.Request, call: AnyCall, answering: _Answering,
+    async def _stream(self, request: web.Request, call: AnyCall, answering: Answering,
                       timing: dict[str, str]) -> web.StreamResponse:
         resp = await http.open_stream(request, timing)
         # a usage chunk is held back until the next message: if it is the End, the chunk carries the answer's cost
@@ -308,7 +308,7 @@ class ClientApi:
         await resp.write_eof(b"".join(batch))
         return resp
 
-    def _receipt(self, answering: _Answering, end: ResponseEnd, seen: AnswerSeen | FileSeen) -> Receipt | None:
+    def _receipt(self, answering: Answering, end: ResponseEnd, seen: AnswerSeen | FileSeen) -> Receipt | None:
         """The answer's receipt if it holds (client/receipts.py); None, counted and logged, when absent or not."""
         try:
             receipt = check_receipt(end, req=answering.req, answer_hash=seen.answer_hash(),
@@ -329,18 +329,6 @@ class ClientApi:
         self.stats.record(outcome, last)
         if self.payments is not None:
             self.payments.end(ticket, last, receipt, checked=True)
-
-
-class _Answering(NamedTuple):
-    """What checking one answer's receipt and paying for it needs: the request sent, its payments ticket, and the
-    voucher key of the attested proxy it went to."""
-
-    req: Request
-    ticket: int
-    proxy_key: bytes
-    worker_key: bytes = b""  # a sealed request: the attested key of the worker that opened it (client/sealing.py)
-    deterministic: bool = False  # sent sealed marked deterministic: its receipt states the answer's content digest
-    request_hash: bytes = b""  # a body in parts (a media job): its hash with the parts; else that of `req.body`
 
 
 def wire_request(endpoint: str, parsed: Any, cfg: ClientConfig, request_id: str, region: str = "") -> Request:

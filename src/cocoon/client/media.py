@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from aiohttp import BodyPartReader, web
 
 from cocoon.client.proxy_link import ProxyLink
-from cocoon.client.receipts import RECEIPT_HEADER, FileSeen
+from cocoon.client.receipts import RECEIPT_HEADER, Answering, FileSeen
 from cocoon.client.sealing import SealedCall
 from cocoon.core.errors import ApiError, ErrorCode, bad_request
 from cocoon.ledger.receipts import Receipt, parts_digest
@@ -53,7 +53,7 @@ from cocoon.wire.messages import (
 from cocoon.wire.parts import PART_BYTES
 
 if TYPE_CHECKING:
-    from cocoon.client.api import ClientApi, _Answering
+    from cocoon.client.api import ClientApi
 
 MAX_FIELD_BYTES = 256  # a form field other than the file (a codec name, a number)
 SECONDS_HEADER = "x-cocoon-media-seconds"
@@ -184,7 +184,7 @@ class MediaApi:
                 call.cancel("API client disconnected")
                 api.stats.record("cancelled")
 
-    async def _receive(self, call: Call | SealedCall, answering: _Answering, output: Spool
+    async def _receive(self, call: Call | SealedCall, answering: Answering, output: Spool
                        ) -> tuple[ResponseHead, ResponseEnd, Receipt | None]:
         """The answer into `output`, each chunk acknowledged once written; its head, end and receipt (if it holds),
         or the ApiError."""
@@ -212,10 +212,8 @@ class MediaApi:
 
 
 def _answering(req: Request, ticket: int, proxy_key: bytes, call: Call | SealedCall, request_hash: bytes
-               ) -> _Answering:
-    from cocoon.client.api import _Answering  # the client API's own record of an answer being checked
-
-    return _Answering(req, ticket, proxy_key, call.worker_key if isinstance(call, SealedCall) else b"",
+               ) -> Answering:
+    return Answering(req, ticket, proxy_key, call.worker_key if isinstance(call, SealedCall) else b"",
                       request_hash=request_hash)
 
 

@@ -32,6 +32,18 @@ from cocoon.wire.messages import Request, ResponseEnd
 RECEIPT_HEADER = "x-cocoon-receipt"  # a whole answer's receipt, base64 (a stream's is in `usage.receipt`)
 
 
+class Answering(NamedTuple):
+    """What checking one answer's receipt and paying for it needs: the request sent, its payments ticket, and the
+    voucher key of the attested proxy it went to."""
+
+    req: Request
+    ticket: int
+    proxy_key: bytes
+    worker_key: bytes = b""  # a sealed request: the attested key of the worker that opened it (client/sealing.py)
+    deterministic: bool = False  # sent sealed marked deterministic: its receipt states the answer's content digest
+    request_hash: bytes = b""  # a body in parts (a media job): its hash with the parts; else that of `req.body`
+
+
 class AnswerSeen:
     """What the client hashes of an answer as its payloads go by (opened, for a sealed one), to check its receipt:
     the answer hash, and the content digest when the request went out marked deterministic."""

@@ -84,3 +84,19 @@ async def test_tools_with_no_capable_worker_is_a_400_naming_the_field() -> None:
     capable = worker("capable", tools=True)
     line.selector.add(capable)
     assert await line.acquire(Want("m", features=("response_format",)), (), 1.0) is capable
+
+
+async def test_a_waiter_held_to_named_workers_gets_only_one_of_them_and_blocks_nobody() -> None:
+    """A sealed request waits for one of its candidates; a slot freed elsewhere goes to the next waiter, and a
+    waiter with the same want but no such bound is not taken for unservable because of it."""
+    a, b = worker("a", max_active=1), worker("b", max_active=1)
+    line = backlog(4, a, b)
+    await line.acquire(Want("m"), (), 1.0)
+    await line.acquire(Want("m"), (), 1.0)
+    sealed_to_b = asyncio.create_task(line.acquire(Want("m"), (), 5.0, only=(b,)))
+    anyone = asyncio.create_task(line.acquire(Want("m"), (), 5.0))
+    await asyncio.sleep(0)
+    line.release(a)
+    assert await anyone is a and not sealed_to_b.done()
+    line.release(b)
+    assert await sealed_to_b is b and len(line) == 0

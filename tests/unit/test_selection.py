@@ -218,3 +218,48 @@ def test_requests_using_tools_reach_only_workers_whose_engine_takes_them() -> No
     sel.remove(capable)
     assert not sel.serves("m", tools=True) and sel.serves("m")
     assert sel.choose("m", tools=True) is None
+
+
+def test_a_choice_among_named_workers_takes_the_best_of_them_within_the_request_s_bounds() -> None:
+    """`only` (a sealed request's candidates): the best of those workers, never another, under the same rules."""
+    sel = selector(probation_requests=0)
+    fastest, a, b = worker("fastest"), worker("a", max_active=1), worker("b", coefficient=1500, region="us")
+    tools = worker("tools", tools=True)
+    for w, ttft in ((fastest, 10), (a, 50), (b, 20), (tools, 30)):
+        sel.add(w)
+        graduate(sel, w, ttft, 1)
+    assert sel.choose("m", only=(a, b)) is b  # the faster of the two; `fastest` is not one of them
+    assert sel.choose("m", only=(a, b), max_coefficient=1000) is a  # b is dearer than the cap
+    assert sel.choose("m", only=(a, b), max_coefficient=1000) is None  # a is full (max_active 1)
+    sel.release(a)
+    assert sel.choose("m", only=(a, b), region="eu") is None  # neither is in that region
+    assert sel.choose("m", only=(a, b), exclude=(b,)) is a
+    assert sel.choose("m", only=(a, tools), tools=True) is tools  # a's engine takes no tools
+    assert sel.choose("m", only=()) is None
+    assert sel.choose("other-model", only=(fastest,)) is None
+
+
+def test_a_choice_among_named_workers_looks_at_those_alone() -> None:
+    """Its cost stays flat however many workers are linked: only the named ones are scored, no other is marked."""
+    sel = selector(probation_requests=0)
+    ws = [worker(f"w{i}") for i in range(1000)]
+    for w in ws:
+        sel.add(w)
+        graduate(sel, w, 100, 1)
+    scored: list[object] = []
+    score = sel._score
+    sel._score = lambda entry: scored.append(entry.worker) or score(entry)  # type: ignore[method-assign]
+    chosen = sel.choose("m", only=(ws[5], ws[700]))
+    assert chosen in (ws[5], ws[700])
+    assert set(scored) <= {ws[5], ws[700]}
+
+
+def test_probation_turns_are_shared_between_named_and_open_choices() -> None:
+    """A newcomer among a sealed request's candidates gets its probation share like any other newcomer."""
+    sel = selector(probation_share=0.5, probation_requests=3)
+    old, new = worker("old", max_active=100), worker("new", max_active=100)
+    sel.add(old)
+    graduate(sel, old, 10, 1)
+    sel.add(new)
+    picks = Counter(sel.choose("m", only=(old, new)).name for _ in range(10))  # type: ignore[union-attr]
+    assert picks == {"old": 5, "new": 5}

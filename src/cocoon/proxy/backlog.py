@@ -36,7 +36,13 @@ class Want:
 class _Waiter(Generic[W]):
     want: Want
     exclude: tuple[W, ...]
+    only: tuple[W, ...] | None  # the only workers it may go to (a sealed request's candidates), or any
     future: asyncio.Future[W]
+
+    @property
+    def narrowed(self) -> bool:
+        """Whether it may go to fewer workers than its `want` alone says."""
+        return bool(self.exclude) or self.only is not None
 
 
 class Backlog(Generic[W]):
@@ -48,9 +54,11 @@ class Backlog(Generic[W]):
     def __len__(self) -> int:
         return len(self._waiters)
 
-    async def acquire(self, want: Want, exclude: tuple[W, ...], wait_s: float) -> W:
-        """A worker now busy with this request; raises 503 when none frees up within `wait_s`."""
-        worker = self.selector.choose(want.model, want.region, want.max_coefficient, exclude, want.tools)
+    async def acquire(self, want: Want, exclude: tuple[W, ...], wait_s: float, only: tuple[W, ...] | None = None
+                      ) -> W:
+        """A worker now busy with this request, not in `exclude` and, when given, one of `only`; raises 503 when
+        none frees up within `wait_s`."""
+        worker = self.selector.choose(want.model, want.region, want.max_coefficient, exclude, want.tools, only)
         if worker is not None:
             return worker
         if not self.selector.serves(want.model, want.region, want.max_coefficient, want.tools):
@@ -65,7 +73,7 @@ class Backlog(Generic[W]):
                            retry_after=1)
         if wait_s <= 0:
             raise self._busy(want, wait_s)
-        waiter = _Waiter(want, exclude, asyncio.get_running_loop().create_future())
+        waiter = _Waiter(want, exclude, only, asyncio.get_running_loop().create_future())
         self._waiters.append(waiter)
         try:
             return await asyncio.wait_for(waiter.future, wait_s)
@@ -90,14 +98,14 @@ class Backlog(Generic[W]):
         unservable: set[Want] = set()  # a want that found nothing will find nothing for a later waiter either
         kept: list[_Waiter[W]] = []
         for waiter in self._waiters:
-            if waiter.future.done() or (not waiter.exclude and waiter.want in unservable):
+            if waiter.future.done() or (not waiter.narrowed and waiter.want in unservable):
                 kept.append(waiter)
                 continue
             want = waiter.want
             worker = self.selector.choose(want.model, want.region, want.max_coefficient, waiter.exclude,
-                                          want.tools)
+                                          want.tools, waiter.only)
             if worker is None:
-                if not waiter.exclude:
+                if not waiter.narrowed:
                     unservable.add(want)
                 kept.append(waiter)
             else:

@@ -230,8 +230,9 @@ class RunningRequest:
         # never a worker dearer than the coefficient reserved for: its charge could exceed the reservation
         want = Want(req.model, req.region, res.coefficient, tuple(req.features))
         while attempts.more(loop.time()):
-            worker = await fwd.backlog.acquire(want, self._excluded(attempts, loop.time()),
-                                               attempts.wait_s(loop.time(), cfg.queue_timeout_s))
+            only = self._candidates(attempts, loop.time())
+            worker = await fwd.backlog.acquire(want, tuple(attempts.tried),
+                                               attempts.wait_s(loop.time(), cfg.queue_timeout_s), only)
             try:
                 return await self._attempt(worker, attempts.deadline)
             except _Retry as retry:
@@ -251,25 +252,26 @@ class RunningRequest:
                 fwd.backlog.release(worker)
         raise attempts.give_up(loop.time())
 
-    def _excluded(self, attempts: Attempts[WorkerLink], now: float) -> tuple[WorkerLink, ...]:
-        """The workers this attempt may not go to: those tried, and for a sealed request every worker it was not
-        sealed to. When no linked worker it was sealed to is left untried (they restarted with new keys, or left,
-        or failed it) but others serve its model, it is refused with `seal_keys_stale` before any token: the client
-        seals it again to the workers linked now (once), so a retry still reaches a worker that joined since. When
-        no other worker serves it either, the last failure is the answer."""
-        tried = attempts.tried
+    def _candidates(self, attempts: Attempts[WorkerLink], now: float) -> tuple[WorkerLink, ...] | None:
+        """The only workers a sealed request may go to: those holding a key it was sealed to, found by key id (a
+        few, however many workers are linked); None for a request in the clear. When none of them serving its model
+        is left untried (they restarted with new keys, or left, or failed it) but others serve its model, it is
+        refused with `seal_keys_stale` before any token: the client seals it again to the workers linked now
+        (once), so a retry still reaches a worker that joined since. When no other worker serves it either, the
+        last failure is the answer."""
         if not self.sealed_to:
-            return tuple(tried)
-        model = self.req.model
-        serving = [w for w in self.fwd.registry.workers() if model in w.params.served]
-        excluded = [w for w in self.fwd.registry.workers() if w.seal_key_id not in self.sealed_to]
-        if not any(w.seal_key_id in self.sealed_to and w not in tried for w in serving):
+            return None
+        tried, model = attempts.tried, self.req.model
+        holders = self.fwd.registry.holding(self.sealed_to)
+        if not any(model in w.params.served and w not in tried for w in holders):
+            # rare (every candidate left or failed it): looking through every worker is affordable here
+            serving = [w for w in self.fwd.registry.workers() if model in w.params.served]
             if tried and all(w.seal_key_id in self.sealed_to for w in serving):
                 raise attempts.give_up(now)
             raise ApiError(503, f"no worker serving `{model}` that this request was sealed to is linked to the proxy "
                                 f"and untried ({len(tried)} tried); seal it again to the workers linked now",
                            type="service_unavailable", code=ErrorCode.SEAL_KEYS_STALE, retry_after=1)
-        return (*tried, *excluded)
+        return holders
 
     async def _attempt(self, worker: WorkerLink, deadline: float) -> str:
         cfg = self.fwd.cfg

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -31,9 +31,12 @@ class WorkerRegistry:
         self._links: set[WorkerLink] = set()
         self._serving: dict[str, int] = {}  # model → connected workers
         self._last_seen: dict[str, float] = {}
+        self._by_seal_key: dict[bytes, list[WorkerLink]] = {}  # HPKE key id → the links holding it (one, usually)
 
     def add(self, link: WorkerLink) -> None:
         self._links.add(link)
+        if link.seal_key_id:
+            self._by_seal_key.setdefault(link.seal_key_id, []).append(link)
         for model in link.params.served:
             self._serving[model] = self._serving.get(model, 0) + 1
             self._last_seen[model] = time.time()
@@ -42,6 +45,11 @@ class WorkerRegistry:
         if link not in self._links:
             return
         self._links.discard(link)
+        holders = self._by_seal_key.get(link.seal_key_id)
+        if holders is not None:
+            holders.remove(link)
+            if not holders:
+                del self._by_seal_key[link.seal_key_id]
         for model in link.params.served:
             self._serving[model] -= 1
             if not self._serving[model]:
@@ -53,6 +61,11 @@ class WorkerRegistry:
 
     def __len__(self) -> int:
         return len(self._links)
+
+    def holding(self, key_ids: Iterable[bytes]) -> tuple[WorkerLink, ...]:
+        """The linked workers holding one of these HPKE key ids (a sealed request's candidates), without going
+        through every worker."""
+        return tuple(link for key_id in key_ids for link in self._by_seal_key.get(key_id, ()))
 
     def knows(self, model: str) -> bool:
         seen = self._last_seen.get(model)

@@ -5,10 +5,12 @@ also sits in the plain group of its model, so requests using those features only
 requests reach every worker. Each group keeps two rank indices: workers still on probation,
 ranked by how often they were tried (the least tried first), and established workers, ranked by their
 expected latency (moving time-to-first-token and per-token estimates, success rate and current load).
-A worker that is full, benched or excluded scores infinity and is skipped by the index itself, so a choice
-costs O(log n) per region asked, whatever the number of workers. A share of the choices (`probation_share`)
-goes to probation first, so that newcomers get measured without displacing proven workers. Time to first
-token is measured at the proxy and so includes the network path: with no region asked, near workers win.
+A worker that is full, benched or excluded scores infinity and is skipped by the index itself, so a choice costs
+O(log n) per region asked, whatever the number of workers; a request that only a few named workers may take (a
+sealed one: those holding a key it was sealed to) is chosen among those alone, in O(their number). A share of the
+choices (`probation_share`) goes to probation first, so that newcomers get measured without displacing proven
+workers. Time to first token is measured at the proxy and so includes the network path: with no region asked, near
+workers win.
 
 Time comes from `clock`, so a simulation can drive this exact code (bench/sim_network.py).
 """
@@ -20,7 +22,7 @@ import itertools
 import math
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -63,6 +65,26 @@ class _Group(Generic[W]):
 def _group_keys(params: WorkerParams) -> list[tuple[str, bool]]:
     capabilities = (False, True) if params.supports_tools else (False,)
     return [(model, tools) for model in dict.fromkeys(params.served) for tools in capabilities]
+
+
+def _fits(model: str, region: str, max_coefficient: int | None, tools: bool) -> Callable[[WorkerParams], bool]:
+    """Whether a worker's params put it in a group a request asking for these may be routed to (`_groups_for`)."""
+
+    def fits(params: WorkerParams) -> bool:
+        return ((model, tools) in _group_keys(params) and (not region or params.region == region)
+                and (max_coefficient is None or params.coefficient <= max_coefficient))
+
+    return fits
+
+
+def _best_in(groups: list[_Group[W]], probation: bool, max_coefficient: int | None) -> _Entry[W] | None:
+    """The lowest-scored available entry of one lane across `groups`, within the price cap."""
+    best: RankNode[_Entry[W]] | None = None
+    for group in groups:
+        node = group.lane(probation).best(max_coefficient)
+        if node is not None and (best is None or node.score < best.score):
+            best = node
+    return best.item if best is not None else None
 
 
 class Selector(Generic[W]):
@@ -130,44 +152,63 @@ class Selector(Generic[W]):
         return False
 
     def choose(self, model: str, region: str = "", max_coefficient: int | None = None,
-               exclude: Iterable[W] = (), tools: bool = False) -> W | None:
-        """The best available worker, now counted as busy with this request; None when none is free."""
+               exclude: Iterable[W] = (), tools: bool = False, only: Collection[W] | None = None) -> W | None:
+        """The best available worker, now counted as busy with this request; None when none is free. With `only`,
+        the best of those workers (a sealed request's candidates: the few holding a key it was sealed to), found
+        among them alone, so that the choice costs O(len(only)) rather than marking every other worker."""
         self._end_benches()
-        groups = self._groups_for(model, region, tools)
-        if not groups:
-            return None
-        masked = [e for e in (self._entries.get(w) for w in exclude) if e is not None]
-        for entry in masked:
-            entry.excluded = True
-            self._refresh(entry)
-        try:
-            entry = self._pick(groups, max_coefficient)
-        finally:
-            for e in masked:
-                e.excluded = False
-                self._refresh(e)
+        if only is not None:
+            entries = [e for e in (self._entries.get(w) for w in only) if e is not None]
+            fits = _fits(model, region, max_coefficient, tools)
+            entry = self._pick(lambda probation: self._best_among(entries, probation, fits, exclude))
+        else:
+            groups = self._groups_for(model, region, tools)
+            if not groups:
+                return None
+            masked = [e for e in (self._entries.get(w) for w in exclude) if e is not None]
+            for entry in masked:
+                entry.excluded = True
+                self._refresh(entry)
+            try:
+                entry = self._pick(lambda probation: _best_in(groups, probation, max_coefficient))
+            finally:
+                for e in masked:
+                    e.excluded = False
+                    self._refresh(e)
         if entry is None:
             return None
         entry.active += 1
         self._refresh(entry)
         return entry.worker
 
-    def _pick(self, groups: list[_Group[W]], max_coefficient: int | None) -> _Entry[W] | None:
+    def _pick(self, best: Callable[[bool], _Entry[W] | None]) -> _Entry[W] | None:
+        """The entry `best` finds in the lane whose turn it is (probation or ranked), else in the other one."""
         share = self.cfg.probation_share
         probation_turn = self._probation_credit + share >= 1.0 - 1e-9
         for probation in (probation_turn, not probation_turn):
-            best: RankNode[_Entry[W]] | None = None
-            for group in groups:
-                node = group.lane(probation).best(max_coefficient)
-                if node is not None and (best is None or node.score < best.score):
-                    best = node
-            if best is not None:
+            entry = best(probation)
+            if entry is not None:
                 # credit accrues per choice made; a probation turn taken spends one whole choice of it
                 self._probation_credit = min(self._probation_credit + share, 1.0)
                 if probation and probation_turn:
                     self._probation_credit -= 1.0
-                return best.item
+                return entry
         return None
+
+    def _best_among(self, entries: list[_Entry[W]], probation: bool, fits: Callable[[WorkerParams], bool],
+                    exclude: Iterable[W]) -> _Entry[W] | None:
+        """The lowest-scored available entry of `entries` in the given lane that `fits`, cheapest first on ties
+        (as a rank index orders them)."""
+        skip = set(exclude)
+        best: _Entry[W] | None = None
+        best_rank = (math.inf, 0)
+        for entry in entries:
+            if entry.probation is not probation or entry.worker in skip or not fits(entry.worker.params):
+                continue
+            rank = (self._score(entry), entry.worker.params.coefficient)
+            if rank[0] < math.inf and rank < best_rank:
+                best, best_rank = entry, rank
+        return best
 
     def _groups_for(self, model: str, region: str, tools: bool) -> list[_Group[W]]:
         regions = self._groups.get((model, tools))

@@ -59,6 +59,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/selection_scale.py
 	$(BIN)/python bench/sim_network.py
 	$(BIN)/python bench/flood.py
+	$(BIN)/python bench/proxy_links.py
 
 clean:
 	rm -rf $(VENV) .cocoon node_modules

@@ -154,8 +154,8 @@ def default_max_active(engine: str, cores: int) -> int:
     return 8 * max(cores, 1)
 
 
-def _die_with_parent() -> None:
-    """Runs in each child before exec: if `cocoon up` is killed outright, its children get SIGTERM."""
+def die_with_parent() -> None:
+    """Runs in each child before exec: if its parent (`cocoon up`, a bench) is killed outright, it gets SIGTERM."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
@@ -319,7 +319,7 @@ class LocalNet:
         with log_path.open("ab") as log:
             self.chain_proc = subprocess.Popen(
                 self.chain_host.command(argv) if self.chain_host else argv, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent, start_new_session=True)
+                stdin=subprocess.DEVNULL, preexec_fn=die_with_parent, start_new_session=True)
         while (info := _get_json(f"{self.chain_url}/devnet/info")) is None:
             if self.chain_proc.poll() is not None:
                 raise RuntimeError(f"the devnet exited with code {self.chain_proc.returncode}; see {log_path}:\n"
@@ -344,7 +344,7 @@ class LocalNet:
         argv = [sys.executable, "-m", "cocoon", node.role, "--config", str(node.config_path)]
         node.proc = subprocess.Popen(
             node.host.command(argv) if node.host else argv,
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent,
             start_new_session=True,  # Ctrl-C reaches `cocoon up` only; it stops the children in order
         )
         log.close()

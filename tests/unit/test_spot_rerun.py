@@ -80,7 +80,9 @@ async def test_a_sealed_rerun_goes_only_to_another_worker_it_was_sealed_to(make_
     checker = checked(proxy)
     keys = [X25519PrivateKey.generate().public_key().public_bytes_raw() for _ in proxy.workers]
     for worker, public in zip(proxy.workers, keys, strict=True):
+        proxy.fwd.registry.remove(worker)  # the registry indexes a link's seal key id as it joins: join again
         worker.seal_key_id = key_id(public)
+        proxy.fwd.registry.add(worker)
     first, second, third, outsider = proxy.workers
     req = Request(endpoint="chat", model=MODEL, body=b"", stream=False, include_usage=True,
                   deadline=time.time() + 30, request_id="r-2", sealed=True, deterministic=True)

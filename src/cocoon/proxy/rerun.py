@@ -146,11 +146,16 @@ class SpotChecker:
         """Run `req` once more on a free worker of the same model and image whose key is not in `used` (and, for a
         sealed request, that it was sealed to)."""
         req = sample.req
-        sealed_to = frozenset(peek(req.body).key_ids) if req.sealed else None
-        exclude = tuple(w for w in self.registry.workers()
-                        if w.key in used or image_of(w) != image or req.model not in w.params.models
-                        or (sealed_to is not None and w.seal_key_id not in sealed_to))
-        worker = self.selector.choose(req.model, "", None, exclude, bool(req.features))
+
+        def unfit(w: WorkerLink) -> bool:
+            return w.key in used or image_of(w) != image or req.model not in w.params.models
+
+        if req.sealed:  # only the few workers it was sealed to can open it: found by key id, chosen among them alone
+            only = tuple(w for w in self.registry.holding(peek(req.body).key_ids) if not unfit(w))
+            worker = self.selector.choose(req.model, "", None, (), bool(req.features), only)
+        else:
+            exclude = tuple(w for w in self.registry.workers() if unfit(w))
+            worker = self.selector.choose(req.model, "", None, exclude, bool(req.features))
         if worker is None:
             return None
         try:

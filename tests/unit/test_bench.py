@@ -102,7 +102,7 @@ def test_readme_without_markers_is_refused(tmp_path: Path) -> None:
 
 REPORT_KEYS = {"direct_c1_p50_ms", "network_c1_p50_ms", "direct_c1_ttfb_p50_ms", "network_c1_ttfb_p50_ms",
                "cpu_ms_per_request", "machine", "ratio", "direct_rps", "network_rps", "plain_rps", "sealed_ratio",
-               "hpke"}
+               "hpke", "direct_c1_headers_p50_ms", "network_c1_headers_p50_ms", "plain_c1_hops_p50_ms", "all_runs"}
 
 
 def test_committed_bench_json_has_the_report_keys_and_every_role() -> None:

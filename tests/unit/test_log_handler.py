@@ -7,8 +7,19 @@ import asyncio
 import json
 import logging
 import os
+from collections.abc import Iterator
+
+import pytest
 
 from cocoon.runtime import JsonFormatter, TurnHandler
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, int]]:
+    r, w = os.pipe()
+    yield r, w
+    os.close(r)
+    os.close(w)
 
 
 def _logger(fd: int) -> tuple[logging.Logger, TurnHandler]:
@@ -30,8 +41,8 @@ def _read(fd: int) -> list[dict]:
     return [json.loads(line) for line in data.decode().splitlines()]
 
 
-def test_lines_of_one_turn_wait_for_its_end_then_leave_in_order() -> None:
-    r, w = os.pipe()
+def test_lines_of_one_turn_wait_for_its_end_then_leave_in_order(pipe: tuple[int, int]) -> None:
+    r, w = pipe
     logger, _ = _logger(w)
 
     async def main() -> list[list[dict]]:
@@ -44,18 +55,14 @@ def test_lines_of_one_turn_wait_for_its_end_then_leave_in_order() -> None:
         seen.append(_read(r))
         return seen
 
-    try:
-        during, after = asyncio.run(main())
-        assert during == []
-        assert [e["msg"] for e in after] == ["one", "two"]
-        assert after[0]["n"] == 1 and after[0]["role"] == "proxy" and after[0]["node"] == "p1"
-    finally:
-        os.close(r)
-        os.close(w)
+    during, after = asyncio.run(main())
+    assert during == []
+    assert [e["msg"] for e in after] == ["one", "two"]
+    assert after[0]["n"] == 1 and after[0]["role"] == "proxy" and after[0]["node"] == "p1"
 
 
-def test_a_warning_goes_at_once_with_what_waited_before_it() -> None:
-    r, w = os.pipe()
+def test_a_warning_goes_at_once_with_what_waited_before_it(pipe: tuple[int, int]) -> None:
+    r, w = pipe
     logger, _ = _logger(w)
 
     async def main() -> list[dict]:
@@ -63,28 +70,20 @@ def test_a_warning_goes_at_once_with_what_waited_before_it() -> None:
         logger.warning("bad", extra={"fields": {"path": os.path}})  # not JSON: logged as its text
         return _read(r)
 
-    try:
-        lines = asyncio.run(main())
-        assert [e["msg"] for e in lines] == ["first", "bad"]
-        assert lines[1]["level"] == "warning" and isinstance(lines[1]["path"], str)
-    finally:
-        os.close(r)
-        os.close(w)
+    lines = asyncio.run(main())
+    assert [e["msg"] for e in lines] == ["first", "bad"]
+    assert lines[1]["level"] == "warning" and isinstance(lines[1]["path"], str)
 
 
-def test_outside_a_loop_and_at_flush_nothing_waits() -> None:
-    r, w = os.pipe()
+def test_outside_a_loop_and_at_flush_nothing_waits(pipe: tuple[int, int]) -> None:
+    r, w = pipe
     logger, handler = _logger(w)
-    try:
-        logger.info("no loop")
-        assert [e["msg"] for e in _read(r)] == ["no loop"]
+    logger.info("no loop")
+    assert [e["msg"] for e in _read(r)] == ["no loop"]
 
-        async def main() -> None:
-            logger.info("pending")
-            handler.flush()  # what logging.shutdown does at exit
+    async def main() -> None:
+        logger.info("pending")
+        handler.flush()  # what logging.shutdown does at exit
 
-        asyncio.run(main())
-        assert [e["msg"] for e in _read(r)] == ["pending"]
-    finally:
-        os.close(r)
-        os.close(w)
+    asyncio.run(main())
+    assert [e["msg"] for e in _read(r)] == ["pending"]

@@ -70,8 +70,8 @@ class TurnHandler(logging.Handler):
     Every request logs a line in each process it crosses; written one by one through `sys.stderr`, each costs a
     system call on the hot path. Lines logged from the loop's thread wait for the end of the turn; a warning or
     worse and the process's exit (logging.shutdown) write at once, everything waiting before them first, in order
-    (a line from another thread joins a write already due, else goes at once). A process
-    killed outright loses at most the lines of the turn it was in."""
+    (a line from another thread joins a write already due, else goes at once). A process killed outright loses at
+    most the lines of the turn it was in."""
 
     def __init__(self, fd: int = 2) -> None:
         super().__init__()
@@ -86,17 +86,16 @@ class TurnHandler(logging.Handler):
             self.handleError(record)
             return
         self._lines.append(line)
-        if record.levelno < logging.WARNING and not self._scheduled:
+        if record.levelno >= logging.WARNING:
+            self.flush()
+        elif not self._scheduled:
             try:
                 loop = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = None
-            if loop is not None:
-                self._scheduled = True
-                loop.call_soon(self.flush)
+            except RuntimeError:  # no loop in this thread: nothing would flush later
+                self.flush()
                 return
-        if record.levelno >= logging.WARNING or not self._scheduled:
-            self.flush()
+            self._scheduled = True
+            loop.call_soon(self.flush)
 
     def flush(self) -> None:
         self.acquire()

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from cocoon.core.errors import ApiError
 from cocoon.core.usage import Usage
+from cocoon.inference import openai_upstream
 from cocoon.inference.base import Engine
 from cocoon.inference.factory import make_engine
 from cocoon.inference.fake import FakeEngine
@@ -450,3 +451,42 @@ async def test_official_sdk_talks_to_the_server(served: tuple[FakeEngine, OpenAI
     finally:
         await client.close()
     assert fake.generated_tokens == 8 + 8 + 16
+
+
+async def test_a_stream_ended_before_its_body_keeps_the_engine_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An engine that says [DONE] a moment before its HTTP body ends: each answer used to close the connection
+    (the next request paid a new connect at concurrency 1); now its last bytes are read in the background and the
+    connection is reused. One that never ends its body after [DONE] loses the connection after the wait."""
+    monkeypatch.setattr(openai_upstream, "_FINISH_WAIT_S", 0.3)
+    peers: list[object] = []
+    hold = {"s": 0.05}
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        peers.append(request.transport.get_extra_info("peername") if request.transport else None)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\n')
+        await resp.write(b'data: {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}\n\n')
+        await resp.write(b"data: [DONE]\n\n")
+        await asyncio.sleep(hold["s"])  # the body's end follows later
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", events)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    upstream = OpenAIUpstreamEngine(f"http://127.0.0.1:{runner.addresses[0][1]}/v1")
+    try:
+        for _ in range(3):
+            assert len(await collect(upstream, "chat", chat(**streamed()))) == 2
+            await asyncio.sleep(0.1)  # the body's end arrived meanwhile
+        assert len(peers) == 3 and len(set(peers)) == 1
+        hold["s"] = 1.0  # an engine that holds its body open after [DONE], past the wait
+        assert len(await collect(upstream, "chat", chat(**streamed()))) == 2
+        await asyncio.sleep(0.5)  # past the wait: that connection was closed, not pooled
+        assert len(await collect(upstream, "chat", chat(**streamed()))) == 2
+        assert len(set(peers)) == 2 and peers[-1] != peers[-2]
+    finally:
+        await upstream.close()
+        await runner.cleanup()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -25,6 +26,8 @@ _PATHS: dict[Endpoint, str] = {"chat": "/chat/completions", "completions": "/com
 _CONNECT_TIMEOUT_S = 10.0
 _ERROR_BODY_LIMIT = 64 * 1024
 _ERROR_TEXT_LIMIT = 500
+_FINISH_WAIT_S = 1.0  # for the last bytes of a stream's body after its [DONE]
+_FINISH_LIMIT = 64 * 1024  # of which no more than this is read (an engine sends none)
 
 
 class OpenAIUpstreamEngine(Engine):
@@ -51,11 +54,15 @@ class OpenAIUpstreamEngine(Engine):
         self._every_chunk = True  # False once it refused `continuous_usage_stats` (a strict schema)
         self._chunk_usage: bool | None = None  # whether its first chunk carries usage (None: not known yet)
         self._counts = True  # False once it answered that it has no upstream_usage.COUNT_PATH
+        # streams that ended ([DONE]) while the last bytes of their HTTP body were still on the way (_finish_later)
+        self._finishing: dict[aiohttp.ClientResponse, asyncio.Task[None]] = {}
 
     async def start(self) -> None:
         self._http()
 
     async def close(self) -> None:
+        for task in list(self._finishing.values()):
+            task.cancel()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -99,6 +106,7 @@ class OpenAIUpstreamEngine(Engine):
                 async for chunk in resp.content.iter_any():
                     for payload in decoder.feed(chunk):
                         if payload == sse.DONE_PAYLOAD:
+                            self._finish_later(resp)
                             if (tail := usage.tail()) is not None:
                                 yield tail
                             return
@@ -178,6 +186,35 @@ class OpenAIUpstreamEngine(Engine):
         finally:
             # close() rather than release(): when the caller stops early the upstream must see the
             # connection drop and stop generating; a fully read answer keeps its pooled connection
+            if resp.content.at_eof():
+                resp.release()
+            elif resp not in self._finishing:
+                resp.close()
+
+    def _finish_later(self, resp: aiohttp.ClientResponse) -> None:
+        """The stream said [DONE], but the end of its chunked body may not have arrived yet: closing the response
+        now would drop the connection (and the next request would open a new one: a connect and a handshake with
+        the engine, a millisecond at concurrency 1). Its last bytes are read in the background instead, and the
+        connection goes back to the pool; an engine that sends more, or nothing within a second, loses it."""
+        if resp.content.at_eof() or resp in self._finishing:
+            return
+        task = asyncio.ensure_future(self._read_to_end(resp))
+        self._finishing[resp] = task
+        task.add_done_callback(lambda _: self._finishing.pop(resp, None))
+
+    @staticmethod
+    async def _read_to_end(resp: aiohttp.ClientResponse) -> None:
+        try:
+            async with asyncio.timeout(_FINISH_WAIT_S):
+                left = _FINISH_LIMIT
+                while left > 0 and not resp.content.at_eof():
+                    data = await resp.content.read(left)
+                    if not data:
+                        break
+                    left -= len(data)
+        except (aiohttp.ClientError, TimeoutError):
+            pass
+        finally:
             if resp.content.at_eof():
                 resp.release()
             else:

@@ -30,6 +30,7 @@ from cocoon.ratls.cert import (
     load_identity,
     make_identity,
     save_identity,
+    signer,
 )
 from tests.tdxdata import INSIDE_WINDOW, SAMPLE_COLLATERAL, SAMPLE_QUOTE
 
@@ -491,3 +492,12 @@ def test_genuine_tdx_quote_in_a_certificate_for_other_claims_is_refused() -> Non
     # Without collateral the TDX quote itself is refused first, naming what is missing.
     with pytest.raises(AttestationError, match="no PCCS is configured"):
         CertVerifier(TDX_ANY_POLICY, ["worker"]).verify(der, now=INSIDE_WINDOW)
+
+
+def test_the_fast_signer_signs_as_the_key_does() -> None:
+    """Receipts are signed through libsodium (`signer`): the same deterministic Ed25519 signatures as the key's."""
+    key = Ed25519PrivateKey.generate()
+    sign = signer(key)
+    for message in (b"", b"receipt", bytes(range(256)) * 9):
+        assert sign(message) == key.sign(message)
+        key.public_key().verify(sign(message), message)

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
+from nacl.signing import SigningKey
 
 from cocoon.attest.backends import AttestationBackend, verifier_for
 from cocoon.attest.collateral import CollateralSource
@@ -93,6 +94,15 @@ _CLAIMS_DECODER = msgspec.msgpack.Decoder(Claims)
 
 def _raw_public_key(key: Ed25519PublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def signer(key: Ed25519PrivateKey) -> Callable[[bytes], bytes]:
+    """Signs with `key` through libsodium: Ed25519 is deterministic, so the signatures are OpenSSL's byte for byte,
+    at a third of the cost here (14 vs 43 µs): what signs a receipt per answer."""
+    seed = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                             serialization.NoEncryption())
+    sodium = SigningKey(seed)
+    return lambda data: sodium.sign(data).signature
 
 
 def _utc(ts: float) -> datetime.datetime:

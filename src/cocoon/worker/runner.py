@@ -24,6 +24,7 @@ from cocoon.ledger.base import LedgerError
 from cocoon.media.formats import capabilities
 from cocoon.observe.series import Series
 from cocoon.observe.stats import StatsServer
+from cocoon.ratls.cert import signer
 from cocoon.runtime import identity_stats, make_node_identity, own_image_hash, registry_head_path
 from cocoon.wire.connection import Connection, hello
 from cocoon.wire.dialer import Dialer
@@ -97,7 +98,7 @@ class WorkerNode:
         # every answer's receipt is signed with the RA-TLS key its certificate attests (the same after reissues)
         payments = self.payments
         prices = (lambda: payments.ledger.root_params().prices) if payments is not None else None
-        self.notary = Notary(self.identity.private_key.sign, self.identity.public_key, cfg.coefficient,
+        self.notary = Notary(signer(self.identity.private_key), self.identity.public_key, cfg.coefficient,
                              image_hash=bytes.fromhex(self.image_hash) if self.image_hash else b"",
                              model_hash=model_hash, model_hash_declared=declared, prices=prices)
         self._served = 0

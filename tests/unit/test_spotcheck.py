@@ -192,3 +192,22 @@ def test_a_run_is_kept_with_its_workers_signed_receipt() -> None:
     assert kept == receipt
     kept.verify_worker()  # the evidence stands on the worker's own signature
     assert execution("k", "w", payloads, ResponseEnd(call_id=1, usage=Usage())).receipt is None
+
+
+def test_the_content_digest_is_the_one_peers_of_earlier_versions_compute() -> None:
+    """Workers and clients of different versions compare content digests: the value is pinned (computed by the
+    version that appended texts with `+=`, before pieces were kept in lists and joined once)."""
+    payloads = [
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hé"}},
+                     {"index": 1, "delta": {"content": "x"}}]},
+        {"choices": [{"index": 0, "delta": {"content": "llo \ud83d\ude00"}, "finish_reason": None}]},
+        {"choices": [{"index": 1, "delta": {"tool_calls": [{"index": 0, "function": {"name": "get_",
+                                                                                     "arguments": "{\"a\""}}]}}]},
+        {"choices": [{"index": 1, "delta": {"tool_calls": [{"index": 0, "function": {"name": "weather",
+                                                                                     "arguments": ": 1}"}}]},
+                      "finish_reason": "tool_calls"}]},
+        {"choices": [{"index": 0, "text": "!", "finish_reason": "stop"}]},
+        {"choices": [], "usage": {"prompt_tokens": 1}},
+    ]
+    digest = content_digest([json.dumps(p).encode() for p in payloads] + [b"[DONE]"])
+    assert digest.hex() == "06daf11ec0314d7b82e93a4cc210d8a6444573807a71e7ef71af6f77b0f030a2"

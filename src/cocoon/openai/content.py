@@ -63,29 +63,37 @@ class ContentDigest:
                 self._fold(choice)
 
     def _fold(self, choice: dict[str, Any]) -> None:
-        acc = self._choices.setdefault(str(choice.get("index", 0)), {"text": "", "tools": {}, "finish_reason": None})
+        # texts are kept as lists of pieces, joined once by digest(): `+=` on a string held in a dict copies it
+        # whole each time (an answer of n chunks cost O(n²))
+        acc = self._choices.setdefault(str(choice.get("index", 0)), {"text": [], "tools": {}, "finish_reason": None})
         if isinstance(choice.get("text"), str):
-            acc["text"] += choice["text"]
+            acc["text"].append(choice["text"])
         for part in (choice.get("message"), choice.get("delta")):
             if not isinstance(part, dict):
                 continue
             if isinstance(part.get("content"), str):
-                acc["text"] += part["content"]
+                acc["text"].append(part["content"])
             calls = part.get("tool_calls")
             for position, call in enumerate(calls if isinstance(calls, list) else ()):
                 if not isinstance(call, dict):
                     continue
-                tool = acc["tools"].setdefault(str(call.get("index", position)), {"name": "", "arguments": ""})
+                tool = acc["tools"].setdefault(str(call.get("index", position)), {"name": [], "arguments": []})
                 function = call.get("function")
                 if isinstance(function, dict):
                     name, arguments = function.get("name"), function.get("arguments")
-                    tool["name"] += name if isinstance(name, str) else ""
-                    tool["arguments"] += arguments if isinstance(arguments, str) else ""
+                    if isinstance(name, str):
+                        tool["name"].append(name)
+                    if isinstance(arguments, str):
+                        tool["arguments"].append(arguments)
         if choice.get("finish_reason"):
             acc["finish_reason"] = choice["finish_reason"]
 
     def digest(self) -> bytes:
-        canonical = json.dumps(self._choices, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        joined = {index: {"text": "".join(acc["text"]), "finish_reason": acc["finish_reason"],
+                          "tools": {i: {"name": "".join(t["name"]), "arguments": "".join(t["arguments"])}
+                                    for i, t in acc["tools"].items()}}
+                  for index, acc in self._choices.items()}
+        canonical = json.dumps(joined, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).digest()  # a lone \ud800 is JSON
 
 

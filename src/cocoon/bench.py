@@ -245,6 +245,48 @@ def hpke_cost(candidates: int, rounds: int = 200, chunks: int = CHUNKS) -> dict[
             "total_us": round(sum(per.values()), 1)}
 
 
+# Ed25519 operations of one answered request: the proxy signs the client's charge voucher, the worker's payout
+# voucher and its countersignature of the receipt, the worker its receipt; the proxy checks the worker's receipt,
+# the worker its payout voucher, the client its charge voucher and the receipt's two signatures
+ED25519_SIGNS = 4
+ED25519_VERIFIES = 5
+GOAL_RATIO = 0.5  # issue 12: the network at half the engine's rate
+
+
+def crypto_floor(hpke: dict[str, float], rounds: int = 300) -> dict[str, float]:
+    """Microseconds of CPU per sealed request that its cryptography costs alone, in this process: the nine Ed25519
+    operations (libsodium, as the nodes use it) and the HPKE figures of `hpke_cost`."""
+    from nacl.signing import SigningKey
+
+    key = SigningKey.generate()
+    message = bytes(32)
+    signature = key.sign(message).signature
+    t0 = time.process_time()
+    for _ in range(rounds):
+        key.sign(message)
+    t1 = time.process_time()
+    for _ in range(rounds):
+        key.verify_key.verify(message, signature)
+    t2 = time.process_time()
+    sign_us, verify_us = (t1 - t0) * 1e6 / rounds, (t2 - t1) * 1e6 / rounds
+    ed25519 = ED25519_SIGNS * sign_us + ED25519_VERIFIES * verify_us
+    return {"ed25519_sign_us": round(sign_us, 1), "ed25519_verify_us": round(verify_us, 1),
+            "ed25519_us": round(ed25519, 1), "total_us": round(ed25519 + hpke["total_us"], 1)}
+
+
+def budget(report: dict[str, Any]) -> dict[str, float]:
+    """What the hops (client, proxy, workers) may spend per request for the network to reach GOAL_RATIO of the
+    engine's rate on this machine, what they spent in the sealed run, and what the cryptography alone costs: the
+    cores are saturated in both runs, so a rate is the cores' CPU divided by the CPU each request takes."""
+    network = report["cpu_ms_per_request"]["network"]
+    hops = sum(v for role, v in network.items() if role.split("-")[0] in HOPS)
+    others = network["total"] - hops  # the engine, the load generator, the devnet: the same work at any rate
+    available = report["machine"]["cores"] * 1000 / (GOAL_RATIO * report["direct_rps"]) if report["direct_rps"] else 0
+    return {"goal_ratio": GOAL_RATIO, "cpu_ms_per_request_at_goal": round(available, 3),
+            "others_ms": round(others, 3), "hops_budget_ms": round(available - others, 3),
+            "hops_ms": round(hops, 3), "crypto_floor_ms": round(report["crypto"]["total_us"] / 1000, 3)}
+
+
 def run_bench(requests: int, concurrency: int, workers: int, as_json: bool,
               c1_requests: int = C1_REQUESTS, chunks: int = CHUNKS) -> dict[str, Any]:
     engine_port = free_port()
@@ -312,7 +354,8 @@ def run_bench(requests: int, concurrency: int, workers: int, as_json: bool,
         "plain_rps": round(plain.rps, 1), "plain_p50_ms": plain.p50(plain.latencies_ms),
         "plain_c1_p50_ms": plain1.p50(plain1.latencies_ms), "plain_errors": plain.errors + plain1.errors,
         "sealed_ratio": round(network.rps / plain.rps, 3) if plain.rps else None,
-        "hpke": hpke_cost(net_candidates(workers), chunks=chunks),
+        "hpke": (hpke := hpke_cost(net_candidates(workers), chunks=chunks)),
+        "crypto": crypto_floor(hpke),
         "client_payments": {k: client.get(k) for k in PAYMENT_FIGURES},
         "c1_requests": c1_requests,
         "direct_c1_p50_ms": direct1.p50(direct1.latencies_ms),
@@ -331,6 +374,7 @@ def run_bench(requests: int, concurrency: int, workers: int, as_json: bool,
                                "plain": plain_cpu, "plain_c1": plain1_cpu},
         "machine": machine(),
     }
+    report["budget"] = budget(report)
     if not as_json:
         _print(report, direct, network)
     return report
@@ -433,11 +477,23 @@ def markdown(report: dict[str, Any]) -> str:
               f"(sealing to {hpke['candidates']} workers {hpke['seal_request_us']} µs, opening "
               f"{hpke['open_request_us']} µs, {report['chunks_per_answer']} chunks sealed and opened "
               f"{hpke['answer_us']} µs).", "",
+              *budget_lines(report), "",
               "CPU ms per request (user+system, from /proc, over each measured phase):", "",
               "| phase | " + " | ".join(roles) + " |", "|---|" + "---|" * len(roles)]
     for phase, per in cpu.items():
         lines.append(f"| {phase} | " + " | ".join(str(per.get(r, "")) for r in roles) + " |")
     return "\n".join(lines)
+
+
+def budget_lines(report: dict[str, Any]) -> list[str]:
+    b, crypto = report["budget"], report["crypto"]
+    return [f"For a ratio of {b['goal_ratio']} on this machine a request could take {b['cpu_ms_per_request_at_goal']} "
+            f"ms of CPU in all; the engine, the load generator and the devnet take {b['others_ms']} ms of it, which "
+            f"leaves the client, the proxy and the workers **{b['hops_budget_ms']} ms** together. They took "
+            f"**{b['hops_ms']} ms** in the sealed run; the cryptography a sealed request must do costs "
+            f"**{b['crypto_floor_ms']} ms** of it alone (HPKE {report['hpke']['total_us']} µs; "
+            f"{ED25519_SIGNS} Ed25519 signatures at {crypto['ed25519_sign_us']} µs and {ED25519_VERIFIES} checks at "
+            f"{crypto['ed25519_verify_us']} µs).", ]
 
 
 def update_readme(path: Path, report: dict[str, Any]) -> None:

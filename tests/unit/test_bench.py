@@ -59,7 +59,22 @@ def _report() -> dict:
             "cpu_ms_per_request": {"direct": {"loadgen": 0.4, "engine": 0.5, "total": 0.9}, "network": cpu,
                                    "direct_c1": {"loadgen": 0.8, "engine": 0.8, "total": 1.6}, "network_c1": cpu,
                                    "plain": cpu, "plain_c1": cpu},
-            "machine": {"cores": 2, "cpu_model": "Test CPU"}}
+            "crypto": {"ed25519_sign_us": 15.0, "ed25519_verify_us": 40.0, "ed25519_us": 260.0, "total_us": 960.0},
+            "machine": {"cores": 2, "cpu_model": "Test CPU"},
+            "budget": {"goal_ratio": 0.5, "cpu_ms_per_request_at_goal": 4.444, "others_ms": 1.0,
+                       "hops_budget_ms": 3.444, "hops_ms": 2.2, "crypto_floor_ms": 0.96}}
+
+
+def test_the_budget_is_what_the_hops_may_spend_at_half_the_engines_rate() -> None:
+    """2 cores at 450 req/s (half of 900) leave 4.444 ms of CPU per request; the engine and load generator take 1.0
+    of it in the sealed run, the hops (client, proxy, workers) 2.2."""
+    report = _report()
+    report["network_rps"] = 300.0
+    assert bench.budget(report) == report["budget"]
+    crypto = bench.crypto_floor(report["hpke"], rounds=3)
+    assert crypto["ed25519_us"] == pytest.approx(4 * crypto["ed25519_sign_us"] + 5 * crypto["ed25519_verify_us"],
+                                                 abs=0.5)
+    assert crypto["total_us"] == pytest.approx(crypto["ed25519_us"] + 700.0, abs=0.2)
 
 
 def test_readme_block_is_replaced_between_markers_only(tmp_path: Path) -> None:
@@ -72,6 +87,8 @@ def test_readme_block_is_replaced_between_markers_only(tmp_path: Path) -> None:
     assert "| network_c1 | 0.4 | 1.1 | 0.7 | 0.4 | 0.6 | 3.2 |" in text
     assert "sealed/plain **0.75**, +0.50 ms at concurrency 1" in text and "700.0 µs of CPU per request" in text
     assert "the client 3.1 ms from the request's parsing, the proxy 1.2 ms" in text
+    assert "leaves the client, the proxy and the workers **3.444 ms** together. They took **2.2 ms**" in text
+    assert "costs **0.96 ms** of it alone" in text
 
 
 def test_every_run_is_shown_when_there_were_several(tmp_path: Path) -> None:
@@ -102,7 +119,8 @@ def test_readme_without_markers_is_refused(tmp_path: Path) -> None:
 
 REPORT_KEYS = {"direct_c1_p50_ms", "network_c1_p50_ms", "direct_c1_ttfb_p50_ms", "network_c1_ttfb_p50_ms",
                "cpu_ms_per_request", "machine", "ratio", "direct_rps", "network_rps", "plain_rps", "sealed_ratio",
-               "hpke", "direct_c1_headers_p50_ms", "network_c1_headers_p50_ms", "plain_c1_hops_p50_ms", "all_runs"}
+               "hpke", "direct_c1_headers_p50_ms", "network_c1_headers_p50_ms", "plain_c1_hops_p50_ms", "all_runs",
+               "crypto", "budget"}
 
 
 def test_committed_bench_json_has_the_report_keys_and_every_role() -> None:

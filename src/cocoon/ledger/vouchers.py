@@ -159,6 +159,10 @@ class VoucherBook:
             raise VoucherError(f"{path} holds vouchers from before vouchers named their network, which no contract "
                                f"of this version accepts: move it away (with the chain they were for)")
         self._lock = threading.Lock()
+        # The newest voucher per (channel, tag), read once from the file: the process keeping a book is its only
+        # writer (each node has its own file; `cocoon ledger` commands open one to read), so a voucher is stored
+        # in one statement, after its checks against this copy, rather than in a transaction that reads it back.
+        self._newest: dict[tuple[str, int], Voucher | None] = {}
 
     def accept(self, voucher: Voucher, proxy_key: bytes, *, global_id: int, contract: str | None = None) -> None:
         """Store `voucher` if it is valid for the network `global_id` and newer, else raise VoucherError.
@@ -180,21 +184,16 @@ class VoucherBook:
             raise VoucherError(f"{describe(voucher)}: negative seqno or amount")
         voucher.verify(proxy_key, global_id)
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                last = self._latest(voucher.contract, voucher.tag)
-                if last is not None and superseded_ok and _superseded(voucher, last):
-                    self._db.execute("ROLLBACK")
-                    return False
-                if last is not None:
-                    _check_newer(voucher, last)
-                self._db.execute("INSERT OR REPLACE INTO vouchers VALUES (?, ?, ?, ?, ?, ?)",
-                                 (voucher.contract, voucher.tag, voucher.seqno, voucher.amount, voucher.signature,
-                                  voucher.global_id))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+            last = self._latest(voucher.contract, voucher.tag)
+            if last is not None and superseded_ok and _superseded(voucher, last):
+                return False
+            if last is not None:
+                _check_newer(voucher, last)
+            # one statement, its own transaction: the check above read this process's own copy
+            self._db.execute("INSERT OR REPLACE INTO vouchers VALUES (?, ?, ?, ?, ?, ?)",
+                             (voucher.contract, voucher.tag, voucher.seqno, voucher.amount, voucher.signature,
+                              voucher.global_id))
+            self._newest[voucher.contract, voucher.tag] = voucher
         return True
 
     def latest(self, contract: str, tag: Tag) -> Voucher | None:
@@ -202,11 +201,15 @@ class VoucherBook:
             return self._latest(raw_address(contract), int(tag))
 
     def _latest(self, contract: str, tag: int) -> Voucher | None:
-        row = self._db.execute("SELECT global_id, seqno, amount, signature FROM vouchers WHERE contract = ? AND "
-                               "tag = ?", (contract, tag)).fetchone()
-        return Voucher(tag, row[0], contract, row[1], row[2], row[3]) if row else None
+        key = (contract, tag)
+        if key not in self._newest:
+            row = self._db.execute("SELECT global_id, seqno, amount, signature FROM vouchers WHERE contract = ? AND "
+                                   "tag = ?", key).fetchone()
+            self._newest[key] = Voucher(tag, row[0], contract, row[1], row[2], row[3]) if row else None
+        return self._newest[key]
 
     def close(self) -> None:
+        self._newest.clear()  # a closed book answers nothing, not its last copy
         self._db.close()
 
 

@@ -373,6 +373,17 @@ async def test_upstream_unreachable_is_502_without_its_address(caplog: pytest.Lo
     assert any(f"127.0.0.1:{port}" in r.fields["engine_url"] for r in logged)  # type: ignore[attr-defined]
 
 
+async def hand_written_engine(routes: dict[str, Any]) -> tuple[web.AppRunner, OpenAIUpstreamEngine]:
+    """An engine of a test's own (POST handlers by path) on 127.0.0.1, and the upstream engine that reaches it."""
+    app = web.Application()
+    for path, handler in routes.items():
+        app.router.add_post(path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, OpenAIUpstreamEngine(f"http://127.0.0.1:{runner.addresses[0][1]}/v1")
+
+
 async def test_upstream_reads_awkward_streams_and_plain_errors() -> None:
     """A hand-written engine: lines split across writes, comments, CRLF, a mid-stream error, text errors.
 
@@ -393,13 +404,7 @@ async def test_upstream_reads_awkward_streams_and_plain_errors() -> None:
             return web.Response(status=400, text="your prompt is refused " * 50)
         return web.Response(status=503, text="overloaded " * 100)
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", events)
-    app.router.add_post("/v1/completions", plain_error)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    upstream = OpenAIUpstreamEngine(f"http://127.0.0.1:{runner.addresses[0][1]}/v1")
+    runner, upstream = await hand_written_engine({"/v1/chat/completions": events, "/v1/completions": plain_error})
     try:
         answer = stream(upstream, "chat", chat(**streamed()))
         assert await anext(answer) == b'{"x": 1}'
@@ -471,12 +476,7 @@ async def test_a_stream_ended_before_its_body_keeps_the_engine_connection(monkey
         await asyncio.sleep(hold["s"])  # the body's end follows later
         return resp
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", events)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    upstream = OpenAIUpstreamEngine(f"http://127.0.0.1:{runner.addresses[0][1]}/v1")
+    runner, upstream = await hand_written_engine({"/v1/chat/completions": events})
     try:
         for _ in range(3):
             assert len(await collect(upstream, "chat", chat(**streamed()))) == 2

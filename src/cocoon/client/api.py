@@ -213,7 +213,7 @@ class ClientApi:
                 return await self._stream(request, call, answering, timing)
             return await self._whole(call, answering, timing)
         except SealError:
-            self._disown(ticket)
+            self.disown(ticket)
             raise
         finally:
             self.stats.active -= 1
@@ -225,7 +225,7 @@ class ClientApi:
                 call.cancel("API client disconnected")
                 self.stats.record("cancelled")
 
-    def _disown(self, ticket: int) -> None:
+    def disown(self, ticket: int) -> None:
         """A sealed answer that did not open (changed, reordered, cut short on the way): never accepted as charged,
         so a voucher charging for it is unexplained (the client's audit counts it)."""
         self.stats.record(ErrorCode.SEALED_ANSWER_INVALID)
@@ -253,7 +253,7 @@ class ClientApi:
                 answer = b"".join(parts)
                 seen = AnswerSeen(answering.deterministic)
                 seen.update(answer)
-                receipt = self._receipt(answering, msg, seen)
+                receipt = self.checked_receipt(answering, msg, seen)
                 self.paid(answering.ticket, "ok", msg, receipt)
                 body = with_cost(answer, msg.cost_nanoton)
                 headers = {**timing, RECEIPT_HEADER: receipt.to_base64()} if receipt is not None else timing
@@ -281,7 +281,7 @@ class ClientApi:
                 msg = await self.next_answer(call)
             except ApiError as exc:  # headers are gone already: the error is the stream's last event
                 if isinstance(exc, SealError):  # nothing more of this answer is believed
-                    self._disown(ticket)
+                    self.disown(ticket)
                 batch.append(sse.event(exc.to_json()))
                 break
             if isinstance(msg, ResponseChunk):
@@ -294,7 +294,7 @@ class ClientApi:
                 else:
                     batch.append(sse.event(msg.data))
             elif isinstance(msg, ResponseEnd):
-                receipt = self._receipt(answering, msg, answer)
+                receipt = self.checked_receipt(answering, msg, answer)
                 self.paid(ticket, "ok", msg, receipt)
                 if usage_chunk is not None:
                     batch.append(sse.event(with_cost(usage_chunk, msg.cost_nanoton, receipt)))
@@ -308,7 +308,7 @@ class ClientApi:
         await resp.write_eof(b"".join(batch))
         return resp
 
-    def _receipt(self, answering: Answering, end: ResponseEnd, seen: AnswerSeen | FileSeen) -> Receipt | None:
+    def checked_receipt(self, answering: Answering, end: ResponseEnd, seen: AnswerSeen | FileSeen) -> Receipt | None:
         """The answer's receipt if it holds (client/receipts.py); None, counted and logged, when absent or not."""
         try:
             receipt = check_receipt(end, req=answering.req, answer_hash=seen.answer_hash(),

@@ -175,7 +175,7 @@ class MediaApi:
                     SECONDS_HEADER: f"{end.usage.media_ms / 1000:.3f}", COST_HEADER: str(end.cost_nanoton),
                     **({RECEIPT_HEADER: receipt.to_base64()} if receipt is not None else {}), **timing})
         except SealError:  # a sealed chunk or end that did not open: never accepted as charged
-            api._disown(ticket)
+            api.disown(ticket)
             raise
         finally:
             api.stats.active -= 1
@@ -201,7 +201,7 @@ class MediaApi:
                 chunks += 1
                 call.ack_chunks(chunks)
             elif isinstance(msg, ResponseEnd):
-                receipt = self.api._receipt(answering, msg, answer)
+                receipt = self.api.checked_receipt(answering, msg, answer)
                 self.api.paid(answering.ticket, "ok", msg, receipt)
                 if head is None:
                     raise ApiError(502, "the proxy ended the answer before its head", code=ErrorCode.UPSTREAM_ERROR)

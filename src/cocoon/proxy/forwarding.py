@@ -332,12 +332,8 @@ class RunningRequest:
             elif isinstance(msg, ResponseEnd):
                 checked = None
                 if self.req.sealed:  # usage must be signed over what is relayed before anything is settled
-                    sealed = AnswerDigest()
-                    for part in held:
-                        if isinstance(part, ResponseChunk):
-                            sealed.add(part.data)
-                    sealed.add(msg.sealed_end)
-                    checked = self._checked(worker, msg, sealed.digest())
+                    relayed = AnswerDigest.over((p.data for p in held if isinstance(p, ResponseChunk)), msg.sealed_end)
+                    checked = self._checked(worker, msg, relayed)
                     if checked is None:  # nothing reached the client: another worker may answer it, charged once
                         raise _Retry(upstream_failed(f"worker {worker.name} answered a sealed request without a "
                                                      "receipt over the sealed answer"))

@@ -209,13 +209,9 @@ class SpotChecker:
         """Whether the worker signed, for this sealed request, the sealed answer relayed (`sealed` and the end
         marker) with a content digest: the one thing a check reads of an answer it cannot open. A receipt that
         does not hold counts against its worker as a misreport."""
-        relayed = AnswerDigest()
-        for chunk in sealed:
-            relayed.add(chunk)
-        relayed.add(end.sealed_end)
         try:
             check_receipt(end.receipt, req=req, worker=worker.conn.peer, coefficient=worker.params.coefficient,
-                          reported=end.usage, sealed_answer_hash=relayed.digest())
+                          reported=end.usage, sealed_answer_hash=AnswerDigest.over(sealed, end.sealed_end))
         except ReceiptError as exc:
             if end.receipt is not None:
                 self.selector.record_misreport(worker)

@@ -12,6 +12,7 @@ the proxy, which relays the same bytes, checks.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -119,3 +120,12 @@ class ChunkDigest:
 
     def digest(self) -> bytes:
         return self._hash.digest()
+
+    @classmethod
+    def over(cls, pieces: Iterable[bytes], end: bytes) -> bytes:
+        """The digest of a whole sealed sequence: its pieces in order, then its end marker."""
+        digest = cls()
+        for piece in pieces:
+            digest.add(piece)
+        digest.add(end)
+        return digest.digest()

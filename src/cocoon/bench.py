@@ -313,8 +313,8 @@ def run_bench(requests: int, concurrency: int, workers: int, as_json: bool,
             api = net.client.api_url or ""
             console.print(f"network: same load through client→proxy→{workers} worker(s)→engine at {api}")
             asyncio.run(run_load(api, "fake-model", warm, concurrency, chunks))
-            hop_order = {"client": 0, "proxy": 1, "worker": 2}  # the order a request crosses them
-            nodes = sorted((n for n in net.nodes if n.proc), key=lambda n: (hop_order[n.role], n.name))
+            # in the order a request crosses them
+            nodes = sorted((n for n in net.nodes if n.proc), key=lambda n: (HOPS.index(n.role), n.name))
             pids = {"loadgen": os.getpid(), **{n.name: n.proc.pid for n in nodes if n.proc and n is not plain_client},
                     "engine": engine.pid}
             if net.chain_proc is not None:  # the devnet shares the cores: its share of the run shows too
@@ -493,7 +493,7 @@ def budget_lines(report: dict[str, Any]) -> list[str]:
             f"**{b['hops_ms']} ms** in the sealed run; the cryptography a sealed request must do costs "
             f"**{b['crypto_floor_ms']} ms** of it alone (HPKE {report['hpke']['total_us']} µs; "
             f"{ED25519_SIGNS} Ed25519 signatures at {crypto['ed25519_sign_us']} µs and {ED25519_VERIFIES} checks at "
-            f"{crypto['ed25519_verify_us']} µs).", ]
+            f"{crypto['ed25519_verify_us']} µs)."]
 
 
 def update_readme(path: Path, report: dict[str, Any]) -> None:

@@ -60,6 +60,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/sim_network.py
 	$(BIN)/python bench/flood.py
 	$(BIN)/python bench/proxy_links.py
+	$(BIN)/python bench/costs.py
+	$(BIN)/python bench/costs.py --plain
 
 clean:
 	rm -rf $(VENV) .cocoon node_modules
